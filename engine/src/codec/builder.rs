@@ -1,0 +1,248 @@
+//! Column builders for the transaction schema, filled from text fields one row at a time.
+//!
+//! A row is validated completely before any builder is touched, so a bad row can be
+//! rejected (with the column and the reason) without leaving a half-written row behind.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::record_batch::RecordBatch;
+
+use super::time::{parse_date, parse_timestamp_micros};
+use crate::error::EngineError;
+use crate::schema::{COLUMN_COUNT, col, column_names, idx, transaction_schema};
+
+/// Why one field of a row could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub column: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "column `{}`: {}", self.column, self.reason)
+    }
+}
+
+/// One row's values, typed, borrowed from the input text.
+#[derive(Debug, Clone, Copy)]
+struct ParsedRow<'a> {
+    row_id: i64,
+    event_time: i64,
+    cc_num: i64,
+    amt: f64,
+    zip: i32,
+    lat: f64,
+    long: f64,
+    city_pop: i64,
+    dob: i32,
+    unix_time: i64,
+    merch_lat: f64,
+    merch_long: f64,
+    is_fraud: i32,
+    strings: [&'a str; 10],
+}
+
+// Positions inside `ParsedRow::strings`, in schema order.
+const STRING_COLUMNS: [usize; 10] = [
+    idx::MERCHANT,
+    idx::CATEGORY,
+    idx::FIRST,
+    idx::LAST,
+    idx::GENDER,
+    idx::STREET,
+    idx::CITY,
+    idx::STATE,
+    idx::JOB,
+    idx::TRANS_NUM,
+];
+
+fn number<T: std::str::FromStr>(
+    fields: &[&str; COLUMN_COUNT],
+    index: usize,
+    what: &str,
+) -> Result<T, FieldError> {
+    let column = column_names()[index];
+    let text = fields[index].trim();
+    text.parse::<T>().map_err(|_| FieldError {
+        column,
+        reason: if text.is_empty() {
+            "missing value".to_string()
+        } else {
+            format!("`{text}` is not {what}")
+        },
+    })
+}
+
+fn finite(
+    fields: &[&str; COLUMN_COUNT],
+    index: usize,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<f64, FieldError> {
+    let value: f64 = number(fields, index, "a number")?;
+    if value.is_finite() && range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(FieldError {
+            column: column_names()[index],
+            reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+        })
+    }
+}
+
+fn parse_row<'a>(fields: &[&'a str; COLUMN_COUNT]) -> Result<ParsedRow<'a>, FieldError> {
+    let event_time =
+        parse_timestamp_micros(fields[idx::TRANS_DATE_TRANS_TIME]).ok_or_else(|| FieldError {
+            column: col::TRANS_DATE_TRANS_TIME,
+            reason: format!(
+                "`{}` is not a time like 2019-01-01 00:05:02",
+                fields[idx::TRANS_DATE_TRANS_TIME]
+            ),
+        })?;
+    let dob = parse_date(fields[idx::DOB]).ok_or_else(|| FieldError {
+        column: col::DOB,
+        reason: format!("`{}` is not a date like 1977-11-23", fields[idx::DOB]),
+    })?;
+    let is_fraud: i32 = number(fields, idx::IS_FRAUD, "0 or 1")?;
+    if is_fraud != 0 && is_fraud != 1 {
+        return Err(FieldError {
+            column: col::IS_FRAUD,
+            reason: format!("{is_fraud} is not 0 or 1"),
+        });
+    }
+    let mut strings = [""; 10];
+    for (slot, &index) in strings.iter_mut().zip(STRING_COLUMNS.iter()) {
+        *slot = fields[index];
+    }
+    for (column, index) in [
+        (col::CATEGORY, idx::CATEGORY),
+        (col::TRANS_NUM, idx::TRANS_NUM),
+    ] {
+        if fields[index].is_empty() {
+            return Err(FieldError {
+                column,
+                reason: "missing value".to_string(),
+            });
+        }
+    }
+    Ok(ParsedRow {
+        row_id: number(fields, idx::ROW_ID, "an integer")?,
+        event_time,
+        cc_num: number(fields, idx::CC_NUM, "a card number (integer)")?,
+        amt: finite(fields, idx::AMT, -1e12..=1e12)?,
+        zip: number(fields, idx::ZIP, "an integer zip code")?,
+        lat: finite(fields, idx::LAT, -90.0..=90.0)?,
+        long: finite(fields, idx::LONG, -180.0..=180.0)?,
+        city_pop: number(fields, idx::CITY_POP, "an integer")?,
+        dob,
+        unix_time: number(fields, idx::UNIX_TIME, "an integer")?,
+        merch_lat: finite(fields, idx::MERCH_LAT, -90.0..=90.0)?,
+        merch_long: finite(fields, idx::MERCH_LONG, -180.0..=180.0)?,
+        is_fraud,
+        strings,
+    })
+}
+
+/// Accumulates rows into a [`RecordBatch`] of the transaction schema.
+pub struct TransactionBuilder {
+    row_id: Int64Builder,
+    event_time: TimestampMicrosecondBuilder,
+    cc_num: Int64Builder,
+    amt: Float64Builder,
+    zip: Int32Builder,
+    lat: Float64Builder,
+    long: Float64Builder,
+    city_pop: Int64Builder,
+    dob: Date32Builder,
+    unix_time: Int64Builder,
+    merch_lat: Float64Builder,
+    merch_long: Float64Builder,
+    is_fraud: Int32Builder,
+    strings: Vec<StringBuilder>,
+    capacity: usize,
+}
+
+impl TransactionBuilder {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            row_id: Int64Builder::with_capacity(capacity),
+            event_time: TimestampMicrosecondBuilder::with_capacity(capacity),
+            cc_num: Int64Builder::with_capacity(capacity),
+            amt: Float64Builder::with_capacity(capacity),
+            zip: Int32Builder::with_capacity(capacity),
+            lat: Float64Builder::with_capacity(capacity),
+            long: Float64Builder::with_capacity(capacity),
+            city_pop: Int64Builder::with_capacity(capacity),
+            dob: Date32Builder::with_capacity(capacity),
+            unix_time: Int64Builder::with_capacity(capacity),
+            merch_lat: Float64Builder::with_capacity(capacity),
+            merch_long: Float64Builder::with_capacity(capacity),
+            is_fraud: Int32Builder::with_capacity(capacity),
+            strings: (0..STRING_COLUMNS.len())
+                .map(|_| StringBuilder::with_capacity(capacity, capacity * 16))
+                .collect(),
+            capacity,
+        }
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.row_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Validates and appends one row given as its 23 text fields in schema order.
+    /// On error nothing is appended.
+    pub fn append_text_row(&mut self, fields: &[&str; COLUMN_COUNT]) -> Result<(), FieldError> {
+        let row = parse_row(fields)?;
+        self.row_id.append_value(row.row_id);
+        self.event_time.append_value(row.event_time);
+        self.cc_num.append_value(row.cc_num);
+        self.amt.append_value(row.amt);
+        self.zip.append_value(row.zip);
+        self.lat.append_value(row.lat);
+        self.long.append_value(row.long);
+        self.city_pop.append_value(row.city_pop);
+        self.dob.append_value(row.dob);
+        self.unix_time.append_value(row.unix_time);
+        self.merch_lat.append_value(row.merch_lat);
+        self.merch_long.append_value(row.merch_long);
+        self.is_fraud.append_value(row.is_fraud);
+        for (builder, value) in self.strings.iter_mut().zip(row.strings) {
+            builder.append_value(value);
+        }
+        Ok(())
+    }
+
+    /// Takes the rows appended so far as a batch and starts a new one.
+    pub fn finish(&mut self) -> Result<RecordBatch, EngineError> {
+        let mut columns: Vec<Option<ArrayRef>> = vec![None; COLUMN_COUNT];
+        columns[idx::ROW_ID] = Some(Arc::new(self.row_id.finish()));
+        columns[idx::TRANS_DATE_TRANS_TIME] = Some(Arc::new(self.event_time.finish()));
+        columns[idx::CC_NUM] = Some(Arc::new(self.cc_num.finish()));
+        columns[idx::AMT] = Some(Arc::new(self.amt.finish()));
+        columns[idx::ZIP] = Some(Arc::new(self.zip.finish()));
+        columns[idx::LAT] = Some(Arc::new(self.lat.finish()));
+        columns[idx::LONG] = Some(Arc::new(self.long.finish()));
+        columns[idx::CITY_POP] = Some(Arc::new(self.city_pop.finish()));
+        columns[idx::DOB] = Some(Arc::new(self.dob.finish()));
+        columns[idx::UNIX_TIME] = Some(Arc::new(self.unix_time.finish()));
+        columns[idx::MERCH_LAT] = Some(Arc::new(self.merch_lat.finish()));
+        columns[idx::MERCH_LONG] = Some(Arc::new(self.merch_long.finish()));
+        columns[idx::IS_FRAUD] = Some(Arc::new(self.is_fraud.finish()));
+        for (builder, &index) in self.strings.iter_mut().zip(STRING_COLUMNS.iter()) {
+            columns[index] = Some(Arc::new(builder.finish()));
+        }
+        let columns: Vec<ArrayRef> = columns.into_iter().flatten().collect();
+        // Reserve again so the next batch does not grow its buffers row by row.
+        *self = Self::with_capacity(self.capacity);
+        Ok(RecordBatch::try_new(transaction_schema(), columns)?)
+    }
+}

@@ -1,0 +1,178 @@
+//! Fixed-format date and time text, parsed and printed without a general-purpose parser:
+//! the hot paths (CSV import, JSON encode for Kafka) touch every row.
+
+/// Microseconds per second.
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number (inverse of [`days_from_civil`]).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn digits(bytes: &[u8]) -> Option<u32> {
+    let mut value = 0u32;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + u32::from(b - b'0');
+    }
+    Some(value)
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// Parses `YYYY-MM-DD` into days since the epoch.
+pub fn parse_date(text: &str) -> Option<i32> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = i64::from(digits(&b[0..4])?);
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    i32::try_from(days_from_civil(year, month, day)).ok()
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS` (or with `T`, and an optional `.ffffff` fraction) into
+/// microseconds since the epoch, read as UTC.
+pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 19 || (b[10] != b' ' && b[10] != b'T') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let days = i64::from(parse_date(&text[..10])?);
+    let hour = digits(&b[11..13])?;
+    let minute = digits(&b[14..16])?;
+    let second = digits(&b[17..19])?;
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut micros = 0i64;
+    if b.len() > 19 {
+        let fraction = &b[19..];
+        if fraction[0] != b'.' || fraction.len() < 2 || fraction.len() > 7 {
+            return None;
+        }
+        let value = i64::from(digits(&fraction[1..])?);
+        micros = value * 10i64.pow(6 - (fraction.len() as u32 - 1));
+    }
+    let seconds = days * SECONDS_PER_DAY
+        + i64::from(hour) * 3600
+        + i64::from(minute) * 60
+        + i64::from(second);
+    Some(seconds * MICROS_PER_SECOND + micros)
+}
+
+fn push_two(out: &mut Vec<u8>, value: u32) {
+    out.push(b'0' + (value / 10) as u8);
+    out.push(b'0' + (value % 10) as u8);
+}
+
+/// Appends `YYYY-MM-DD`.
+pub fn write_date(out: &mut Vec<u8>, days: i32) {
+    let (year, month, day) = civil_from_days(i64::from(days));
+    let year = year.clamp(0, 9999) as u32;
+    push_two(out, year / 100);
+    push_two(out, year % 100);
+    out.push(b'-');
+    push_two(out, month);
+    out.push(b'-');
+    push_two(out, day);
+}
+
+/// Appends `YYYY-MM-DD HH:MM:SS` (and `.ffffff` when there is a sub-second part).
+pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
+    let seconds = micros.div_euclid(MICROS_PER_SECOND);
+    let fraction = micros.rem_euclid(MICROS_PER_SECOND);
+    let days = seconds.div_euclid(SECONDS_PER_DAY);
+    let of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u32;
+    write_date(out, days as i32);
+    out.push(b' ');
+    push_two(out, of_day / 3600);
+    out.push(b':');
+    push_two(out, of_day / 60 % 60);
+    out.push(b':');
+    push_two(out, of_day % 60);
+    if fraction != 0 {
+        out.extend_from_slice(format!(".{fraction:06}").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2019-01-01"), Some(17_897));
+        assert_eq!(parse_date("1956-12-03"), Some(-4777));
+        assert_eq!(parse_date("2020-02-29"), Some(18_321));
+        assert_eq!(parse_date("2019-02-29"), None);
+        assert_eq!(parse_date("2019-13-01"), None);
+        assert_eq!(parse_date("2019-1-01"), None);
+    }
+
+    #[test]
+    fn timestamp_agrees_with_sparkov_unix_time() {
+        // First row of the reference data: unix_time 1546301102.
+        assert_eq!(
+            parse_timestamp_micros("2019-01-01 00:05:02"),
+            Some(1_546_301_102 * MICROS_PER_SECOND)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2019-01-01T00:05:02.5"),
+            Some(1_546_301_102 * MICROS_PER_SECOND + 500_000)
+        );
+        assert_eq!(parse_timestamp_micros("2019-01-01 24:05:02"), None);
+        assert_eq!(parse_timestamp_micros("2019-01-01"), None);
+    }
+
+    #[test]
+    fn print_parse_round_trip() {
+        for micros in [0, 1_546_301_102_000_000, -1_000_000, 1_577_836_799_000_001] {
+            let mut out = Vec::new();
+            write_timestamp_micros(&mut out, micros);
+            let text = String::from_utf8(out).expect("ascii");
+            assert_eq!(parse_timestamp_micros(&text), Some(micros), "{text}");
+        }
+        for days in [-30_000, -1, 0, 17_897, 20_000] {
+            let mut out = Vec::new();
+            write_date(&mut out, days);
+            let text = String::from_utf8(out).expect("ascii");
+            assert_eq!(parse_date(&text), Some(days), "{text}");
+        }
+    }
+}

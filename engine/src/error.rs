@@ -1,0 +1,38 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("line {line}: {reason}")]
+    Csv { line: u64, reason: String },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unsupported input {path}: {reason}")]
+    UnsupportedInput { path: PathBuf, reason: String },
+    #[error("schema mismatch: {0}")]
+    Schema(String),
+    #[error("JSON decode: {0}")]
+    Decode(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("kafka delivery failed for {failed} of {attempted} messages (first error: {first})")]
+    Delivery {
+        failed: u64,
+        attempted: u64,
+        first: String,
+    },
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    CsvWrite(#[from] csv::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,113 @@
+//! Subcommands. Each module turns parsed arguments into library calls, progress bars and
+//! a printed summary.
+
+mod demo;
+mod doctor;
+mod generate;
+mod produce;
+mod profile;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+const EXAMPLES: &str = "\
+Examples:
+  risksense demo                                   # everything in-process, nothing to install
+  risksense generate --customers 1000 --start 2019-01-01 --end 2019-12-31 --out year.parquet
+  risksense generate --customers 100 --out - | risksense produce --input - --topic transactions
+  risksense produce --input ../shared/data/sparkov-2019h1.csv.gz --rate 5000
+  risksense profile year.parquet --against ../shared/data/sparkov-2019h1.csv.gz
+  risksense doctor                                 # is Kafka / Redis / ONNX Runtime reachable?";
+
+/// Real-time fraud and anomaly detection for transaction streams.
+#[derive(Parser)]
+#[command(name = "risksense", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate synthetic transactions in the Kaggle fraudTrain.csv schema.
+    Generate(generate::Args),
+    /// Replay transactions (CSV, Parquet or generated) into a Kafka topic as JSON.
+    Produce(produce::Args),
+    /// Summarise transaction files (fraud rate, amounts, hours) and compare them.
+    Profile(profile::Args),
+    /// Run the demo: an in-process broker, generated traffic, the engine path.
+    Demo(demo::Args),
+    /// Check that Kafka, Redis and ONNX Runtime are reachable.
+    Doctor(doctor::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Produce(args) => produce::run(args),
+        Command::Profile(args) => profile::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Doctor(args) => doctor::run(args),
+    }
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info,rdkafka=warn",
+        1 => "debug,rdkafka=info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// A progress bar on stderr; hidden when stderr is not a terminal.
+pub fn progress(length: Option<u64>, unit: &str) -> ProgressBar {
+    let bar = match length {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = match length {
+        Some(_) => format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}}) {{msg}}"
+        ),
+        None => {
+            format!("{{spinner}} [{{elapsed_precise}}] {{human_pos}} {unit} ({{per_sec}}) {{msg}}")
+        }
+    };
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Parses `key=value` pairs for librdkafka properties.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("`{text}` is not key=value"))
+}
+
+/// Formats a count with thousands separators.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
