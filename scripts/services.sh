@@ -7,7 +7,8 @@
 #   scripts/services.sh up       install what is missing, start what is not running, wait until ready
 #   scripts/services.sh down     stop what this script started
 #   scripts/services.sh status   say what answers where
-#   scripts/services.sh install  install only (no start); used by setup and CI
+#   scripts/services.sh install  install everything, start nothing
+#   scripts/services.sh deps     build tools and ONNX Runtime only (what the demo needs)
 #
 # Idempotent: running `up` twice leaves one broker and one Redis. Everything it downloads or
 # writes lives under .local/ (git-ignored) except Debian packages and Maven's ~/.m2 cache.
@@ -232,6 +233,7 @@ status() {
 
 case "${1:-}" in
   install) install_build_deps; install_kafka; install_redis; install_onnxruntime ;;
+  deps) install_build_deps; install_onnxruntime ;;
   up) install_build_deps; install_onnxruntime; redis_up; kafka_up ;;
   down) kafka_down; redis_down ;;
   status) status ;;
@@ -240,5 +242,5 @@ case "${1:-}" in
   redis-up) redis_up ;;
   redis-down) redis_down ;;
   onnxruntime) install_onnxruntime ;;
-  *) echo "usage: $0 up|down|status|install|kafka-up|kafka-down|redis-up|redis-down|onnxruntime" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|install|deps|kafka-up|kafka-down|redis-up|redis-down|onnxruntime" >&2; exit 2 ;;
 esac

@@ -171,7 +171,7 @@ impl ReplayProducer {
         let encoder = JsonRowEncoder::new(batch)?;
         for row in 0..encoder.num_rows() {
             if let Pace::PerSecond(rate) = self.pace
-                && self.stats.messages % 64 == 0
+                && self.stats.messages.is_multiple_of(64)
             {
                 let due = Duration::from_secs_f64(self.stats.messages as f64 / rate.max(1) as f64);
                 let elapsed = started.elapsed();
@@ -181,12 +181,12 @@ impl ReplayProducer {
             }
             encoder.encode_row(row, &mut self.payload);
             encoder.card_key(row, &mut self.key);
-            self.send(row)?;
+            self.send()?;
         }
         Ok(())
     }
 
-    fn send(&mut self, _row: usize) -> Result<(), EngineError> {
+    fn send(&mut self) -> Result<(), EngineError> {
         loop {
             let record = BaseRecord::to(&self.topic)
                 .key(&self.key[..])

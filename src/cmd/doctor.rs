@@ -29,7 +29,7 @@ fn reachable(address: &str) -> bool {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut healthy = true;
-    match risksense_udfs::onnx_runtime::loaded_version() {
+    match risksense_udfs::onnx_runtime::build_info() {
         Ok(build) => {
             let info = risksense_udfs::onnx_runtime::init()?;
             println!(

@@ -65,17 +65,27 @@ pub fn candidate_paths() -> Vec<PathBuf> {
 
 /// Locates the library: `ORT_DYLIB_PATH` if set, else the first candidate that exists.
 pub fn locate() -> Result<PathBuf, RuntimeError> {
-    if let Some(explicit) = std::env::var_os(DYLIB_ENV) {
-        let path = PathBuf::from(explicit);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(RuntimeError::NotFound {
+    locate_in(
+        std::env::var_os(DYLIB_ENV).map(PathBuf::from),
+        candidate_paths(),
+    )
+}
+
+/// [`locate`] with its inputs given: an explicit path wins and must exist; otherwise the
+/// first existing candidate.
+pub fn locate_in(
+    explicit: Option<PathBuf>,
+    candidates: Vec<PathBuf>,
+) -> Result<PathBuf, RuntimeError> {
+    if let Some(path) = explicit {
+        // Absolute, so that ort never resolves it against the executable's folder.
+        return match std::fs::canonicalize(&path) {
+            Ok(absolute) if absolute.is_file() => Ok(absolute),
+            _ => Err(RuntimeError::NotFound {
                 searched: vec![path],
-            })
+            }),
         };
     }
-    let candidates = candidate_paths();
     candidates
         .iter()
         .find(|p| p.is_file())
@@ -110,8 +120,8 @@ pub fn init() -> Result<RuntimeInfo, RuntimeError> {
     }
 }
 
-/// The version string the loaded library reports.
-pub fn loaded_version() -> Result<String, RuntimeError> {
+/// The build description the loaded library reports (proves it is loaded and callable).
+pub fn build_info() -> Result<String, RuntimeError> {
     init()?;
     Ok(ort::info().to_string())
 }

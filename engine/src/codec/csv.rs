@@ -190,7 +190,7 @@ impl<W: Write> CsvTransactionWriter<W> {
             self.header_written = true;
         }
         let columns = TypedColumns::new(batch)?;
-        let mut fields: Vec<Vec<u8>> = vec![Vec::with_capacity(32); COLUMN_COUNT];
+        let mut fields: Vec<Vec<u8>> = (0..COLUMN_COUNT).map(|_| Vec::with_capacity(32)).collect();
         for row in 0..batch.num_rows() {
             for (i, field) in fields.iter_mut().enumerate() {
                 field.clear();

@@ -311,7 +311,7 @@ impl Generator {
         }
     }
 
-    fn to_batch(&mut self, purchases: &[Purchase]) -> Result<RecordBatch, EngineError> {
+    fn build_batch(&mut self, purchases: &[Purchase]) -> Result<RecordBatch, EngineError> {
         let n = purchases.len();
         let mut row_id = Int64Builder::with_capacity(n);
         let mut time = TimestampMicrosecondBuilder::with_capacity(n);
@@ -417,7 +417,7 @@ impl Iterator for Generator {
         }
         let end = (self.pending_at + self.config.batch_size.max(1)).min(self.pending.len());
         let chunk = std::mem::take(&mut self.pending);
-        let batch = self.to_batch(&chunk[self.pending_at..end]);
+        let batch = self.build_batch(&chunk[self.pending_at..end]);
         self.pending = chunk;
         self.pending_at = end;
         Some(batch)
