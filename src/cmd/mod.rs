@@ -1,6 +1,7 @@
 //! Subcommands. Each module turns parsed arguments into library calls, progress bars and
 //! a printed summary.
 
+mod bench;
 mod demo;
 mod doctor;
 mod generate;
@@ -44,6 +45,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Check that Kafka, Redis and ONNX Runtime are reachable.
     Doctor(doctor::Args),
+    /// Benchmarks (release build, real services): prints a Markdown table.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(args) => profile::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
