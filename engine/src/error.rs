@@ -17,6 +17,12 @@ pub enum EngineError {
     Schema(String),
     #[error("JSON decode: {0}")]
     Decode(String),
+    #[error("SQL: {0}")]
+    Sql(String),
+    #[error("{0}")]
+    ModelMismatch(String),
+    #[error(transparent)]
+    Model(#[from] risksense_udfs::model::ModelError),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("kafka: {0}")]

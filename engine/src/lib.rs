@@ -5,11 +5,13 @@
 //! - [`source`]: opening transaction files by name.
 //! - [`synth`]: a seeded generator of Sparkov-like transactions with fraud episodes.
 //! - [`kafka`]: client configuration and the replay producer.
+//! - [`scoring`]: DataFusion sessions running sql/features.sql and sql/score.sql.
 
 pub mod codec;
 pub mod error;
 pub mod kafka;
 pub mod schema;
+pub mod scoring;
 pub mod source;
 pub mod synth;
 

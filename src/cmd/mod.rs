@@ -5,8 +5,13 @@ mod bench;
 mod demo;
 mod doctor;
 mod generate;
+mod import;
+mod model;
 mod produce;
 mod profile;
+mod rescore;
+mod sql;
+mod train;
 
 use std::time::Duration;
 
@@ -20,6 +25,10 @@ Examples:
   risksense generate --customers 100 --out - | risksense produce --input - --topic transactions
   risksense produce --input ../shared/data/sparkov-2019h1.csv.gz --rate 5000
   risksense profile year.parquet --against ../shared/data/sparkov-2019h1.csv.gz
+  risksense train --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/default
+  risksense import --input ../shared/data/ --out history/
+  risksense rescore --input 'history/**/*.parquet' --out scored/
+  risksense sql \"SELECT category, count(*) FROM scored WHERE is_anomaly GROUP BY 1\" --table scored=scored/
   risksense doctor                                 # is Kafka / Redis / ONNX Runtime reachable?";
 
 /// Real-time fraud and anomaly detection for transaction streams.
@@ -41,6 +50,14 @@ pub enum Command {
     Produce(produce::Args),
     /// Summarise transaction files (fraud rate, amounts, hours) and compare them.
     Profile(profile::Args),
+    /// Train the autoencoder on transaction files and export it to ONNX.
+    Train(train::Args),
+    /// Score Parquet history with the same SQL and model as the stream.
+    Rescore(rescore::Args),
+    /// Convert transaction CSV into Parquet.
+    Import(import::Args),
+    /// Run SQL over Parquet / CSV tables with the RiskSense functions registered.
+    Sql(sql::Args),
     /// Run the demo: an in-process broker, generated traffic, the engine path.
     Demo(demo::Args),
     /// Check that Kafka, Redis and ONNX Runtime are reachable.
@@ -55,6 +72,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args),
         Command::Profile(args) => profile::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Sql(args) => sql::run(args),
+        Command::Rescore(args) => rescore::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Train(args) => train::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Bench(args) => bench::run(args),
     }
@@ -114,4 +135,63 @@ pub fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// A multi-threaded runtime for the async parts (DataFusion, Kafka admin).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Prints query results as a table (like a SQL shell), CSV or JSON lines.
+pub fn print_batches(
+    batches: &[arrow::record_batch::RecordBatch],
+    format: sql::Format,
+    max_rows: usize,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut shown = Vec::new();
+    let mut remaining = max_rows;
+    for batch in batches {
+        if remaining == 0 {
+            break;
+        }
+        let take = batch.num_rows().min(remaining);
+        shown.push(batch.slice(0, take));
+        remaining -= take;
+    }
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut out = std::io::stdout().lock();
+    match format {
+        sql::Format::Table => {
+            writeln!(
+                out,
+                "{}",
+                arrow::util::pretty::pretty_format_batches(&shown)?
+            )?;
+            if total > max_rows {
+                writeln!(
+                    out,
+                    "({total} rows, first {max_rows} shown; --max-rows to see more)"
+                )?;
+            }
+        }
+        sql::Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for batch in &shown {
+                writer.write(batch)?;
+            }
+        }
+        sql::Format::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+            for batch in &shown {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,12 @@
 //! RiskSense SQL functions and the model runtime they use.
 //!
 //! This crate owns everything that touches ONNX Runtime: loading the shared library
-//! ([`onnx_runtime`]) and, from the model issue on, the DataFusion UDFs that score rows.
+//! ([`onnx_runtime`]), trained models and their cards ([`model`]), and the DataFusion
+//! functions that score rows ([`functions`]).
 
+pub mod functions;
+pub mod model;
 pub mod onnx_runtime;
+
+pub use functions::register;
+pub use model::{Model, ModelCard, SessionOptions};

@@ -120,6 +120,22 @@ pub fn init() -> Result<RuntimeInfo, RuntimeError> {
     }
 }
 
+/// The process-wide ONNX Runtime environment sessions are created in (loads the library
+/// on first use).
+pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    match RUNTIME.get() {
+        Some(Ok((_, environment))) => Ok(environment),
+        _ => {
+            init()?;
+            match RUNTIME.get() {
+                Some(Ok((_, environment))) => Ok(environment),
+                Some(Err(error)) => Err(error.clone()),
+                None => Err(RuntimeError::Environment("not initialised".to_string())),
+            }
+        }
+    }
+}
+
 /// The build description the loaded library reports (proves it is loaded and callable).
 pub fn build_info() -> Result<String, RuntimeError> {
     init()?;

@@ -1,0 +1,297 @@
+//! DataFusion sessions that compute features and scores with the project's SQL.
+//!
+//! `sql/features.sql` and `sql/score.sql` are compiled into the binary, so the features a
+//! model was trained on and the ones it is served are the same text. A session gets our
+//! UDFs, a `transactions` table (Parquet files, in-memory batches, or — in the stream — the
+//! current micro-batch plus per-card state), and the `features` and `scored` views.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use risksense_udfs::Model;
+
+use crate::error::EngineError;
+use crate::source::{FileFormat, TransactionFile, expand_inputs};
+
+/// The feature SQL (see the file for what it computes).
+pub const FEATURES_SQL: &str = include_str!("../../sql/features.sql");
+/// The scoring SQL.
+pub const SCORE_SQL: &str = include_str!("../../sql/score.sql");
+/// Columns of the `features` view before the model inputs.
+pub const ID_COLUMNS: usize = 8;
+/// Name of the table the SQL reads.
+pub const TRANSACTIONS: &str = "transactions";
+
+impl From<datafusion::error::DataFusionError> for EngineError {
+    fn from(error: datafusion::error::DataFusionError) -> Self {
+        EngineError::Sql(error.to_string())
+    }
+}
+
+/// How a session uses the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Parallel partitions per query (the cores DataFusion may use).
+    pub target_partitions: usize,
+    /// Rows per batch inside plans (one ONNX Runtime run per batch).
+    pub batch_size: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            batch_size: 8192,
+        }
+    }
+}
+
+/// A session with the UDFs registered (the model ones only when a model is given).
+pub fn new_session(
+    model: Option<Arc<Model>>,
+    options: SessionOptions,
+) -> Result<SessionContext, EngineError> {
+    let config = SessionConfig::new()
+        .with_target_partitions(options.target_partitions.max(1))
+        .with_batch_size(options.batch_size.max(1))
+        .with_information_schema(true);
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    risksense_udfs::register(&mut state, model)?;
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// Where to read the SQL from instead of the compiled-in text (to try a feature change
+/// without rebuilding): a folder with features.sql and score.sql.
+pub const SQL_DIR_ENV: &str = "RISKSENSE_SQL_DIR";
+
+/// The SQL text of `file` (features.sql or score.sql): from `RISKSENSE_SQL_DIR` when set,
+/// else the text compiled into the binary.
+pub fn sql_text(file: &str) -> Result<String, EngineError> {
+    if let Some(dir) = std::env::var_os(SQL_DIR_ENV) {
+        let path = PathBuf::from(dir).join(file);
+        return std::fs::read_to_string(&path).map_err(|e| EngineError::Open { path, source: e });
+    }
+    Ok(match file {
+        "features.sql" => FEATURES_SQL,
+        "score.sql" => SCORE_SQL,
+        other => return Err(EngineError::InvalidArgument(format!("no SQL file {other}"))),
+    }
+    .to_string())
+}
+
+/// Creates the `features` view, and `scored` when the session has a model. The
+/// `transactions` table must be registered first.
+pub async fn install_views(ctx: &SessionContext, with_scores: bool) -> Result<(), EngineError> {
+    ctx.sql(&sql_text("features.sql")?).await?.collect().await?;
+    if with_scores {
+        ctx.sql(&sql_text("score.sql")?).await?.collect().await?;
+    }
+    Ok(())
+}
+
+/// The model inputs the `features` view produces, in order.
+pub async fn feature_names(ctx: &SessionContext) -> Result<Vec<String>, EngineError> {
+    let schema = ctx.table("features").await?.schema().as_arrow().clone();
+    Ok(schema
+        .fields()
+        .iter()
+        .skip(ID_COLUMNS)
+        .map(|f| f.name().clone())
+        .collect())
+}
+
+/// Fails with a clear message unless the model was trained on exactly these features.
+pub async fn check_model_fits(ctx: &SessionContext, model: &Model) -> Result<(), EngineError> {
+    let names = feature_names(ctx).await?;
+    if names != model.card.features {
+        return Err(EngineError::ModelMismatch(format!(
+            "model `{}` ({}) was trained on {} features [{}], but sql/features.sql computes {} [{}]",
+            model.card.name,
+            model.dir.display(),
+            model.card.features.len(),
+            model.card.features.join(", "),
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Registers `batches` as table `name`.
+pub fn register_batches(
+    ctx: &SessionContext,
+    name: &str,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<(), EngineError> {
+    let table = MemTable::try_new(schema, vec![batches])?;
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+/// Registers files as table `name`. Parquet (a file, a folder, or a glob such as
+/// `history/**/*.parquet`) is scanned by DataFusion in parallel, whatever its columns;
+/// CSV must be transaction CSV and is read into memory with our reader.
+pub async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    inputs: &[PathBuf],
+) -> Result<(), EngineError> {
+    let all_parquet = inputs.iter().all(|p| {
+        let text = p.to_string_lossy();
+        text.ends_with(".parquet") || (p.is_dir() && !text.ends_with(".csv"))
+    });
+    if all_parquet && inputs.len() == 1 {
+        let path = &inputs[0];
+        let location = if path.is_dir() {
+            format!("{}/", path.display())
+        } else {
+            path.display().to_string()
+        };
+        ctx.deregister_table(name)?;
+        ctx.register_parquet(name, &location, ParquetReadOptions::default())
+            .await?;
+        return Ok(());
+    }
+    let mut batches = Vec::new();
+    for path in expand_files(inputs)? {
+        for batch in TransactionFile::open(&path, 8192, false)? {
+            batches.push(batch?);
+        }
+    }
+    register_batches(ctx, name, crate::schema::transaction_schema(), batches)
+}
+
+/// Expands folders and globs (`*`, `**`) into files.
+pub fn expand_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let text = input.to_string_lossy();
+        if text.contains('*') {
+            files.extend(glob_files(&text)?);
+        } else {
+            files.extend(expand_inputs(std::slice::from_ref(input))?);
+        }
+    }
+    if files.is_empty() {
+        return Err(EngineError::InvalidArgument(format!(
+            "no input files in {}",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(files)
+}
+
+/// Minimal glob: a directory prefix, then `**` (any depth) and/or `*` in the file name.
+fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, EngineError> {
+    let root: PathBuf = pattern
+        .split('/')
+        .take_while(|part| !part.contains('*'))
+        .collect::<Vec<_>>()
+        .join("/")
+        .into();
+    let root = if root.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        root
+    };
+    let recursive = pattern.contains("**");
+    let name_pattern = pattern.rsplit('/').next().unwrap_or("*").to_string();
+    let mut found = Vec::new();
+    walk(&root, recursive, &mut |path| {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if wildcard_match(&name_pattern, &name) && FileFormat::of(path).is_ok() {
+            found.push(path.to_path_buf());
+        }
+    })?;
+    found.sort();
+    Ok(found)
+}
+
+fn walk(dir: &Path, recursive: bool, visit: &mut dyn FnMut(&Path)) -> Result<(), EngineError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::Open {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if recursive {
+                walk(&path, recursive, visit)?;
+            }
+        } else {
+            visit(&path);
+        }
+    }
+    Ok(())
+}
+
+/// `*` matches any run of characters.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(stripped) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = stripped;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else if let Some(at) = rest.find(part) {
+            rest = &rest[at + part.len()..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*.parquet", "a.parquet"));
+        assert!(!wildcard_match("*.parquet", "a.csv"));
+        assert!(wildcard_match("part-*-x.csv", "part-1-x.csv"));
+        assert!(wildcard_match("exact.csv", "exact.csv"));
+    }
+
+    #[test]
+    fn score_sql_passes_the_features_in_view_order() {
+        // The arguments of anomaly_score in score.sql, as written.
+        let start = SCORE_SQL.find("anomaly_score(").expect("call") + "anomaly_score(".len();
+        let end = start + SCORE_SQL[start..].find(')').expect("close");
+        let arguments: Vec<&str> = SCORE_SQL[start..end].split(',').map(str::trim).collect();
+        // The feature columns of features.sql: `AS name` after the last id column.
+        let select = FEATURES_SQL.rsplit("SELECT").next().expect("final select");
+        let names: Vec<&str> = select
+            .lines()
+            .filter_map(|line| line.trim().trim_end_matches(',').rsplit_once(" AS "))
+            .map(|(_, name)| name.trim())
+            .collect();
+        assert_eq!(arguments, names);
+        assert_eq!(names.len(), 30);
+    }
+}

@@ -1,0 +1,96 @@
+-- features.sql: the model's inputs, one row per transaction.
+--
+-- One text serves training (`risksense train`), batch rescoring (`risksense rescore`) and
+-- the live stream (`risksense run`), so a model never sees features computed two ways.
+-- It reads a table or view named `transactions` with the Kaggle / Sparkov columns.
+--
+-- The first eight columns identify the row; every column after them is a model input, in
+-- the order the model card lists them. Per-card history uses only bounded windows ordered
+-- by event time (the last 24 hours; the 30 transactions before this one), so the stream can
+-- reproduce it exactly from the rows it keeps per card.
+CREATE OR REPLACE VIEW features AS
+WITH base AS (
+  SELECT
+    trans_num,
+    cc_num,
+    trans_date_trans_time,
+    unix_time,
+    category,
+    amt,
+    merchant,
+    is_fraud,
+    CAST(date_part('epoch', trans_date_trans_time) AS BIGINT) AS event_secs,
+    date_part('hour', trans_date_trans_time) + date_part('minute', trans_date_trans_time) / 60.0 AS hour_of_day,
+    date_part('dow', trans_date_trans_time) AS day_of_week,
+    CASE WHEN date_part('hour', trans_date_trans_time) >= 22
+           OR date_part('hour', trans_date_trans_time) < 4 THEN 1.0 ELSE 0.0 END AS is_night,
+    (date_part('epoch', trans_date_trans_time) - date_part('epoch', CAST(dob AS TIMESTAMP)))
+      / 31557600.0 AS age_years,
+    haversine(lat, long, merch_lat, merch_long) AS distance_km,
+    city_pop,
+    gender
+  FROM transactions
+),
+history AS (
+  SELECT
+    *,
+    event_secs - lag(event_secs) OVER card_sequence AS secs_since_prev,
+    count(*) OVER last_24h AS count_24h,
+    sum(amt) OVER last_24h AS spend_24h,
+    sum(is_night) OVER last_24h AS night_count_24h,
+    sum(is_night * amt) OVER last_24h AS night_spend_24h,
+    avg(amt) OVER last_30 AS card_mean_amt
+  FROM base
+  WINDOW
+    card_sequence AS (PARTITION BY cc_num ORDER BY event_secs, trans_num),
+    last_24h AS (PARTITION BY cc_num ORDER BY event_secs
+                 RANGE BETWEEN 86399 PRECEDING AND CURRENT ROW),
+    last_30 AS (PARTITION BY cc_num ORDER BY event_secs, trans_num
+                ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING)
+)
+SELECT
+  trans_num,
+  cc_num,
+  trans_date_trans_time,
+  unix_time,
+  category,
+  amt,
+  merchant,
+  is_fraud,
+  -- amount
+  ln(1.0 + amt) AS log_amt,
+  -- category, one-hot
+  CAST(category = 'entertainment' AS DOUBLE) AS cat_entertainment,
+  CAST(category = 'food_dining' AS DOUBLE) AS cat_food_dining,
+  CAST(category = 'gas_transport' AS DOUBLE) AS cat_gas_transport,
+  CAST(category = 'grocery_net' AS DOUBLE) AS cat_grocery_net,
+  CAST(category = 'grocery_pos' AS DOUBLE) AS cat_grocery_pos,
+  CAST(category = 'health_fitness' AS DOUBLE) AS cat_health_fitness,
+  CAST(category = 'home' AS DOUBLE) AS cat_home,
+  CAST(category = 'kids_pets' AS DOUBLE) AS cat_kids_pets,
+  CAST(category = 'misc_net' AS DOUBLE) AS cat_misc_net,
+  CAST(category = 'misc_pos' AS DOUBLE) AS cat_misc_pos,
+  CAST(category = 'personal_care' AS DOUBLE) AS cat_personal_care,
+  CAST(category = 'shopping_net' AS DOUBLE) AS cat_shopping_net,
+  CAST(category = 'shopping_pos' AS DOUBLE) AS cat_shopping_pos,
+  CAST(category = 'travel' AS DOUBLE) AS cat_travel,
+  -- time of day and week, on the circle
+  sin(2.0 * pi() * hour_of_day / 24.0) AS hour_sin,
+  cos(2.0 * pi() * hour_of_day / 24.0) AS hour_cos,
+  sin(2.0 * pi() * day_of_week / 7.0) AS dow_sin,
+  cos(2.0 * pi() * day_of_week / 7.0) AS dow_cos,
+  -- cardholder and place
+  age_years,
+  ln(1.0 + distance_km) AS log_distance_km,
+  ln(1.0 + CAST(city_pop AS DOUBLE)) AS log_city_pop,
+  CAST(gender = 'F' AS DOUBLE) AS is_female,
+  -- the card's recent history
+  ln(1.0 + CAST(CASE WHEN secs_since_prev IS NULL OR secs_since_prev > 2592000 THEN 2592000
+                     ELSE secs_since_prev END AS DOUBLE)) AS log_secs_since_prev,
+  ln(CAST(count_24h AS DOUBLE)) AS log_count_24h,
+  ln((1.0 + amt) / (1.0 + coalesce(card_mean_amt, amt))) AS log_amt_over_mean,
+  ln((1.0 + spend_24h) / (1.0 + coalesce(card_mean_amt, amt))) AS log_spend_24h_over_mean,
+  night_count_24h / CAST(count_24h AS DOUBLE) AS night_share_24h,
+  ln((1.0 + night_spend_24h) / (1.0 + coalesce(card_mean_amt, amt))) AS log_night_spend_24h_over_mean,
+  ln(1.0 + night_count_24h) AS log_night_count_24h
+FROM history;

@@ -1,0 +1,83 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use arrow::array::{Array, AsArray};
+use futures::StreamExt;
+use risksense_engine::codec::parquet::create_writer;
+use risksense_engine::scoring::{self, SessionOptions};
+
+use super::model::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Transaction history: Parquet file, folder or glob (e.g. 'history/**/*.parquet'),
+    /// or transaction CSV files.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Output folder; the scored rows go to part-0.parquet in it.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Parallel partitions (default: the machine's cores).
+    #[arg(long)]
+    pub partitions: Option<usize>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let model = args.model.load()?;
+        let mut options = SessionOptions::default();
+        if let Some(p) = args.partitions {
+            options.target_partitions = p;
+        }
+        let ctx = scoring::new_session(Some(model.clone()), options)?;
+        scoring::register_files(&ctx, scoring::TRANSACTIONS, &args.input)
+            .await
+            .context("registering the input")?;
+        scoring::install_views(&ctx, true).await?;
+        scoring::check_model_fits(&ctx, &model).await?;
+        let started = Instant::now();
+        let frame = ctx.table("scored").await?;
+        let schema = frame.schema().as_arrow().clone();
+        let mut stream = frame.execute_stream().await.context("planning the rescoring")?;
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let path = args.out.join("part-0.parquet");
+        let mut writer = create_writer(&path, std::sync::Arc::new(schema))?;
+        let bar = super::progress(None, "rows");
+        let (mut rows, mut anomalies, mut frauds_caught) = (0u64, 0u64, 0u64);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.context("scoring")?;
+            rows += batch.num_rows() as u64;
+            let flags = batch.column_by_name("is_anomaly").context("is_anomaly")?.as_boolean();
+            let fraud = batch.column_by_name("is_fraud").context("is_fraud")?;
+            let fraud = arrow::compute::cast(fraud, &arrow::datatypes::DataType::Int32)?;
+            let fraud = fraud.as_primitive::<arrow::datatypes::Int32Type>();
+            for i in 0..batch.num_rows() {
+                if flags.is_valid(i) && flags.value(i) {
+                    anomalies += 1;
+                    frauds_caught += u64::from(fraud.value(i) == 1);
+                }
+            }
+            writer.write(&batch)?;
+            bar.set_position(rows);
+        }
+        writer.close()?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "rescored {} rows in {:.2} s ({:.0} rows/s): {} anomalies ({:.2} %), {} of them labelled fraud -> {}",
+            super::thousands(rows),
+            secs,
+            rows as f64 / secs.max(1e-9),
+            super::thousands(anomalies),
+            100.0 * anomalies as f64 / rows.max(1) as f64,
+            super::thousands(frauds_caught),
+            path.display()
+        );
+        Ok(())
+    })
+}

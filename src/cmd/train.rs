@@ -1,0 +1,219 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float32Type, Int32Type, TimestampMicrosecondType};
+use risksense_engine::scoring::{self, ID_COLUMNS, SessionOptions};
+use risksense_trainer::pipeline::{Period, RunInfo, train_and_export};
+use risksense_trainer::{Matrix, TrainConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training data: transaction CSV / CSV.gz / Parquet files or folders.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// A later period to validate on (threshold and metrics). Without it, the last
+    /// --validation-share of the input (by time) is held out.
+    #[arg(long, num_args = 1..)]
+    pub validation: Vec<PathBuf>,
+    /// Share of the input, the latest rows, held out when no --validation is given.
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_share: f64,
+    /// Output folder for model.onnx and model.json.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Alert rate the threshold is calibrated to on the validation period.
+    #[arg(long, default_value_t = 0.01)]
+    pub alert_rate: f64,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Trainings from consecutive seeds; the lowest validation loss is kept.
+    #[arg(long, default_value_t = 4)]
+    pub restarts: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 2)]
+    pub code: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Largest error one feature may add to a score, in units of its training error.
+    #[arg(long, default_value_t = 9.0)]
+    pub error_cap: f32,
+}
+
+/// Features of `inputs`, computed by sql/features.sql, in event-time order.
+async fn features_of(inputs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<RecordBatch>)> {
+    let ctx = scoring::new_session(None, SessionOptions::default())?;
+    scoring::register_files(&ctx, scoring::TRANSACTIONS, inputs).await?;
+    scoring::install_views(&ctx, false).await?;
+    let names = scoring::feature_names(&ctx).await?;
+    let batches = ctx
+        .sql("SELECT * FROM features ORDER BY trans_date_trans_time, trans_num")
+        .await?
+        .collect()
+        .await?;
+    Ok((names, batches))
+}
+
+/// Rows `range` of the feature batches as a training period.
+fn period(batches: &[RecordBatch], range: std::ops::Range<usize>) -> anyhow::Result<Period> {
+    let schema = batches.first().map(|b| b.schema()).context("no rows")?;
+    let all = arrow::compute::concat_batches(&schema, batches)?.slice(range.start, range.len());
+    let cols = all.num_columns() - ID_COLUMNS;
+    let rows = all.num_rows();
+    let mut data = vec![0f32; rows * cols];
+    for c in 0..cols {
+        let column = cast(all.column(ID_COLUMNS + c), &DataType::Float32)?;
+        let values = column.as_primitive::<Float32Type>();
+        if values.null_count() > 0 {
+            bail!(
+                "feature `{}` has nulls",
+                schema.field(ID_COLUMNS + c).name()
+            );
+        }
+        for (r, v) in values.values().iter().enumerate() {
+            data[r * cols + c] = *v;
+        }
+    }
+    let fraud = cast(
+        all.column_by_name("is_fraud").context("is_fraud")?,
+        &DataType::Int32,
+    )?;
+    let labels = fraud
+        .as_primitive::<Int32Type>()
+        .iter()
+        .map(|v| v == Some(1))
+        .collect();
+    let trans_nums = cast(
+        all.column_by_name("trans_num").context("trans_num")?,
+        &DataType::Utf8,
+    )?;
+    let trans_nums = trans_nums
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect();
+    let times = cast(
+        all.column_by_name("trans_date_trans_time")
+            .context("time")?,
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+    )?;
+    let times = times.as_primitive::<TimestampMicrosecondType>();
+    let text = |i: usize| {
+        let mut out = Vec::new();
+        risksense_engine::codec::time::write_timestamp_micros(&mut out, times.value(i));
+        String::from_utf8_lossy(&out).to_string()
+    };
+    let span = if rows > 0 {
+        (text(0), text(rows - 1))
+    } else {
+        Default::default()
+    };
+    Ok(Period {
+        features: Matrix::new(rows, cols, data)?,
+        labels,
+        trans_nums,
+        span,
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    let started = std::time::Instant::now();
+    let (names, batches) = runtime
+        .block_on(features_of(&args.input))
+        .context("computing features of the training data")?;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let (train, validation) = if args.validation.is_empty() {
+        let cut = ((total as f64) * (1.0 - args.validation_share)).round() as usize;
+        (period(&batches, 0..cut)?, period(&batches, cut..total)?)
+    } else {
+        let (valid_names, valid_batches) = runtime
+            .block_on(features_of(&args.validation))
+            .context("computing features of the validation data")?;
+        anyhow::ensure!(
+            valid_names == names,
+            "validation features differ from training features"
+        );
+        let valid_total = valid_batches.iter().map(|b| b.num_rows()).sum();
+        (
+            period(&batches, 0..total)?,
+            period(&valid_batches, 0..valid_total)?,
+        )
+    };
+    eprintln!(
+        "features: {} columns; training {} rows ({} .. {}), validation {} rows ({} .. {}) [{:.1} s]",
+        names.len(),
+        super::thousands(train.features.rows as u64),
+        train.span.0,
+        train.span.1,
+        super::thousands(validation.features.rows as u64),
+        validation.span.0,
+        validation.span.1,
+        started.elapsed().as_secs_f64()
+    );
+    let name = args
+        .out
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().to_string());
+    let info = RunInfo {
+        name,
+        feature_names: names,
+        inputs: args.input.iter().map(|p| p.display().to_string()).collect(),
+        alert_rate: args.alert_rate,
+        restarts: args.restarts,
+        config: TrainConfig {
+            hidden: args.hidden,
+            code: args.code,
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            learning_rate: args.learning_rate,
+            seed: args.seed,
+            error_cap: args.error_cap,
+        },
+    };
+    let bar = super::progress(Some((args.epochs * args.restarts.max(1)) as u64), "epochs");
+    let outcome = train_and_export(&train, &validation, &info, &args.out, |restart, report| {
+        bar.set_position((restart * report.epochs + report.epoch) as u64);
+        bar.set_message(format!(
+            "run {} loss {:.4} (validation {:.4})",
+            restart + 1,
+            report.train_loss,
+            report.validation_loss
+        ));
+    })
+    .context("training")?;
+    bar.finish_and_clear();
+    let card = &outcome.card;
+    eprintln!(
+        "trained in {:.1} s: loss {:.4}, validation loss {:.4}; threshold {:.4} ({})",
+        started.elapsed().as_secs_f64(),
+        card.training.final_train_loss,
+        card.training.final_validation_loss,
+        card.threshold,
+        card.threshold_rule
+    );
+    eprintln!(
+        "ONNX Runtime vs candle scores: max |diff| {:.2e}",
+        outcome.onnx_max_abs_diff
+    );
+    if let Some(m) = &card.validation {
+        eprintln!(
+            "validation ({} rows, {} frauds): ROC-AUC {:.4}, PR-AUC {:.4}, recall {:.3} / precision {:.3} at a {:.1} % alert rate",
+            m.rows,
+            m.frauds,
+            m.roc_auc,
+            m.pr_auc,
+            m.recall_at_alert_rate,
+            m.precision_at_alert_rate,
+            m.alert_rate * 100.0
+        );
+    }
+    eprintln!("wrote {}/model.onnx and model.json", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The dense autoencoder: trained with candle (autodiff, Adam), exported to ONNX.
+//!
+//! Architecture: features → hidden (ReLU) → code (linear) → hidden (ReLU) → features, on
+//! standardised inputs. Standardisation (mean / standard deviation of the training rows;
+//! 0/1 columns are left as they are) is part of the exported graph, so callers pass raw
+//! features.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::TrainError;
+use crate::onnx::{Dim, GraphBuilder, int_attribute, ints_attribute};
+
+/// A row-major matrix of f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, TrainError> {
+        if data.len() != rows * cols {
+            return Err(TrainError::Shape(format!(
+                "{} values is not {rows} x {cols}",
+                data.len()
+            )));
+        }
+        Ok(Self { rows, cols, data })
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// Per-column shift and scale applied before the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standardizer {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Standardizer {
+    /// Mean and standard deviation of each column; columns holding only 0 and 1 (one-hot,
+    /// flags) keep mean 0 and scale 1, so a rare category does not dominate the error.
+    pub fn fit(matrix: &Matrix) -> Self {
+        let (mut mean, mut std) = (vec![0f32; matrix.cols], vec![1f32; matrix.cols]);
+        for col in 0..matrix.cols {
+            let values = (0..matrix.rows).map(|r| f64::from(matrix.data[r * matrix.cols + col]));
+            let binary = values.clone().all(|v| v == 0.0 || v == 1.0);
+            if binary || matrix.rows == 0 {
+                continue;
+            }
+            let n = matrix.rows as f64;
+            let m = values.clone().sum::<f64>() / n;
+            let var = values.map(|v| (v - m) * (v - m)).sum::<f64>() / n;
+            mean[col] = m as f32;
+            std[col] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+        }
+        Self { mean, std }
+    }
+
+    pub fn apply(&self, matrix: &Matrix) -> Matrix {
+        let mut data = matrix.data.clone();
+        for row in data.chunks_mut(matrix.cols) {
+            for (col, v) in row.iter_mut().enumerate() {
+                *v = (*v - self.mean[col]) / self.std[col];
+            }
+        }
+        Matrix { data, ..*matrix }
+    }
+}
+
+/// Training settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub hidden: usize,
+    pub code: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub seed: u64,
+    /// See [`ErrorModel::cap`].
+    pub error_cap: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 64,
+            code: 2,
+            epochs: 10,
+            batch_size: 256,
+            learning_rate: 1e-3,
+            seed: 42,
+            error_cap: 9.0,
+        }
+    }
+}
+
+/// Progress reported after each epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub train_loss: f64,
+    pub validation_loss: f64,
+}
+
+/// How reconstruction errors become a score, fitted on the training rows after training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorModel {
+    /// Per-feature bounds of the standardised training data: the reconstruction is clipped
+    /// to them, so a value outside everything seen in training can never be reconstructed
+    /// by extrapolating along a correlated direction.
+    pub low: Vec<f32>,
+    pub high: Vec<f32>,
+    /// Mean squared error of each feature on the training rows: each feature's error is
+    /// divided by it, so a feature the model reconstructs well counts when it fails, and an
+    /// unpredictable one does not drown the rest.
+    pub scale: Vec<f32>,
+    /// Largest error one feature may contribute (in units of its training error): one
+    /// extreme value (a record travel bill) counts less than several unusual ones together.
+    pub cap: f32,
+}
+
+/// A trained autoencoder.
+pub struct Autoencoder {
+    pub standardizer: Standardizer,
+    pub errors: ErrorModel,
+    /// (weight [out, in], bias [out]) per layer.
+    layers: Vec<(Var, Var)>,
+    pub config: TrainConfig,
+}
+
+fn init_layer(
+    rng: &mut ChaCha8Rng,
+    inputs: usize,
+    outputs: usize,
+    device: &Device,
+) -> Result<(Var, Var), TrainError> {
+    // He-uniform for ReLU layers, seeded so training is reproducible.
+    let bound = (6.0 / inputs as f64).sqrt() as f32;
+    let weights: Vec<f32> = (0..inputs * outputs)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    let weight = Var::from_tensor(&Tensor::from_vec(weights, (outputs, inputs), device)?)?;
+    let bias = Var::from_tensor(&Tensor::zeros(outputs, DType::F32, device)?)?;
+    Ok((weight, bias))
+}
+
+impl Autoencoder {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let mut h = x.clone();
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            h = h
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
+            // ReLU after the first encoder and the first decoder layer; the code and the
+            // reconstruction stay linear.
+            if i != last && i % 2 == 0 {
+                h = h.relu()?;
+            }
+        }
+        Ok(h)
+    }
+
+    fn loss_on(&self, z: &Matrix) -> Result<f64, TrainError> {
+        if z.rows == 0 {
+            return Ok(f64::NAN);
+        }
+        let mut total = 0.0;
+        for start in (0..z.rows).step_by(8192) {
+            let n = (z.rows - start).min(8192);
+            let x = Tensor::from_slice(
+                &z.data[start * z.cols..(start + n) * z.cols],
+                (n, z.cols),
+                &Device::Cpu,
+            )?;
+            let err = (self.forward(&x)? - &x)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            total += f64::from(err);
+        }
+        Ok(total / (z.rows * z.cols) as f64)
+    }
+
+    /// Trains on `train` (raw features), watching the loss on `validation`.
+    pub fn train(
+        train: &Matrix,
+        validation: &Matrix,
+        config: TrainConfig,
+        mut on_epoch: impl FnMut(EpochReport),
+    ) -> Result<(Self, EpochReport), TrainError> {
+        if train.rows == 0 {
+            return Err(TrainError::NoData("no training rows".to_string()));
+        }
+        let device = Device::Cpu;
+        let standardizer = Standardizer::fit(train);
+        let z_train = standardizer.apply(train);
+        let z_valid = standardizer.apply(validation);
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let f = train.cols;
+        let sizes = [f, config.hidden, config.code, config.hidden, f];
+        let layers = sizes
+            .windows(2)
+            .map(|w| init_layer(&mut rng, w[0], w[1], &device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let f_cols = train.cols;
+        let mut model = Self {
+            standardizer,
+            errors: ErrorModel {
+                low: vec![f32::MIN; f_cols],
+                high: vec![f32::MAX; f_cols],
+                scale: vec![1.0; f_cols],
+                cap: f32::MAX,
+            },
+            layers,
+            config: config.clone(),
+        };
+        let vars: Vec<Var> = model
+            .layers
+            .iter()
+            .flat_map(|(w, b)| [w.clone(), b.clone()])
+            .collect();
+        let mut optimizer = AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: config.learning_rate,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let mut order: Vec<usize> = (0..z_train.rows).collect();
+        let mut batch = Vec::with_capacity(config.batch_size * f);
+        let mut report = EpochReport {
+            epoch: 0,
+            epochs: config.epochs,
+            train_loss: f64::NAN,
+            validation_loss: f64::NAN,
+        };
+        for epoch in 1..=config.epochs {
+            order.shuffle(&mut rng);
+            let (mut loss_sum, mut seen) = (0.0, 0usize);
+            for chunk in order.chunks(config.batch_size.max(1)) {
+                batch.clear();
+                for &row in chunk {
+                    batch.extend_from_slice(z_train.row(row));
+                }
+                let x = Tensor::from_slice(&batch, (chunk.len(), f), &device)?;
+                let loss = (model.forward(&x)? - &x)?.sqr()?.mean_all()?;
+                optimizer.backward_step(&loss)?;
+                loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
+                seen += chunk.len();
+            }
+            report = EpochReport {
+                epoch,
+                epochs: config.epochs,
+                train_loss: loss_sum / seen as f64,
+                validation_loss: model.loss_on(&z_valid)?,
+            };
+            on_epoch(report);
+        }
+        model.fit_error_model(&z_train)?;
+        Ok((model, report))
+    }
+
+    fn fit_error_model(&mut self, z: &Matrix) -> Result<(), TrainError> {
+        let cols = z.cols;
+        let (mut low, mut high) = (vec![f32::MAX; cols], vec![f32::MIN; cols]);
+        for row in z.data.chunks(cols) {
+            for (c, &v) in row.iter().enumerate() {
+                low[c] = low[c].min(v);
+                high[c] = high[c].max(v);
+            }
+        }
+        self.errors.low = low;
+        self.errors.high = high;
+        self.errors.scale = vec![1.0; cols];
+        self.errors.cap = f32::MAX;
+        let errors = self.feature_errors_standardized(z)?;
+        let mut sums = vec![0f64; cols];
+        for row in errors.chunks(cols) {
+            for (c, &e) in row.iter().enumerate() {
+                sums[c] += f64::from(e);
+            }
+        }
+        self.errors.scale = sums
+            .iter()
+            .map(|s| ((s / z.rows.max(1) as f64) as f32).max(1e-4))
+            .collect();
+        self.errors.cap = self.config.error_cap;
+        Ok(())
+    }
+
+    /// Per-feature errors of standardised rows: the clipped reconstruction's squared
+    /// error over the feature's training error scale.
+    fn feature_errors_standardized(&self, z: &Matrix) -> Result<Vec<f32>, TrainError> {
+        let device = Device::Cpu;
+        let low = Tensor::from_slice(&self.errors.low, z.cols, &device)?;
+        let high = Tensor::from_slice(&self.errors.high, z.cols, &device)?;
+        let scale = Tensor::from_slice(&self.errors.scale, z.cols, &device)?;
+        let mut out = Vec::with_capacity(z.data.len());
+        for start in (0..z.rows).step_by(8192) {
+            let n = (z.rows - start).min(8192);
+            let t = Tensor::from_slice(
+                &z.data[start * z.cols..(start + n) * z.cols],
+                (n, z.cols),
+                &device,
+            )?;
+            let recon = self
+                .forward(&t)?
+                .broadcast_maximum(&low)?
+                .broadcast_minimum(&high)?;
+            let err = (recon - &t)?
+                .sqr()?
+                .broadcast_div(&scale)?
+                .clamp(0f32, self.errors.cap)?;
+            out.extend(err.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Anomaly scores computed by candle: the reference the exported ONNX graph must
+    /// reproduce.
+    pub fn scores(&self, x: &Matrix) -> Result<Vec<f32>, TrainError> {
+        let z = self.standardizer.apply(x);
+        let errors = self.feature_errors_standardized(&z)?;
+        Ok(errors
+            .chunks(x.cols.max(1))
+            .map(|row| row.iter().sum::<f32>() / row.len() as f32)
+            .collect())
+    }
+
+    /// Layer sizes, input first.
+    pub fn architecture(&self) -> Vec<usize> {
+        let mut sizes = vec![self.standardizer.mean.len()];
+        sizes.extend(self.layers.iter().map(|(w, _)| w.as_tensor().dims()[0]));
+        sizes
+    }
+
+    /// The ONNX graph: `input` [rows, features] → `output` (reconstruction),
+    /// `feature_error` (squared error per feature in standardised units, over the feature's
+    /// training error), `score` (their mean).
+    pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
+        let f = self.standardizer.mean.len() as i64;
+        let mut g = GraphBuilder::default();
+        g.input("input", &[Dim::Named("rows"), Dim::Fixed(f)]);
+        g.constant("mean", &[f], &self.standardizer.mean);
+        g.constant("std", &[f], &self.standardizer.std);
+        g.node("Sub", &["input", "mean"], "centered");
+        g.node("Div", &["centered", "std"], "z");
+        let last = self.layers.len() - 1;
+        let mut current = "z".to_string();
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            let dims = w.as_tensor().dims().to_vec();
+            let weights = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let bias = b.as_tensor().to_vec1::<f32>()?;
+            let (wn, bn, out) = (format!("w{i}"), format!("b{i}"), format!("gemm{i}"));
+            g.constant(&wn, &[dims[0] as i64, dims[1] as i64], &weights);
+            g.constant(&bn, &[dims[0] as i64], &bias);
+            g.node_with(
+                "Gemm",
+                &[&current, &wn, &bn],
+                &out,
+                vec![int_attribute("transB", 1)],
+            );
+            current = out;
+            if i != last && i % 2 == 0 {
+                let relu = format!("relu{i}");
+                g.node("Relu", &[&current], &relu);
+                current = relu;
+            }
+        }
+        g.constant("low", &[f], &self.errors.low);
+        g.constant("high", &[f], &self.errors.high);
+        g.constant("error_scale", &[f], &self.errors.scale);
+        g.node("Max", &[&current, "low"], "clipped_low");
+        g.node("Min", &["clipped_low", "high"], "reconstruction");
+        g.node("Sub", &["reconstruction", "z"], "diff");
+        g.node("Mul", &["diff", "diff"], "squared_error");
+        g.node("Div", &["squared_error", "error_scale"], "scaled_error");
+        g.constant("error_cap", &[], &[self.errors.cap]);
+        g.node("Min", &["scaled_error", "error_cap"], "feature_error");
+        g.node_with(
+            "ReduceMean",
+            &["feature_error"],
+            "score",
+            vec![ints_attribute("axes", &[1]), int_attribute("keepdims", 0)],
+        );
+        g.node("Mul", &["reconstruction", "std"], "scaled");
+        g.node("Add", &["scaled", "mean"], "output");
+        g.output("output", &[Dim::Named("rows"), Dim::Fixed(f)]);
+        g.output("feature_error", &[Dim::Named("rows"), Dim::Fixed(f)]);
+        g.output("score", &[Dim::Named("rows")]);
+        Ok(g.finish(
+            name,
+            "RiskSense transaction autoencoder; score = mean squared reconstruction error",
+        ))
+    }
+}

@@ -1,0 +1,27 @@
+//! RiskSense model training.
+//!
+//! A dense autoencoder trained with candle (a maintained autodiff framework with Adam) on
+//! legitimate transactions, exported to ONNX for the scoring UDF, with the alert threshold
+//! calibrated and the quality measured on a later validation period. Kept out of the engine
+//! so the streaming build does not carry the training framework.
+
+pub mod autoencoder;
+pub mod metrics;
+pub mod onnx;
+pub mod pipeline;
+
+pub use autoencoder::{Autoencoder, EpochReport, Matrix, Standardizer, TrainConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("shape: {0}")]
+    Shape(String),
+    #[error("no data: {0}")]
+    NoData(String),
+    #[error(transparent)]
+    Model(#[from] risksense_udfs::model::ModelError),
+    #[error("writing the model: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,236 @@
+//! A small ONNX writer: the protobuf messages the autoencoder graph needs (field numbers
+//! from onnx.proto), encoded with prost. Writing them ourselves keeps protoc and a large
+//! ONNX crate out of the build; ONNX Runtime loading the result is the test of it.
+
+use prost::Message;
+
+pub const OPSET: i64 = 17;
+pub const IR_VERSION: i64 = 8;
+const FLOAT: i32 = 1;
+const ATTRIBUTE_INT: i32 = 2;
+const ATTRIBUTE_INTS: i32 = 7;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelProto {
+    #[prost(int64, tag = "1")]
+    pub ir_version: i64,
+    #[prost(string, tag = "2")]
+    pub producer_name: String,
+    #[prost(string, tag = "3")]
+    pub producer_version: String,
+    #[prost(string, tag = "6")]
+    pub doc_string: String,
+    #[prost(message, optional, tag = "7")]
+    pub graph: Option<GraphProto>,
+    #[prost(message, repeated, tag = "8")]
+    pub opset_import: Vec<OperatorSetIdProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OperatorSetIdProto {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GraphProto {
+    #[prost(message, repeated, tag = "1")]
+    pub node: Vec<NodeProto>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(message, repeated, tag = "5")]
+    pub initializer: Vec<TensorProto>,
+    #[prost(message, repeated, tag = "11")]
+    pub input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    pub output: Vec<ValueInfoProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeProto {
+    #[prost(string, repeated, tag = "1")]
+    pub input: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub output: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, tag = "4")]
+    pub op_type: String,
+    #[prost(message, repeated, tag = "5")]
+    pub attribute: Vec<AttributeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AttributeProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int64, tag = "3")]
+    pub i: i64,
+    #[prost(int64, repeated, tag = "8")]
+    pub ints: Vec<i64>,
+    #[prost(int32, tag = "20")]
+    pub r#type: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorProto {
+    #[prost(int64, repeated, tag = "1")]
+    pub dims: Vec<i64>,
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(string, tag = "8")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "9")]
+    pub raw_data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ValueInfoProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub r#type: Option<TypeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TypeProto {
+    #[prost(message, optional, tag = "1")]
+    pub tensor_type: Option<TensorTypeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorTypeProto {
+    #[prost(int32, tag = "1")]
+    pub elem_type: i32,
+    #[prost(message, optional, tag = "2")]
+    pub shape: Option<TensorShapeProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorShapeProto {
+    #[prost(message, repeated, tag = "1")]
+    pub dim: Vec<Dimension>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Dimension {
+    #[prost(int64, optional, tag = "1")]
+    pub dim_value: Option<i64>,
+    #[prost(string, optional, tag = "2")]
+    pub dim_param: Option<String>,
+}
+
+/// A dimension: a fixed size, or a named symbolic one (`rows`).
+pub enum Dim {
+    Fixed(i64),
+    Named(&'static str),
+}
+
+/// Builds a graph node by node.
+#[derive(Default)]
+pub struct GraphBuilder {
+    graph: GraphProto,
+}
+
+impl GraphBuilder {
+    pub fn input(&mut self, name: &str, dims: &[Dim]) {
+        self.graph.input.push(value_info(name, dims));
+    }
+
+    pub fn output(&mut self, name: &str, dims: &[Dim]) {
+        self.graph.output.push(value_info(name, dims));
+    }
+
+    /// A float constant (weights, biases, standardisation).
+    pub fn constant(&mut self, name: &str, dims: &[i64], values: &[f32]) {
+        self.graph.initializer.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: FLOAT,
+            name: name.to_string(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+    }
+
+    pub fn node(&mut self, op: &str, inputs: &[&str], output: &str) {
+        self.node_with(op, inputs, output, Vec::new());
+    }
+
+    pub fn node_with(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) {
+        let index = self.graph.node.len();
+        self.graph.node.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: format!("{op}_{index}"),
+            op_type: op.to_string(),
+            attribute,
+        });
+    }
+
+    pub fn finish(mut self, name: &str, doc: &str) -> Vec<u8> {
+        self.graph.name = name.to_string();
+        ModelProto {
+            ir_version: IR_VERSION,
+            producer_name: "risksense".to_string(),
+            producer_version: env!("CARGO_PKG_VERSION").to_string(),
+            doc_string: doc.to_string(),
+            graph: Some(self.graph),
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+        }
+        .encode_to_vec()
+    }
+}
+
+pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        i: value,
+        ints: Vec::new(),
+        r#type: ATTRIBUTE_INT,
+    }
+}
+
+pub fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        i: 0,
+        ints: values.to_vec(),
+        r#type: ATTRIBUTE_INTS,
+    }
+}
+
+fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Fixed(v) => Dimension {
+                                dim_value: Some(*v),
+                                dim_param: None,
+                            },
+                            Dim::Named(n) => Dimension {
+                                dim_value: None,
+                                dim_param: Some(n.to_string()),
+                            },
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}

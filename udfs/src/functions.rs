@@ -1,0 +1,348 @@
+//! The SQL functions RiskSense adds to DataFusion.
+//!
+//! - `haversine(lat1, lon1, lat2, lon2)`: great-circle distance in km.
+//! - `anomaly_score(f1, …, fn)`: the model's reconstruction error, one ONNX Runtime run per
+//!   Arrow batch.
+//! - `anomaly_explain(f1, …, fn)`: the three features with the largest reconstruction error
+//!   and their share of it, e.g. `log_amt_over_mean 61%, night_share_24h 22%, hour_cos 6%`.
+//! - `anomaly_threshold()`: the model's alert threshold.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float32Type, Float64Type};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err, plan_err};
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::model::Model;
+
+const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// Great-circle distance between two points given in degrees, in km.
+pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (phi1, phi2) = (lat1.to_radians(), lat2.to_radians());
+    let d_phi = (lat2 - lat1).to_radians();
+    let d_lambda = (lon2 - lon1).to_radians();
+    let a = (d_phi / 2.0).sin().powi(2) + phi1.cos() * phi2.cos() * (d_lambda / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Haversine {
+    signature: Signature,
+}
+
+impl Default for Haversine {
+    fn default() -> Self {
+        Self {
+            signature: Signature::uniform(4, vec![DataType::Float64], Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Haversine {
+    fn name(&self) -> &str {
+        "haversine"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [a, b, c, d] = [0, 1, 2, 3].map(|i| arrays[i].as_primitive::<Float64Type>());
+        let out: Float64Array = (0..args.number_rows)
+            .map(|row| {
+                if a.is_null(row) || b.is_null(row) || c.is_null(row) || d.is_null(row) {
+                    None
+                } else {
+                    Some(haversine_km(
+                        a.value(row),
+                        b.value(row),
+                        c.value(row),
+                        d.value(row),
+                    ))
+                }
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// The feature arguments of a call, as one row-major f32 matrix plus the rows that had a
+/// null anywhere (scored as null).
+struct FeatureMatrix {
+    values: Vec<f32>,
+    rows: usize,
+    null_rows: Option<Vec<bool>>,
+}
+
+fn feature_matrix(model: &Model, name: &str, args: &ScalarFunctionArgs) -> Result<FeatureMatrix> {
+    let width = model.feature_count();
+    if args.args.len() != width {
+        return exec_err!(
+            "{name} expects {width} features for model `{}`, got {}",
+            model.card.name,
+            args.args.len()
+        );
+    }
+    let rows = args.number_rows;
+    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+    let mut values = vec![0f32; rows * width];
+    let mut null_rows: Option<Vec<bool>> = None;
+    for (column, array) in arrays.iter().enumerate() {
+        let array: ArrayRef = if array.data_type() == &DataType::Float32 {
+            array.clone()
+        } else {
+            cast(array, &DataType::Float32)?
+        };
+        let floats = array.as_primitive::<Float32Type>();
+        // A strided write per column: the transpose from Arrow's columns to the
+        // row-major tensor ONNX Runtime reads, with no per-row allocation.
+        for (row, value) in floats.values().iter().enumerate() {
+            values[row * width + column] = *value;
+        }
+        if floats.null_count() > 0 {
+            let mask = null_rows.get_or_insert_with(|| vec![false; rows]);
+            for (row, slot) in mask.iter_mut().enumerate() {
+                *slot |= floats.is_null(row);
+            }
+        }
+    }
+    Ok(FeatureMatrix {
+        values,
+        rows,
+        null_rows,
+    })
+}
+
+fn model_error(error: crate::model::ModelError) -> DataFusionError {
+    DataFusionError::External(Box::new(error))
+}
+
+fn check_feature_types(name: &str, model: &Model, arg_types: &[DataType]) -> Result<()> {
+    let width = model.feature_count();
+    if arg_types.len() != width {
+        return plan_err!(
+            "{name} takes the {width} features of model `{}` ({}), got {} arguments",
+            model.card.name,
+            model.card.features.join(", "),
+            arg_types.len()
+        );
+    }
+    if let Some((i, t)) = arg_types
+        .iter()
+        .enumerate()
+        .find(|(_, t)| !t.is_numeric() && !matches!(t, DataType::Boolean | DataType::Null))
+    {
+        return plan_err!(
+            "{name}: feature {} (`{}`) must be numeric, got {t}",
+            i + 1,
+            model.card.features[i]
+        );
+    }
+    Ok(())
+}
+
+macro_rules! model_udf_identity {
+    ($t:ty) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.model, &other.model)
+            }
+        }
+        impl Eq for $t {}
+        impl Hash for $t {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.model.dir.hash(state);
+            }
+        }
+    };
+}
+
+/// `anomaly_score(features…)`: reconstruction error of each row.
+#[derive(Debug)]
+pub struct AnomalyScore {
+    model: Arc<Model>,
+    signature: Signature,
+}
+model_udf_identity!(AnomalyScore);
+
+impl AnomalyScore {
+    pub fn new(model: Arc<Model>) -> Self {
+        Self {
+            model,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for AnomalyScore {
+    fn name(&self) -> &str {
+        "anomaly_score"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        check_feature_types(self.name(), &self.model, arg_types)?;
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let matrix = feature_matrix(&self.model, self.name(), &args)?;
+        let scores = self
+            .model
+            .score(&matrix.values, matrix.rows)
+            .map_err(model_error)?;
+        let out: Float64Array = match &matrix.null_rows {
+            None => scores.iter().map(|&s| Some(f64::from(s))).collect(),
+            Some(nulls) => scores
+                .iter()
+                .zip(nulls)
+                .map(|(&s, &null)| (!null).then_some(f64::from(s)))
+                .collect(),
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `anomaly_explain(features…)`: the top three features by reconstruction error.
+#[derive(Debug)]
+pub struct AnomalyExplain {
+    model: Arc<Model>,
+    signature: Signature,
+}
+model_udf_identity!(AnomalyExplain);
+
+impl AnomalyExplain {
+    pub fn new(model: Arc<Model>) -> Self {
+        Self {
+            model,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+/// Formats the top `k` features of one row's errors as `name share%, …`.
+pub fn explain_row(features: &[String], errors: &[f32], k: usize) -> String {
+    let total: f32 = errors.iter().sum();
+    let mut order: Vec<usize> = (0..errors.len()).collect();
+    order.sort_by(|&a, &b| errors[b].total_cmp(&errors[a]).then(a.cmp(&b)));
+    order
+        .iter()
+        .take(k)
+        .map(|&i| {
+            let share = if total > 0.0 {
+                errors[i] / total * 100.0
+            } else {
+                0.0
+            };
+            format!("{} {:.0}%", features[i], share)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ScalarUDFImpl for AnomalyExplain {
+    fn name(&self) -> &str {
+        "anomaly_explain"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        check_feature_types(self.name(), &self.model, arg_types)?;
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let matrix = feature_matrix(&self.model, self.name(), &args)?;
+        let errors = self
+            .model
+            .feature_errors(&matrix.values, matrix.rows)
+            .map_err(model_error)?;
+        let width = self.model.feature_count();
+        let mut out = StringBuilder::with_capacity(matrix.rows, matrix.rows * 48);
+        for row in 0..matrix.rows {
+            if matrix.null_rows.as_ref().is_some_and(|n| n[row]) {
+                out.append_null();
+            } else {
+                let errors = &errors[row * width..(row + 1) * width];
+                out.append_value(explain_row(&self.model.card.features, errors, 3));
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `anomaly_threshold()`: the model's alert threshold, a constant.
+#[derive(Debug)]
+pub struct AnomalyThreshold {
+    model: Arc<Model>,
+    signature: Signature,
+}
+model_udf_identity!(AnomalyThreshold);
+
+impl ScalarUDFImpl for AnomalyThreshold {
+    fn name(&self) -> &str {
+        "anomaly_threshold"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(
+            self.model.card.threshold,
+        ))))
+    }
+}
+
+/// Registers `haversine` (always) and, given a model, the model functions.
+pub fn register(registry: &mut dyn FunctionRegistry, model: Option<Arc<Model>>) -> Result<()> {
+    registry.register_udf(Arc::new(ScalarUDF::from(Haversine::default())))?;
+    if let Some(model) = model {
+        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyScore::new(model.clone()))))?;
+        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyExplain::new(
+            model.clone(),
+        ))))?;
+        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyThreshold {
+            model,
+            signature: Signature::nullary(Volatility::Immutable),
+        })))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haversine_known_distances() {
+        // Paris - London, about 344 km.
+        let d = haversine_km(48.8566, 2.3522, 51.5074, -0.1278);
+        assert!((d - 343.9).abs() < 1.0, "{d}");
+        assert_eq!(haversine_km(10.0, 20.0, 10.0, 20.0), 0.0);
+        // One degree of latitude is about 111.2 km.
+        assert!((haversine_km(0.0, 0.0, 1.0, 0.0) - 111.19).abs() < 0.05);
+    }
+
+    #[test]
+    fn explanation_lists_the_largest_errors_first() {
+        let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            explain_row(&names, &[1.0, 6.0, 0.0, 3.0], 3),
+            "b 60%, d 30%, a 10%"
+        );
+        assert_eq!(explain_row(&names, &[0.0; 4], 2), "a 0%, b 0%");
+    }
+}

@@ -1,0 +1,243 @@
+//! A trained model on disk (`model.onnx` + `model.json`) and its ONNX Runtime session.
+//!
+//! The ONNX graph takes the raw feature matrix `input` [rows, features] (standardisation
+//! is inside the graph) and offers three outputs: `output`, the reconstruction;
+//! `feature_error`, the squared reconstruction error per feature in standardised units;
+//! and `score`, their mean per row. The card (`model.json`) names the features in order,
+//! the alert threshold and how it was chosen.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::OutputSelector;
+use ort::session::{RunOptions, Session, builder::GraphOptimizationLevel};
+use ort::value::TensorRef;
+use serde::{Deserialize, Serialize};
+
+use crate::onnx_runtime;
+
+pub const INPUT: &str = "input";
+pub const OUTPUT: &str = "output";
+pub const FEATURE_ERROR: &str = "feature_error";
+pub const SCORE: &str = "score";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "no model at {path}: {reason}. Train one with `risksense train`, or use models/default"
+    )]
+    Missing { path: PathBuf, reason: String },
+    #[error("model card {path} is invalid: {reason}")]
+    BadCard { path: PathBuf, reason: String },
+    #[error("{path} does not fit its card: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Runtime(#[from] onnx_runtime::RuntimeError),
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    #[error("scoring input: {0}")]
+    Input(String),
+}
+
+impl<T> From<ort::Error<T>> for ModelError {
+    fn from(error: ort::Error<T>) -> Self {
+        Self::Ort(error.to_string())
+    }
+}
+
+/// Classification quality on a labelled validation period.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub rows: u64,
+    pub frauds: u64,
+    pub roc_auc: f64,
+    pub pr_auc: f64,
+    /// Share of frauds flagged when the alert rate is `alert_rate`.
+    pub recall_at_alert_rate: f64,
+    pub precision_at_alert_rate: f64,
+    pub alert_rate: f64,
+}
+
+/// `model.json`: what the model expects and how far to trust it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub name: String,
+    pub kind: String,
+    /// Feature names, in the order of the ONNX input's columns.
+    pub features: Vec<String>,
+    /// Rows scoring at or above this are anomalies.
+    pub threshold: f64,
+    /// How the threshold was chosen.
+    pub threshold_rule: String,
+    pub architecture: Vec<usize>,
+    pub training: TrainingInfo,
+    /// Metrics on the validation period, when it had labels.
+    pub validation: Option<Metrics>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingInfo {
+    pub inputs: Vec<String>,
+    pub period: (String, String),
+    pub validation_period: (String, String),
+    pub train_rows: u64,
+    pub validation_rows: u64,
+    /// SHA-256 of the training rows' `trans_num`s in time order.
+    pub data_sha256: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Seed of the kept training run.
+    pub seed: u64,
+    /// Trainings tried (different seeds); the lowest validation loss was kept.
+    pub restarts: usize,
+    pub error_cap: f32,
+    pub final_train_loss: f64,
+    pub final_validation_loss: f64,
+    pub framework: String,
+}
+
+impl ModelCard {
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("model.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Missing {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ModelError::BadCard {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("model.json"), text + "\n")
+    }
+}
+
+/// How ONNX Runtime may use the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Intra-op threads of the one session (1 keeps scoring on the calling thread).
+    pub threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { threads: 1 }
+    }
+}
+
+/// A loaded model: its card and one ONNX Runtime session shared by every caller.
+pub struct Model {
+    pub card: ModelCard,
+    pub dir: PathBuf,
+    // `Session::run` needs `&mut`: callers take turns. One session (not one per thread)
+    // keeps one thread pool; spinning is off so idle pools do not steal the cores.
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.card.name)
+            .field("dir", &self.dir)
+            .field("features", &self.card.features.len())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads `dir/model.onnx` and `dir/model.json`, checking that they agree.
+    pub fn load(dir: &Path, options: SessionOptions) -> Result<Self, ModelError> {
+        let card = ModelCard::read(dir)?;
+        let onnx = dir.join("model.onnx");
+        if !onnx.is_file() {
+            return Err(ModelError::Missing {
+                path: onnx,
+                reason: "file not found".to_string(),
+            });
+        }
+        let environment = onnx_runtime::environment()?;
+        let session = Session::builder(environment)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(options.threads.max(1))?
+            .with_inter_threads(1)?
+            .with_intra_op_spinning(false)?
+            .with_inter_op_spinning(false)?
+            .commit_from_file(&onnx)?;
+        let mismatch = |reason: String| ModelError::Mismatch {
+            path: onnx.clone(),
+            reason,
+        };
+        let input = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == INPUT)
+            .ok_or_else(|| mismatch(format!("the graph has no `{INPUT}` input")))?;
+        let width = input
+            .dtype()
+            .tensor_shape()
+            .and_then(|shape| shape.last().copied())
+            .ok_or_else(|| mismatch("the input is not a 2-D tensor".to_string()))?;
+        if width != card.features.len() as i64 {
+            return Err(mismatch(format!(
+                "the graph takes {width} features, the card lists {}",
+                card.features.len()
+            )));
+        }
+        for name in [OUTPUT, FEATURE_ERROR, SCORE] {
+            if !session.outputs().iter().any(|o| o.name() == name) {
+                return Err(mismatch(format!("the graph has no `{name}` output")));
+            }
+        }
+        Ok(Self {
+            card,
+            dir: dir.to_path_buf(),
+            session: Mutex::new(session),
+        })
+    }
+
+    pub fn feature_count(&self) -> usize {
+        self.card.features.len()
+    }
+
+    /// Runs the graph on a row-major matrix of `rows` x features and returns the named
+    /// output, flattened.
+    pub fn run(&self, matrix: &[f32], rows: usize, output: &str) -> Result<Vec<f32>, ModelError> {
+        let width = self.feature_count();
+        if matrix.len() != rows * width {
+            return Err(ModelError::Input(format!(
+                "{} values is not {rows} rows of {width} features",
+                matrix.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let tensor = TensorRef::from_array_view(([rows, width], matrix))?;
+        let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| ModelError::Ort("a previous scoring call panicked".to_string()))?;
+        let outputs = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
+        let value = outputs
+            .get(output)
+            .ok_or_else(|| ModelError::Ort(format!("no `{output}` in the outputs")))?;
+        let (_, data) = value.try_extract_tensor::<f32>()?;
+        Ok(data.to_vec())
+    }
+
+    /// Anomaly scores (mean squared reconstruction error) of each row.
+    pub fn score(&self, matrix: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        self.run(matrix, rows, SCORE)
+    }
+
+    /// Squared reconstruction error per feature, row-major.
+    pub fn feature_errors(&self, matrix: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        self.run(matrix, rows, FEATURE_ERROR)
+    }
+}
