@@ -1,0 +1,193 @@
+//! The scoring functions against the committed default model (models/default).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use risksense_udfs::model::ModelError;
+use risksense_udfs::{Model, ModelCard, SessionOptions};
+
+fn default_model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default")
+}
+
+fn model() -> Arc<Model> {
+    Arc::new(
+        Model::load(&default_model_dir(), SessionOptions::default()).expect("default model loads"),
+    )
+}
+
+/// `rows` rows of plausible feature values: deterministic, varied, some unusual.
+fn feature_batch(model: &Model, rows: usize) -> RecordBatch {
+    let fields: Vec<Field> = model
+        .card
+        .features
+        .iter()
+        .map(|n| Field::new(n, DataType::Float64, false))
+        .collect();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let columns: Vec<ArrayRef> = (0..fields.len())
+        .map(|_| {
+            Arc::new(Float64Array::from_iter_values(
+                (0..rows).map(|_| next() * 4.0 - 1.0),
+            )) as ArrayRef
+        })
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch")
+}
+
+fn context(model: &Arc<Model>, batch: &RecordBatch, batch_rows: usize) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(batch_rows);
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    risksense_udfs::register(&mut state, Some(model.clone())).expect("register");
+    let ctx = SessionContext::new_with_state(state);
+    // The table's own batches have `batch_rows` rows, so every UDF call sees that many.
+    let chunks: Vec<RecordBatch> = (0..batch.num_rows())
+        .step_by(batch_rows)
+        .map(|start| batch.slice(start, batch_rows.min(batch.num_rows() - start)))
+        .collect();
+    let table = MemTable::try_new(batch.schema(), vec![chunks]).expect("table");
+    ctx.register_table("f", Arc::new(table))
+        .expect("registered");
+    ctx
+}
+
+async fn scores(ctx: &SessionContext, model: &Model) -> Vec<f64> {
+    let query = format!(
+        "SELECT anomaly_score({}) AS s FROM f",
+        model.card.features.join(", ")
+    );
+    let batches = ctx
+        .sql(&query)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Float64Type>().values().to_vec())
+        .collect()
+}
+
+#[tokio::test]
+async fn same_scores_on_batches_of_1_7_and_8192_rows() {
+    let model = model();
+    let batch = feature_batch(&model, 8192 + 5);
+    let reference = scores(&context(&model, &batch, 8192), &model).await;
+    assert_eq!(reference.len(), 8197);
+    for size in [1, 7] {
+        let other = scores(&context(&model, &batch, size), &model).await;
+        assert_eq!(other.len(), reference.len());
+        for (row, (a, b)) in reference.iter().zip(&other).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "row {row}: {a} vs {b} (batch {size})"
+            );
+        }
+    }
+    // And the same as calling the model directly on the row-major matrix.
+    let width = model.feature_count();
+    let mut matrix = vec![0f32; 16 * width];
+    for c in 0..width {
+        for r in 0..16 {
+            matrix[r * width + c] = batch.column(c).as_primitive::<Float64Type>().value(r) as f32;
+        }
+    }
+    let direct = model.score(&matrix, 16).expect("scores");
+    for (a, b) in direct.iter().zip(&reference) {
+        assert!((f64::from(*a) - b).abs() <= 1e-5 * b.abs().max(1.0));
+    }
+    // Scores differ between rows: the function does look at its inputs.
+    assert!(reference.iter().any(|s| (s - reference[0]).abs() > 1e-3));
+}
+
+#[tokio::test]
+async fn explanations_name_three_model_features_and_threshold_is_the_cards() {
+    let model = model();
+    let batch = feature_batch(&model, 50);
+    let ctx = context(&model, &batch, 50);
+    let args = model.card.features.join(", ");
+    let query = format!("SELECT anomaly_explain({args}) AS why, anomaly_threshold() AS t FROM f");
+    let batches = ctx
+        .sql(&query)
+        .await
+        .expect("plans")
+        .collect()
+        .await
+        .expect("runs");
+    let why = batches[0].column(0).as_string::<i32>();
+    for row in 0..why.len() {
+        let parts: Vec<&str> = why.value(row).split(", ").collect();
+        assert_eq!(parts.len(), 3, "{}", why.value(row));
+        for part in parts {
+            let (name, share) = part.rsplit_once(' ').expect("name share");
+            assert!(model.card.features.iter().any(|f| f == name), "{name}");
+            assert!(share.ends_with('%'));
+        }
+    }
+    let threshold = batches[0].column(1).as_primitive::<Float64Type>().value(0);
+    assert_eq!(threshold, model.card.threshold);
+}
+
+#[tokio::test]
+async fn a_call_with_the_wrong_number_of_features_fails_at_planning() {
+    let model = model();
+    let batch = feature_batch(&model, 10);
+    let ctx = context(&model, &batch, 10);
+    let short = model.card.features[..model.feature_count() - 1].join(", ");
+    let error = ctx
+        .sql(&format!("SELECT anomaly_score({short}) FROM f"))
+        .await
+        .err()
+        .expect("refused when planning");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("takes the {} features", model.feature_count())),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_model_or_one_of_the_wrong_width_fails_at_load() {
+    let root = std::env::temp_dir().join(format!("risksense-model-test-{}", std::process::id()));
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let error = Model::load(&empty, SessionOptions::default()).expect_err("no model");
+    assert!(matches!(error, ModelError::Missing { .. }));
+    assert!(error.to_string().contains("risksense train"), "{error}");
+
+    let narrow = root.join("narrow");
+    std::fs::create_dir_all(&narrow).expect("dir");
+    std::fs::copy(
+        default_model_dir().join("model.onnx"),
+        narrow.join("model.onnx"),
+    )
+    .expect("copy");
+    let mut card = ModelCard::read(&default_model_dir()).expect("card");
+    card.features.pop();
+    card.write(&narrow).expect("write card");
+    let error = Model::load(&narrow, SessionOptions::default()).expect_err("width mismatch");
+    assert!(matches!(error, ModelError::Mismatch { .. }));
+    let message = error.to_string();
+    assert!(
+        message.contains("takes 30 features, the card lists 29"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
