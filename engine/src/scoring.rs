@@ -171,6 +171,56 @@ pub async fn register_files(
     register_batches(ctx, name, crate::schema::transaction_schema(), batches)
 }
 
+/// What a rescoring run wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RescoreStats {
+    pub rows: u64,
+    pub anomalies: u64,
+    /// Anomalies whose row is labelled fraud.
+    pub frauds_flagged: u64,
+}
+
+/// Runs the `scored` view and writes every row to one Parquet file at `path`, calling
+/// `progress` with the rows written so far after each batch.
+pub async fn write_scored(
+    ctx: &SessionContext,
+    path: &Path,
+    mut progress: impl FnMut(u64),
+) -> Result<RescoreStats, EngineError> {
+    use arrow::array::{Array, AsArray};
+    use futures::StreamExt;
+
+    let frame = ctx.table("scored").await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame.execute_stream().await?;
+    let mut writer = crate::codec::parquet::create_writer(path, schema)?;
+    let mut stats = RescoreStats::default();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        stats.rows += batch.num_rows() as u64;
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| EngineError::Schema(format!("`scored` has no `{name}` column")))
+        };
+        let flags = column("is_anomaly")?;
+        let flags = flags.as_boolean();
+        let fraud = arrow::compute::cast(&column("is_fraud")?, &arrow::datatypes::DataType::Int32)?;
+        let fraud = fraud.as_primitive::<arrow::datatypes::Int32Type>();
+        for i in 0..batch.num_rows() {
+            if flags.is_valid(i) && flags.value(i) {
+                stats.anomalies += 1;
+                stats.frauds_flagged += u64::from(fraud.is_valid(i) && fraud.value(i) == 1);
+            }
+        }
+        writer.write(&batch)?;
+        progress(stats.rows);
+    }
+    writer.close()?;
+    Ok(stats)
+}
+
 /// Expands folders and globs (`*`, `**`) into files.
 pub fn expand_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
     let mut files = Vec::new();
@@ -278,19 +328,22 @@ mod tests {
         assert!(wildcard_match("exact.csv", "exact.csv"));
     }
 
-    #[test]
-    fn score_sql_passes_the_features_in_view_order() {
-        // The arguments of anomaly_score in score.sql, as written.
-        let start = SCORE_SQL.find("anomaly_score(").expect("call") + "anomaly_score(".len();
-        let end = start + SCORE_SQL[start..].find(')').expect("close");
-        let arguments: Vec<&str> = SCORE_SQL[start..end].split(',').map(str::trim).collect();
-        // The feature columns of features.sql: `AS name` after the last id column.
-        let select = FEATURES_SQL.rsplit("SELECT").next().expect("final select");
-        let names: Vec<&str> = select
-            .lines()
-            .filter_map(|line| line.trim().trim_end_matches(',').rsplit_once(" AS "))
-            .map(|(_, name)| name.trim())
-            .collect();
+    #[tokio::test]
+    async fn score_sql_passes_the_features_in_view_order() {
+        // The arguments of anomaly_score and anomaly_explain in score.sql, as written.
+        let arguments_of = |call: &str| -> Vec<String> {
+            let start = SCORE_SQL.find(call).expect("call") + call.len();
+            let end = start + SCORE_SQL[start..].find(')').expect("close");
+            SCORE_SQL[start..end].split(',').map(|a| a.trim().to_string()).collect()
+        };
+        let arguments = arguments_of("anomaly_score(");
+        assert_eq!(arguments_of("anomaly_explain("), arguments);
+        // The feature columns the features view produces, from DataFusion's own plan.
+        let ctx = new_session(None, SessionOptions::default()).expect("session");
+        register_batches(&ctx, TRANSACTIONS, crate::schema::transaction_schema(), vec![])
+            .expect("table");
+        install_views(&ctx, false).await.expect("views");
+        let names = feature_names(&ctx).await.expect("names");
         assert_eq!(arguments, names);
         assert_eq!(names.len(), 30);
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
 use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::source::{TransactionFile, TransactionFileWriter};
@@ -22,6 +23,29 @@ pub struct Args {
 pub enum Suite {
     /// Generator and replay producer: rows/s generated, messages/s into Kafka.
     Ingest(IngestArgs),
+    /// The model: raw ONNX Runtime vs the UDF in a DataFusion plan, and Parquet rescoring.
+    Scoring(ScoringArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScoringArgs {
+    #[command(flatten)]
+    pub model: super::model::ModelArgs,
+    /// Rows per ONNX Runtime run / Arrow batch.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_rows: usize,
+    /// Batches per raw / UDF measurement.
+    #[arg(long, default_value_t = 200)]
+    pub batches: usize,
+    /// Customers of the generated history to rescore (5,000 customers ~ 5.2M rows a year).
+    #[arg(long, default_value_t = 5000)]
+    pub customers: u32,
+    /// Repetitions of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Scratch folder (the generated history is kept there between runs).
+    #[arg(long, default_value = "target/bench")]
+    pub scratch: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +70,7 @@ pub struct IngestArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.suite {
         Suite::Ingest(args) => ingest(args),
+        Suite::Scoring(args) => scoring(args),
     }
 }
 
@@ -176,16 +201,193 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         args.synth.start,
         args.synth.end
     );
-    println!("| measurement | rows/s (median) | ratio to in-memory generate |");
-    println!("|---|---:|---:|");
+    print_table(&figures, "in-memory generate");
+    Ok(())
+}
+
+fn print_table(figures: &[Figure], base_name: &str) {
     let base = figures[0].median_rate();
-    for figure in &figures {
+    println!("| measurement | rows/s (median) | ratio to {base_name} |");
+    println!("|---|---:|---:|");
+    for figure in figures {
         println!(
-            "| {} | {:.0} | {:.2} |",
+            "| {} | {:.0} | {:.3} |",
             figure.name,
             figure.median_rate(),
             figure.median_rate() / base
         );
     }
+}
+
+fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use futures::StreamExt;
+    use risksense_engine::scoring::{self, SessionOptions};
+    use risksense_engine::synth::{Generator, SynthConfig};
+
+    let runs = args.runs.max(1);
+    let model = args.model.load()?;
+    let width = model.feature_count();
+    let rows = args.batch_rows;
+    std::fs::create_dir_all(&args.scratch)?;
+
+    // Real feature rows: the features of generated transactions, cycled to fill a batch.
+    let runtime = super::runtime()?;
+    let sample = runtime.block_on(async {
+        let config = SynthConfig::new(300, "2019-01-01", "2019-02-28", 5)?;
+        let batches: Vec<RecordBatch> = Generator::new(config).collect::<Result<_, _>>()?;
+        let ctx = scoring::new_session(None, SessionOptions::default())?;
+        scoring::register_batches(
+            &ctx,
+            scoring::TRANSACTIONS,
+            risksense_engine::schema::transaction_schema(),
+            batches,
+        )?;
+        scoring::install_views(&ctx, false).await?;
+        let names = model.card.features.join(", ");
+        let out = ctx
+            .sql(&format!("SELECT {names} FROM features"))
+            .await?
+            .collect()
+            .await?;
+        anyhow::Ok(arrow::compute::concat_batches(&out[0].schema(), &out)?)
+    })?;
+    anyhow::ensure!(sample.num_rows() > 0, "no sample rows");
+    let columns: Vec<Vec<f64>> = (0..width)
+        .map(|c| {
+            let column = arrow::compute::cast(sample.column(c), &DataType::Float64)?;
+            let values = column
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .context("f64")?;
+            Ok((0..rows).map(|r| values.value(r % values.len())).collect())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut matrix = vec![0f32; rows * width];
+    for (c, column) in columns.iter().enumerate() {
+        for (r, v) in column.iter().enumerate() {
+            matrix[r * width + c] = *v as f32;
+        }
+    }
+    let fields: Vec<Field> = model
+        .card
+        .features
+        .iter()
+        .map(|n| Field::new(n, DataType::Float64, false))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns
+            .into_iter()
+            .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef)
+            .collect(),
+    )?;
+
+    // History to rescore: generated once, kept in the scratch folder.
+    let history = args
+        .scratch
+        .join(format!("history-{}.parquet", args.customers));
+    if !history.exists() {
+        let config = SynthConfig::new(args.customers, "2019-01-01", "2019-12-31", 7)?;
+        let mut writer = TransactionFileWriter::create(&history)?;
+        for b in Generator::new(config) {
+            writer.write(&b?)?;
+        }
+        writer.finish()?;
+    }
+    let history_rows = parquet::file::reader::FileReader::metadata(
+        &parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&history)?)?,
+    )
+    .file_metadata()
+    .num_rows() as u64;
+
+    let total = (rows * args.batches) as u64;
+    let mut figures = vec![
+        Figure {
+            name: "raw ONNX Runtime (one run per batch)",
+            rows: total,
+            runs: vec![],
+        },
+        Figure {
+            name: "anomaly_score UDF in a DataFusion plan",
+            rows: total,
+            runs: vec![],
+        },
+        Figure {
+            name: "rescore Parquet -> features -> score -> Parquet",
+            rows: history_rows,
+            runs: vec![],
+        },
+    ];
+    let bar = super::progress(Some((runs * figures.len()) as u64), "measurements");
+    for _ in 0..runs {
+        let started = Instant::now();
+        for _ in 0..args.batches {
+            let scores = model.score(&matrix, rows)?;
+            anyhow::ensure!(scores.len() == rows);
+        }
+        figures[0].runs.push(started.elapsed());
+        bar.inc(1);
+
+        let udf_time = runtime.block_on(async {
+            let ctx = scoring::new_session(
+                Some(model.clone()),
+                SessionOptions {
+                    target_partitions: 1,
+                    batch_size: rows,
+                },
+            )?;
+            let table = MemTable::try_new(schema.clone(), vec![vec![batch.clone(); args.batches]])?;
+            ctx.register_table("f", Arc::new(table))?;
+            let query = format!(
+                "SELECT anomaly_score({}) FROM f",
+                model.card.features.join(", ")
+            );
+            let frame = ctx.sql(&query).await?;
+            let started = Instant::now();
+            let mut stream = frame.execute_stream().await?;
+            let mut seen = 0;
+            while let Some(b) = stream.next().await {
+                seen += b?.num_rows();
+            }
+            anyhow::ensure!(seen as u64 == total);
+            anyhow::Ok(started.elapsed())
+        })?;
+        figures[1].runs.push(udf_time);
+        bar.inc(1);
+
+        let rescore_time = runtime.block_on(async {
+            let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+            let started = Instant::now();
+            scoring::register_files(&ctx, scoring::TRANSACTIONS, std::slice::from_ref(&history))
+                .await?;
+            scoring::install_views(&ctx, true).await?;
+            let stats =
+                scoring::write_scored(&ctx, &args.scratch.join("scored.parquet"), |_| {}).await?;
+            anyhow::ensure!(stats.rows == history_rows);
+            anyhow::Ok(started.elapsed())
+        })?;
+        figures[2].runs.push(rescore_time);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "machine: {}; model {} ({} features, ONNX Runtime threads {}); batches of {rows} rows; median of {runs} runs\n",
+        machine(),
+        model.card.name,
+        width,
+        args.model.model_threads
+    );
+    print_table(&figures, "raw ONNX Runtime");
+    let overhead = 1.0 - figures[1].median_rate() / figures[0].median_rate();
+    println!(
+        "\nUDF overhead vs raw ONNX Runtime: {:.1} %",
+        overhead * 100.0
+    );
     Ok(())
 }

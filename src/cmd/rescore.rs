@@ -2,10 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use arrow::array::{Array, AsArray};
-use futures::StreamExt;
-use risksense_engine::codec::parquet::create_writer;
-use risksense_engine::scoring::{self, SessionOptions};
+use risksense_engine::scoring::{self, RescoreStats, SessionOptions};
 
 use super::model::ModelArgs;
 
@@ -40,33 +37,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         scoring::install_views(&ctx, true).await?;
         scoring::check_model_fits(&ctx, &model).await?;
         let started = Instant::now();
-        let frame = ctx.table("scored").await?;
-        let schema = frame.schema().as_arrow().clone();
-        let mut stream = frame.execute_stream().await.context("planning the rescoring")?;
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?;
         let path = args.out.join("part-0.parquet");
-        let mut writer = create_writer(&path, std::sync::Arc::new(schema))?;
         let bar = super::progress(None, "rows");
-        let (mut rows, mut anomalies, mut frauds_caught) = (0u64, 0u64, 0u64);
-        while let Some(batch) = stream.next().await {
-            let batch = batch.context("scoring")?;
-            rows += batch.num_rows() as u64;
-            let flags = batch.column_by_name("is_anomaly").context("is_anomaly")?.as_boolean();
-            let fraud = batch.column_by_name("is_fraud").context("is_fraud")?;
-            let fraud = arrow::compute::cast(fraud, &arrow::datatypes::DataType::Int32)?;
-            let fraud = fraud.as_primitive::<arrow::datatypes::Int32Type>();
-            for i in 0..batch.num_rows() {
-                if flags.is_valid(i) && flags.value(i) {
-                    anomalies += 1;
-                    frauds_caught += u64::from(fraud.value(i) == 1);
-                }
-            }
-            writer.write(&batch)?;
-            bar.set_position(rows);
-        }
-        writer.close()?;
+        let stats = scoring::write_scored(&ctx, &path, |rows| bar.set_position(rows))
+            .await
+            .context("rescoring")?;
         bar.finish_and_clear();
+        let RescoreStats { rows, anomalies, frauds_flagged: frauds_caught } = stats;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "rescored {} rows in {:.2} s ({:.0} rows/s): {} anomalies ({:.2} %), {} of them labelled fraud -> {}",
