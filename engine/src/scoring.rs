@@ -334,14 +334,22 @@ mod tests {
         let arguments_of = |call: &str| -> Vec<String> {
             let start = SCORE_SQL.find(call).expect("call") + call.len();
             let end = start + SCORE_SQL[start..].find(')').expect("close");
-            SCORE_SQL[start..end].split(',').map(|a| a.trim().to_string()).collect()
+            SCORE_SQL[start..end]
+                .split(',')
+                .map(|a| a.trim().to_string())
+                .collect()
         };
         let arguments = arguments_of("anomaly_score(");
         assert_eq!(arguments_of("anomaly_explain("), arguments);
         // The feature columns the features view produces, from DataFusion's own plan.
         let ctx = new_session(None, SessionOptions::default()).expect("session");
-        register_batches(&ctx, TRANSACTIONS, crate::schema::transaction_schema(), vec![])
-            .expect("table");
+        register_batches(
+            &ctx,
+            TRANSACTIONS,
+            crate::schema::transaction_schema(),
+            vec![],
+        )
+        .expect("table");
         install_views(&ctx, false).await.expect("views");
         let names = feature_names(&ctx).await.expect("names");
         assert_eq!(arguments, names);
