@@ -58,7 +58,7 @@ fn import_train_rescore_and_query_the_fixture() {
             model.to_str().unwrap(),
             "--epochs",
             "3",
-            "--restarts",
+            "--ensemble",
             "1",
             "--validation-share",
             "0.3",

@@ -28,9 +28,9 @@ pub struct Args {
     pub alert_rate: f64,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
-    /// Trainings from consecutive seeds; the lowest validation loss is kept.
+    /// Autoencoders trained from consecutive seeds and averaged into the model.
     #[arg(long, default_value_t = 4)]
-    pub restarts: usize,
+    pub ensemble: usize,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -166,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         feature_names: names,
         inputs: args.input.iter().map(|p| p.display().to_string()).collect(),
         alert_rate: args.alert_rate,
-        restarts: args.restarts,
+        ensemble: args.ensemble,
         config: TrainConfig {
             hidden: args.hidden,
             code: args.code,
@@ -177,11 +177,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             error_cap: args.error_cap,
         },
     };
-    let bar = super::progress(Some((args.epochs * args.restarts.max(1)) as u64), "epochs");
+    let bar = super::progress(Some((args.epochs * args.ensemble.max(1)) as u64), "epochs");
     let outcome = train_and_export(&train, &validation, &info, &args.out, |restart, report| {
         bar.set_position((restart * report.epochs + report.epoch) as u64);
         bar.set_message(format!(
-            "run {} loss {:.4} (validation {:.4})",
+            "model {} loss {:.4} (validation {:.4})",
             restart + 1,
             report.train_loss,
             report.validation_loss

@@ -346,24 +346,26 @@ impl Autoencoder {
         sizes
     }
 
-    /// The ONNX graph: `input` [rows, features] → `output` (reconstruction),
-    /// `feature_error` (squared error per feature in standardised units, over the feature's
-    /// training error), `score` (their mean).
-    pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
+    /// Appends this network's nodes to `g`, reading the standardised input `z`, with
+    /// names prefixed by `p`. Returns the names of its clipped reconstruction and its
+    /// per-feature error.
+    fn append_to_graph(
+        &self,
+        g: &mut GraphBuilder,
+        p: &str,
+    ) -> Result<(String, String), TrainError> {
         let f = self.standardizer.mean.len() as i64;
-        let mut g = GraphBuilder::default();
-        g.input("input", &[Dim::Named("rows"), Dim::Fixed(f)]);
-        g.constant("mean", &[f], &self.standardizer.mean);
-        g.constant("std", &[f], &self.standardizer.std);
-        g.node("Sub", &["input", "mean"], "centered");
-        g.node("Div", &["centered", "std"], "z");
         let last = self.layers.len() - 1;
         let mut current = "z".to_string();
         for (i, (w, b)) in self.layers.iter().enumerate() {
             let dims = w.as_tensor().dims().to_vec();
             let weights = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let bias = b.as_tensor().to_vec1::<f32>()?;
-            let (wn, bn, out) = (format!("w{i}"), format!("b{i}"), format!("gemm{i}"));
+            let (wn, bn, out) = (
+                format!("{p}w{i}"),
+                format!("{p}b{i}"),
+                format!("{p}gemm{i}"),
+            );
             g.constant(&wn, &[dims[0] as i64, dims[1] as i64], &weights);
             g.constant(&bn, &[dims[0] as i64], &bias);
             g.node_with(
@@ -374,21 +376,114 @@ impl Autoencoder {
             );
             current = out;
             if i != last && i % 2 == 0 {
-                let relu = format!("relu{i}");
+                let relu = format!("{p}relu{i}");
                 g.node("Relu", &[&current], &relu);
                 current = relu;
             }
         }
-        g.constant("low", &[f], &self.errors.low);
-        g.constant("high", &[f], &self.errors.high);
-        g.constant("error_scale", &[f], &self.errors.scale);
-        g.node("Max", &[&current, "low"], "clipped_low");
-        g.node("Min", &["clipped_low", "high"], "reconstruction");
-        g.node("Sub", &["reconstruction", "z"], "diff");
-        g.node("Mul", &["diff", "diff"], "squared_error");
-        g.node("Div", &["squared_error", "error_scale"], "scaled_error");
-        g.constant("error_cap", &[], &[self.errors.cap]);
-        g.node("Min", &["scaled_error", "error_cap"], "feature_error");
+        let name = |n: &str| format!("{p}{n}");
+        g.constant(&name("low"), &[f], &self.errors.low);
+        g.constant(&name("high"), &[f], &self.errors.high);
+        g.constant(&name("error_scale"), &[f], &self.errors.scale);
+        g.constant(&name("error_cap"), &[], &[self.errors.cap]);
+        g.node("Max", &[&current, &name("low")], &name("clipped_low"));
+        g.node(
+            "Min",
+            &[&name("clipped_low"), &name("high")],
+            &name("reconstruction"),
+        );
+        g.node("Sub", &[&name("reconstruction"), "z"], &name("diff"));
+        g.node(
+            "Mul",
+            &[&name("diff"), &name("diff")],
+            &name("squared_error"),
+        );
+        g.node(
+            "Div",
+            &[&name("squared_error"), &name("error_scale")],
+            &name("scaled_error"),
+        );
+        g.node(
+            "Min",
+            &[&name("scaled_error"), &name("error_cap")],
+            &name("feature_error"),
+        );
+        Ok((name("reconstruction"), name("feature_error")))
+    }
+}
+
+/// Several autoencoders trained from different seeds on the same data, their per-feature
+/// errors averaged. A 2-unit bottleneck settles in different minima from run to run, and
+/// which one it finds changes what it catches; the average is steadier than any one pick.
+pub struct Ensemble {
+    pub members: Vec<Autoencoder>,
+}
+
+impl Ensemble {
+    fn standardizer(&self) -> Result<&Standardizer, TrainError> {
+        self.members
+            .first()
+            .map(|m| &m.standardizer)
+            .ok_or_else(|| TrainError::NoData("an ensemble of no models".to_string()))
+    }
+
+    /// Scores computed by candle: the mean over members of the mean per-feature error.
+    pub fn scores(&self, x: &Matrix) -> Result<Vec<f32>, TrainError> {
+        let z = self.standardizer()?.apply(x);
+        let mut sums = vec![0f32; x.rows];
+        for member in &self.members {
+            let errors = member.feature_errors_standardized(&z)?;
+            for (sum, row) in sums.iter_mut().zip(errors.chunks(x.cols.max(1))) {
+                *sum += row.iter().sum::<f32>() / row.len() as f32;
+            }
+        }
+        let n = self.members.len() as f32;
+        Ok(sums.into_iter().map(|s| s / n).collect())
+    }
+
+    /// Layer sizes of one member, input first.
+    pub fn architecture(&self) -> Vec<usize> {
+        self.members
+            .first()
+            .map(Autoencoder::architecture)
+            .unwrap_or_default()
+    }
+
+    /// The ONNX graph: `input` [rows, features] → `output` (mean reconstruction),
+    /// `feature_error` (mean over members of the squared error per feature in standardised
+    /// units, over the feature's training error, capped), `score` (its mean per row).
+    pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
+        let standardizer = self.standardizer()?;
+        let f = standardizer.mean.len() as i64;
+        let mut g = GraphBuilder::default();
+        g.input("input", &[Dim::Named("rows"), Dim::Fixed(f)]);
+        g.constant("mean", &[f], &standardizer.mean);
+        g.constant("std", &[f], &standardizer.std);
+        g.node("Sub", &["input", "mean"], "centered");
+        g.node("Div", &["centered", "std"], "z");
+        let mut reconstructions = Vec::new();
+        let mut errors = Vec::new();
+        for (k, member) in self.members.iter().enumerate() {
+            let (reconstruction, error) = member.append_to_graph(&mut g, &format!("m{k}_"))?;
+            reconstructions.push(reconstruction);
+            errors.push(error);
+        }
+        let count = self.members.len() as f32;
+        g.constant("member_count", &[], &[count]);
+        let recon: Vec<&str> = reconstructions.iter().map(String::as_str).collect();
+        let errs: Vec<&str> = errors.iter().map(String::as_str).collect();
+        g.node("Sum", &recon, "reconstruction_sum");
+        g.node(
+            "Div",
+            &["reconstruction_sum", "member_count"],
+            "reconstruction",
+        );
+        g.node("Sum", &errs, "feature_error_sum");
+        g.node(
+            "Div",
+            &["feature_error_sum", "member_count"],
+            "feature_error",
+        );
         g.node_with(
             "ReduceMean",
             &["feature_error"],
@@ -402,7 +497,7 @@ impl Autoencoder {
         g.output("score", &[Dim::Named("rows")]);
         Ok(g.finish(
             name,
-            "RiskSense transaction autoencoder; score = mean squared reconstruction error",
+            "RiskSense transaction autoencoder ensemble; score = mean scaled squared reconstruction error",
         ))
     }
 }

@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod onnx;
 pub mod pipeline;
 
-pub use autoencoder::{Autoencoder, EpochReport, Matrix, Standardizer, TrainConfig};
+pub use autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, Standardizer, TrainConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

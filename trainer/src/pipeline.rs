@@ -6,7 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::TrainError;
-use crate::autoencoder::{Autoencoder, EpochReport, Matrix, TrainConfig};
+use crate::autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, TrainConfig};
 use crate::metrics;
 use risksense_udfs::model::{Metrics, ModelCard, TrainingInfo};
 use risksense_udfs::{Model, SessionOptions};
@@ -27,10 +27,9 @@ pub struct RunInfo {
     pub inputs: Vec<String>,
     pub alert_rate: f64,
     pub config: TrainConfig,
-    /// Trainings from different seeds (seed, seed + 1, …); the one with the lowest
-    /// validation loss is kept. Small bottlenecks settle in different minima, and the
-    /// lower reconstruction loss is the better detector; no labels are used to choose.
-    pub restarts: usize,
+    /// Autoencoders trained from seeds seed, seed + 1, …, averaged into one model (see
+    /// [`crate::autoencoder::Ensemble`]).
+    pub ensemble: usize,
 }
 
 /// What a finished training run produced.
@@ -77,34 +76,41 @@ pub fn train_and_export(
 ) -> Result<Outcome, TrainError> {
     let train_rows = legitimate_rows(train);
     let valid_rows = legitimate_rows(validation);
-    let mut best: Option<(Autoencoder, EpochReport)> = None;
-    for restart in 0..info.restarts.max(1) {
+    let mut members = Vec::new();
+    let mut last: Option<EpochReport> = None;
+    for k in 0..info.ensemble.max(1) {
         let mut config = info.config.clone();
-        config.seed = info.config.seed.wrapping_add(restart as u64);
-        let (candidate, report) =
-            Autoencoder::train(&train_rows, &valid_rows, config, |r| on_epoch(restart, r))?;
+        config.seed = info.config.seed.wrapping_add(k as u64);
+        let (member, report) =
+            Autoencoder::train(&train_rows, &valid_rows, config, |r| on_epoch(k, r))?;
         tracing::info!(
-            seed = candidate.config.seed,
+            seed = member.config.seed,
             validation_loss = report.validation_loss,
-            "restart done"
+            "member trained"
         );
-        if best
-            .as_ref()
-            .is_none_or(|(_, b)| report.validation_loss < b.validation_loss)
-        {
-            best = Some((candidate, report));
-        }
+        let mean = |a: f64, b: f64| (a * k as f64 + b) / (k + 1) as f64;
+        last = Some(match last {
+            None => report,
+            Some(l) => EpochReport {
+                train_loss: mean(l.train_loss, report.train_loss),
+                validation_loss: mean(l.validation_loss, report.validation_loss),
+                ..report
+            },
+        });
+        members.push(member);
     }
-    let (autoencoder, last) =
-        best.ok_or_else(|| TrainError::NoData("no training run".to_string()))?;
-
+    let last = last.ok_or_else(|| TrainError::NoData("no training run".to_string()))?;
+    let autoencoder = Ensemble { members };
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("model.onnx"), autoencoder.to_onnx(&info.name)?)?;
 
     // A provisional card lets ONNX Runtime load the model; the threshold comes next.
     let mut card = ModelCard {
         name: info.name.clone(),
-        kind: "dense autoencoder, reconstruction error".to_string(),
+        kind: format!(
+            "ensemble of {} dense autoencoders, mean scaled reconstruction error",
+            info.ensemble.max(1)
+        ),
         features: info.feature_names.clone(),
         threshold: f64::INFINITY,
         threshold_rule: String::new(),
@@ -119,9 +125,9 @@ pub fn train_and_export(
             epochs: info.config.epochs,
             batch_size: info.config.batch_size,
             learning_rate: info.config.learning_rate,
-            seed: autoencoder.config.seed,
-            restarts: info.restarts.max(1),
-            error_cap: autoencoder.config.error_cap,
+            seed: info.config.seed,
+            ensemble: info.ensemble.max(1),
+            error_cap: info.config.error_cap,
             final_train_loss: last.train_loss,
             final_validation_loss: last.validation_loss,
             framework: "candle 0.11 (autodiff, AdamW with no weight decay = Adam)".to_string(),

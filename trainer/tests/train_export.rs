@@ -60,12 +60,12 @@ fn trains_exports_and_onnx_runtime_matches_the_network() {
             seed: 3,
             error_cap: 9.0,
         },
-        restarts: 2,
+        ensemble: 2,
     };
     let mut epochs_seen = 0;
     let outcome = train_and_export(&train, &validation, &info, &out, |_, _| epochs_seen += 1)
         .expect("trains");
-    assert_eq!(epochs_seen, 30, "two restarts of 15 epochs report progress");
+    assert_eq!(epochs_seen, 30, "two members of 15 epochs report progress");
     assert!(
         outcome.onnx_max_abs_diff < 1e-4,
         "ONNX vs candle: {}",

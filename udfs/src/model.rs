@@ -88,10 +88,10 @@ pub struct TrainingInfo {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
-    /// Seed of the kept training run.
+    /// Seed of the first ensemble member (member k used seed + k).
     pub seed: u64,
-    /// Trainings tried (different seeds); the lowest validation loss was kept.
-    pub restarts: usize,
+    /// Autoencoders averaged into the model.
+    pub ensemble: usize,
     pub error_cap: f32,
     pub final_train_loss: f64,
     pub final_validation_loss: f64,
