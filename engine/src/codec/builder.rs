@@ -28,27 +28,31 @@ impl std::fmt::Display for FieldError {
     }
 }
 
-/// One row's values, typed, borrowed from the input text.
+/// One transaction's values, typed; the text columns are borrowed.
 #[derive(Debug, Clone, Copy)]
-struct ParsedRow<'a> {
-    row_id: i64,
-    event_time: i64,
-    cc_num: i64,
-    amt: f64,
-    zip: i32,
-    lat: f64,
-    long: f64,
-    city_pop: i64,
-    dob: i32,
-    unix_time: i64,
-    merch_lat: f64,
-    merch_long: f64,
-    is_fraud: i32,
-    strings: [&'a str; 10],
+pub struct TransactionRow<'a> {
+    pub row_id: i64,
+    /// Event time, microseconds since the epoch.
+    pub event_time: i64,
+    pub cc_num: i64,
+    pub amt: f64,
+    pub zip: i32,
+    pub lat: f64,
+    pub long: f64,
+    pub city_pop: i64,
+    /// Days since the epoch.
+    pub dob: i32,
+    pub unix_time: i64,
+    pub merch_lat: f64,
+    pub merch_long: f64,
+    pub is_fraud: i32,
+    /// The text columns, in the order of [`STRING_COLUMNS`].
+    pub strings: [&'a str; 10],
 }
 
-// Positions inside `ParsedRow::strings`, in schema order.
-const STRING_COLUMNS: [usize; 10] = [
+/// Schema positions of [`TransactionRow::strings`]: merchant, category, first, last,
+/// gender, street, city, state, job, trans_num.
+pub const STRING_COLUMNS: [usize; 10] = [
     idx::MERCHANT,
     idx::CATEGORY,
     idx::FIRST,
@@ -94,7 +98,7 @@ fn finite(
     }
 }
 
-fn parse_row<'a>(fields: &[&'a str; COLUMN_COUNT]) -> Result<ParsedRow<'a>, FieldError> {
+fn parse_row<'a>(fields: &[&'a str; COLUMN_COUNT]) -> Result<TransactionRow<'a>, FieldError> {
     let event_time =
         parse_timestamp_micros(fields[idx::TRANS_DATE_TRANS_TIME]).ok_or_else(|| FieldError {
             column: col::TRANS_DATE_TRANS_TIME,
@@ -129,7 +133,7 @@ fn parse_row<'a>(fields: &[&'a str; COLUMN_COUNT]) -> Result<ParsedRow<'a>, Fiel
             });
         }
     }
-    Ok(ParsedRow {
+    Ok(TransactionRow {
         row_id: number(fields, idx::ROW_ID, "an integer")?,
         event_time,
         cc_num: number(fields, idx::CC_NUM, "a card number (integer)")?,
@@ -202,6 +206,12 @@ impl TransactionBuilder {
     /// On error nothing is appended.
     pub fn append_text_row(&mut self, fields: &[&str; COLUMN_COUNT]) -> Result<(), FieldError> {
         let row = parse_row(fields)?;
+        self.append_row(&row);
+        Ok(())
+    }
+
+    /// Appends one typed row.
+    pub fn append_row(&mut self, row: &TransactionRow<'_>) {
         self.row_id.append_value(row.row_id);
         self.event_time.append_value(row.event_time);
         self.cc_num.append_value(row.cc_num);
@@ -218,7 +228,6 @@ impl TransactionBuilder {
         for (builder, value) in self.strings.iter_mut().zip(row.strings) {
             builder.append_value(value);
         }
-        Ok(())
     }
 
     /// Takes the rows appended so far as a batch and starts a new one.

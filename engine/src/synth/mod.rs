@@ -14,21 +14,15 @@ pub mod params;
 pub mod profile;
 pub mod tables;
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
 use arrow::record_batch::RecordBatch;
 use rand::distr::{Distribution, weighted::WeightedIndex};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Gamma, LogNormal, Poisson};
 
+use crate::codec::builder::{TransactionBuilder, TransactionRow};
 use crate::codec::time::{MICROS_PER_SECOND, days_from_civil};
 use crate::error::EngineError;
-use crate::schema::{COLUMN_COUNT, idx, transaction_schema};
 use params::*;
 use tables::TABLES;
 
@@ -176,12 +170,14 @@ pub struct Generator {
     row_id: i64,
     pending: Vec<Purchase>,
     pending_at: usize,
+    builder: TransactionBuilder,
 }
 
 impl Generator {
     pub fn new(config: SynthConfig) -> Self {
         let customers = make_customers(&config);
         let day = config.start_day;
+        let builder = TransactionBuilder::with_capacity(config.batch_size);
         Self {
             config,
             customers,
@@ -190,6 +186,7 @@ impl Generator {
             row_id: 0,
             pending: Vec::new(),
             pending_at: 0,
+            builder,
         }
     }
 
@@ -312,94 +309,46 @@ impl Generator {
     }
 
     fn build_batch(&mut self, purchases: &[Purchase]) -> Result<RecordBatch, EngineError> {
-        let n = purchases.len();
-        let mut row_id = Int64Builder::with_capacity(n);
-        let mut time = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut cc_num = Int64Builder::with_capacity(n);
-        let mut amt = Float64Builder::with_capacity(n);
-        let mut zip = Int32Builder::with_capacity(n);
-        let mut lat = Float64Builder::with_capacity(n);
-        let mut long = Float64Builder::with_capacity(n);
-        let mut city_pop = Int64Builder::with_capacity(n);
-        let mut dob = Date32Builder::with_capacity(n);
-        let mut unix_time = Int64Builder::with_capacity(n);
-        let mut merch_lat = Float64Builder::with_capacity(n);
-        let mut merch_long = Float64Builder::with_capacity(n);
-        let mut is_fraud = Int32Builder::with_capacity(n);
-        let mut strings: Vec<StringBuilder> = (0..10)
-            .map(|_| StringBuilder::with_capacity(n, n * 16))
-            .collect();
+        let builder = &mut self.builder;
         let mut hex = [0u8; 32];
         for p in purchases {
             let c = &self.customers[p.customer as usize];
             let place = &TABLES.places[c.place];
-            row_id.append_value(self.row_id);
-            self.row_id += 1;
-            time.append_value(p.micros);
-            cc_num.append_value(c.cc_num);
-            amt.append_value(p.amt);
-            zip.append_value(place.zip);
-            lat.append_value(place.lat);
-            long.append_value(place.long);
-            city_pop.append_value(place.city_pop);
-            dob.append_value(c.dob);
-            unix_time.append_value(p.micros / MICROS_PER_SECOND);
-            merch_lat.append_value(p.merch_lat);
-            merch_long.append_value(p.merch_long);
-            is_fraud.append_value(i32::from(p.fraud));
             const DIGITS: &[u8; 16] = b"0123456789abcdef";
             for (i, slot) in hex.iter_mut().enumerate() {
                 *slot = DIGITS[((p.trans_num >> (124 - 4 * i)) & 0xF) as usize];
             }
-            let values = [
-                TABLES.merchants[p.category as usize][p.merchant as usize].as_str(),
-                CATEGORY_ORDER[p.category as usize],
-                c.first.as_str(),
-                c.last.as_str(),
-                if c.female { "F" } else { "M" },
-                c.street.as_str(),
-                place.city.as_str(),
-                place.state.as_str(),
-                TABLES.jobs[c.job].as_str(),
-                std::str::from_utf8(&hex).unwrap_or_default(),
-            ];
-            for (builder, value) in strings.iter_mut().zip(values) {
-                builder.append_value(value);
-            }
+            builder.append_row(&TransactionRow {
+                row_id: self.row_id,
+                event_time: p.micros,
+                cc_num: c.cc_num,
+                amt: p.amt,
+                zip: place.zip,
+                lat: place.lat,
+                long: place.long,
+                city_pop: place.city_pop,
+                dob: c.dob,
+                unix_time: p.micros / MICROS_PER_SECOND,
+                merch_lat: p.merch_lat,
+                merch_long: p.merch_long,
+                is_fraud: i32::from(p.fraud),
+                // In the order of STRING_COLUMNS.
+                strings: [
+                    TABLES.merchants[p.category as usize][p.merchant as usize].as_str(),
+                    CATEGORY_ORDER[p.category as usize],
+                    c.first.as_str(),
+                    c.last.as_str(),
+                    if c.female { "F" } else { "M" },
+                    c.street.as_str(),
+                    place.city.as_str(),
+                    place.state.as_str(),
+                    TABLES.jobs[c.job].as_str(),
+                    std::str::from_utf8(&hex).unwrap_or_default(),
+                ],
+            });
+            self.row_id += 1;
         }
-        let mut columns: Vec<Option<ArrayRef>> = vec![None; COLUMN_COUNT];
-        columns[idx::ROW_ID] = Some(Arc::new(row_id.finish()));
-        columns[idx::TRANS_DATE_TRANS_TIME] = Some(Arc::new(time.finish()));
-        columns[idx::CC_NUM] = Some(Arc::new(cc_num.finish()));
-        columns[idx::AMT] = Some(Arc::new(amt.finish()));
-        columns[idx::ZIP] = Some(Arc::new(zip.finish()));
-        columns[idx::LAT] = Some(Arc::new(lat.finish()));
-        columns[idx::LONG] = Some(Arc::new(long.finish()));
-        columns[idx::CITY_POP] = Some(Arc::new(city_pop.finish()));
-        columns[idx::DOB] = Some(Arc::new(dob.finish()));
-        columns[idx::UNIX_TIME] = Some(Arc::new(unix_time.finish()));
-        columns[idx::MERCH_LAT] = Some(Arc::new(merch_lat.finish()));
-        columns[idx::MERCH_LONG] = Some(Arc::new(merch_long.finish()));
-        columns[idx::IS_FRAUD] = Some(Arc::new(is_fraud.finish()));
-        let string_columns = [
-            idx::MERCHANT,
-            idx::CATEGORY,
-            idx::FIRST,
-            idx::LAST,
-            idx::GENDER,
-            idx::STREET,
-            idx::CITY,
-            idx::STATE,
-            idx::JOB,
-            idx::TRANS_NUM,
-        ];
-        for (mut builder, index) in strings.into_iter().zip(string_columns) {
-            columns[index] = Some(Arc::new(builder.finish()));
-        }
-        Ok(RecordBatch::try_new(
-            transaction_schema(),
-            columns.into_iter().flatten().collect(),
-        )?)
+        builder.finish()
     }
 }
 
@@ -494,6 +443,7 @@ fn make_customers(config: &SynthConfig) -> Vec<Customer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::idx;
     use arrow::array::AsArray;
     use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
 
