@@ -2,8 +2,9 @@
 //!
 //! Without `--kafka` it starts librdkafka's in-process mock cluster (a Kafka-protocol
 //! broker inside this process) and says so. It generates transactions, replays them into
-//! the `transactions` topic and reads them back as Arrow batches. Later issues extend this
-//! with scoring, Redis and the dashboard.
+//! the `transactions` topic, reads them back as Arrow batches, and scores them with the
+//! model through the same SQL as `rescore` (features.sql + score.sql). The streaming engine,
+//! Redis and the dashboard come with later issues.
 
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct Args {
     /// Topic name.
     #[arg(long, default_value = "transactions")]
     pub topic: String,
+    #[command(flatten)]
+    pub model: super::model::ModelArgs,
 }
 
 pub fn run(mut args: Args) -> anyhow::Result<()> {
@@ -109,5 +112,54 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             stats.messages
         );
     }
-    Ok(())
+    score(&args.model, contents.batches)
+}
+
+/// Scores what came back through Kafka with the model, as `rescore` would, and shows the
+/// anomalies with their explanations.
+fn score(
+    model: &super::model::ModelArgs,
+    batches: Vec<arrow::record_batch::RecordBatch>,
+) -> anyhow::Result<()> {
+    use risksense_engine::scoring::{self, SessionOptions};
+    let model = model.load()?;
+    super::runtime()?.block_on(async {
+        let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+        scoring::register_batches(
+            &ctx,
+            scoring::TRANSACTIONS,
+            risksense_engine::schema::transaction_schema(),
+            batches,
+        )?;
+        scoring::install_views(&ctx, true).await?;
+        scoring::check_model_fits(&ctx, &model).await?;
+        let summary = ctx
+            .sql(
+                "SELECT count(*) AS transactions, sum(CAST(is_anomaly AS INT)) AS anomalies, \
+                 sum(is_fraud) AS labelled_fraud, \
+                 sum(CASE WHEN is_anomaly THEN is_fraud ELSE 0 END) AS fraud_flagged \
+                 FROM scored",
+            )
+            .await?
+            .collect()
+            .await?;
+        eprintln!(
+            "\nscored with model `{}` (threshold {:.3}):",
+            model.card.name, model.card.threshold
+        );
+        eprintln!("{}", arrow::util::pretty::pretty_format_batches(&summary)?);
+        let top = ctx
+            .sql(
+                "SELECT trans_date_trans_time, cc_num, category, amt, round(score, 2) AS score, \
+                 is_fraud, explanation FROM scored WHERE is_anomaly ORDER BY score DESC LIMIT 10",
+            )
+            .await?
+            .collect()
+            .await?;
+        eprintln!(
+            "top anomalies:\n{}",
+            arrow::util::pretty::pretty_format_batches(&top)?
+        );
+        anyhow::Ok(())
+    })
 }

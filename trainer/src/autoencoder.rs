@@ -353,7 +353,7 @@ impl Autoencoder {
         &self,
         g: &mut GraphBuilder,
         p: &str,
-    ) -> Result<(String, String), TrainError> {
+    ) -> Result<(String, String, String), TrainError> {
         let f = self.standardizer.mean.len() as i64;
         let last = self.layers.len() - 1;
         let mut current = "z".to_string();
@@ -406,9 +406,13 @@ impl Autoencoder {
         g.node(
             "Min",
             &[&name("scaled_error"), &name("error_cap")],
-            &name("feature_error"),
+            &name("capped_error"),
         );
-        Ok((name("reconstruction"), name("feature_error")))
+        Ok((
+            name("reconstruction"),
+            name("scaled_error"),
+            name("capped_error"),
+        ))
     }
 }
 
@@ -451,7 +455,8 @@ impl Ensemble {
 
     /// The ONNX graph: `input` [rows, features] → `output` (mean reconstruction),
     /// `feature_error` (mean over members of the squared error per feature in standardised
-    /// units, over the feature's training error, capped), `score` (its mean per row).
+    /// units, over the feature's training error), `score` (the mean over features of that
+    /// error capped at the cap).
     pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let standardizer = self.standardizer()?;
         let f = standardizer.mean.len() as i64;
@@ -463,30 +468,38 @@ impl Ensemble {
         g.node("Div", &["centered", "std"], "z");
         let mut reconstructions = Vec::new();
         let mut errors = Vec::new();
+        let mut capped = Vec::new();
         for (k, member) in self.members.iter().enumerate() {
-            let (reconstruction, error) = member.append_to_graph(&mut g, &format!("m{k}_"))?;
+            let (reconstruction, error, capped_error) =
+                member.append_to_graph(&mut g, &format!("m{k}_"))?;
             reconstructions.push(reconstruction);
             errors.push(error);
+            capped.push(capped_error);
         }
         let count = self.members.len() as f32;
         g.constant("member_count", &[], &[count]);
         let recon: Vec<&str> = reconstructions.iter().map(String::as_str).collect();
         let errs: Vec<&str> = errors.iter().map(String::as_str).collect();
+        let caps: Vec<&str> = capped.iter().map(String::as_str).collect();
         g.node("Sum", &recon, "reconstruction_sum");
         g.node(
             "Div",
             &["reconstruction_sum", "member_count"],
             "reconstruction",
         );
+        // Explanations rank features by the uncapped error: under the cap, several
+        // features of an anomaly would tie.
         g.node("Sum", &errs, "feature_error_sum");
         g.node(
             "Div",
             &["feature_error_sum", "member_count"],
             "feature_error",
         );
+        g.node("Sum", &caps, "capped_error_sum");
+        g.node("Div", &["capped_error_sum", "member_count"], "capped_error");
         g.node_with(
             "ReduceMean",
-            &["feature_error"],
+            &["capped_error"],
             "score",
             vec![ints_attribute("axes", &[1]), int_attribute("keepdims", 0)],
         );
