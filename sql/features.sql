@@ -35,16 +35,17 @@ history AS (
   SELECT
     *,
     event_secs - lag(event_secs) OVER card_sequence AS secs_since_prev,
-    count(*) OVER last_24h AS count_24h,
-    sum(amt) OVER last_24h AS spend_24h,
-    sum(is_night) OVER last_24h AS night_count_24h,
-    sum(is_night * amt) OVER last_24h AS night_spend_24h,
+    -- rolling_sum_24h(t, x) = sum(x) OVER (… RANGE BETWEEN 86399 PRECEDING AND CURRENT ROW),
+    -- computed in one pass per card (see udfs/src/windows.rs).
+    rolling_sum_24h(event_secs, 1.0) OVER card_time AS count_24h,
+    rolling_sum_24h(event_secs, amt) OVER card_time AS spend_24h,
+    rolling_sum_24h(event_secs, is_night) OVER card_time AS night_count_24h,
+    rolling_sum_24h(event_secs, is_night * amt) OVER card_time AS night_spend_24h,
     avg(amt) OVER last_30 AS card_mean_amt
   FROM base
   WINDOW
     card_sequence AS (PARTITION BY cc_num ORDER BY event_secs, trans_num),
-    last_24h AS (PARTITION BY cc_num ORDER BY event_secs
-                 RANGE BETWEEN 86399 PRECEDING AND CURRENT ROW),
+    card_time AS (PARTITION BY cc_num ORDER BY event_secs),
     last_30 AS (PARTITION BY cc_num ORDER BY event_secs, trans_num
                 ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING)
 )
@@ -87,10 +88,10 @@ SELECT
   -- the card's recent history
   ln(1.0 + CAST(CASE WHEN secs_since_prev IS NULL OR secs_since_prev > 2592000 THEN 2592000
                      ELSE secs_since_prev END AS DOUBLE)) AS log_secs_since_prev,
-  ln(CAST(count_24h AS DOUBLE)) AS log_count_24h,
+  ln(count_24h) AS log_count_24h,
   ln((1.0 + amt) / (1.0 + coalesce(card_mean_amt, amt))) AS log_amt_over_mean,
   ln((1.0 + spend_24h) / (1.0 + coalesce(card_mean_amt, amt))) AS log_spend_24h_over_mean,
-  night_count_24h / CAST(count_24h AS DOUBLE) AS night_share_24h,
+  night_count_24h / count_24h AS night_share_24h,
   ln((1.0 + night_spend_24h) / (1.0 + coalesce(card_mean_amt, amt))) AS log_night_spend_24h_over_mean,
   ln(1.0 + night_count_24h) AS log_night_count_24h
 FROM history;

@@ -6,6 +6,7 @@
 //! - `anomaly_explain(f1, …, fn)`: the three features with the largest reconstruction error
 //!   and their share of it, e.g. `log_amt_over_mean 61%, night_share_24h 22%, hour_cos 6%`.
 //! - `anomaly_threshold()`: the model's alert threshold.
+//! - `rolling_sum_24h(event_secs, value)`: a window function, see [`crate::windows`].
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -76,51 +77,83 @@ impl ScalarUDFImpl for Haversine {
     }
 }
 
-/// The feature arguments of a call, as one row-major f32 matrix plus the rows that had a
-/// null anywhere (scored as null).
-struct FeatureMatrix {
-    values: Vec<f32>,
+/// Most rows scored by one ONNX Runtime run. DataFusion's batches are 8,192 rows; a
+/// larger batch (a window operator may emit a whole partition at once) is scored in runs of
+/// this size, so the row-major buffer stays in cache.
+pub const MAX_RUN_ROWS: usize = 8192;
+
+/// The feature arguments of a call as f32 columns, plus the rows that had a null anywhere
+/// (scored as null).
+struct FeatureColumns {
+    columns: Vec<ArrayRef>,
     rows: usize,
     null_rows: Option<Vec<bool>>,
 }
 
-fn feature_matrix(model: &Model, name: &str, args: &ScalarFunctionArgs) -> Result<FeatureMatrix> {
-    let width = model.feature_count();
-    if args.args.len() != width {
-        return exec_err!(
-            "{name} expects {width} features for model `{}`, got {}",
-            model.card.name,
-            args.args.len()
-        );
-    }
-    let rows = args.number_rows;
-    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-    let mut values = vec![0f32; rows * width];
-    let mut null_rows: Option<Vec<bool>> = None;
-    for (column, array) in arrays.iter().enumerate() {
-        let array: ArrayRef = if array.data_type() == &DataType::Float32 {
-            array.clone()
-        } else {
-            cast(array, &DataType::Float32)?
-        };
-        let floats = array.as_primitive::<Float32Type>();
-        // A strided write per column: the transpose from Arrow's columns to the
-        // row-major tensor ONNX Runtime reads, with no per-row allocation.
-        for (row, value) in floats.values().iter().enumerate() {
-            values[row * width + column] = *value;
+impl FeatureColumns {
+    fn new(model: &Model, name: &str, args: &ScalarFunctionArgs) -> Result<Self> {
+        let width = model.feature_count();
+        if args.args.len() != width {
+            return exec_err!(
+                "{name} expects {width} features for model `{}`, got {}",
+                model.card.name,
+                args.args.len()
+            );
         }
-        if floats.null_count() > 0 {
-            let mask = null_rows.get_or_insert_with(|| vec![false; rows]);
-            for (row, slot) in mask.iter_mut().enumerate() {
-                *slot |= floats.is_null(row);
+        let rows = args.number_rows;
+        let mut null_rows: Option<Vec<bool>> = None;
+        let mut columns = Vec::with_capacity(width);
+        for array in ColumnarValue::values_to_arrays(&args.args)? {
+            let array: ArrayRef = if array.data_type() == &DataType::Float32 {
+                array
+            } else {
+                cast(&array, &DataType::Float32)?
+            };
+            if array.null_count() > 0 {
+                let mask = null_rows.get_or_insert_with(|| vec![false; rows]);
+                for (row, slot) in mask.iter_mut().enumerate() {
+                    *slot |= array.is_null(row);
+                }
+            }
+            columns.push(array);
+        }
+        Ok(Self {
+            columns,
+            rows,
+            null_rows,
+        })
+    }
+
+    /// Rows `start..start + len` as a row-major matrix in `out`: a strided write per
+    /// column, the transpose from Arrow's columns to the tensor ONNX Runtime reads.
+    fn fill(&self, start: usize, len: usize, out: &mut Vec<f32>) {
+        let width = self.columns.len();
+        out.clear();
+        out.resize(len * width, 0.0);
+        for (column, array) in self.columns.iter().enumerate() {
+            let values = &array.as_primitive::<Float32Type>().values()[start..start + len];
+            for (row, value) in values.iter().enumerate() {
+                out[row * width + column] = *value;
             }
         }
     }
-    Ok(FeatureMatrix {
-        values,
-        rows,
-        null_rows,
-    })
+
+    /// Runs the model over every row, in runs of at most [`MAX_RUN_ROWS`], and returns
+    /// `output` for all of them, flattened.
+    fn run(&self, model: &Model, output: &str) -> Result<Vec<f32>> {
+        let mut results = Vec::new();
+        let mut matrix = Vec::new();
+        for start in (0..self.rows).step_by(MAX_RUN_ROWS) {
+            let len = MAX_RUN_ROWS.min(self.rows - start);
+            self.fill(start, len, &mut matrix);
+            results.extend(model.run(&matrix, len, output).map_err(model_error)?);
+        }
+        Ok(results)
+    }
+
+    fn is_null(&self, row: usize) -> bool {
+        self.null_rows.as_ref().is_some_and(|n| n[row])
+    }
 }
 
 fn model_error(error: crate::model::ModelError) -> DataFusionError {
@@ -196,19 +229,13 @@ impl ScalarUDFImpl for AnomalyScore {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let matrix = feature_matrix(&self.model, self.name(), &args)?;
-        let scores = self
-            .model
-            .score(&matrix.values, matrix.rows)
-            .map_err(model_error)?;
-        let out: Float64Array = match &matrix.null_rows {
-            None => scores.iter().map(|&s| Some(f64::from(s))).collect(),
-            Some(nulls) => scores
-                .iter()
-                .zip(nulls)
-                .map(|(&s, &null)| (!null).then_some(f64::from(s)))
-                .collect(),
-        };
+        let features = FeatureColumns::new(&self.model, self.name(), &args)?;
+        let scores = features.run(&self.model, crate::model::SCORE)?;
+        let out: Float64Array = scores
+            .iter()
+            .enumerate()
+            .map(|(row, &s)| (!features.is_null(row)).then_some(f64::from(s)))
+            .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -262,15 +289,12 @@ impl ScalarUDFImpl for AnomalyExplain {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let matrix = feature_matrix(&self.model, self.name(), &args)?;
-        let errors = self
-            .model
-            .feature_errors(&matrix.values, matrix.rows)
-            .map_err(model_error)?;
+        let features = FeatureColumns::new(&self.model, self.name(), &args)?;
+        let errors = features.run(&self.model, crate::model::FEATURE_ERROR)?;
         let width = self.model.feature_count();
-        let mut out = StringBuilder::with_capacity(matrix.rows, matrix.rows * 48);
-        for row in 0..matrix.rows {
-            if matrix.null_rows.as_ref().is_some_and(|n| n[row]) {
+        let mut out = StringBuilder::with_capacity(features.rows, features.rows * 48);
+        for row in 0..features.rows {
+            if features.is_null(row) {
                 out.append_null();
             } else {
                 let errors = &errors[row * width..(row + 1) * width];
@@ -309,6 +333,9 @@ impl ScalarUDFImpl for AnomalyThreshold {
 /// Registers `haversine` (always) and, given a model, the model functions.
 pub fn register(registry: &mut dyn FunctionRegistry, model: Option<Arc<Model>>) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(Haversine::default())))?;
+    registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(
+        crate::windows::RollingSum24h::default(),
+    )))?;
     if let Some(model) = model {
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyScore::new(model.clone()))))?;
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyExplain::new(

@@ -7,6 +7,7 @@
 pub mod functions;
 pub mod model;
 pub mod onnx_runtime;
+pub mod windows;
 
 pub use functions::register;
 pub use model::{Model, ModelCard, SessionOptions};

@@ -86,12 +86,13 @@ async fn scores(ctx: &SessionContext, model: &Model) -> Vec<f64> {
 }
 
 #[tokio::test]
-async fn same_scores_on_batches_of_1_7_and_8192_rows() {
+async fn same_scores_on_batches_of_1_7_8192_and_8197_rows() {
     let model = model();
     let batch = feature_batch(&model, 8192 + 5);
     let reference = scores(&context(&model, &batch, 8192), &model).await;
     assert_eq!(reference.len(), 8197);
-    for size in [1, 7] {
+    // 8,197 rows in one batch: more than one ONNX Runtime run (MAX_RUN_ROWS) inside one call.
+    for size in [1, 7, 8197] {
         let other = scores(&context(&model, &batch, size), &model).await;
         assert_eq!(other.len(), reference.len());
         for (row, (a, b)) in reference.iter().zip(&other).enumerate() {
