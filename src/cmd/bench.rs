@@ -363,12 +363,15 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
 
         let rescore_time = runtime.block_on(async {
             let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+            let out = args.scratch.join("scored");
+            if out.exists() {
+                std::fs::remove_dir_all(&out)?;
+            }
             let started = Instant::now();
             scoring::register_files(&ctx, scoring::TRANSACTIONS, std::slice::from_ref(&history))
                 .await?;
             scoring::install_views(&ctx, true).await?;
-            let stats =
-                scoring::write_scored(&ctx, &args.scratch.join("scored.parquet"), |_| {}).await?;
+            let stats = scoring::write_scored(&ctx, &out).await?;
             anyhow::ensure!(stats.rows == history_rows);
             anyhow::Ok(started.elapsed())
         })?;

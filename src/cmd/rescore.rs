@@ -12,7 +12,8 @@ pub struct Args {
     /// or transaction CSV files.
     #[arg(long, short, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
-    /// Output folder; the scored rows go to part-0.parquet in it.
+    /// Output folder (new or empty); the scored rows go to Parquet files in it, one per
+    /// partition, written in parallel.
     #[arg(long, short)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -37,15 +38,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         scoring::install_views(&ctx, true).await?;
         scoring::check_model_fits(&ctx, &model).await?;
         let started = Instant::now();
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let path = args.out.join("part-0.parquet");
         let bar = super::progress(None, "rows");
-        let stats = scoring::write_scored(&ctx, &path, |rows| bar.set_position(rows))
-            .await
-            .context("rescoring")?;
+        bar.set_message(format!("scoring into {}", args.out.display()));
+        let stats = scoring::write_scored(&ctx, &args.out).await.context("rescoring")?;
         bar.finish_and_clear();
         let RescoreStats { rows, anomalies, frauds_flagged: frauds_caught } = stats;
+        let path = &args.out;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "rescored {} rows in {:.2} s ({:.0} rows/s): {} anomalies ({:.2} %), {} of them labelled fraud -> {}",
