@@ -87,11 +87,13 @@ pub fn sql_text(file: &str) -> Result<String, EngineError> {
     .to_string())
 }
 
-/// Creates the `features` view, and `scored` when the session has a model. The
+/// Creates the `features` view and, given the session's model, the `scored` view, after
+/// checking that the model was trained on exactly the features the view computes. The
 /// `transactions` table must be registered first.
-pub async fn install_views(ctx: &SessionContext, with_scores: bool) -> Result<(), EngineError> {
+pub async fn install_views(ctx: &SessionContext, model: Option<&Model>) -> Result<(), EngineError> {
     ctx.sql(&sql_text("features.sql")?).await?.collect().await?;
-    if with_scores {
+    if let Some(model) = model {
+        check_model_fits(ctx, model).await?;
         ctx.sql(&sql_text("score.sql")?).await?.collect().await?;
     }
     Ok(())
@@ -378,7 +380,7 @@ mod tests {
             vec![],
         )
         .expect("table");
-        install_views(&ctx, false).await.expect("views");
+        install_views(&ctx, None).await.expect("views");
         let names = feature_names(&ctx).await.expect("names");
         assert_eq!(arguments, names);
         assert_eq!(names.len(), 30);

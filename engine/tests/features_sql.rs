@@ -162,7 +162,7 @@ async fn sql_features_equal_a_plain_rust_reference() {
     scoring::register_files(&ctx, scoring::TRANSACTIONS, &[path])
         .await
         .expect("table");
-    scoring::install_views(&ctx, false).await.expect("views");
+    scoring::install_views(&ctx, None).await.expect("views");
     let list = chosen
         .iter()
         .map(|c| c.to_string())

@@ -247,7 +247,7 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
             risksense_engine::schema::transaction_schema(),
             batches,
         )?;
-        scoring::install_views(&ctx, false).await?;
+        scoring::install_views(&ctx, None).await?;
         let names = model.card.features.join(", ");
         let out = ctx
             .sql(&format!("SELECT {names} FROM features"))
@@ -370,7 +370,7 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
             let started = Instant::now();
             scoring::register_files(&ctx, scoring::TRANSACTIONS, std::slice::from_ref(&history))
                 .await?;
-            scoring::install_views(&ctx, true).await?;
+            scoring::install_views(&ctx, Some(&model)).await?;
             let stats = scoring::write_scored(&ctx, &out).await?;
             anyhow::ensure!(stats.rows == history_rows);
             anyhow::Ok(started.elapsed())

@@ -131,8 +131,7 @@ fn score(
             risksense_engine::schema::transaction_schema(),
             batches,
         )?;
-        scoring::install_views(&ctx, true).await?;
-        scoring::check_model_fits(&ctx, &model).await?;
+        scoring::install_views(&ctx, Some(&model)).await?;
         let summary = ctx
             .sql(
                 "SELECT count(*) AS transactions, sum(CAST(is_anomaly AS INT)) AS anomalies, \

@@ -35,8 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         scoring::register_files(&ctx, scoring::TRANSACTIONS, &args.input)
             .await
             .context("registering the input")?;
-        scoring::install_views(&ctx, true).await?;
-        scoring::check_model_fits(&ctx, &model).await?;
+        scoring::install_views(&ctx, Some(&model)).await?;
         let started = Instant::now();
         let bar = super::progress(None, "rows");
         bar.set_message(format!("scoring into {}", args.out.display()));

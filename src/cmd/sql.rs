@@ -41,10 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("registering table `{name}` from {path}"))?;
         }
         if args.tables.iter().any(|(name, _)| name == TRANSACTIONS) {
-            scoring::install_views(&ctx, model.is_some()).await?;
-            if let Some(model) = &model {
-                scoring::check_model_fits(&ctx, model).await?;
-            }
+            scoring::install_views(&ctx, model.as_deref()).await?;
         }
         let started = std::time::Instant::now();
         let frame = ctx.sql(&args.query).await.context("planning the query")?;

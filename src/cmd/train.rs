@@ -50,7 +50,7 @@ pub struct Args {
 async fn features_of(inputs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<RecordBatch>)> {
     let ctx = scoring::new_session(None, SessionOptions::default())?;
     scoring::register_files(&ctx, scoring::TRANSACTIONS, inputs).await?;
-    scoring::install_views(&ctx, false).await?;
+    scoring::install_views(&ctx, None).await?;
     let names = scoring::feature_names(&ctx).await?;
     let batches = ctx
         .sql("SELECT * FROM features ORDER BY trans_date_trans_time, trans_num")

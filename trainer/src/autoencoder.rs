@@ -328,17 +328,6 @@ impl Autoencoder {
         Ok(out)
     }
 
-    /// Anomaly scores computed by candle: the reference the exported ONNX graph must
-    /// reproduce.
-    pub fn scores(&self, x: &Matrix) -> Result<Vec<f32>, TrainError> {
-        let z = self.standardizer.apply(x);
-        let errors = self.feature_errors_standardized(&z)?;
-        Ok(errors
-            .chunks(x.cols.max(1))
-            .map(|row| row.iter().sum::<f32>() / row.len() as f32)
-            .collect())
-    }
-
     /// Layer sizes, input first.
     pub fn architecture(&self) -> Vec<usize> {
         let mut sizes = vec![self.standardizer.mean.len()];

@@ -231,13 +231,8 @@ impl Model {
         Ok(data.to_vec())
     }
 
-    /// Anomaly scores (mean squared reconstruction error) of each row.
+    /// Anomaly scores of each row (the graph's `score` output).
     pub fn score(&self, matrix: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
         self.run(matrix, rows, SCORE)
-    }
-
-    /// Squared reconstruction error per feature, row-major.
-    pub fn feature_errors(&self, matrix: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
-        self.run(matrix, rows, FEATURE_ERROR)
     }
 }
