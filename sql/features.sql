@@ -4,13 +4,15 @@
 -- the live stream (`risksense run`), so a model never sees features computed two ways.
 -- It reads a table or view named `transactions` with the Kaggle / Sparkov columns.
 --
--- The first eight columns identify the row; every column after them is a model input, in
+-- The first nine columns identify the row (`row_id` is the source's row: the index in a
+-- file, or the Kafka offset in the stream, where history rows are shifted below zero); every column after them is a model input, in
 -- the order the model card lists them. Per-card history uses only bounded windows ordered
 -- by event time (the last 24 hours; the 30 transactions before this one), so the stream can
 -- reproduce it exactly from the rows it keeps per card.
 CREATE OR REPLACE VIEW features AS
 WITH base AS (
   SELECT
+    row_id,
     trans_num,
     cc_num,
     trans_date_trans_time,
@@ -35,21 +37,24 @@ history AS (
   SELECT
     *,
     event_secs - lag(event_secs) OVER card_sequence AS secs_since_prev,
-    -- rolling_sum_24h(t, x) = sum(x) OVER (… RANGE BETWEEN 86399 PRECEDING AND CURRENT ROW),
-    -- computed in one pass per card (see udfs/src/windows.rs).
-    rolling_sum_24h(event_secs, 1.0) OVER card_time AS count_24h,
-    rolling_sum_24h(event_secs, amt) OVER card_time AS spend_24h,
-    rolling_sum_24h(event_secs, is_night) OVER card_time AS night_count_24h,
-    rolling_sum_24h(event_secs, is_night * amt) OVER card_time AS night_spend_24h,
+    -- rolling_sum_24h(t, x): sum(x) over the card's rows up to this one within the last
+    -- 24 hours, in one pass per card (see udfs/src/windows.rs). Later rows never count,
+    -- even in the same second, so the stream computes it exactly from what it has seen.
+    rolling_sum_24h(event_secs, 1.0) OVER card_sequence AS count_24h,
+    rolling_sum_24h(event_secs, amt) OVER card_sequence AS spend_24h,
+    rolling_sum_24h(event_secs, is_night) OVER card_sequence AS night_count_24h,
+    rolling_sum_24h(event_secs, is_night * amt) OVER card_sequence AS night_spend_24h,
     avg(amt) OVER last_30 AS card_mean_amt
   FROM base
   WINDOW
-    card_sequence AS (PARTITION BY cc_num ORDER BY event_secs, trans_num),
-    card_time AS (PARTITION BY cc_num ORDER BY event_secs),
-    last_30 AS (PARTITION BY cc_num ORDER BY event_secs, trans_num
+    -- Same-second rows keep their arrival order: row_id is the file's row index in a
+    -- batch job and the Kafka offset in the stream (one card is on one partition).
+    card_sequence AS (PARTITION BY cc_num ORDER BY event_secs, row_id),
+    last_30 AS (PARTITION BY cc_num ORDER BY event_secs, row_id
                 ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING)
 )
 SELECT
+  row_id,
   trans_num,
   cc_num,
   trans_date_trans_time,

@@ -3,7 +3,7 @@
 -- anomaly_score runs the ONNX autoencoder once per Arrow batch and returns the mean squared
 -- reconstruction error; a row at or above the model's threshold is an anomaly, and only
 -- anomalies pay for anomaly_explain (the three features that reconstruct worst).
--- The feature arguments are the columns of features.sql after its first eight, in order.
+-- The feature arguments are the columns of features.sql after its first nine, in order.
 CREATE OR REPLACE VIEW scored AS
 WITH scored_rows AS (
   SELECT
@@ -21,6 +21,7 @@ WITH scored_rows AS (
   FROM features
 )
 SELECT
+  row_id,
   trans_num,
   cc_num,
   trans_date_trans_time,

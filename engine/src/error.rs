@@ -41,4 +41,10 @@ pub enum EngineError {
     CsvWrite(#[from] csv::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("result store: {0}")]
+    Store(#[from] risksense_store::StoreError),
+    #[error("stream state: {0}")]
+    State(String),
+    #[error("config: {0}")]
+    Config(String),
 }

@@ -6,6 +6,7 @@
 //! - [`synth`]: a seeded generator of Sparkov-like transactions with fraud episodes.
 //! - [`kafka`]: client configuration and the replay producer.
 //! - [`scoring`]: DataFusion sessions running sql/features.sql and sql/score.sql.
+//! - [`stream`]: the streaming engine behind `risksense run`.
 
 pub mod codec;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod kafka;
 pub mod schema;
 pub mod scoring;
 pub mod source;
+pub mod stream;
 pub mod synth;
 
 pub use error::EngineError;

@@ -23,7 +23,7 @@ pub const FEATURES_SQL: &str = include_str!("../../sql/features.sql");
 /// The scoring SQL.
 pub const SCORE_SQL: &str = include_str!("../../sql/score.sql");
 /// Columns of the `features` view before the model inputs.
-pub const ID_COLUMNS: usize = 8;
+pub const ID_COLUMNS: usize = 9;
 /// Name of the table the SQL reads.
 pub const TRANSACTIONS: &str = "transactions";
 

@@ -57,3 +57,104 @@ pub fn sorted_by_row_id(batch: &RecordBatch) -> RecordBatch {
     .expect("sortable");
     arrow::compute::take_record_batch(batch, &indices).expect("take")
 }
+
+/// Redis URL for the tests. Fails loudly, with the command that starts Redis, when nothing
+/// answers: these tests never skip.
+pub fn redis_url() -> String {
+    let url = std::env::var("RISKSENSE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
+    let address = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
+    assert!(
+        reachable,
+        "Redis is not reachable at {address}: these tests need a real Redis. \
+         Start it with `scripts/services.sh up` (or run `scripts/test.sh`), \
+         or point RISKSENSE_REDIS_URL at yours."
+    );
+    url
+}
+
+/// A raw message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads every message of `topic` from the beginning until `expected` arrived and then
+/// `settle` passed without more (to catch extra ones), or `timeout` passed.
+pub fn read_raw(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    settle: Duration,
+    timeout: Duration,
+) -> Vec<RawMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "risksense-tests-read-raw")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < timeout && !(out.len() >= expected && last.elapsed() >= settle) {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.expect("message");
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(RawMessage {
+            partition: message.partition(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        });
+        last = std::time::Instant::now();
+    }
+    out
+}

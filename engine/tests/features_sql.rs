@@ -13,6 +13,7 @@ use risksense_udfs::functions::haversine_km;
 
 #[derive(Clone)]
 struct Row {
+    row_id: i64,
     trans_num: String,
     secs: i64,
     category: String,
@@ -31,7 +32,7 @@ fn is_night(secs: i64) -> bool {
     !(4..22).contains(&hour)
 }
 
-/// The features of `rows[i]` given all rows of its card, sorted by (time, trans_num).
+/// The features of `rows[i]` given all rows of its card, sorted by (time, row_id).
 fn reference(rows: &[Row], i: usize) -> HashMap<&'static str, f64> {
     use std::f64::consts::PI;
     let r = &rows[i];
@@ -64,8 +65,8 @@ fn reference(rows: &[Row], i: usize) -> HashMap<&'static str, f64> {
         (r.secs - rows[i - 1].secs).min(2_592_000)
     };
     f.insert("log_secs_since_prev", (1.0 + gap as f64).ln());
-    // RANGE frame: every row of the card within the last 24 h, ties included.
-    let window: Vec<&Row> = rows
+    // The card's rows up to this one (in (time, row_id) order) within the last 24 h.
+    let window: Vec<&Row> = rows[..=i]
         .iter()
         .filter(|o| o.secs <= r.secs && o.secs >= r.secs - 86_399)
         .collect();
@@ -110,6 +111,10 @@ fn rows_by_card(batch: &RecordBatch) -> HashMap<i64, Vec<Row>> {
             )
             .or_default()
             .push(Row {
+                row_id: batch
+                    .column(idx::ROW_ID)
+                    .as_primitive::<Int64Type>()
+                    .value(row),
                 trans_num: batch
                     .column(idx::TRANS_NUM)
                     .as_string::<i32>()
@@ -140,7 +145,7 @@ fn rows_by_card(batch: &RecordBatch) -> HashMap<i64, Vec<Row>> {
             });
     }
     for rows in cards.values_mut() {
-        rows.sort_by(|a, b| (a.secs, &a.trans_num).cmp(&(b.secs, &b.trans_num)));
+        rows.sort_by_key(|r| (r.secs, r.row_id));
     }
     cards
 }
@@ -180,8 +185,16 @@ async fn sql_features_equal_a_plain_rust_reference() {
     assert_eq!(features.num_columns() - ID_COLUMNS, 30);
     let mut checked = 0;
     for row in 0..features.num_rows() {
-        let card = features.column(1).as_primitive::<Int64Type>().value(row);
-        let trans_num = features.column(0).as_string::<i32>().value(row);
+        let card = features
+            .column_by_name("cc_num")
+            .expect("cc_num")
+            .as_primitive::<Int64Type>()
+            .value(row);
+        let trans_num = features
+            .column_by_name("trans_num")
+            .expect("trans_num")
+            .as_string::<i32>()
+            .value(row);
         let rows = &cards[&card];
         let i = rows
             .iter()

@@ -10,6 +10,7 @@ mod model;
 mod produce;
 mod profile;
 mod rescore;
+pub mod run;
 mod sql;
 mod train;
 
@@ -27,6 +28,7 @@ Examples:
   risksense profile year.parquet --against ../shared/data/sparkov-2019h1.csv.gz
   risksense train --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/default
   risksense import --input ../shared/data/ --out history/
+  risksense run --kafka 127.0.0.1:9092 --redis redis://127.0.0.1:6379/ --archive archive/
   risksense rescore --input 'history/**/*.parquet' --out scored/
   risksense sql \"SELECT category, count(*) FROM scored WHERE is_anomaly GROUP BY 1\" --table scored=scored/
   risksense doctor                                 # is Kafka / Redis / ONNX Runtime reachable?";
@@ -52,6 +54,8 @@ pub enum Command {
     Profile(profile::Args),
     /// Train the autoencoder on transaction files and export it to ONNX.
     Train(train::Args),
+    /// Run the streaming engine: Kafka -> features + model SQL -> Redis, alerts, archive.
+    Run(run::Args),
     /// Score Parquet history with the same SQL and model as the stream.
     Rescore(rescore::Args),
     /// Convert transaction CSV into Parquet.
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(args) => profile::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Sql(args) => sql::run(args),
+        Command::Run(args) => run::run(args),
         Command::Rescore(args) => rescore::run(args),
         Command::Import(args) => import::run(args),
         Command::Train(args) => train::run(args),

@@ -14,6 +14,7 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers.
     #[arg(
         long,
+        alias = "kafka",
         env = "RISKSENSE_KAFKA_BROKERS",
         default_value = "127.0.0.1:9092"
     )]

@@ -1,11 +1,14 @@
-//! `rolling_sum_24h(event_secs, value) OVER (PARTITION BY card ORDER BY event_secs)`: the
-//! sum of `value` over the partition's rows whose `event_secs` lies in the 24 hours ending
-//! at the current row (`[t - 86399, t]`, rows with the same time included).
+//! `rolling_sum_24h(event_secs, value) OVER (PARTITION BY card ORDER BY event_secs, …)`: the
+//! sum of `value` over the partition's rows up to and including the current one (in the
+//! window's order) whose `event_secs` lies in the 24 hours ending at the current row
+//! (`[t - 86399, t]`).
 //!
-//! It computes exactly what `sum(value) OVER (… RANGE BETWEEN 86399 PRECEDING AND CURRENT
-//! ROW)` does, in one pass with two pointers over the sorted partition: DataFusion's
-//! generic RANGE frame spent most of a rescoring run on these sums. It is also the shape of
-//! per-card state a stream keeps: the rows of the last 24 hours.
+//! Rows later in the order never count, even with the same second: a row's sums depend
+//! only on rows before it, so a stream that has seen a card's transactions up to this one
+//! computes exactly what a batch over the whole history computes (a RANGE frame would add
+//! same-second rows that a stream may not have received yet). One pass, two pointers:
+//! DataFusion's generic RANGE frame spent most of a rescoring run on these sums. It is also
+//! the shape of per-card state a stream keeps: the rows of the last 24 hours.
 
 use std::sync::Arc;
 
@@ -57,19 +60,18 @@ impl WindowUDFImpl for RollingSum24h {
 #[derive(Debug)]
 struct RollingSumEvaluator;
 
-/// Sums over `[t - WINDOW_SECS, t]` for each row of one partition sorted by `secs`.
+/// For each row `i` of one partition sorted by `secs`: the sum of `values[j]` for `j <= i`
+/// with `secs[j]` in `[secs[i] - WINDOW_SECS, secs[i]]`.
 pub fn rolling_sums(secs: &[i64], values: &[f64]) -> Vec<f64> {
     let n = secs.len();
     let mut out = Vec::with_capacity(n);
-    let (mut low, mut high) = (0usize, 0usize);
+    let mut low = 0usize;
     let mut sum = 0.0f64;
     for i in 0..n {
         let t = secs[i];
-        // Take in every row up to and including the current time (ties ahead too).
-        while high < n && secs[high] <= t {
-            sum += values[high];
-            high += 1;
-        }
+        // Take in the current row (never rows after it, even at the same second).
+        sum += values[i];
+        let high = i + 1;
         // Let go of rows older than the window.
         while low < high && secs[low] < t - WINDOW_SECS {
             sum -= values[low];
@@ -119,21 +121,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sums_the_last_24_hours_with_ties() {
+    fn sums_the_last_24_hours_up_to_the_current_row() {
         let secs = [0, 10, 10, 86_399, 86_400, 86_410, 200_000];
         let values = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
-        // Brute force: every row within [t - 86399, t].
-        let expected: Vec<f64> = secs
-            .iter()
-            .map(|&t| {
-                secs.iter()
-                    .zip(values)
-                    .filter(|&(&s, _)| s <= t && s >= t - WINDOW_SECS)
-                    .map(|(_, v)| v)
+        // Brute force: every row up to this one within [t - 86399, t].
+        let expected: Vec<f64> = (0..secs.len())
+            .map(|i| {
+                (0..=i)
+                    .filter(|&j| secs[j] >= secs[i] - WINDOW_SECS)
+                    .map(|j| values[j])
                     .sum()
             })
             .collect();
         assert_eq!(rolling_sums(&secs, &values), expected);
-        assert_eq!(expected, vec![1.0, 7.0, 7.0, 15.0, 30.0, 56.0, 64.0]);
+        // The second row at t = 10 does not see the third (same second, later in order).
+        assert_eq!(expected, vec![1.0, 3.0, 7.0, 15.0, 30.0, 56.0, 64.0]);
     }
 }

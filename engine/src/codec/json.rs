@@ -110,7 +110,16 @@ pub struct JsonTransactionDecoder {
 
 impl JsonTransactionDecoder {
     pub fn new(batch_size: usize) -> Result<Self, EngineError> {
-        let decoder = ReaderBuilder::new(transaction_schema())
+        Self::with_schema(transaction_schema(), batch_size)
+    }
+
+    /// A decoder for messages of another shape of the transaction schema (the stream's,
+    /// where `row_id` may be absent).
+    pub fn with_schema(
+        schema: arrow::datatypes::SchemaRef,
+        batch_size: usize,
+    ) -> Result<Self, EngineError> {
+        let decoder = ReaderBuilder::new(schema)
             .with_batch_size(batch_size.max(1))
             .with_strict_mode(false)
             .build_decoder()?;
@@ -139,10 +148,26 @@ impl JsonTransactionDecoder {
 
     /// Decodes a single message on its own, to tell a bad message from its neighbours.
     pub fn decode_one(message: &[u8]) -> Result<RecordBatch, EngineError> {
-        let mut decoder = Self::new(1)?;
+        Self::decode_one_with(transaction_schema(), message)
+    }
+
+    /// [`Self::decode_one`] for another shape of the schema; fails unless the message is
+    /// exactly one JSON object.
+    pub fn decode_one_with(
+        schema: arrow::datatypes::SchemaRef,
+        message: &[u8],
+    ) -> Result<RecordBatch, EngineError> {
+        let mut decoder = Self::with_schema(schema, 2)?;
         decoder.push(message)?;
-        decoder
+        let batch = decoder
             .flush()?
-            .ok_or_else(|| EngineError::Decode("the message holds no JSON object".to_string()))
+            .ok_or_else(|| EngineError::Decode("the message holds no JSON object".to_string()))?;
+        if batch.num_rows() != 1 {
+            return Err(EngineError::Decode(format!(
+                "the message holds {} JSON objects, not one",
+                batch.num_rows()
+            )));
+        }
+        Ok(batch)
     }
 }

@@ -1,0 +1,149 @@
+//! `risksense run` settings: a TOML file, then flags and `RISKSENSE_*` variables on top
+//! (the binary applies those; this is the shape they fill).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+/// Everything the streaming engine needs to know. Every field has a default, so an empty
+/// file (or none) is a valid config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Kafka bootstrap servers; empty means the in-process broker (demo only).
+    pub brokers: String,
+    /// Topic of transactions (JSON, Kaggle column names, keyed by card).
+    pub topic: String,
+    /// Consumer group: instances in one group split the topic's partitions.
+    pub group: String,
+    /// Topic for anomalies as JSON (empty: none).
+    pub alerts_topic: String,
+    /// Topic for messages that could not be scored, with the reason in a header.
+    pub dead_letter_topic: String,
+    /// Redis URL; empty means the in-process store.
+    pub redis: String,
+    /// Folder for the Parquet archive of every scored row (empty: no archive).
+    pub archive: PathBuf,
+    /// Model folder (model.onnx + model.json).
+    pub model: PathBuf,
+    /// A micro-batch closes at this many rows...
+    pub batch_rows: usize,
+    /// ...or this long after its first message, whichever comes first.
+    pub batch_wait_ms: u64,
+    /// How often state, archive and offsets are made durable together.
+    pub checkpoint_interval_ms: u64,
+    /// Where a new group starts reading: `earliest` or `latest`.
+    pub start_from: String,
+    /// Threads for the model (ONNX Runtime intra-op).
+    pub model_threads: usize,
+    /// Parallel partitions in the scoring plan.
+    pub sql_partitions: usize,
+    /// Extra librdkafka properties for every client (`key = value`).
+    pub kafka_properties: Vec<(String, String)>,
+    /// What Redis keeps, and for how long.
+    pub retention: risksense_store::Retention,
+    /// Name of this instance (archive file names, logs).
+    pub instance: String,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "transactions".to_string(),
+            group: "risksense".to_string(),
+            alerts_topic: "alerts".to_string(),
+            dead_letter_topic: "transactions.dlq".to_string(),
+            redis: String::new(),
+            archive: PathBuf::from("archive"),
+            model: PathBuf::from("models/default"),
+            batch_rows: 8192,
+            batch_wait_ms: 50,
+            checkpoint_interval_ms: 5000,
+            start_from: "earliest".to_string(),
+            model_threads: 1,
+            sql_partitions: 2,
+            kafka_properties: Vec::new(),
+            retention: risksense_store::Retention::default(),
+            instance: default_instance(),
+        }
+    }
+}
+
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+impl StreamConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, EngineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Rejects settings that cannot work, with what to change.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let fail = |m: String| Err(EngineError::Config(m));
+        if self.topic.is_empty() {
+            return fail("topic must not be empty".to_string());
+        }
+        if self.group.is_empty() {
+            return fail("group must not be empty".to_string());
+        }
+        if self.dead_letter_topic.is_empty() || self.dead_letter_topic == self.topic {
+            return fail("dead_letter_topic must be set and differ from topic".to_string());
+        }
+        if self.alerts_topic == self.topic {
+            return fail("alerts_topic must differ from topic".to_string());
+        }
+        if self.batch_rows == 0 || self.batch_wait_ms == 0 {
+            return fail("batch_rows and batch_wait_ms must be positive".to_string());
+        }
+        if !matches!(self.start_from.as_str(), "earliest" | "latest") {
+            return fail(format!(
+                "start_from is `{}`: use earliest or latest",
+                self.start_from
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn batch_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_wait_ms)
+    }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let config: StreamConfig =
+            toml::from_str("topic = \"tx\"\nbatch_rows = 1000\n[retention]\nttl_secs = 60\n")
+                .expect("parse");
+        assert_eq!(config.topic, "tx");
+        assert_eq!(config.batch_rows, 1000);
+        assert_eq!(config.retention.ttl_secs, 60);
+        assert_eq!(config.group, "risksense");
+        assert!(toml::from_str::<StreamConfig>("topik = \"x\"").is_err());
+        let bad = StreamConfig {
+            start_from: "middle".to_string(),
+            ..StreamConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

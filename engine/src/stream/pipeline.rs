@@ -1,0 +1,467 @@
+//! One micro-batch from messages to sinks, and the checkpoint that makes progress durable.
+//!
+//! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → per-card
+//! context from state → the scoring plan → sinks (Redis, alerts topic, archive; retried
+//! until they hold the data) → state absorbs the batch. A checkpoint then finishes the
+//! archive file, saves every partition's state with the offset it belongs to, and commits
+//! that offset to Kafka. Results are visible in Redis as soon as a batch's sinks return;
+//! offsets are committed only at checkpoints, after everything before them is durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use risksense_store::{Alert, Checkpoint, ResultStore};
+
+use super::archive::ParquetArchive;
+use super::config::StreamConfig;
+use super::decode::{Incoming, decode};
+use super::metrics::StreamMetrics;
+use super::scorer::StreamScorer;
+use super::state::PartitionState;
+use crate::error::EngineError;
+use crate::schema::idx;
+
+/// Header of a dead letter that says why it could not be scored.
+pub const ERROR_HEADER: &str = "risksense-error";
+/// Header of a dead letter that says where it came from: `topic/partition/offset`.
+pub const SOURCE_HEADER: &str = "risksense-source";
+
+pub struct Pipeline {
+    config: StreamConfig,
+    scorer: StreamScorer,
+    store: ResultStore,
+    producer: FutureProducer,
+    archive: Option<ParquetArchive>,
+    states: HashMap<i32, PartitionState>,
+    /// Per partition: the next offset to read (everything before it is in the sinks).
+    next_offsets: HashMap<i32, i64>,
+    metrics: Arc<StreamMetrics>,
+    shutdown: Arc<AtomicBool>,
+    last_checkpoint: Instant,
+}
+
+/// Why a retried step gave up.
+fn interrupted(what: &str) -> EngineError {
+    EngineError::State(format!("stopped while {what} was being retried"))
+}
+
+impl Pipeline {
+    pub fn new(
+        config: StreamConfig,
+        scorer: StreamScorer,
+        store: ResultStore,
+        producer: FutureProducer,
+        metrics: Arc<StreamMetrics>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, EngineError> {
+        let archive = if config.archive.as_os_str().is_empty() {
+            None
+        } else {
+            Some(ParquetArchive::new(&config.archive, &config.instance)?)
+        };
+        Ok(Self {
+            config,
+            scorer,
+            store,
+            producer,
+            archive,
+            states: HashMap::new(),
+            next_offsets: HashMap::new(),
+            metrics,
+            shutdown,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    pub fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint.elapsed() >= self.config.checkpoint_interval()
+    }
+
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.states.keys().copied().collect();
+        partitions.sort();
+        partitions
+    }
+
+    pub fn state_rows(&self) -> usize {
+        self.states.values().map(|s| s.rows()).sum()
+    }
+
+    /// Retries `step` with backoff (100 ms doubling to 5 s) until it succeeds or the
+    /// engine is asked to stop: an outage pauses the stream, it never drops data.
+    async fn retry<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match step().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    StreamMetrics::add(&self.metrics.sink_retries, 1);
+                    tracing::warn!(%error, retry_in = ?delay, "{what} failed; retrying");
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return Err(interrupted(what));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Scores one micro-batch and writes it to every sink.
+    pub async fn process(&mut self, messages: Vec<Incoming>) -> Result<(), EngineError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let closed_at = Instant::now();
+        let started = Instant::now();
+        let decoded = decode(&messages)?;
+        StreamMetrics::add(&self.metrics.decode_ns, started.elapsed().as_nanos() as u64);
+        StreamMetrics::add(&self.metrics.messages, messages.len() as u64);
+
+        let mut dead: Vec<(usize, String)> = decoded.rejected;
+        let mut scored: Vec<RecordBatch> = Vec::new();
+        if let Some(batch) = &decoded.batch {
+            let started = Instant::now();
+            let partition_of_row: Vec<i32> = decoded
+                .message_of_row
+                .iter()
+                .map(|&m| messages[m].partition)
+                .collect();
+            match self.score(batch, &partition_of_row).await {
+                Ok(batches) => scored = batches,
+                Err(error) => {
+                    // Never crash on input: the rows go to the dead-letter topic with the
+                    // reason, and the stream goes on.
+                    tracing::error!(%error, rows = batch.num_rows(), "scoring failed; dead-lettering the batch's rows");
+                    dead.extend(
+                        decoded
+                            .message_of_row
+                            .iter()
+                            .map(|&m| (m, format!("scoring failed: {error}"))),
+                    );
+                }
+            }
+            StreamMetrics::add(&self.metrics.score_ns, started.elapsed().as_nanos() as u64);
+        }
+
+        let started = Instant::now();
+        self.write_sinks(&messages, &dead, &scored).await?;
+        StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
+
+        // The batch is in every sink: its rows become history, its offsets progress.
+        if !scored.is_empty()
+            && let Some(batch) = &decoded.batch
+        {
+            let partition_of_row: Vec<i32> = decoded
+                .message_of_row
+                .iter()
+                .map(|&m| messages[m].partition)
+                .collect();
+            self.absorb(batch, &partition_of_row)?;
+        }
+        for message in &messages {
+            let next = self.next_offsets.entry(message.partition).or_insert(0);
+            *next = (*next).max(message.offset + 1);
+            self.states.entry(message.partition).or_default();
+        }
+        StreamMetrics::add(&self.metrics.batches, 1);
+        self.metrics
+            .batch_latency
+            .record(closed_at.elapsed().as_millis() as u64, 1);
+        Ok(())
+    }
+
+    async fn score(
+        &self,
+        batch: &RecordBatch,
+        partition_of_row: &[i32],
+    ) -> Result<Vec<RecordBatch>, EngineError> {
+        let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
+        let mut cards_by_partition: HashMap<i32, HashSet<i64>> = HashMap::new();
+        for (card, partition) in cards.values().iter().zip(partition_of_row) {
+            cards_by_partition
+                .entry(*partition)
+                .or_default()
+                .insert(*card);
+        }
+        let mut input = Vec::with_capacity(cards_by_partition.len() + 1);
+        for (partition, cards) in &cards_by_partition {
+            if let Some(state) = self.states.get(partition)
+                && let Some(context) = state.context(cards)?
+            {
+                input.push(context);
+            }
+        }
+        input.push(batch.clone());
+        self.scorer.score(input).await
+    }
+
+    fn absorb(&mut self, batch: &RecordBatch, partition_of_row: &[i32]) -> Result<(), EngineError> {
+        let partitions: HashSet<i32> = partition_of_row.iter().copied().collect();
+        for partition in partitions {
+            let rows = if partition_of_row.iter().all(|p| *p == partition) {
+                batch.clone()
+            } else {
+                let mask: BooleanArray = partition_of_row
+                    .iter()
+                    .map(|p| Some(*p == partition))
+                    .collect();
+                arrow::compute::filter_record_batch(batch, &mask)?
+            };
+            self.states.entry(partition).or_default().absorb(rows)?;
+        }
+        Ok(())
+    }
+
+    async fn write_sinks(
+        &mut self,
+        messages: &[Incoming],
+        dead: &[(usize, String)],
+        scored: &[RecordBatch],
+    ) -> Result<(), EngineError> {
+        let mut rows = Vec::new();
+        for batch in scored {
+            rows.extend(risksense_store::from_batch(batch)?);
+        }
+        let anomalies: Vec<&risksense_store::ScoredTransaction> =
+            rows.iter().filter(|r| r.is_anomaly).collect();
+
+        // Kafka (dead letters and alerts) and Redis at the same time.
+        let kafka = async {
+            let mut pending: Vec<KafkaRecord> = Vec::new();
+            for (m, reason) in dead {
+                let message = &messages[*m];
+                pending.push(KafkaRecord {
+                    topic: self.config.dead_letter_topic.clone(),
+                    key: message.key.clone(),
+                    payload: message.payload.clone(),
+                    headers: vec![
+                        (ERROR_HEADER, reason.clone()),
+                        (
+                            SOURCE_HEADER,
+                            format!(
+                                "{}/{}/{}",
+                                self.config.topic, message.partition, message.offset
+                            ),
+                        ),
+                    ],
+                });
+            }
+            if !self.config.alerts_topic.is_empty() {
+                for row in &anomalies {
+                    let payload = serde_json::to_vec(&Alert::from(*row))
+                        .map_err(|e| EngineError::Decode(e.to_string()))?;
+                    pending.push(KafkaRecord {
+                        topic: self.config.alerts_topic.clone(),
+                        key: Some(row.cc_num.to_string().into_bytes()),
+                        payload,
+                        headers: Vec::new(),
+                    });
+                }
+            }
+            self.retry("sending alerts and dead letters to Kafka", || {
+                send_all(&self.producer, &pending)
+            })
+            .await
+        };
+        let redis = async {
+            self.retry("writing results to the store", || async {
+                Ok(self.store.write(&rows).await?)
+            })
+            .await
+        };
+        let (kafka, outcome) = tokio::join!(kafka, redis);
+        kafka?;
+        let outcome = outcome?;
+        let visible_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for message in messages {
+            if let Some(produced) = message.timestamp_ms {
+                self.metrics
+                    .visible_latency
+                    .record(visible_ms.saturating_sub(produced).max(0) as u64, 1);
+            }
+        }
+        if let Some(archive) = self.archive.as_mut() {
+            for batch in scored {
+                archive.append(batch)?;
+            }
+        }
+        StreamMetrics::add(&self.metrics.rows_scored, outcome.rows);
+        StreamMetrics::add(&self.metrics.anomalies, outcome.anomalies);
+        StreamMetrics::add(&self.metrics.new_alerts, outcome.new_alerts);
+        StreamMetrics::add(&self.metrics.dead_letters, dead.len() as u64);
+        Ok(())
+    }
+
+    /// Makes everything processed so far durable: finishes the archive file, saves each
+    /// partition's state with its next offset, then commits those offsets.
+    pub async fn checkpoint<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        if let Some(archive) = self.archive.as_mut() {
+            archive.finish_file()?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut partitions: Vec<(i32, i64)> =
+            self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        partitions.sort();
+        for (partition, offset) in &partitions {
+            let state = match self.states.get(partition) {
+                Some(state) => state.to_ipc()?,
+                None => PartitionState::default().to_ipc()?,
+            };
+            let checkpoint = Checkpoint {
+                offset: *offset,
+                state,
+            };
+            let saved = self
+                .retry("saving a checkpoint", || async {
+                    Ok(self
+                        .store
+                        .save_checkpoint(
+                            &self.config.group,
+                            &self.config.topic,
+                            *partition,
+                            &checkpoint,
+                        )
+                        .await?)
+                })
+                .await?;
+            if !saved {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    "a newer checkpoint exists (another instance owns this partition now)"
+                );
+            }
+            offsets.add_partition_offset(
+                &self.config.topic,
+                *partition,
+                Offset::Offset(*offset),
+            )?;
+        }
+        if offsets.count() > 0
+            && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+        {
+            // The checkpoint in the store is what a restart resumes from; the Kafka commit
+            // only shows progress (lag) to the group, so a failed commit loses nothing.
+            tracing::warn!(%error, "committing offsets to Kafka failed (the checkpoint holds them)");
+        }
+        self.last_checkpoint = Instant::now();
+        StreamMetrics::add(&self.metrics.checkpoints, 1);
+        StreamMetrics::add(
+            &self.metrics.checkpoint_ns,
+            started.elapsed().as_nanos() as u64,
+        );
+        Ok(())
+    }
+
+    /// Takes over `partition`: its state and offset from the last checkpoint. Returns the
+    /// offset to start reading at, or None to start at the group's committed offset.
+    pub async fn restore(&mut self, partition: i32) -> Result<Option<i64>, EngineError> {
+        let loaded = self
+            .retry("loading a checkpoint", || async {
+                Ok(self
+                    .store
+                    .load_checkpoint(&self.config.group, &self.config.topic, partition)
+                    .await?)
+            })
+            .await?;
+        match loaded {
+            Some(checkpoint) => {
+                let state = PartitionState::from_ipc(&checkpoint.state)?;
+                tracing::info!(
+                    partition,
+                    offset = checkpoint.offset,
+                    cards = state.cards(),
+                    rows = state.rows(),
+                    "resuming partition from its checkpoint"
+                );
+                self.states.insert(partition, state);
+                self.next_offsets.insert(partition, checkpoint.offset);
+                Ok(Some(checkpoint.offset))
+            }
+            None => {
+                tracing::info!(partition, "no checkpoint for partition: starting fresh");
+                self.states.insert(partition, PartitionState::default());
+                self.next_offsets.remove(&partition);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Lets go of partitions another instance now owns.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.states.remove(partition);
+            self.next_offsets.remove(partition);
+        }
+    }
+
+    /// Ends without a checkpoint (after an error): the unfinished archive file is dropped,
+    /// and its rows, not committed, will be read again.
+    pub fn abandon(&mut self) {
+        if let Some(archive) = self.archive.as_mut() {
+            archive.abandon();
+        }
+    }
+
+    pub fn archive_files(&self) -> u64 {
+        self.archive.as_ref().map_or(0, |a| a.files_written())
+    }
+
+    pub fn store(&self) -> &ResultStore {
+        &self.store
+    }
+}
+
+struct KafkaRecord {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Sends every record and waits for every acknowledgement; fails if any failed (the
+/// whole set is sent again: consumers of these topics see at-least-once delivery).
+async fn send_all(producer: &FutureProducer, records: &[KafkaRecord]) -> Result<(), EngineError> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in records {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut future_record = FutureRecord::to(&record.topic)
+            .payload(&record.payload)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        deliveries.push(producer.send(future_record, Duration::from_secs(30)));
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        if let Err((error, _)) = delivery {
+            return Err(EngineError::Kafka(error));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The consumer loop: a Kafka consumer group member that gathers micro-batches, hands them
+//! to the [`Pipeline`], checkpoints on a timer, and follows partitions across rebalances.
+//!
+//! It runs on the calling thread and drives async work through a tokio runtime handle.
+//! Rebalance callbacks run inside `poll` on this same thread, between micro-batches: a
+//! revoke checkpoints everything first (so the next owner resumes exactly there), an
+//! assign loads each partition's checkpoint and starts reading at its offset.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use risksense_store::ResultStore;
+use risksense_udfs::Model;
+use tokio::runtime::Handle;
+
+use super::config::StreamConfig;
+use super::decode::Incoming;
+use super::metrics::StreamMetrics;
+use super::pipeline::Pipeline;
+use super::scorer::StreamScorer;
+use crate::error::EngineError;
+use crate::kafka::{KafkaSettings, ensure_topic};
+use crate::scoring::SessionOptions;
+
+/// How a run ends, besides a stop request.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Create the topics the engine writes (not for the in-process broker, which makes them).
+    pub create_topics: bool,
+    /// Stop once no message arrived for this long (benchmarks, tests, batch-like runs).
+    pub stop_when_idle: Option<Duration>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub messages: u64,
+    pub rows_scored: u64,
+    pub anomalies: u64,
+    pub new_alerts: u64,
+    pub dead_letters: u64,
+    pub batches: u64,
+    pub checkpoints: u64,
+    /// Sink writes retried after a failure (an outage the stream waited out).
+    pub sink_retries: u64,
+    pub archive_files: u64,
+    pub elapsed_secs: f64,
+    /// Messages per second from the first message to the last batch's sinks.
+    pub messages_per_sec: f64,
+    pub visible_p50_ms: u64,
+    pub visible_p99_ms: u64,
+    pub batch_p99_ms: u64,
+    /// Share of busy time per stage.
+    pub decode_secs: f64,
+    pub score_secs: f64,
+    pub sink_secs: f64,
+    pub checkpoint_secs: f64,
+    /// Peak resident memory of this process (VmHWM), in MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Consumer settings: manual commits only (after checkpoints), bounded prefetch so that
+/// memory stays small, eager rebalancing so that a revoke sees the whole assignment.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("enable.partition.eof", "false"),
+    ("partition.assignment.strategy", "range,roundrobin"),
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    // An outage pauses the loop while sinks are retried; stay in the group meanwhile.
+    ("max.poll.interval.ms", "600000"),
+    ("fetch.wait.max.ms", "10"),
+    ("fetch.max.bytes", "16777216"),
+    ("max.partition.fetch.bytes", "4194304"),
+    ("queued.max.messages.kbytes", "16384"),
+];
+
+/// Producer settings for alerts and dead letters: idempotent, acknowledged by all replicas,
+/// sent quickly (these are on the latency path).
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "true"),
+    ("linger.ms", "2"),
+    ("compression.type", "lz4"),
+    ("message.timeout.ms", "30000"),
+];
+
+struct GroupContext {
+    pipeline: Arc<Mutex<Pipeline>>,
+    runtime: Handle,
+    topic: String,
+    /// Partitions revoked since the loop last looked (their buffered messages are dropped).
+    revoked: Mutex<Vec<i32>>,
+    /// An error inside a callback, for the loop to report.
+    failure: Mutex<Option<EngineError>>,
+    /// When partitions were last assigned (the idle stop counts from there: a restarted
+    /// member may wait a session timeout before the group gives it any).
+    assigned_at: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut pipeline = lock(&self.pipeline);
+                for partition in &partitions {
+                    match self.runtime.block_on(pipeline.restore(*partition)) {
+                        Ok(Some(offset)) => {
+                            if let Err(error) = tpl.set_partition_offset(
+                                &self.topic,
+                                *partition,
+                                Offset::Offset(offset),
+                            ) {
+                                lock(&self.failure).get_or_insert(error.into());
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            lock(&self.failure).get_or_insert(error);
+                        }
+                    }
+                }
+                tracing::info!(?partitions, "partitions assigned");
+                *lock(&self.assigned_at) = Some(Instant::now());
+                if let Err(error) = consumer.assign(tpl) {
+                    lock(&self.failure).get_or_insert(error.into());
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut pipeline = lock(&self.pipeline);
+                // Everything processed so far becomes durable before another member can
+                // take these partitions over.
+                if let Err(error) = self.runtime.block_on(pipeline.checkpoint(consumer)) {
+                    tracing::error!(%error, "checkpoint on revoke failed; the next owner resumes from the previous one");
+                    pipeline.abandon();
+                }
+                pipeline.forget(&partitions);
+                lock(&self.revoked).extend(partitions.iter().copied());
+                tracing::info!(?partitions, "partitions revoked");
+                if let Err(error) = consumer.unassign() {
+                    tracing::warn!(%error, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(?other, "rebalance error; dropping the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Runs the streaming engine until `shutdown` is set (or the idle stop of `options`),
+/// finishing the micro-batch in flight and checkpointing before it returns.
+pub fn run_stream(
+    config: StreamConfig,
+    model: Arc<Model>,
+    store: ResultStore,
+    runtime: &Handle,
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<StreamMetrics>,
+    options: RunOptions,
+) -> Result<RunSummary, EngineError> {
+    config.validate()?;
+    let settings = KafkaSettings {
+        brokers: config.brokers.clone(),
+        properties: config.kafka_properties.clone(),
+    };
+    if options.create_topics {
+        runtime.block_on(async {
+            for topic in [&config.dead_letter_topic, &config.alerts_topic] {
+                if !topic.is_empty() {
+                    ensure_topic(&settings, topic, 4).await?;
+                }
+            }
+            Ok::<(), EngineError>(())
+        })?;
+    }
+    let session = SessionOptions {
+        target_partitions: config.sql_partitions.max(1),
+        batch_size: config.batch_rows.max(1024),
+    };
+    let scorer = runtime.block_on(StreamScorer::new(model, session))?;
+    tracing::debug!(plan = %scorer.display_plan(), "stream plan");
+    let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(
+        config.clone(),
+        scorer,
+        store,
+        producer,
+        metrics.clone(),
+        shutdown.clone(),
+    )?));
+    let context = GroupContext {
+        pipeline: pipeline.clone(),
+        runtime: runtime.clone(),
+        topic: config.topic.clone(),
+        revoked: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
+        assigned_at: Mutex::new(None),
+    };
+    let mut client = settings.client_config(CONSUMER_DEFAULTS);
+    client.set("group.id", &config.group);
+    client.set("auto.offset.reset", &config.start_from);
+    client.set("client.id", format!("risksense-{}", config.instance));
+    for (key, value) in &config.kafka_properties {
+        client.set(key, value);
+    }
+    let consumer: BaseConsumer<GroupContext> = client.create_with_context(context)?;
+    consumer.subscribe(&[&config.topic])?;
+    tracing::info!(
+        topic = %config.topic,
+        group = %config.group,
+        batch_rows = config.batch_rows,
+        batch_wait_ms = config.batch_wait_ms,
+        "stream started"
+    );
+
+    let started = Instant::now();
+    let mut first_message: Option<Instant> = None;
+    let mut last_message = Instant::now();
+    let mut buffer: Vec<Incoming> = Vec::with_capacity(config.batch_rows);
+    let result = (|| -> Result<(), EngineError> {
+        loop {
+            if let Some(error) = lock(&consumer.context().failure).take() {
+                return Err(error);
+            }
+            let stopping = shutdown.load(Ordering::Relaxed);
+            let assigned_at = *lock(&consumer.context().assigned_at);
+            let idle_since = assigned_at.map_or(last_message, |a| a.max(last_message));
+            // (Never assigned anything for a minute past the limit: nothing will come.)
+            let idle = options.stop_when_idle.is_some_and(|limit| {
+                idle_since.elapsed() >= limit
+                    && (assigned_at.is_some()
+                        || idle_since.elapsed() >= limit + Duration::from_secs(60))
+            });
+            if (stopping || idle) && buffer.is_empty() {
+                return Ok(());
+            }
+            // Gather a micro-batch: up to batch_rows, or batch_wait after its first message.
+            let mut batch_deadline: Option<Instant> = None;
+            while buffer.len() < config.batch_rows {
+                let wait = match batch_deadline {
+                    Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                        Some(wait) if !wait.is_zero() => wait,
+                        _ => break,
+                    },
+                    None => Duration::from_millis(100),
+                };
+                let polled = consumer.poll(wait);
+                // Rebalance callbacks ran inside that poll, before the message it returns:
+                // drop what was buffered from revoked partitions (their next owner reads
+                // it again from the checkpoint) before taking the new message in.
+                let revoked: Vec<i32> = std::mem::take(&mut *lock(&consumer.context().revoked));
+                if !revoked.is_empty() {
+                    buffer.retain(|m| !revoked.contains(&m.partition));
+                    if buffer.is_empty() {
+                        batch_deadline = None;
+                    }
+                }
+                match polled {
+                    Some(Ok(message)) => {
+                        buffer.push(Incoming {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                            timestamp_ms: message.timestamp().to_millis(),
+                        });
+                        last_message = Instant::now();
+                        first_message.get_or_insert(last_message);
+                        batch_deadline.get_or_insert(last_message + config.batch_wait());
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "consumer error (the broker may be away); still polling");
+                        if batch_deadline.is_none() {
+                            std::thread::sleep(Duration::from_millis(100));
+                            break;
+                        }
+                    }
+                    None if batch_deadline.is_none() => break,
+                    None => {}
+                }
+                if stopping {
+                    break;
+                }
+            }
+            let mut guard = lock(&pipeline);
+            if !buffer.is_empty() {
+                let batch = std::mem::take(&mut buffer);
+                runtime.block_on(guard.process(batch))?;
+            }
+            if guard.checkpoint_due() {
+                runtime.block_on(guard.checkpoint(&consumer))?;
+                drop(guard);
+                update_lag(&consumer, &config.topic, &pipeline, &metrics);
+            }
+        }
+    })();
+
+    let mut guard = lock(&pipeline);
+    match &result {
+        Ok(()) => {
+            runtime.block_on(guard.checkpoint(&consumer))?;
+            tracing::info!("stream stopped after a final checkpoint");
+        }
+        Err(error) => {
+            tracing::error!(%error, "stream stopped without a checkpoint; uncommitted messages will be read again");
+            guard.abandon();
+        }
+    }
+    let archive_files = guard.archive_files();
+    drop(guard);
+    consumer.unsubscribe();
+    result?;
+    Ok(summarize(
+        &metrics,
+        first_message.map_or(started.elapsed(), |f| last_message.max(f) - f),
+        archive_files,
+    ))
+}
+
+fn update_lag(
+    consumer: &BaseConsumer<GroupContext>,
+    topic: &str,
+    pipeline: &Arc<Mutex<Pipeline>>,
+    metrics: &StreamMetrics,
+) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    let mut lag = 0u64;
+    for partition in lock(pipeline).partitions() {
+        let position = positions
+            .find_partition(topic, partition)
+            .and_then(|e| e.offset().to_raw())
+            .unwrap_or(0);
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) {
+            lag += (high - position).max(0) as u64;
+        }
+    }
+    metrics.lag.store(lag, Ordering::Relaxed);
+}
+
+fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> RunSummary {
+    let get = StreamMetrics::get;
+    let secs = |ns: &std::sync::atomic::AtomicU64| get(ns) as f64 / 1e9;
+    let elapsed = busy.as_secs_f64().max(1e-9);
+    RunSummary {
+        messages: get(&metrics.messages),
+        rows_scored: get(&metrics.rows_scored),
+        anomalies: get(&metrics.anomalies),
+        new_alerts: get(&metrics.new_alerts),
+        dead_letters: get(&metrics.dead_letters),
+        batches: get(&metrics.batches),
+        checkpoints: get(&metrics.checkpoints),
+        sink_retries: get(&metrics.sink_retries),
+        archive_files,
+        elapsed_secs: elapsed,
+        messages_per_sec: get(&metrics.messages) as f64 / elapsed,
+        visible_p50_ms: metrics.visible_latency.quantile_ms(0.5),
+        visible_p99_ms: metrics.visible_latency.quantile_ms(0.99),
+        batch_p99_ms: metrics.batch_latency.quantile_ms(0.99),
+        decode_secs: secs(&metrics.decode_ns),
+        score_secs: secs(&metrics.score_ns),
+        sink_secs: secs(&metrics.sink_ns),
+        checkpoint_secs: secs(&metrics.checkpoint_ns),
+        peak_rss_mib: peak_rss_mib(),
+    }
+}
+
+/// VmHWM of this process, in MiB (0 where /proc is not there).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,142 @@
+//! The scoring plan for micro-batches: sql/features.sql + sql/score.sql planned once, then
+//! executed again for every micro-batch over `context ∪ batch`.
+//!
+//! The `transactions` table of the stream session is a slot: its scan yields whatever
+//! batches were put in the slot just before execution. The physical plan is built once at
+//! start; each micro-batch runs a copy with fresh operator state
+//! (`reset_plan_states`), which skips parsing, analysis and optimisation every time.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::memory::{LazyBatchGenerator, LazyMemoryExec};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::SessionContext;
+use parking_lot::{Mutex, RwLock};
+use risksense_udfs::Model;
+
+use crate::error::EngineError;
+use crate::schema::transaction_schema;
+use crate::scoring::{SessionOptions, TRANSACTIONS, install_views, new_session};
+
+/// The query the stream runs: every scored row that is not context (context rows carry
+/// `row_id` -1; see state.rs).
+pub const STREAM_QUERY: &str = "SELECT * FROM scored WHERE row_id >= 0";
+
+type Slot = Arc<Mutex<Vec<RecordBatch>>>;
+
+pub struct StreamScorer {
+    ctx: SessionContext,
+    plan: Arc<dyn ExecutionPlan>,
+    slot: Slot,
+}
+
+impl StreamScorer {
+    /// Plans the scoring SQL against the model (which must fit the features).
+    pub async fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self, EngineError> {
+        let ctx = new_session(Some(model.clone()), options)?;
+        let slot: Slot = Arc::default();
+        ctx.register_table(
+            TRANSACTIONS,
+            Arc::new(SlotTable {
+                schema: transaction_schema(),
+                slot: slot.clone(),
+            }),
+        )?;
+        install_views(&ctx, Some(&model)).await?;
+        let plan = ctx.sql(STREAM_QUERY).await?.create_physical_plan().await?;
+        Ok(Self { ctx, plan, slot })
+    }
+
+    /// Scores `batches` (context rows with `row_id` -1 first, then the micro-batch) and
+    /// returns the scored rows of the micro-batch.
+    pub async fn score(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, EngineError> {
+        *self.slot.lock() = batches;
+        let plan = reset_plan_states(self.plan.clone());
+        let result = match plan {
+            Ok(plan) => collect(plan, self.ctx.task_ctx()).await,
+            Err(error) => Err(error),
+        };
+        self.slot.lock().clear();
+        Ok(result?)
+    }
+
+    /// The plan, for logs (`EXPLAIN`-like).
+    pub fn display_plan(&self) -> String {
+        datafusion::physical_plan::displayable(self.plan.as_ref())
+            .indent(false)
+            .to_string()
+    }
+}
+
+#[derive(Debug)]
+struct SlotTable {
+    schema: SchemaRef,
+    slot: Slot,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for SlotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let generator: Arc<RwLock<dyn LazyBatchGenerator>> = Arc::new(RwLock::new(SlotReader {
+            slot: self.slot.clone(),
+            pending: Vec::new(),
+        }));
+        let exec = LazyMemoryExec::try_new(self.schema.clone(), vec![generator])?
+            .with_projection(projection.cloned());
+        Ok(Arc::new(exec))
+    }
+}
+
+/// Yields the slot's batches as they are when execution starts.
+#[derive(Debug)]
+struct SlotReader {
+    slot: Slot,
+    /// Still to yield, last first.
+    pending: Vec<RecordBatch>,
+}
+
+impl std::fmt::Display for SlotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "micro-batch slot")
+    }
+}
+
+impl LazyBatchGenerator for SlotReader {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn generate_next_batch(&mut self) -> DfResult<Option<RecordBatch>> {
+        Ok(self.pending.pop())
+    }
+
+    fn reset_state(&self) -> Arc<RwLock<dyn LazyBatchGenerator>> {
+        let mut pending = self.slot.lock().clone();
+        pending.reverse();
+        Arc::new(RwLock::new(SlotReader {
+            slot: self.slot.clone(),
+            pending,
+        }))
+    }
+}

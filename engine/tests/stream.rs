@@ -1,0 +1,600 @@
+//! The streaming engine against the real broker and Redis (`scripts/services.sh up`):
+//! end to end, stream/batch parity, dead letters, two instances in one group, and a Redis
+//! restart mid-stream. (kill -9 of the process is in the binary's tests/stream_recovery.rs.)
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Float64Type;
+use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
+use risksense_engine::schema::{idx, transaction_schema};
+use risksense_engine::scoring::{self, SessionOptions};
+use risksense_engine::stream::pipeline::{ERROR_HEADER, SOURCE_HEADER};
+use risksense_engine::stream::{RunOptions, RunSummary, StreamConfig, StreamMetrics, run_stream};
+use risksense_engine::synth::{Generator, SynthConfig};
+use risksense_store::{ResultStore, Retention};
+use risksense_udfs::Model;
+
+fn model() -> Arc<Model> {
+    let dir = common::repo_root().join("models/default");
+    Arc::new(Model::load(&dir, risksense_udfs::SessionOptions { threads: 1 }).expect("model"))
+}
+
+fn generate(customers: u32, start: &str, end: &str, seed: u64) -> RecordBatch {
+    let config = SynthConfig::new(customers, start, end, seed).expect("config");
+    let batches: Vec<RecordBatch> = Generator::new(config)
+        .collect::<Result<_, _>>()
+        .expect("generated");
+    common::concat(&batches)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A topic with `partitions` partitions holding `rows` as JSON, keyed by card.
+fn produce(runtime: &tokio::runtime::Runtime, topic: &str, partitions: i32, rows: &RecordBatch) {
+    let settings = KafkaSettings::new(common::kafka_brokers());
+    runtime
+        .block_on(ensure_topic(&settings, topic, partitions))
+        .expect("topic");
+    let mut producer = ReplayProducer::new(&settings, topic, Pace::Unlimited).expect("producer");
+    producer.send_batch(rows).expect("send");
+    producer.finish(Duration::from_secs(60)).expect("delivered");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "risksense-stream-{name}-{}",
+        common::unique_topic("t")
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    dir
+}
+
+/// A config reading `topic`, with its own group, output topics, archive and Redis prefix.
+fn config(topic: &str, archive: &Path) -> StreamConfig {
+    StreamConfig {
+        brokers: common::kafka_brokers(),
+        topic: topic.to_string(),
+        group: format!("{topic}-group"),
+        alerts_topic: format!("{topic}.alerts"),
+        dead_letter_topic: format!("{topic}.dlq"),
+        archive: archive.to_path_buf(),
+        checkpoint_interval_ms: 1000,
+        retention: Retention {
+            prefix: topic.to_string(),
+            ..Retention::default()
+        },
+        ..StreamConfig::default()
+    }
+}
+
+fn redis_store(runtime: &tokio::runtime::Runtime, url: &str, config: &StreamConfig) -> ResultStore {
+    runtime
+        .block_on(ResultStore::redis(url, config.retention.clone()))
+        .expect("redis store")
+}
+
+/// Runs the engine until it has been idle for `idle`.
+fn run_until_idle(config: StreamConfig, store: ResultStore, idle: Duration) -> RunSummary {
+    let runtime = runtime();
+    run_stream(
+        config,
+        model(),
+        store,
+        runtime.handle(),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(StreamMetrics::default()),
+        RunOptions {
+            create_topics: true,
+            stop_when_idle: Some(idle),
+        },
+    )
+    .expect("stream ran")
+}
+
+/// Scores of the batch path (the same SQL over all rows at once): trans_num → (score, flag).
+fn batch_scores(rows: &RecordBatch) -> HashMap<String, (f64, bool)> {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let model = model();
+        let ctx =
+            scoring::new_session(Some(model.clone()), SessionOptions::default()).expect("ctx");
+        scoring::register_batches(
+            &ctx,
+            scoring::TRANSACTIONS,
+            transaction_schema(),
+            vec![rows.clone()],
+        )
+        .expect("table");
+        scoring::install_views(&ctx, Some(&model))
+            .await
+            .expect("views");
+        let batches = ctx
+            .sql("SELECT trans_num, score, is_anomaly FROM scored")
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("collect");
+        scores_of(&batches)
+    })
+}
+
+fn scores_of(batches: &[RecordBatch]) -> HashMap<String, (f64, bool)> {
+    let mut out = HashMap::new();
+    for batch in batches {
+        let trans_num = batch
+            .column_by_name("trans_num")
+            .expect("trans_num")
+            .as_string::<i32>();
+        let score = batch
+            .column_by_name("score")
+            .expect("score")
+            .as_primitive::<Float64Type>();
+        let flag = batch
+            .column_by_name("is_anomaly")
+            .expect("flag")
+            .as_boolean();
+        for i in 0..batch.num_rows() {
+            let previous = out.insert(
+                trans_num.value(i).to_string(),
+                (score.value(i), flag.value(i)),
+            );
+            assert!(previous.is_none(), "{} scored twice", trans_num.value(i));
+        }
+    }
+    out
+}
+
+/// Every row of the finished archive files.
+fn archive_rows(dir: &Path) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("archive dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    for file in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).expect("open"),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        for batch in reader {
+            batches.push(batch.expect("batch"));
+        }
+    }
+    batches
+}
+
+fn trans_nums(rows: &RecordBatch) -> Vec<String> {
+    let column = rows.column(idx::TRANS_NUM).as_string::<i32>();
+    (0..rows.num_rows())
+        .map(|i| column.value(i).to_string())
+        .collect()
+}
+
+/// For each trans_num: whether Redis holds its hash.
+fn redis_has(url: &str, prefix: &str, trans_nums: &[String]) -> Vec<bool> {
+    let client = redis::Client::open(url).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    let mut found = Vec::with_capacity(trans_nums.len());
+    for chunk in trans_nums.chunks(5000) {
+        let mut pipe = redis::pipe();
+        for t in chunk {
+            pipe.exists(format!("{prefix}:tx:{t}"));
+        }
+        let exists: Vec<bool> = pipe.query(&mut connection).expect("exists");
+        found.extend(exists);
+    }
+    found
+}
+
+/// trans_nums of the alerts stream, in order.
+fn redis_alerts(url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(url).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:alerts"))
+        .arg("-")
+        .arg("+")
+        .query(&mut connection)
+        .expect("xrange");
+    reply
+        .ids
+        .iter()
+        .map(|entry| {
+            entry
+                .map
+                .get("trans_num")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                .expect("trans_num field")
+        })
+        .collect()
+}
+
+fn redis_zcard(url: &str, key: &str) -> usize {
+    let client = redis::Client::open(url).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query(&mut connection)
+        .expect("zcard")
+}
+
+/// Asserts that the stream's scores equal the batch path's within 1e-6, row for row.
+fn assert_parity(streamed: &HashMap<String, (f64, bool)>, batch: &HashMap<String, (f64, bool)>) {
+    assert_eq!(streamed.len(), batch.len(), "row counts differ");
+    let mut worst = 0.0f64;
+    for (trans_num, (score, flag)) in batch {
+        let (stream_score, stream_flag) = streamed
+            .get(trans_num)
+            .unwrap_or_else(|| panic!("{trans_num} missing from the stream"));
+        let difference = (stream_score - score).abs();
+        worst = worst.max(difference);
+        assert!(
+            difference <= 1e-6,
+            "{trans_num}: stream {stream_score} vs batch {score}"
+        );
+        assert_eq!(stream_flag, flag, "{trans_num}: anomaly flag differs");
+    }
+    eprintln!("parity: {} rows, largest difference {worst:e}", batch.len());
+}
+
+#[test]
+fn streams_100k_rows_into_redis_the_alerts_topic_and_the_archive_once_each() {
+    let url = common::redis_url();
+    let runtime = runtime();
+    let rows = generate(300, "2019-01-01", "2019-12-31", 5);
+    assert!(rows.num_rows() >= 100_000, "{} rows", rows.num_rows());
+    let rows = rows.slice(0, 100_000);
+    let topic = common::unique_topic("e2e");
+    produce(&runtime, &topic, 4, &rows);
+    let archive = scratch("e2e");
+    let config = config(&topic, &archive);
+    let store = redis_store(&runtime, &url, &config);
+    let summary = run_until_idle(config.clone(), store, Duration::from_secs(3));
+
+    assert_eq!(summary.messages, 100_000);
+    assert_eq!(summary.rows_scored, 100_000);
+    assert_eq!(summary.dead_letters, 0);
+    assert!(summary.anomalies > 100, "{} anomalies", summary.anomalies);
+
+    // Redis: every transaction, each anomaly indexed and alerted once.
+    let expected = trans_nums(&rows);
+    let found = redis_has(&url, &topic, &expected);
+    assert_eq!(found.iter().filter(|f| **f).count(), 100_000);
+    assert_eq!(
+        redis_zcard(&url, &format!("{topic}:anomalies")) as u64,
+        summary.anomalies
+    );
+    let alerts = redis_alerts(&url, &topic);
+    assert_eq!(alerts.len() as u64, summary.anomalies);
+    assert_eq!(alerts.iter().collect::<HashSet<_>>().len(), alerts.len());
+
+    // Archive: every row exactly once, with the same scores Redis got.
+    let archived = scores_of(&archive_rows(&archive));
+    assert_eq!(archived.len(), 100_000);
+    let flagged: HashSet<&String> = archived
+        .iter()
+        .filter(|(_, (_, f))| *f)
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(flagged.len() as u64, summary.anomalies);
+
+    // Alerts topic: each anomaly as JSON, keyed by card.
+    let messages = common::read_raw(
+        &config.brokers,
+        &config.alerts_topic,
+        summary.anomalies as usize,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    );
+    assert_eq!(messages.len() as u64, summary.anomalies);
+    for message in &messages {
+        let alert: risksense_store::Alert =
+            serde_json::from_slice(&message.payload).expect("alert JSON");
+        assert!(
+            flagged.contains(&alert.trans_num),
+            "{} alerted but not flagged",
+            alert.trans_num
+        );
+        assert_eq!(
+            message.key.as_deref(),
+            Some(alert.cc_num.to_string().as_bytes())
+        );
+        assert!(alert.explanation.is_some());
+    }
+}
+
+#[test]
+fn streaming_a_file_gives_the_scores_rescoring_gives() {
+    let url = common::redis_url();
+    let runtime = runtime();
+    // Several months so the cards' 24 h and 30-row windows cross many micro-batches.
+    let rows = generate(120, "2019-01-01", "2019-06-30", 21);
+    let topic = common::unique_topic("parity");
+    produce(&runtime, &topic, 3, &rows);
+    let archive = scratch("parity");
+    let config = StreamConfig {
+        // Small micro-batches: every card's history spans many of them.
+        batch_rows: 500,
+        ..config(&topic, &archive)
+    };
+    let store = redis_store(&runtime, &url, &config);
+    let summary = run_until_idle(config, store, Duration::from_secs(3));
+    assert!(summary.batches > 20, "{} batches", summary.batches);
+    assert_parity(&scores_of(&archive_rows(&archive)), &batch_scores(&rows));
+}
+
+#[test]
+fn bad_messages_go_to_the_dead_letter_topic_with_their_reason_and_bytes() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let url = common::redis_url();
+    let runtime = runtime();
+    let rows = generate(20, "2019-01-01", "2019-01-31", 3);
+    let topic = common::unique_topic("dlq");
+    produce(&runtime, &topic, 2, &rows);
+    // Then bad ones: not JSON, a missing field, a wrong type, empty.
+    let good_json = {
+        let encoder = risksense_engine::codec::json::JsonRowEncoder::new(&rows).expect("encoder");
+        let mut out = Vec::new();
+        encoder.encode_row(0, &mut out);
+        String::from_utf8(out).expect("utf8")
+    };
+    let amount = format!(
+        "\"amt\":{}",
+        rows.column(idx::AMT).as_primitive::<Float64Type>().value(0)
+    );
+    assert!(good_json.contains(&amount), "{good_json}");
+    let bad: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        good_json.replace(&format!("{amount},"), "").into_bytes(),
+        good_json
+            .replace(&amount, "\"amt\":\"twelve\"")
+            .into_bytes(),
+        Vec::new(),
+        vec![0xff, 0xfe, 0x00],
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .create()
+        .expect("producer");
+    for payload in &bad {
+        producer
+            .send(BaseRecord::to(&topic).key("bad").payload(payload))
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+
+    let archive = scratch("dlq");
+    let config = config(&topic, &archive);
+    let store = redis_store(&runtime, &url, &config);
+    let summary = run_until_idle(config.clone(), store, Duration::from_secs(3));
+    assert_eq!(summary.messages, rows.num_rows() as u64 + bad.len() as u64);
+    assert_eq!(summary.rows_scored, rows.num_rows() as u64);
+    assert_eq!(summary.dead_letters, bad.len() as u64);
+
+    let letters = common::read_raw(
+        &config.brokers,
+        &config.dead_letter_topic,
+        bad.len(),
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    );
+    assert_eq!(letters.len(), bad.len());
+    for original in &bad {
+        let letter = letters
+            .iter()
+            .find(|l| &l.payload == original)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{:?} not dead-lettered intact",
+                    String::from_utf8_lossy(original)
+                )
+            });
+        let header = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {name} header"))
+        };
+        assert!(!header(ERROR_HEADER).is_empty());
+        assert!(header(SOURCE_HEADER).starts_with(&format!("{topic}/")));
+        assert_eq!(letter.key.as_deref(), Some(&b"bad"[..]));
+    }
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            l.headers
+                .iter()
+                .find(|(k, _)| k == ERROR_HEADER)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("amt")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("empty")), "{reasons:?}");
+    // The good rows were all scored into Redis.
+    let found = redis_has(&url, &topic, &trans_nums(&rows));
+    assert!(found.iter().all(|f| *f));
+}
+
+#[test]
+fn two_instances_in_one_group_share_the_partitions_and_keep_parity() {
+    let url = common::redis_url();
+    let runtime = runtime();
+    let rows = generate(200, "2019-01-01", "2019-04-30", 8);
+    let topic = common::unique_topic("group");
+    produce(&runtime, &topic, 4, &rows);
+    let archive = scratch("group");
+    let base = StreamConfig {
+        batch_rows: 1000,
+        ..config(&topic, &archive)
+    };
+    let mut handles = Vec::new();
+    for instance in ["a", "b"] {
+        let config = StreamConfig {
+            instance: instance.to_string(),
+            ..base.clone()
+        };
+        let store = redis_store(&runtime, &url, &config);
+        handles.push(std::thread::spawn(move || {
+            run_until_idle(config, store, Duration::from_secs(6))
+        }));
+        // The second joins while the first is running: a real rebalance.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let summaries: Vec<RunSummary> = handles
+        .into_iter()
+        .map(|h| h.join().expect("instance thread"))
+        .collect();
+    for summary in &summaries {
+        assert!(
+            summary.rows_scored > 0,
+            "an instance got no work: {summaries:?}"
+        );
+    }
+    let archived = scores_of(&archive_rows(&archive));
+    assert_eq!(
+        archived.len(),
+        rows.num_rows(),
+        "every row archived exactly once"
+    );
+    // State followed the partitions through the rebalance: parity still holds.
+    assert_parity(&archived, &batch_scores(&rows));
+    let found = redis_has(&url, &topic, &trans_nums(&rows));
+    assert!(found.iter().all(|f| *f));
+}
+
+/// A Redis server of this test's own, so it can be killed and restarted.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16, dir: &Path) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir.display().to_string(),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server runs (Debian's redis-server package; scripts/services.sh install)",
+            );
+        let redis = Self { port, child };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
+    let _ = common::redis_url(); // Redis must be installed and running for this suite.
+    let runtime = runtime();
+    let rows = generate(100, "2019-01-01", "2019-03-31", 13);
+    let topic = common::unique_topic("redis-restart");
+    produce(&runtime, &topic, 2, &rows);
+    let archive = scratch("redis-restart");
+    let data = scratch("redis-restart-data");
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut redis = PrivateRedis::start(port, &data);
+    let url = redis.url();
+    let config = StreamConfig {
+        // Small batches so the stream is still running when Redis goes away.
+        batch_rows: 200,
+        batch_wait_ms: 20,
+        ..config(&topic, &archive)
+    };
+    let store = redis_store(&runtime, &url, &config);
+    let engine = std::thread::spawn(move || run_until_idle(config, store, Duration::from_secs(8)));
+
+    // Wait until results are arriving, then take Redis away for two seconds.
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut seen = 0;
+    for _ in 0..200 {
+        if let Ok(mut c) = client.get_connection() {
+            seen = redis::cmd("DBSIZE").query::<usize>(&mut c).unwrap_or(0);
+        }
+        if seen > 2000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen > 2000, "the stream never got going ({seen} keys)");
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let redis = PrivateRedis::start(port, &data);
+
+    let summary = engine.join().expect("engine thread");
+    assert_eq!(summary.messages, rows.num_rows() as u64);
+    assert!(
+        summary.sink_retries > 0,
+        "the outage never reached the sinks"
+    );
+    let found = redis_has(&redis.url(), &topic, &trans_nums(&rows));
+    let missing = found.iter().filter(|f| !**f).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} transactions missing after the restart"
+    );
+    let alerts = redis_alerts(&redis.url(), &topic);
+    assert_eq!(
+        alerts.iter().collect::<HashSet<_>>().len(),
+        alerts.len(),
+        "an alert twice"
+    );
+    let archived = scores_of(&archive_rows(&archive));
+    assert_eq!(archived.len(), rows.num_rows());
+}

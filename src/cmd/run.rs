@@ -1,0 +1,201 @@
+//! `risksense run`: the streaming engine as a consumer-group member.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
+use risksense_store::ResultStore;
+
+use super::model::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config file (see `risksense.example.toml`); flags and RISKSENSE_* variables
+    /// override it.
+    #[arg(long, short, env = "RISKSENSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, alias = "brokers", env = "RISKSENSE_KAFKA_BROKERS")]
+    pub kafka: Option<String>,
+    /// Redis URL (e.g. redis://127.0.0.1:6379/); without it, results stay in process.
+    #[arg(long, env = "RISKSENSE_REDIS")]
+    pub redis: Option<String>,
+    /// Transactions topic.
+    #[arg(long, env = "RISKSENSE_TOPIC")]
+    pub topic: Option<String>,
+    /// Consumer group (instances in one group share the partitions).
+    #[arg(long, env = "RISKSENSE_GROUP")]
+    pub group: Option<String>,
+    /// Alerts topic ("" for none).
+    #[arg(long)]
+    pub alerts_topic: Option<String>,
+    /// Dead-letter topic.
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Parquet archive folder ("" for none).
+    #[arg(long, env = "RISKSENSE_ARCHIVE")]
+    pub archive: Option<PathBuf>,
+    /// Micro-batch size bound, in rows.
+    #[arg(long)]
+    pub batch_rows: Option<usize>,
+    /// Micro-batch time bound after its first message, in ms.
+    #[arg(long)]
+    pub batch_wait_ms: Option<u64>,
+    /// Checkpoint interval (state, archive, offsets), in ms.
+    #[arg(long)]
+    pub checkpoint_ms: Option<u64>,
+    /// Where a new group starts: earliest or latest.
+    #[arg(long)]
+    pub start_from: Option<String>,
+    /// Instance name (archive file names, client id).
+    #[arg(long, env = "RISKSENSE_INSTANCE")]
+    pub instance: Option<String>,
+    /// Extra librdkafka property for every client (repeatable).
+    #[arg(short = 'X', value_parser = super::parse_key_value)]
+    pub kafka_property: Vec<(String, String)>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Stop after this many seconds without a message (benchmarks, catch-up runs).
+    #[arg(long)]
+    pub stop_when_idle: Option<f64>,
+    /// Print the run summary as JSON on stdout when stopping.
+    #[arg(long)]
+    pub summary_json: bool,
+}
+
+impl Args {
+    /// The config file (or defaults) with flags and variables applied on top.
+    pub fn config(&self) -> anyhow::Result<StreamConfig> {
+        let mut config = match &self.config {
+            Some(path) => StreamConfig::from_file(path)?,
+            None => StreamConfig::default(),
+        };
+        let set = |field: &mut String, value: &Option<String>| {
+            if let Some(value) = value {
+                field.clone_from(value);
+            }
+        };
+        set(&mut config.brokers, &self.kafka);
+        set(&mut config.redis, &self.redis);
+        set(&mut config.topic, &self.topic);
+        set(&mut config.group, &self.group);
+        set(&mut config.alerts_topic, &self.alerts_topic);
+        set(&mut config.dead_letter_topic, &self.dead_letter_topic);
+        set(&mut config.start_from, &self.start_from);
+        set(&mut config.instance, &self.instance);
+        if let Some(archive) = &self.archive {
+            config.archive.clone_from(archive);
+        }
+        if let Some(rows) = self.batch_rows {
+            config.batch_rows = rows;
+        }
+        if let Some(ms) = self.batch_wait_ms {
+            config.batch_wait_ms = ms;
+        }
+        if let Some(ms) = self.checkpoint_ms {
+            config.checkpoint_interval_ms = ms;
+        }
+        if self.model.model.is_some() || self.config.is_none() {
+            config.model = self.model.dir();
+        }
+        config.model_threads = self.model.model_threads;
+        config
+            .kafka_properties
+            .extend(self.kafka_property.iter().cloned());
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Sets `flag` on SIGTERM or Ctrl-C: the engine finishes its micro-batch and checkpoints.
+pub fn stop_on_signal(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) {
+    runtime.spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        tracing::info!("stop requested: finishing the micro-batch in flight");
+        flag.store(true, Ordering::Relaxed);
+    });
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    if config.brokers.is_empty() {
+        anyhow::bail!(
+            "no Kafka brokers: give --kafka host:port (or `brokers` in the config file); \
+             `risksense demo` runs the whole pipeline in process with no Kafka"
+        );
+    }
+    let runtime = super::runtime()?;
+    let model = ModelArgs {
+        model: Some(config.model.clone()),
+        ..args.model.clone()
+    }
+    .load()?;
+    let store = runtime.block_on(async {
+        if config.redis.is_empty() {
+            Ok(ResultStore::memory(config.retention.clone()))
+        } else {
+            ResultStore::redis(&config.redis, config.retention.clone())
+                .await
+                .with_context(|| format!("connecting to Redis at {}", config.redis))
+        }
+    })?;
+    if config.redis.is_empty() {
+        tracing::warn!("no --redis: results go to {}", store.describe());
+    }
+    tracing::info!(
+        kafka = %config.brokers,
+        results = %store.describe(),
+        archive = %config.archive.display(),
+        "starting the stream"
+    );
+    let shutdown = Arc::new(AtomicBool::new(false));
+    stop_on_signal(&runtime, shutdown.clone());
+    let metrics = Arc::new(StreamMetrics::default());
+    let options = RunOptions {
+        create_topics: true,
+        stop_when_idle: args.stop_when_idle.map(Duration::from_secs_f64),
+    };
+    let summary = run_stream(
+        config,
+        model,
+        store,
+        runtime.handle(),
+        shutdown,
+        metrics,
+        options,
+    )
+    .context("running the stream")?;
+    if args.summary_json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "scored {} of {} messages in {:.1} s ({:.0} msg/s): {} anomalies, {} dead letters, {} archive files; \
+             produce->visible p50 {} ms, p99 {} ms; peak RSS {:.0} MiB",
+            super::thousands(summary.rows_scored),
+            super::thousands(summary.messages),
+            summary.elapsed_secs,
+            summary.messages_per_sec,
+            super::thousands(summary.anomalies),
+            super::thousands(summary.dead_letters),
+            summary.archive_files,
+            summary.visible_p50_ms,
+            summary.visible_p99_ms,
+            summary.peak_rss_mib
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! The Redis store: one pipelined round trip per micro-batch.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use crate::layout;
+use crate::{Alert, Checkpoint, Retention, ScoredTransaction, StoreError, WriteOutcome};
+
+/// Emits an alert once: the marker is set only if absent, and the stream entry is added in
+/// the same atomic step, so a replayed anomaly adds nothing and a crash cannot leave a
+/// marker without its alert.
+const ALERT_ONCE: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+  return 1
+end
+return 0
+";
+
+/// Saves a checkpoint unless the stored one has a higher offset.
+const SAVE_CHECKPOINT: &str = r"
+local current = redis.call('HGET', KEYS[1], 'offset')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3])
+return 1
+";
+
+#[derive(Clone)]
+pub struct RedisStore {
+    url: String,
+    connection: ConnectionManager,
+    retention: Retention,
+    alert_once: Script,
+    save_checkpoint: Script,
+}
+
+impl RedisStore {
+    pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
+        let error = |source| StoreError::Redis {
+            url: url.to_string(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(error)?;
+        // Reconnects by itself after Redis restarts; callers retry failed writes.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(error)?;
+        let store = Self {
+            url: url.to_string(),
+            connection,
+            retention,
+            alert_once: Script::new(ALERT_ONCE),
+            save_checkpoint: Script::new(SAVE_CHECKPOINT),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn error(&self, source: redis::RedisError) -> StoreError {
+        StoreError::Redis {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Loads the Lua scripts (again after a Redis restart, which forgets them).
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        for script in [&self.alert_once, &self.save_checkpoint] {
+            script
+                .prepare_invoke()
+                .load_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    pub async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
+        if rows.is_empty() {
+            return Ok(WriteOutcome::default());
+        }
+        let r = &self.retention;
+        let prefix = r.prefix.as_str();
+        let ttl = r.ttl_secs.max(1);
+        let mut pipe = redis::pipe();
+        let mut by_card: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
+        let mut anomalies: Vec<(i64, &str)> = Vec::new();
+        for row in rows {
+            let key = layout::transaction(prefix, &row.trans_num);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("trans_num")
+                .arg(&row.trans_num)
+                .arg("cc_num")
+                .arg(row.cc_num)
+                .arg("event_time")
+                .arg(&row.event_time)
+                .arg("event_secs")
+                .arg(row.event_secs)
+                .arg("category")
+                .arg(&row.category)
+                .arg("merchant")
+                .arg(&row.merchant)
+                .arg("amt")
+                .arg(row.amt)
+                .arg("score")
+                .arg(row.score)
+                .arg("is_anomaly")
+                .arg(u8::from(row.is_anomaly))
+                .arg("explanation")
+                .arg(row.explanation.as_deref().unwrap_or(""))
+                .arg("is_fraud")
+                .arg(row.is_fraud.map_or(String::new(), |f| f.to_string()))
+                .ignore();
+            pipe.expire(&key, ttl as i64).ignore();
+            by_card
+                .entry(row.cc_num)
+                .or_default()
+                .push((row.event_secs, &row.trans_num));
+            if row.is_anomaly {
+                anomalies.push((row.event_secs, &row.trans_num));
+            }
+        }
+        for (card, members) in &by_card {
+            let key = layout::card(prefix, *card);
+            pipe.zadd_multiple(&key, members).ignore();
+            // Keep the newest `card_history` (ranks count from the oldest).
+            pipe.zremrangebyrank(&key, 0, -(r.card_history.max(1) as isize) - 1)
+                .ignore();
+            pipe.expire(&key, ttl as i64).ignore();
+        }
+        if !anomalies.is_empty() {
+            let key = layout::anomalies(prefix);
+            pipe.zadd_multiple(&key, &anomalies).ignore();
+            pipe.zremrangebyrank(&key, 0, -(r.anomalies_kept.max(1) as isize) - 1)
+                .ignore();
+        }
+        let alerts_key = layout::alerts(prefix);
+        let alert_rows: Vec<&ScoredTransaction> = rows.iter().filter(|r| r.is_anomaly).collect();
+        for row in &alert_rows {
+            let mut invocation = self.alert_once.prepare_invoke();
+            invocation
+                .key(layout::alerted(prefix, &row.trans_num))
+                .key(&alerts_key)
+                .arg(ttl)
+                .arg(r.alerts_kept.max(1))
+                .arg("trans_num")
+                .arg(&row.trans_num)
+                .arg("cc_num")
+                .arg(row.cc_num)
+                .arg("event_time")
+                .arg(&row.event_time)
+                .arg("amt")
+                .arg(row.amt)
+                .arg("category")
+                .arg(&row.category)
+                .arg("score")
+                .arg(row.score)
+                .arg("explanation")
+                .arg(row.explanation.as_deref().unwrap_or(""));
+            pipe.invoke_script(&invocation);
+        }
+
+        let mut connection = self.connection.clone();
+        let result: Result<Vec<i64>, _> = pipe.query_async(&mut connection).await;
+        let added = match result {
+            Ok(added) => added,
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Redis restarted and forgot the script: load it and send the batch again
+                // (everything in it is idempotent).
+                self.load_scripts().await?;
+                pipe.query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.error(e))?
+            }
+            Err(error) => return Err(self.error(error)),
+        };
+        Ok(WriteOutcome {
+            rows: rows.len() as u64,
+            anomalies: alert_rows.len() as u64,
+            new_alerts: added.iter().filter(|&&a| a == 1).count() as u64,
+        })
+    }
+
+    pub async fn transaction(
+        &self,
+        trans_num: &str,
+    ) -> Result<Option<ScoredTransaction>, StoreError> {
+        let key = layout::transaction(&self.retention.prefix, trans_num);
+        let mut connection = self.connection.clone();
+        let fields: HashMap<String, String> =
+            connection.hgetall(&key).await.map_err(|e| self.error(e))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        parse_transaction(&key, &fields).map(Some)
+    }
+
+    /// Reads the hashes of `trans_nums` in one round trip, skipping expired ones.
+    async fn transactions(
+        &self,
+        trans_nums: &[String],
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        if trans_nums.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let keys: Vec<String> = trans_nums
+            .iter()
+            .map(|t| layout::transaction(&self.retention.prefix, t))
+            .collect();
+        for key in &keys {
+            pipe.hgetall(key);
+        }
+        let mut connection = self.connection.clone();
+        let found: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut rows = Vec::with_capacity(found.len());
+        for (key, fields) in keys.iter().zip(found) {
+            if !fields.is_empty() {
+                rows.push(parse_transaction(key, &fields)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    pub async fn card_transactions(
+        &self,
+        cc_num: i64,
+        limit: usize,
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = layout::card(&self.retention.prefix, cc_num);
+        let mut connection = self.connection.clone();
+        let members: Vec<String> = connection
+            .zrevrange(&key, 0, limit as isize - 1)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.transactions(&members).await
+    }
+
+    pub async fn anomalies(
+        &self,
+        since_secs: Option<i64>,
+        limit: usize,
+        min_score: Option<f64>,
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        let key = layout::anomalies(&self.retention.prefix);
+        let mut connection = self.connection.clone();
+        let mut out = Vec::new();
+        let min = since_secs.map_or("-inf".to_string(), |s| s.to_string());
+        let mut offset = 0isize;
+        // Page through the index newest first until `limit` rows pass the score filter.
+        let page = (limit.max(1) * 2).min(5000) as isize;
+        while out.len() < limit {
+            let members: Vec<String> = connection
+                .zrevrangebyscore_limit(&key, "+inf", &min, offset, page)
+                .await
+                .map_err(|e| self.error(e))?;
+            if members.is_empty() {
+                break;
+            }
+            offset += members.len() as isize;
+            for row in self.transactions(&members).await? {
+                if min_score.is_none_or(|m| row.score >= m) && out.len() < limit {
+                    out.push(row);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let key = layout::alerts(&self.retention.prefix);
+        let mut connection = self.connection.clone();
+        let reply: redis::streams::StreamRangeReply = connection
+            .xrevrange_count(&key, "+", "-", limit)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut alerts = Vec::with_capacity(reply.ids.len());
+        for entry in reply.ids {
+            let text = |name: &str| -> String {
+                entry
+                    .map
+                    .get(name)
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                    .unwrap_or_default()
+            };
+            let number = |name: &str| text(name).parse::<f64>().unwrap_or(f64::NAN);
+            let explanation = text("explanation");
+            alerts.push(Alert {
+                trans_num: text("trans_num"),
+                cc_num: text("cc_num").parse().unwrap_or_default(),
+                event_time: text("event_time"),
+                amt: number("amt"),
+                category: text("category"),
+                score: number("score"),
+                explanation: (!explanation.is_empty()).then_some(explanation),
+            });
+        }
+        Ok(alerts)
+    }
+
+    pub async fn save_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, StoreError> {
+        let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut connection = self.connection.clone();
+        let saved: i64 = self
+            .save_checkpoint
+            .key(&key)
+            .arg(checkpoint.offset)
+            .arg(checkpoint.state.as_slice())
+            .arg(now_ms)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(saved == 1)
+    }
+
+    pub async fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
+        let mut connection = self.connection.clone();
+        let (offset, state): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("offset")
+            .arg("state")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some(offset) = offset else {
+            return Ok(None);
+        };
+        let offset = offset.parse::<i64>().map_err(|e| StoreError::Malformed {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Checkpoint {
+            offset,
+            state: state.unwrap_or_default(),
+        }))
+    }
+}
+
+fn parse_transaction(
+    key: &str,
+    fields: &HashMap<String, String>,
+) -> Result<ScoredTransaction, StoreError> {
+    let malformed = |reason: String| StoreError::Malformed {
+        key: key.to_string(),
+        reason,
+    };
+    let text = |name: &str| -> Result<String, StoreError> {
+        fields
+            .get(name)
+            .cloned()
+            .ok_or_else(|| malformed(format!("no field `{name}`")))
+    };
+    fn number<T: std::str::FromStr>(
+        value: String,
+        name: &str,
+        malformed: &dyn Fn(String) -> StoreError,
+    ) -> Result<T, StoreError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        value
+            .parse::<T>()
+            .map_err(|e| malformed(format!("field `{name}`: {e}")))
+    }
+    let explanation = text("explanation")?;
+    let is_fraud = text("is_fraud").unwrap_or_default();
+    Ok(ScoredTransaction {
+        trans_num: text("trans_num")?,
+        cc_num: number(text("cc_num")?, "cc_num", &malformed)?,
+        event_time: text("event_time")?,
+        event_secs: number(text("event_secs")?, "event_secs", &malformed)?,
+        category: text("category")?,
+        merchant: text("merchant")?,
+        amt: number(text("amt")?, "amt", &malformed)?,
+        score: number(text("score")?, "score", &malformed)?,
+        is_anomaly: text("is_anomaly")? == "1",
+        explanation: (!explanation.is_empty()).then_some(explanation),
+        is_fraud: if is_fraud.is_empty() {
+            None
+        } else {
+            Some(number(is_fraud, "is_fraud", &malformed)?)
+        },
+    })
+}

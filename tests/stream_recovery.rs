@@ -1,0 +1,218 @@
+//! `risksense run` killed with SIGKILL mid-stream, then started again: nothing is lost and
+//! nothing shows twice (Redis, the alerts stream, the archive). Needs Kafka and Redis
+//! (`scripts/services.sh up`); fails loudly without them.
+
+#[path = "../engine/tests/common.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+
+fn risksense(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_risksense"))
+        .args(args)
+        .output()
+        .expect("risksense runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "risksense {args:?} failed:\n{text}"
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn parquet_rows(files: &[PathBuf]) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for file in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(file).expect("open"),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        batches.extend(reader.map(|b| b.expect("batch")));
+    }
+    batches
+}
+
+fn finished_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let values = batch
+            .column_by_name(column)
+            .unwrap_or_else(|| panic!("no column {column}"))
+            .as_string::<i32>();
+        out.extend((0..batch.num_rows()).map(|i| values.value(i).to_string()));
+    }
+    out
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
+    let brokers = common::kafka_brokers();
+    let url = common::redis_url();
+    let topic = common::unique_topic("kill9");
+    let dir = std::env::temp_dir().join(&topic);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let input = dir.join("input.parquet");
+    let archive = dir.join("archive");
+
+    risksense(&[
+        "generate",
+        "--customers",
+        "300",
+        "--start",
+        "2019-01-01",
+        "--end",
+        "2019-07-31",
+        "--seed",
+        "17",
+        "--out",
+        input.to_str().expect("path"),
+    ]);
+    risksense(&[
+        "produce",
+        "--input",
+        input.to_str().expect("path"),
+        "--topic",
+        &topic,
+        "--kafka",
+        &brokers,
+    ]);
+    let sent = strings(&parquet_rows(std::slice::from_ref(&input)), "trans_num");
+    assert!(sent.len() > 50_000, "{} rows", sent.len());
+
+    let config = dir.join("risksense.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "brokers = \"{brokers}\"\nredis = \"{url}\"\ntopic = \"{topic}\"\ngroup = \"{topic}-group\"\n\
+             alerts_topic = \"{topic}.alerts\"\ndead_letter_topic = \"{topic}.dlq\"\n\
+             archive = \"{}\"\nbatch_rows = 1000\ncheckpoint_interval_ms = 500\n\
+             [retention]\nprefix = \"{topic}\"\n",
+            archive.display()
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().expect("path").to_string();
+
+    // First run: killed with SIGKILL once some checkpoints have happened.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_risksense"))
+        .args(["run", "--config", &config])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("risksense run starts");
+    let started = Instant::now();
+    while finished_files(&archive).len() < 2 && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    let archived_before = parquet_rows(&finished_files(&archive))
+        .iter()
+        .map(|b| b.num_rows())
+        .sum::<usize>();
+    assert!(
+        archived_before > 0 && archived_before < sent.len(),
+        "the kill did not land mid-stream ({archived_before} of {} archived)",
+        sent.len()
+    );
+
+    // Second run: resumes from the checkpoint and stops once idle.
+    let summary = risksense(&[
+        "run",
+        "--config",
+        &config,
+        "--stop-when-idle",
+        "4",
+        "--summary-json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(summary.trim()).expect("summary JSON");
+    let resumed = summary["messages"].as_u64().expect("messages");
+    assert!(
+        resumed > 0 && resumed < sent.len() as u64,
+        "the restart read {resumed} messages: it should resume, not start over"
+    );
+
+    // Archive: every row exactly once.
+    let archived = parquet_rows(&finished_files(&archive));
+    let archived_ids = strings(&archived, "trans_num");
+    assert_eq!(archived_ids.len(), sent.len(), "archive rows");
+    assert_eq!(
+        archived_ids.iter().collect::<HashSet<_>>(),
+        sent.iter().collect::<HashSet<_>>()
+    );
+    let anomalies: HashSet<String> = {
+        let mut set = HashSet::new();
+        for batch in &archived {
+            let ids = batch
+                .column_by_name("trans_num")
+                .expect("trans_num")
+                .as_string::<i32>();
+            let flags = batch
+                .column_by_name("is_anomaly")
+                .expect("flag")
+                .as_boolean();
+            for i in 0..batch.num_rows() {
+                if flags.value(i) {
+                    set.insert(ids.value(i).to_string());
+                }
+            }
+        }
+        set
+    };
+    assert!(!anomalies.is_empty());
+
+    // Redis: every transaction; each anomaly alerted exactly once.
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    for chunk in sent.chunks(5000) {
+        let mut pipe = redis::pipe();
+        for t in chunk {
+            pipe.exists(format!("{topic}:tx:{t}"));
+        }
+        let found: Vec<bool> = pipe.query(&mut connection).expect("exists");
+        assert!(
+            found.iter().all(|f| *f),
+            "a transaction is missing from Redis"
+        );
+    }
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{topic}:alerts"))
+        .arg("-")
+        .arg("+")
+        .query(&mut connection)
+        .expect("xrange");
+    let alerted: Vec<String> = reply
+        .ids
+        .iter()
+        .filter_map(|e| e.map.get("trans_num"))
+        .filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok())
+        .collect();
+    assert_eq!(alerted.len(), anomalies.len(), "alerts stream length");
+    assert_eq!(alerted.into_iter().collect::<HashSet<_>>(), anomalies);
+    let _ = std::fs::remove_dir_all(&dir);
+}
