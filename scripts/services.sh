@@ -63,6 +63,18 @@ install_build_deps() {
   apt_install gcc g++ make pkg-config zlib1g-dev libssl-dev
 }
 
+# ---------------------------------------------------------------- test and bench tools
+install_test_tools() {
+  # The dashboard test drives Debian's Chromium with playwright-core (from npm, pinned in
+  # tests/browser/package-lock.json); the HTTP benchmark uses wrk.
+  apt_install chromium wrk
+  command -v node >/dev/null || apt_install nodejs npm
+  if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
+    log "installing playwright-core (npm) for the dashboard test"
+    (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
 # ---------------------------------------------------------------- Kafka
 install_kafka() {
   command -v java >/dev/null || die "java not found: install a JDK 17 (apt-get install openjdk-17-jre-headless)"
@@ -232,7 +244,8 @@ status() {
 }
 
 case "${1:-}" in
-  install) install_build_deps; install_kafka; install_redis; install_onnxruntime ;;
+  install) install_build_deps; install_kafka; install_redis; install_onnxruntime; install_test_tools ;;
+  test-tools) install_test_tools ;;
   deps) install_build_deps; install_onnxruntime ;;
   up) install_build_deps; install_onnxruntime; redis_up; kafka_up ;;
   down) kafka_down; redis_down ;;
@@ -242,5 +255,5 @@ case "${1:-}" in
   redis-up) redis_up ;;
   redis-down) redis_down ;;
   onnxruntime) install_onnxruntime ;;
-  *) echo "usage: $0 up|down|status|install|deps|kafka-up|kafka-down|redis-up|redis-down|onnxruntime" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|install|deps|test-tools|kafka-up|kafka-down|redis-up|redis-down|onnxruntime" >&2; exit 2 ;;
 esac

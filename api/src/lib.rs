@@ -1,1 +1,210 @@
-//! HTTP API; filled in by the API issue.
+//! The RiskSense HTTP API, served by `risksense run`, `risksense serve` and `risksense demo`.
+//!
+//! - [`lookup`]: transactions, cards, anomalies and alerts from the result store.
+//! - [`score`]: ad-hoc scoring with the stream's SQL and model, cached in the store.
+//! - [`sql`]: read-only SQL over the live window (`scored`) and the archive (`history`).
+//! - [`ops`]: Prometheus metrics, health, readiness, dashboard stats, OpenAPI.
+//! - [`dashboard`]: the single-page dashboard and its bundled chart library.
+//!
+//! Every error is a JSON body `{"error": {"code", "message"}}` with a fitting status: 400
+//! for bad input (with what was wrong), 401 without the token, 404 for unknown ids, 413 for
+//! oversized bodies, 503 when the store is down. Bad input never yields a 500.
+
+pub mod dashboard;
+pub mod error;
+pub mod lookup;
+pub mod ops;
+pub mod score;
+pub mod sql;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use risksense_engine::stream::{LiveWindow, StreamMetrics};
+use risksense_store::ResultStore;
+use risksense_udfs::Model;
+
+pub use error::ApiError;
+
+/// How the API behaves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bearer token required by `/v1/score` and `/v1/sql` (None: open).
+    pub token: Option<String>,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// Transactions per `/v1/score` request.
+    pub max_score_rows: usize,
+    /// Lifetime of a cached score, in seconds.
+    pub cache_ttl_secs: u64,
+    /// `/v1/sql` limits: wall time, rows returned, memory per query.
+    pub sql_timeout: Duration,
+    pub sql_max_rows: usize,
+    pub sql_memory_bytes: usize,
+    /// The Parquet archive, queried as `history`.
+    pub archive: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            body_limit: 2 * 1024 * 1024,
+            max_score_rows: 10_000,
+            cache_ttl_secs: 3600,
+            sql_timeout: Duration::from_secs(10),
+            sql_max_rows: 10_000,
+            sql_memory_bytes: 256 * 1024 * 1024,
+            archive: None,
+        }
+    }
+}
+
+/// The API's own counters (the stream's are in [`StreamMetrics`]).
+#[derive(Default)]
+pub struct ApiCounters {
+    pub requests: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub scored_rows: AtomicU64,
+    pub sql_queries: AtomicU64,
+}
+
+/// Everything the handlers share.
+pub struct ApiState {
+    pub config: ApiConfig,
+    pub store: ResultStore,
+    pub model: Arc<Model>,
+    /// The live window of the stream in this process, if any.
+    pub live: Option<Arc<LiveWindow>>,
+    /// The stream's metrics, if a stream runs in this process.
+    pub stream: Option<Arc<StreamMetrics>>,
+    pub counters: ApiCounters,
+    pub scorer: score::Scorer,
+    pub series: ops::Series,
+    /// Schema of `scored` rows (for an empty live window or archive).
+    pub scored_schema: arrow::datatypes::SchemaRef,
+}
+
+impl ApiState {
+    pub async fn new(
+        config: ApiConfig,
+        store: ResultStore,
+        model: Arc<Model>,
+        live: Option<Arc<LiveWindow>>,
+        stream: Option<Arc<StreamMetrics>>,
+    ) -> Result<Arc<Self>, ApiError> {
+        let scorer = score::Scorer::new(model.clone()).await?;
+        let scored_schema = sql::scored_schema(model.clone()).await?;
+        Ok(Arc::new(Self {
+            config,
+            store,
+            model,
+            live,
+            stream,
+            counters: ApiCounters::default(),
+            scorer,
+            series: ops::Series::default(),
+            scored_schema,
+        }))
+    }
+}
+
+/// The whole API.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let guarded = Router::new()
+        .route("/v1/score", post(score::score))
+        .route("/v1/sql", post(sql::query))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/transactions/{trans_num}", get(lookup::transaction))
+        .route(
+            "/v1/cards/{cc_num}/transactions",
+            get(lookup::card_transactions),
+        )
+        .route("/v1/anomalies", get(lookup::anomalies))
+        .route("/v1/alerts", get(lookup::alerts))
+        .route("/v1/stats", get(ops::stats))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
+        .merge(guarded)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config.token {
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return Err(ApiError::unauthorized());
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn count_requests(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    state.counters.requests.fetch_add(1, Relaxed);
+    let response = next.run(request).await;
+    if response.status().is_client_error() {
+        state.counters.client_errors.fetch_add(1, Relaxed);
+    } else if response.status().is_server_error() {
+        state.counters.server_errors.fetch_add(1, Relaxed);
+    }
+    response
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; samples the dashboard series
+/// once a second meanwhile.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sampler = tokio::spawn(ops::sample_series(state.clone()));
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sampler.abort();
+    result
+}
+
+/// Binds `address` (port 0 picks a free one) and returns the listener and its address.
+pub async fn bind(address: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

@@ -40,6 +40,8 @@ pub struct SessionOptions {
     pub target_partitions: usize,
     /// Rows per batch inside plans (one ONNX Runtime run per batch).
     pub batch_size: usize,
+    /// Memory a query may hold, in bytes (None: no limit). Queries past it fail cleanly.
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for SessionOptions {
@@ -47,6 +49,7 @@ impl Default for SessionOptions {
         Self {
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch_size: 8192,
+            memory_limit: None,
         }
     }
 }
@@ -60,10 +63,16 @@ pub fn new_session(
         .with_target_partitions(options.target_partitions.max(1))
         .with_batch_size(options.batch_size.max(1))
         .with_information_schema(true);
-    let mut state = SessionStateBuilder::new()
+    let mut builder = SessionStateBuilder::new()
         .with_config(config)
-        .with_default_features()
-        .build();
+        .with_default_features();
+    if let Some(limit) = options.memory_limit {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(limit, 1.0)
+            .build_arc()?;
+        builder = builder.with_runtime_env(runtime);
+    }
+    let mut state = builder.build();
     risksense_udfs::register(&mut state, model)?;
     Ok(SessionContext::new_with_state(state))
 }

@@ -99,6 +99,7 @@ fn run_until_idle(config: StreamConfig, store: ResultStore, idle: Duration) -> R
         RunOptions {
             create_topics: true,
             stop_when_idle: Some(idle),
+            live: None,
         },
     )
     .expect("stream ran")

@@ -25,6 +25,8 @@ pub enum Suite {
     Ingest(IngestArgs),
     /// The model: raw ONNX Runtime vs the UDF in a DataFusion plan, and Parquet rescoring.
     Scoring(ScoringArgs),
+    /// The streaming engine: throughput Kafka -> Redis, latency at a steady rate, peak RSS.
+    Stream(super::bench_stream::StreamArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.suite {
         Suite::Ingest(args) => ingest(args),
         Suite::Scoring(args) => scoring(args),
+        Suite::Stream(args) => super::bench_stream::stream(args),
     }
 }
 
@@ -89,7 +92,7 @@ impl Figure {
     }
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
@@ -340,6 +343,7 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
                 SessionOptions {
                     target_partitions: 1,
                     batch_size: rows,
+                    memory_limit: None,
                 },
             )?;
             let table = MemTable::try_new(schema.clone(), vec![vec![batch.clone(); args.batches]])?;

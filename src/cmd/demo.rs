@@ -1,164 +1,244 @@
-//! The demo: real engine code paths on an embedded default, nothing to install.
+//! `risksense demo`: the whole system in one command, on an embedded default.
 //!
-//! Without `--kafka` it starts librdkafka's in-process mock cluster (a Kafka-protocol
-//! broker inside this process) and says so. It generates transactions, replays them into
-//! the `transactions` topic, reads them back as Arrow batches, and scores them with the
-//! model through the same SQL as `rescore` (features.sql + score.sql). The streaming engine,
-//! Redis and the dashboard come with later issues.
+//! Without `--kafka` it starts librdkafka's in-process mock cluster (a Kafka-protocol broker
+//! inside this process); without `--redis` results go to the in-process store. Either way it
+//! says so. Then it runs the real paths: a producer replays generated transactions at a
+//! realistic rate, the streaming engine consumes, scores and writes them, and the API serves
+//! the dashboard, lookups and SQL. Ctrl-C stops it cleanly.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use risksense_engine::kafka::{
-    EmbeddedBroker, KafkaSettings, Pace, ReplayProducer, ensure_topic, read_topic,
-};
+use risksense_engine::kafka::{EmbeddedBroker, KafkaSettings, Pace, ReplayProducer};
+use risksense_engine::stream::{LiveWindow, RunOptions, StreamConfig, StreamMetrics, run_stream};
+use risksense_engine::synth::{Generator, SynthConfig};
+use risksense_store::{ResultStore, Retention};
 
-use super::generate::SynthArgs;
+use super::serve::{ApiInputs, HttpArgs, spawn_api};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Use a real Kafka at these bootstrap servers instead of the in-process broker.
-    #[arg(long, env = "RISKSENSE_KAFKA_BROKERS")]
+    #[arg(long, alias = "brokers")]
     pub kafka: Option<String>,
-    #[command(flatten)]
-    pub synth: SynthArgs,
-    /// Messages per second to replay; 0 for as fast as possible.
-    #[arg(long, default_value_t = 0)]
+    /// Use a real Redis instead of the in-process store.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Redis key prefix (several demos can share one Redis).
+    #[arg(long, default_value = "rs")]
+    pub prefix: String,
+    /// Address of the dashboard and API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// Transactions per second to replay.
+    #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// Topic name.
+    /// Customers (cards) in the generated traffic.
+    #[arg(long, default_value_t = 500)]
+    pub customers: u32,
+    /// Random seed of the generated traffic.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Transactions topic.
     #[arg(long, default_value = "transactions")]
     pub topic: String,
+    /// Parquet archive folder [default: a folder under the system's temp dir].
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    #[command(flatten)]
+    pub api: HttpArgs,
     #[command(flatten)]
     pub model: super::model::ModelArgs,
 }
 
-pub fn run(mut args: Args) -> anyhow::Result<()> {
-    // A small default: the mock broker keeps about 5 MiB per partition.
-    if args.synth.customers == 1000 && args.synth.end == "2019-12-31" {
-        args.synth.customers = 100;
-        args.synth.end = "2019-01-31".to_string();
-    }
-    let _mock; // keeps the in-process broker alive for the whole demo
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    let model = args.model.load()?;
+    let alerts_topic = format!("{}.alerts", args.topic);
+    let dead_letter_topic = format!("{}.dlq", args.topic);
+
+    let _embedded; // keeps the in-process broker alive for the whole demo
     let brokers = match &args.kafka {
         Some(brokers) => {
-            eprintln!("using Kafka at {brokers}");
+            println!("Kafka: {brokers}");
+            runtime
+                .block_on(risksense_engine::kafka::ensure_topic(
+                    &KafkaSettings::new(brokers.clone()),
+                    &args.topic,
+                    4,
+                ))
+                .with_context(|| format!("creating topic {}", args.topic))?;
             brokers.clone()
         }
         None => {
-            let cluster = EmbeddedBroker::start(&[(args.topic.as_str(), 4)])
-                .context("starting the in-process Kafka broker")?;
-            let servers = cluster.bootstrap_servers();
-            eprintln!(
-                "no --kafka given: using an in-process Kafka-protocol broker (librdkafka mock cluster) at {servers}"
+            let broker = EmbeddedBroker::start(&[
+                (args.topic.as_str(), 4),
+                (alerts_topic.as_str(), 4),
+                (dead_letter_topic.as_str(), 4),
+            ])
+            .context("starting the in-process Kafka broker")?;
+            let servers = broker.bootstrap_servers();
+            println!(
+                "Kafka: none given (--kafka), so an in-process Kafka-protocol broker (librdkafka's mock cluster) at {servers}"
             );
-            _mock = cluster;
+            _embedded = broker;
             servers
         }
     };
-    let settings = KafkaSettings::new(brokers);
-    if args.kafka.is_some() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(ensure_topic(&settings, &args.topic, 4))?;
-    }
-    let pace = match args.rate {
-        0 => Pace::Unlimited,
-        n => Pace::PerSecond(n),
+    let retention = Retention {
+        prefix: args.prefix.clone(),
+        ..Retention::default()
     };
-    let (generator, _) = args.synth.generator()?;
-    let mut producer = ReplayProducer::new(&settings, &args.topic, pace)?;
-    let bar = super::progress(None, "msgs");
-    for batch in generator {
-        producer.send_batch(&batch.context("generating")?)?;
-        bar.set_position(producer.messages_sent());
-    }
-    let stats = producer.finish(Duration::from_secs(60))?;
-    bar.finish_and_clear();
-    super::produce::report(&stats, &args.topic, 0);
+    let store = match &args.redis {
+        Some(url) => runtime
+            .block_on(ResultStore::redis(url, retention.clone()))
+            .with_context(|| format!("connecting to Redis at {url}"))?,
+        None => ResultStore::memory(retention),
+    };
+    println!("Results: {}", store.describe());
+    let archive = args
+        .archive
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("risksense-demo-archive"));
+    println!("Archive: {}", archive.display());
 
-    let contents = read_topic(
-        &settings,
-        &args.topic,
-        stats.messages,
-        Duration::from_secs(60),
-    )
-    .context("reading the topic back")?;
-    let rows: usize = contents.batches.iter().map(|b| b.num_rows()).sum();
-    let frauds: u64 = contents
-        .batches
-        .iter()
-        .map(super::generate::fraud_count)
-        .sum();
-    eprintln!(
-        "read back {} messages as {} Arrow batches: {} rows, {} labelled fraud, {} keys not equal to cc_num",
-        super::thousands(contents.messages),
-        contents.batches.len(),
-        super::thousands(rows as u64),
-        frauds,
-        contents.key_mismatches
+    let stop = Arc::new(AtomicBool::new(false));
+    super::run::stop_on_signal(&runtime, stop.clone());
+    let metrics = Arc::new(StreamMetrics::default());
+    let live = Arc::new(LiveWindow::new(Duration::from_secs(600), 2_000_000));
+
+    // The API first, so the dashboard is up before traffic starts.
+    let inputs = ApiInputs {
+        config: args.api.config(Some(archive.clone())),
+        store: store.clone(),
+        model: model.clone(),
+        live: Some(live.clone()),
+        stream: Some(metrics.clone()),
+    };
+    let (address, api) = spawn_api(&runtime, &args.http, inputs, stop.clone())?;
+
+    // The engine, a consumer-group member like `risksense run`.
+    let config = StreamConfig {
+        brokers: brokers.clone(),
+        topic: args.topic.clone(),
+        group: format!("risksense-demo-{}", std::process::id()),
+        alerts_topic,
+        dead_letter_topic,
+        archive: archive.clone(),
+        model: model.dir.clone(),
+        start_from: "earliest".to_string(),
+        ..StreamConfig::default()
+    };
+    let engine = {
+        let (model, store, stop, metrics, live) = (
+            model.clone(),
+            store.clone(),
+            stop.clone(),
+            metrics.clone(),
+            live.clone(),
+        );
+        let handle = runtime.handle().clone();
+        let create_topics = args.kafka.is_some();
+        std::thread::Builder::new()
+            .name("engine".to_string())
+            .spawn(move || {
+                run_stream(
+                    config,
+                    model,
+                    store,
+                    &handle,
+                    stop,
+                    metrics,
+                    RunOptions {
+                        create_topics,
+                        stop_when_idle: None,
+                        live: Some(live),
+                    },
+                )
+            })?
+    };
+
+    // The traffic: generated transactions replayed at --rate, until stopped.
+    let producer = {
+        let settings = KafkaSettings::new(brokers);
+        let topic = args.topic.clone();
+        let stop = stop.clone();
+        let (customers, seed, rate) = (args.customers, args.seed, args.rate.max(1));
+        std::thread::Builder::new()
+            .name("producer".to_string())
+            .spawn(move || -> anyhow::Result<u64> {
+                let config = SynthConfig::new(customers, "2019-01-01", "2039-12-31", seed)?;
+                let mut producer = ReplayProducer::new(&settings, &topic, Pace::PerSecond(rate))?;
+                for batch in Generator::new(config) {
+                    let batch = batch?;
+                    // Small slices keep the stop request responsive at any rate.
+                    for start in (0..batch.num_rows()).step_by(256) {
+                        if stop.load(Ordering::Relaxed) {
+                            return Ok(producer.finish(Duration::from_secs(10))?.messages);
+                        }
+                        let length = 256.min(batch.num_rows() - start);
+                        producer.send_batch(&batch.slice(start, length))?;
+                    }
+                }
+                Ok(producer.finish(Duration::from_secs(10))?.messages)
+            })?
+    };
+
+    println!(
+        "\nDashboard: http://{address}/   (API: /v1/anomalies, /v1/sql, /metrics, /openapi.json)"
     );
-    if let Some(first) = contents.batches.first() {
-        let preview = first.slice(0, first.num_rows().min(3));
-        eprintln!(
-            "{}",
-            arrow::util::pretty::pretty_format_batches(&[preview])?
-        );
+    println!(
+        "Replaying generated transactions at {} tx/s; Ctrl-C stops.\n",
+        args.rate
+    );
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if engine.is_finished() || producer.is_finished() {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if args
+            .duration
+            .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+        {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            println!(
+                "[{:>5.0} s] consumed {}, scored {}, anomalies {}, dead letters {}",
+                started.elapsed().as_secs_f64(),
+                super::thousands(StreamMetrics::get(&metrics.messages)),
+                super::thousands(StreamMetrics::get(&metrics.rows_scored)),
+                super::thousands(StreamMetrics::get(&metrics.anomalies)),
+                super::thousands(StreamMetrics::get(&metrics.dead_letters)),
+            );
+        }
     }
-    if contents.messages != stats.messages {
-        anyhow::bail!(
-            "only {} of {} messages came back",
-            contents.messages,
-            stats.messages
-        );
-    }
-    score(&args.model, contents.batches)
-}
-
-/// Scores what came back through Kafka with the model, as `rescore` would, and shows the
-/// anomalies with their explanations.
-fn score(
-    model: &super::model::ModelArgs,
-    batches: Vec<arrow::record_batch::RecordBatch>,
-) -> anyhow::Result<()> {
-    use risksense_engine::scoring::{self, SessionOptions};
-    let model = model.load()?;
-    super::runtime()?.block_on(async {
-        let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
-        scoring::register_batches(
-            &ctx,
-            scoring::TRANSACTIONS,
-            risksense_engine::schema::transaction_schema(),
-            batches,
-        )?;
-        scoring::install_views(&ctx, Some(&model)).await?;
-        let summary = ctx
-            .sql(
-                "SELECT count(*) AS transactions, sum(CAST(is_anomaly AS INT)) AS anomalies, \
-                 sum(is_fraud) AS labelled_fraud, \
-                 sum(CASE WHEN is_anomaly THEN is_fraud ELSE 0 END) AS fraud_flagged \
-                 FROM scored",
-            )
-            .await?
-            .collect()
-            .await?;
-        eprintln!(
-            "\nscored with model `{}` (threshold {:.3}):",
-            model.card.name, model.card.threshold
-        );
-        eprintln!("{}", arrow::util::pretty::pretty_format_batches(&summary)?);
-        let top = ctx
-            .sql(
-                "SELECT trans_date_trans_time, cc_num, category, amt, round(score, 2) AS score, \
-                 is_fraud, explanation FROM scored WHERE is_anomaly ORDER BY score DESC LIMIT 10",
-            )
-            .await?
-            .collect()
-            .await?;
-        eprintln!(
-            "top anomalies:\n{}",
-            arrow::util::pretty::pretty_format_batches(&top)?
-        );
-        anyhow::Ok(())
-    })
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))?
+        .context("producing")?;
+    let summary = engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?
+        .context("running the stream")?;
+    runtime.block_on(api)?;
+    println!(
+        "stopped: produced {}, scored {}, {} anomalies, {} dead letters",
+        super::thousands(produced),
+        super::thousands(summary.rows_scored),
+        super::thousands(summary.anomalies),
+        super::thousands(summary.dead_letters)
+    );
+    Ok(())
 }

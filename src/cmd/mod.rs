@@ -2,6 +2,7 @@
 //! a printed summary.
 
 mod bench;
+mod bench_stream;
 mod demo;
 mod doctor;
 mod generate;
@@ -11,6 +12,7 @@ mod produce;
 mod profile;
 mod rescore;
 pub mod run;
+mod serve;
 mod sql;
 mod train;
 
@@ -21,14 +23,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 const EXAMPLES: &str = "\
 Examples:
-  risksense demo                                   # everything in-process, nothing to install
+  risksense demo                                   # everything in-process: dashboard on http://127.0.0.1:8080/
   risksense generate --customers 1000 --start 2019-01-01 --end 2019-12-31 --out year.parquet
   risksense generate --customers 100 --out - | risksense produce --input - --topic transactions
   risksense produce --input ../shared/data/sparkov-2019h1.csv.gz --rate 5000
   risksense profile year.parquet --against ../shared/data/sparkov-2019h1.csv.gz
   risksense train --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/default
   risksense import --input ../shared/data/ --out history/
-  risksense run --kafka 127.0.0.1:9092 --redis redis://127.0.0.1:6379/ --archive archive/
+  risksense run --kafka 127.0.0.1:9092 --redis redis://127.0.0.1:6379/ --archive archive/ --http 127.0.0.1:8080
+  risksense serve --redis redis://127.0.0.1:6379/ --archive archive/
+  risksense sql --url http://127.0.0.1:8080 \"SELECT count(*) FROM scored WHERE is_anomaly\"
   risksense rescore --input 'history/**/*.parquet' --out scored/
   risksense sql \"SELECT category, count(*) FROM scored WHERE is_anomaly GROUP BY 1\" --table scored=scored/
   risksense doctor                                 # is Kafka / Redis / ONNX Runtime reachable?";
@@ -62,6 +66,8 @@ pub enum Command {
     Import(import::Args),
     /// Run SQL over Parquet / CSV tables with the RiskSense functions registered.
     Sql(sql::Args),
+    /// Serve the HTTP API and dashboard over Redis and the archive (no stream).
+    Serve(serve::Args),
     /// Run the demo: an in-process broker, generated traffic, the engine path.
     Demo(demo::Args),
     /// Check that Kafka, Redis and ONNX Runtime are reachable.
@@ -76,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args),
         Command::Profile(args) => profile::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Run(args) => run::run(args),
         Command::Rescore(args) => rescore::run(args),

@@ -58,6 +58,11 @@ pub struct Args {
     pub kafka_property: Vec<(String, String)>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Serve the HTTP API and dashboard on this address (e.g. 127.0.0.1:8080).
+    #[arg(long, env = "RISKSENSE_HTTP")]
+    pub http: Option<String>,
+    #[command(flatten)]
+    pub api: super::serve::HttpArgs,
     /// Stop after this many seconds without a message (benchmarks, catch-up runs).
     #[arg(long)]
     pub stop_when_idle: Option<f64>,
@@ -86,6 +91,7 @@ impl Args {
         set(&mut config.dead_letter_topic, &self.dead_letter_topic);
         set(&mut config.start_from, &self.start_from);
         set(&mut config.instance, &self.instance);
+        set(&mut config.http, &self.http);
         if let Some(archive) = &self.archive {
             config.archive.clone_from(archive);
         }
@@ -165,20 +171,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(&runtime, shutdown.clone());
     let metrics = Arc::new(StreamMetrics::default());
+    let live = Arc::new(risksense_engine::stream::LiveWindow::new(
+        Duration::from_secs(600),
+        2_000_000,
+    ));
+    let api = if config.http.is_empty() {
+        None
+    } else {
+        let archive = (!config.archive.as_os_str().is_empty()).then(|| config.archive.clone());
+        let inputs = super::serve::ApiInputs {
+            config: args.api.config(archive),
+            store: store.clone(),
+            model: model.clone(),
+            live: Some(live.clone()),
+            stream: Some(metrics.clone()),
+        };
+        let (address, handle) =
+            super::serve::spawn_api(&runtime, &config.http, inputs, shutdown.clone())?;
+        tracing::info!("API and dashboard on http://{address}/");
+        Some(handle)
+    };
     let options = RunOptions {
         create_topics: true,
         stop_when_idle: args.stop_when_idle.map(Duration::from_secs_f64),
+        live: api.is_some().then_some(live),
     };
     let summary = run_stream(
         config,
         model,
         store,
         runtime.handle(),
-        shutdown,
+        shutdown.clone(),
         metrics,
         options,
     )
     .context("running the stream")?;
+    if let Some(api) = api {
+        shutdown.store(true, Ordering::Relaxed);
+        runtime.block_on(api)?;
+    }
     if args.summary_json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

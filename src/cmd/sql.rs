@@ -21,6 +21,13 @@ pub struct Args {
     /// Show at most this many rows (the query itself is not limited).
     #[arg(long, default_value_t = 200)]
     pub max_rows: usize,
+    /// Ask a running service instead (`risksense run --http`, `serve` or `demo`), e.g.
+    /// http://127.0.0.1:8080: its tables are `scored` (live window) and `history`.
+    #[arg(long, conflicts_with = "tables")]
+    pub url: Option<String>,
+    /// Bearer token for --url.
+    #[arg(long, env = "RISKSENSE_API_TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -31,6 +38,9 @@ pub enum Format {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(url) = &args.url {
+        return remote(url, &args);
+    }
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let model = args.model.load_optional()?;
@@ -51,4 +61,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("{rows} rows in {:.3} s", started.elapsed().as_secs_f64());
         Ok(())
     })
+}
+
+/// Runs the query on a service's `/v1/sql` (answer as Arrow IPC) and prints it the same way.
+fn remote(url: &str, args: &Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let body = serde_json::json!({"sql": args.query, "format": "arrow", "max_rows": args.max_rows});
+    let (status, bytes) = http_post_json(url, "/v1/sql", &body.to_string(), args.token.as_deref())?;
+    if status != 200 {
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).to_string());
+        anyhow::bail!("{url} answered {status}: {message}");
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .context("reading the Arrow answer")?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    super::print_batches(&batches, args.format, args.max_rows)?;
+    eprintln!(
+        "{rows} rows in {:.3} s (from {url})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 POST over plain TCP (the service's answers carry a Content-Length).
+fn http_post_json(
+    url: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let authority = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs are supported"))?
+        .trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(authority)
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .context("malformed HTTP status line")?;
+    Ok((status, response[split + 4..].to_vec()))
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float32Type, Int32Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
 use risksense_engine::scoring::{self, ID_COLUMNS, SessionOptions};
 use risksense_trainer::pipeline::{Period, RunInfo, train_and_export};
 use risksense_trainer::{Matrix, TrainConfig};
@@ -66,20 +66,19 @@ fn period(batches: &[RecordBatch], range: std::ops::Range<usize>) -> anyhow::Res
     let all = arrow::compute::concat_batches(&schema, batches)?.slice(range.start, range.len());
     let cols = all.num_columns() - ID_COLUMNS;
     let rows = all.num_rows();
-    let mut data = vec![0f32; rows * cols];
+    let mut columns = Vec::with_capacity(cols);
     for c in 0..cols {
         let column = cast(all.column(ID_COLUMNS + c), &DataType::Float32)?;
-        let values = column.as_primitive::<Float32Type>();
-        if values.null_count() > 0 {
+        if column.null_count() > 0 {
             bail!(
                 "feature `{}` has nulls",
                 schema.field(ID_COLUMNS + c).name()
             );
         }
-        for (r, v) in values.values().iter().enumerate() {
-            data[r * cols + c] = *v;
-        }
+        columns.push(column);
     }
+    let mut data = Vec::new();
+    risksense_udfs::functions::row_major(&columns, 0, rows, &mut data);
     let fraud = cast(
         all.column_by_name("is_fraud").context("is_fraud")?,
         &DataType::Int32,

@@ -4,11 +4,12 @@
 //! | key                                  | type   | holds                                             |
 //! |--------------------------------------|--------|---------------------------------------------------|
 //! | `{p}:tx:{trans_num}`                 | hash   | a scored transaction (TTL)                        |
-//! | `{p}:card:{cc_num}`                  | zset   | the card's recent trans_nums by event time (TTL)  |
+//! | `{p}:card:{cc_num}`                  | list   | the card's recent trans_nums, newest first (TTL)  |
 //! | `{p}:anomalies`                      | zset   | anomalous trans_nums by event time (capped)       |
 //! | `{p}:alerts`                         | stream | one entry per anomaly (capped)                    |
 //! | `{p}:alerted:{trans_num}`            | string | marks an alert as emitted, so replays add none    |
 //! | `{p}:checkpoint:{group}:{topic}:{n}` | hash   | a partition's next offset and per-card state      |
+//! | `{p}:score:{hash}`                   | string | a cached `/v1/score` answer for one input (TTL)   |
 
 pub fn transaction(prefix: &str, trans_num: &str) -> String {
     format!("{prefix}:tx:{trans_num}")
@@ -32,4 +33,8 @@ pub fn alerted(prefix: &str, trans_num: &str) -> String {
 
 pub fn checkpoint(prefix: &str, group: &str, topic: &str, partition: i32) -> String {
     format!("{prefix}:checkpoint:{group}:{topic}:{partition}")
+}
+
+pub fn score_cache(prefix: &str, hash: &str) -> String {
+    format!("{prefix}:score:{hash}")
 }

@@ -97,6 +97,9 @@ pub struct WriteOutcome {
 pub struct Checkpoint {
     pub offset: i64,
     pub state: Vec<u8>,
+    /// The archive file holding the partition's rows since the previous checkpoint, sealed
+    /// but maybe not yet published (whoever restores the partition publishes it).
+    pub archive_file: Option<String>,
 }
 
 /// An alert as the alerts stream holds it.
@@ -130,14 +133,16 @@ impl From<&ScoredTransaction> for Alert {
 /// The store the engine writes and the API reads.
 #[derive(Clone)]
 pub enum ResultStore {
-    Redis(RedisStore),
+    Redis(Arc<RedisStore>),
     Memory(Arc<MemoryStore>),
 }
 
 impl ResultStore {
     /// Connects to Redis at `url` (`redis://127.0.0.1:6379/`).
     pub async fn redis(url: &str, retention: Retention) -> Result<Self, StoreError> {
-        Ok(Self::Redis(RedisStore::connect(url, retention).await?))
+        Ok(Self::Redis(Arc::new(
+            RedisStore::connect(url, retention).await?,
+        )))
     }
 
     /// An in-process store (nothing survives the process).
@@ -241,6 +246,29 @@ impl ResultStore {
         match self {
             Self::Redis(store) => store.load_checkpoint(group, topic, partition).await,
             Self::Memory(store) => Ok(store.load_checkpoint(group, topic, partition)),
+        }
+    }
+
+    /// Cached values under `hashes` (None where absent), in one round trip.
+    pub async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        match self {
+            Self::Redis(store) => store.cache_get(hashes).await,
+            Self::Memory(store) => Ok(store.cache_get(hashes)),
+        }
+    }
+
+    /// Caches `(hash, value)` pairs for `ttl_secs`.
+    pub async fn cache_put(
+        &self,
+        entries: &[(String, String)],
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Redis(store) => store.cache_put(entries, ttl_secs).await,
+            Self::Memory(store) => {
+                store.cache_put(entries);
+                Ok(())
+            }
         }
     }
 }

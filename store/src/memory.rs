@@ -18,7 +18,12 @@ struct Inner {
     alerted: HashSet<String>,
     alerts: VecDeque<Alert>,
     checkpoints: HashMap<(String, String, i32), Checkpoint>,
+    cache: HashMap<String, String>,
+    cache_order: VecDeque<String>,
 }
+
+/// Cached scores kept by the in-process store before the oldest are dropped.
+const MAX_CACHED: usize = 100_000;
 
 pub struct MemoryStore {
     retention: Retention,
@@ -149,6 +154,25 @@ impl MemoryStore {
         true
     }
 
+    pub fn cache_get(&self, hashes: &[String]) -> Vec<Option<String>> {
+        let inner = self.lock();
+        hashes.iter().map(|h| inner.cache.get(h).cloned()).collect()
+    }
+
+    pub fn cache_put(&self, entries: &[(String, String)]) {
+        let mut inner = self.lock();
+        for (hash, value) in entries {
+            if inner.cache.insert(hash.clone(), value.clone()).is_none() {
+                inner.cache_order.push_back(hash.clone());
+            }
+        }
+        while inner.cache_order.len() > MAX_CACHED {
+            if let Some(oldest) = inner.cache_order.pop_front() {
+                inner.cache.remove(&oldest);
+            }
+        }
+    }
+
     pub fn load_checkpoint(&self, group: &str, topic: &str, partition: i32) -> Option<Checkpoint> {
         self.lock()
             .checkpoints
@@ -199,6 +223,7 @@ mod tests {
         let at = |offset| Checkpoint {
             offset,
             state: vec![offset as u8],
+            archive_file: None,
         };
         assert!(store.save_checkpoint("g", "t", 0, &at(10)));
         assert!(!store.save_checkpoint("g", "t", 0, &at(5)));

@@ -20,13 +20,59 @@ end
 return 0
 ";
 
+/// Writes many scored transactions in one call. KEYS come in pairs (the transaction's
+/// hash, its card's list); ARGV is the TTL, the card list length, the field count n, the n
+/// field names, then n values per transaction (the first is its trans_num). A transaction
+/// whose hash is new is pushed onto its card's list; a replayed one (its fields exist
+/// already) is not, so replays change nothing. One command and one reply per chunk instead
+/// of four per row: most of a pipelined write's cost, on both sides, is per command.
+const WRITE_ROWS: &str = r"
+local ttl = ARGV[1]
+local keep = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local args = {}
+for i = 1, #KEYS / 2 do
+  local at = 3 + n + (i - 1) * n
+  for f = 1, n do
+    args[2 * f - 1] = ARGV[3 + f]
+    args[2 * f] = ARGV[at + f]
+  end
+  local hash, card = KEYS[2 * i - 1], KEYS[2 * i]
+  local added = redis.call('HSET', hash, unpack(args))
+  redis.call('EXPIRE', hash, ttl)
+  if added > 0 then
+    redis.call('LPUSH', card, ARGV[at + 1])
+    redis.call('LTRIM', card, 0, keep - 1)
+  end
+end
+return #KEYS / 2
+";
+
+/// Field names of a transaction's hash, in the order [`WRITE_ROWS`] gets the values.
+const HASH_FIELDS: [&str; 11] = [
+    "trans_num",
+    "cc_num",
+    "event_time",
+    "event_secs",
+    "category",
+    "merchant",
+    "amt",
+    "score",
+    "is_anomaly",
+    "explanation",
+    "is_fraud",
+];
+
+/// Rows per [`WRITE_ROWS`] call (keeps each script run short for other clients).
+const HASH_CHUNK: usize = 1024;
+
 /// Saves a checkpoint unless the stored one has a higher offset.
 const SAVE_CHECKPOINT: &str = r"
 local current = redis.call('HGET', KEYS[1], 'offset')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3])
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3], 'archive_file', ARGV[4])
 return 1
 ";
 
@@ -37,6 +83,7 @@ pub struct RedisStore {
     retention: Retention,
     alert_once: Script,
     save_checkpoint: Script,
+    write_rows: Script,
 }
 
 impl RedisStore {
@@ -61,7 +108,9 @@ impl RedisStore {
             retention,
             alert_once: Script::new(ALERT_ONCE),
             save_checkpoint: Script::new(SAVE_CHECKPOINT),
+            write_rows: Script::new(WRITE_ROWS),
         };
+        store.load_scripts().await?;
         store.ping().await?;
         Ok(store)
     }
@@ -89,7 +138,7 @@ impl RedisStore {
     /// Loads the Lua scripts (again after a Redis restart, which forgets them).
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        for script in [&self.alert_once, &self.save_checkpoint] {
+        for script in [&self.alert_once, &self.save_checkpoint, &self.write_rows] {
             script
                 .prepare_invoke()
                 .load_async(&mut connection)
@@ -107,51 +156,42 @@ impl RedisStore {
         let prefix = r.prefix.as_str();
         let ttl = r.ttl_secs.max(1);
         let mut pipe = redis::pipe();
-        let mut by_card: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
         let mut anomalies: Vec<(i64, &str)> = Vec::new();
-        for row in rows {
-            let key = layout::transaction(prefix, &row.trans_num);
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg("trans_num")
-                .arg(&row.trans_num)
-                .arg("cc_num")
-                .arg(row.cc_num)
-                .arg("event_time")
-                .arg(&row.event_time)
-                .arg("event_secs")
-                .arg(row.event_secs)
-                .arg("category")
-                .arg(&row.category)
-                .arg("merchant")
-                .arg(&row.merchant)
-                .arg("amt")
-                .arg(row.amt)
-                .arg("score")
-                .arg(row.score)
-                .arg("is_anomaly")
-                .arg(u8::from(row.is_anomaly))
-                .arg("explanation")
-                .arg(row.explanation.as_deref().unwrap_or(""))
-                .arg("is_fraud")
-                .arg(row.is_fraud.map_or(String::new(), |f| f.to_string()))
-                .ignore();
-            pipe.expire(&key, ttl as i64).ignore();
-            by_card
-                .entry(row.cc_num)
-                .or_default()
-                .push((row.event_secs, &row.trans_num));
-            if row.is_anomaly {
-                anomalies.push((row.event_secs, &row.trans_num));
+        for chunk in rows.chunks(HASH_CHUNK) {
+            let mut invocation = self.write_rows.prepare_invoke();
+            invocation
+                .arg(ttl)
+                .arg(r.card_history.max(1))
+                .arg(HASH_FIELDS.len());
+            for field in HASH_FIELDS {
+                invocation.arg(field);
             }
+            for row in chunk {
+                invocation
+                    .key(layout::transaction(prefix, &row.trans_num))
+                    .key(layout::card(prefix, row.cc_num))
+                    .arg(&row.trans_num)
+                    .arg(row.cc_num)
+                    .arg(&row.event_time)
+                    .arg(row.event_secs)
+                    .arg(&row.category)
+                    .arg(&row.merchant)
+                    .arg(row.amt)
+                    .arg(row.score)
+                    .arg(u8::from(row.is_anomaly))
+                    .arg(row.explanation.as_deref().unwrap_or(""))
+                    .arg(row.is_fraud.map_or(String::new(), |f| f.to_string()));
+            }
+            pipe.invoke_script(&invocation).ignore();
         }
-        for (card, members) in &by_card {
-            let key = layout::card(prefix, *card);
-            pipe.zadd_multiple(&key, members).ignore();
-            // Keep the newest `card_history` (ranks count from the oldest).
-            pipe.zremrangebyrank(&key, 0, -(r.card_history.max(1) as isize) - 1)
-                .ignore();
-            pipe.expire(&key, ttl as i64).ignore();
+        let mut cards: Vec<i64> = rows.iter().map(|r| r.cc_num).collect();
+        cards.sort_unstable();
+        cards.dedup();
+        for row in rows.iter().filter(|r| r.is_anomaly) {
+            anomalies.push((row.event_secs, &row.trans_num));
+        }
+        for card in cards {
+            pipe.expire(layout::card(prefix, card), ttl as i64).ignore();
         }
         if !anomalies.is_empty() {
             let key = layout::anomalies(prefix);
@@ -263,7 +303,7 @@ impl RedisStore {
         let key = layout::card(&self.retention.prefix, cc_num);
         let mut connection = self.connection.clone();
         let members: Vec<String> = connection
-            .zrevrange(&key, 0, limit as isize - 1)
+            .lrange(&key, 0, limit as isize - 1)
             .await
             .map_err(|e| self.error(e))?;
         self.transactions(&members).await
@@ -349,6 +389,7 @@ impl RedisStore {
             .arg(checkpoint.offset)
             .arg(checkpoint.state.as_slice())
             .arg(now_ms)
+            .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
             .invoke_async(&mut connection)
             .await
             .map_err(|e| self.error(e))?;
@@ -363,13 +404,15 @@ impl RedisStore {
     ) -> Result<Option<Checkpoint>, StoreError> {
         let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
         let mut connection = self.connection.clone();
-        let (offset, state): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("offset")
-            .arg("state")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let (offset, state, archive_file): (Option<String>, Option<Vec<u8>>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("offset")
+                .arg("state")
+                .arg("archive_file")
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
         let Some(offset) = offset else {
             return Ok(None);
         };
@@ -380,7 +423,49 @@ impl RedisStore {
         Ok(Some(Checkpoint {
             offset,
             state: state.unwrap_or_default(),
+            archive_file: archive_file.filter(|f| !f.is_empty()),
         }))
+    }
+}
+
+impl RedisStore {
+    pub async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = hashes
+            .iter()
+            .map(|h| layout::score_cache(&self.retention.prefix, h))
+            .collect();
+        let mut connection = self.connection.clone();
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    pub async fn cache_put(
+        &self,
+        entries: &[(String, String)],
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (hash, value) in entries {
+            pipe.set_ex(
+                layout::score_cache(&self.retention.prefix, hash),
+                value,
+                ttl_secs.max(1),
+            )
+            .ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
     }
 }
 

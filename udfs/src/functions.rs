@@ -124,18 +124,9 @@ impl FeatureColumns {
         })
     }
 
-    /// Rows `start..start + len` as a row-major matrix in `out`: a strided write per
-    /// column, the transpose from Arrow's columns to the tensor ONNX Runtime reads.
+    /// Rows `start..start + len` as a row-major matrix in `out`.
     fn fill(&self, start: usize, len: usize, out: &mut Vec<f32>) {
-        let width = self.columns.len();
-        out.clear();
-        out.resize(len * width, 0.0);
-        for (column, array) in self.columns.iter().enumerate() {
-            let values = &array.as_primitive::<Float32Type>().values()[start..start + len];
-            for (row, value) in values.iter().enumerate() {
-                out[row * width + column] = *value;
-            }
-        }
+        row_major(&self.columns, start, len, out);
     }
 
     /// Runs the model over every row, in runs of at most [`MAX_RUN_ROWS`], and returns
@@ -153,6 +144,22 @@ impl FeatureColumns {
 
     fn is_null(&self, row: usize) -> bool {
         self.null_rows.as_ref().is_some_and(|n| n[row])
+    }
+}
+
+/// Rows `start..start + len` of Float32 columns as one row-major matrix in `out` (cleared
+/// first): a strided write per column, the transpose from Arrow's columns to the tensor
+/// ONNX Runtime reads. Null slots carry whatever value Arrow holds there; callers decide
+/// what a null row means. Panics if a column is not Float32 or is shorter than the range.
+pub fn row_major(columns: &[ArrayRef], start: usize, len: usize, out: &mut Vec<f32>) {
+    let width = columns.len();
+    out.clear();
+    out.resize(len * width, 0.0);
+    for (column, array) in columns.iter().enumerate() {
+        let values = &array.as_primitive::<Float32Type>().values()[start..start + len];
+        for (row, value) in values.iter().enumerate() {
+            out[row * width + column] = *value;
+        }
     }
 }
 

@@ -141,6 +141,11 @@ impl JsonTransactionDecoder {
         Ok(())
     }
 
+    /// Complete rows buffered since the last flush.
+    pub fn buffered_rows(&self) -> usize {
+        self.decoder.len()
+    }
+
     /// The rows pushed since the last flush, as one batch (None when there were none).
     pub fn flush(&mut self) -> Result<Option<RecordBatch>, EngineError> {
         Ok(self.decoder.flush()?)

@@ -1,11 +1,21 @@
 //! The Parquet archive: every scored row, in rolling files that `rescore` and `sql` read.
 //!
-//! Rows go into a hidden in-progress file (`.scored-….parquet.inprogress`, which readers
-//! skip). At each checkpoint the file is finished, synced and renamed to `scored-….parquet`
-//! before the offsets it covers are committed; after a crash the unfinished file is simply
-//! abandoned and its rows, never committed, are read and archived again. So each row is in
-//! exactly one finished file.
+//! Each partition writes its own hidden in-progress file (`.scored-….parquet.inprogress`,
+//! which readers skip), so a file's rows belong to exactly one partition checkpoint. At a
+//! checkpoint, in this order:
+//!
+//! 1. [`ParquetArchive::seal`] finishes the file (footer, fsync) and renames it to the
+//!    still hidden `.scored-….parquet.sealed`;
+//! 2. the partition's checkpoint is saved, naming the sealed file;
+//! 3. [`ParquetArchive::publish`] renames it to `scored-….parquet`.
+//!
+//! A crash before 2 leaves a hidden file no checkpoint names, and its rows (not in any
+//! checkpoint) are read and archived again; in-progress leftovers are removed at start,
+//! sealed ones stay hidden. A crash between 2 and 3 leaves a sealed file the checkpoint
+//! names: whoever restores the partition publishes it ([`complete_publish`]). So each row
+//! ends up in exactly one published file.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -17,7 +27,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::EngineError;
 
-/// In-progress files older than this were left by a crashed run: removed at start.
+/// Hidden files older than this were left by a crashed run: removed at start.
 const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 /// Rows per row group: bounds the writer's memory.
 const ROW_GROUP_ROWS: usize = 65_536;
@@ -26,15 +36,30 @@ pub struct ParquetArchive {
     dir: PathBuf,
     instance: String,
     sequence: u64,
-    open: Option<OpenFile>,
+    open: HashMap<i32, OpenFile>,
     files_written: u64,
 }
 
 struct OpenFile {
     writer: ArrowWriter<File>,
-    temporary: PathBuf,
-    final_path: PathBuf,
+    name: String,
     rows: usize,
+}
+
+/// A finished file waiting for its checkpoint before it is published.
+#[derive(Debug, Clone)]
+pub struct SealedFile {
+    /// The name it is published under (in the archive folder).
+    pub name: String,
+    pub rows: usize,
+}
+
+fn in_progress(name: &str) -> String {
+    format!(".{name}.inprogress")
+}
+
+fn sealed(name: &str) -> String {
+    format!(".{name}.sealed")
 }
 
 impl ParquetArchive {
@@ -48,7 +73,7 @@ impl ParquetArchive {
             dir: dir.to_path_buf(),
             instance: instance.replace(['/', ' '], "_"),
             sequence: 0,
-            open: None,
+            open: HashMap::new(),
             files_written: 0,
         })
     }
@@ -61,33 +86,34 @@ impl ParquetArchive {
         self.files_written
     }
 
-    pub fn append(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+    /// Appends scored rows of `partition`.
+    pub fn append(&mut self, partition: i32, batch: &RecordBatch) -> Result<(), EngineError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.open.is_none() {
-            self.open = Some(self.start_file(batch)?);
+        if !self.open.contains_key(&partition) {
+            let file = self.start_file(partition, batch)?;
+            self.open.insert(partition, file);
         }
-        if let Some(open) = self.open.as_mut() {
+        if let Some(open) = self.open.get_mut(&partition) {
             open.writer.write(batch)?;
             open.rows += batch.num_rows();
         }
         Ok(())
     }
 
-    fn start_file(&mut self, batch: &RecordBatch) -> Result<OpenFile, EngineError> {
+    fn start_file(&mut self, partition: i32, batch: &RecordBatch) -> Result<OpenFile, EngineError> {
         self.sequence += 1;
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let name = format!(
-            "scored-{stamp}-{}-{:06}.parquet",
+            "scored-{stamp}-p{partition}-{}-{:06}.parquet",
             self.instance, self.sequence
         );
-        let final_path = self.dir.join(&name);
-        let temporary = self.dir.join(format!(".{name}.inprogress"));
-        let file = File::create(&temporary).map_err(|e| EngineError::Open {
-            path: temporary.clone(),
+        let path = self.dir.join(in_progress(&name));
+        let file = File::create(&path).map_err(|e| EngineError::Open {
+            path: path.clone(),
             source: e,
         })?;
         let properties = WriterProperties::builder()
@@ -97,37 +123,66 @@ impl ParquetArchive {
         let writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))?;
         Ok(OpenFile {
             writer,
-            temporary,
-            final_path,
+            name,
             rows: 0,
         })
     }
 
-    /// Finishes the open file (footer, fsync, rename) so that its rows are durable and
-    /// visible. Returns the rows it held.
-    pub fn finish_file(&mut self) -> Result<usize, EngineError> {
-        let Some(open) = self.open.take() else {
-            return Ok(0);
+    /// Finishes `partition`'s open file (footer, fsync) under a hidden sealed name.
+    pub fn seal(&mut self, partition: i32) -> Result<Option<SealedFile>, EngineError> {
+        let Some(open) = self.open.remove(&partition) else {
+            return Ok(None);
         };
         let file = open.writer.into_inner()?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&open.temporary, &open.final_path)?;
-        if let Ok(dir) = File::open(&self.dir) {
-            // Make the rename itself durable.
-            let _ = dir.sync_all();
-        }
-        self.files_written += 1;
-        Ok(open.rows)
+        std::fs::rename(
+            self.dir.join(in_progress(&open.name)),
+            self.dir.join(sealed(&open.name)),
+        )?;
+        Ok(Some(SealedFile {
+            name: open.name,
+            rows: open.rows,
+        }))
     }
 
-    /// Drops the open file without finishing it (its rows were never committed).
-    pub fn abandon(&mut self) {
-        if let Some(open) = self.open.take() {
+    /// Renames a sealed file to its visible name (after its checkpoint is saved).
+    pub fn publish(&mut self, sealed: &SealedFile) -> Result<(), EngineError> {
+        complete_publish(&self.dir, &sealed.name)?;
+        self.files_written += 1;
+        Ok(())
+    }
+
+    /// Drops `partition`'s open file without finishing it (its rows were never
+    /// checkpointed and will be read again).
+    pub fn abandon(&mut self, partition: i32) {
+        if let Some(open) = self.open.remove(&partition) {
             drop(open.writer);
-            let _ = std::fs::remove_file(&open.temporary);
+            let _ = std::fs::remove_file(self.dir.join(in_progress(&open.name)));
         }
     }
+
+    pub fn abandon_all(&mut self) {
+        let partitions: Vec<i32> = self.open.keys().copied().collect();
+        for partition in partitions {
+            self.abandon(partition);
+        }
+    }
+}
+
+/// Publishes the sealed file `name` in `dir` if it is still hidden (idempotent: a file
+/// already published, or never sealed, is left alone).
+pub fn complete_publish(dir: &Path, name: &str) -> Result<(), EngineError> {
+    let from = dir.join(sealed(name));
+    if !from.exists() {
+        return Ok(());
+    }
+    std::fs::rename(&from, dir.join(name))?;
+    if let Ok(folder) = File::open(dir) {
+        // Make the rename itself durable.
+        let _ = folder.sync_all();
+    }
+    Ok(())
 }
 
 fn remove_abandoned(dir: &Path) {

@@ -47,6 +47,10 @@ pub struct StreamConfig {
     pub retention: risksense_store::Retention,
     /// Name of this instance (archive file names, logs).
     pub instance: String,
+    /// Cards with no transaction for this long (event time) leave the per-card state.
+    pub state_idle_secs: i64,
+    /// HTTP API address (empty: no API).
+    pub http: String,
 }
 
 impl Default for StreamConfig {
@@ -69,6 +73,8 @@ impl Default for StreamConfig {
             kafka_properties: Vec::new(),
             retention: risksense_store::Retention::default(),
             instance: default_instance(),
+            state_idle_secs: 30 * 86_400,
+            http: String::new(),
         }
     }
 }
@@ -108,6 +114,16 @@ impl StreamConfig {
         if self.batch_rows == 0 || self.batch_wait_ms == 0 {
             return fail("batch_rows and batch_wait_ms must be positive".to_string());
         }
+        if self
+            .kafka_properties
+            .iter()
+            .any(|(k, v)| k == "partition.assignment.strategy" && v.contains("cooperative"))
+        {
+            return fail(
+                "cooperative rebalancing is not supported: the engine checkpoints on eager revokes"
+                    .to_string(),
+            );
+        }
         if !matches!(self.start_from.as_str(), "earliest" | "latest") {
             return fail(format!(
                 "start_from is `{}`: use earliest or latest",
@@ -145,5 +161,13 @@ mod tests {
             ..StreamConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn the_example_config_parses_and_is_valid() {
+        let text = include_str!("../../../risksense.example.toml");
+        let config: StreamConfig = toml::from_str(text).expect("risksense.example.toml parses");
+        config.validate().expect("and is valid");
+        assert_eq!(config.http, "127.0.0.1:8080");
     }
 }

@@ -24,10 +24,26 @@ pub struct Incoming {
     pub timestamp_ms: Option<i64>,
 }
 
+/// Partitions a stream may have: a row's `row_id` in the stream is
+/// `offset * PARTITION_SLOTS + partition`, its position in the topic, which orders a
+/// card's same-second rows by arrival and tells which partition a scored row came from.
+pub const PARTITION_SLOTS: i64 = 4096;
+
+/// The stream's `row_id` of a message.
+pub fn row_id(partition: i32, offset: i64) -> i64 {
+    offset * PARTITION_SLOTS + i64::from(partition)
+}
+
+/// The partition of a stream `row_id` (see [`row_id`]).
+pub fn partition_of(row_id: i64) -> i32 {
+    row_id.rem_euclid(PARTITION_SLOTS) as i32
+}
+
 /// A micro-batch's messages decoded.
 #[derive(Debug, Default)]
 pub struct Decoded {
-    /// The good rows, in the transaction schema, `row_id` set to the Kafka offset.
+    /// The good rows, in the transaction schema, `row_id` set from the message's
+    /// partition and offset ([`row_id`]).
     pub batch: Option<RecordBatch>,
     /// For each row of `batch`: the index of its message.
     pub message_of_row: Vec<usize>,
@@ -104,11 +120,16 @@ pub fn decode(messages: &[Incoming]) -> Result<Decoded, EngineError> {
 fn decode_all(messages: &[Incoming]) -> Option<Option<RecordBatch>> {
     let mut decoder =
         JsonTransactionDecoder::with_schema(MESSAGE_SCHEMA.clone(), messages.len() + 1).ok()?;
-    for message in messages {
+    for (i, message) in messages.iter().enumerate() {
         if message.payload.is_empty() {
             return None;
         }
         decoder.push(&message.payload).ok()?;
+        // Exactly one complete object per message, or the rows would shift against the
+        // messages (an empty-looking message next to one holding two objects).
+        if decoder.buffered_rows() != i + 1 {
+            return None;
+        }
     }
     let batch = decoder.flush().ok()?;
     // One object per message, or something is off (two objects in one message).
@@ -161,14 +182,16 @@ fn invalid_rows(batch: &RecordBatch) -> Vec<(usize, String)> {
     problems
 }
 
-/// The batch in the transaction schema with `row_id` = the message's Kafka offset.
+/// The batch in the transaction schema with `row_id` = the message's position.
 fn with_offsets(
     batch: &RecordBatch,
     message_of_row: &[usize],
     messages: &[Incoming],
 ) -> Result<RecordBatch, EngineError> {
     let offsets: ArrayRef = Arc::new(Int64Array::from_iter_values(
-        message_of_row.iter().map(|&m| messages[m].offset),
+        message_of_row
+            .iter()
+            .map(|&m| row_id(messages[m].partition, messages[m].offset)),
     ));
     let mut columns = batch.columns().to_vec();
     columns[idx::ROW_ID] = offsets;
@@ -193,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn good_messages_decode_in_one_pass_with_offsets_as_row_ids() {
+    fn good_messages_decode_in_one_pass_with_positions_as_row_ids() {
         let decoded = decode(&[message(7, GOOD), message(8, GOOD)]).expect("decode");
         let batch = decoded.batch.expect("rows");
         assert_eq!(batch.num_rows(), 2);
@@ -201,7 +224,8 @@ mod tests {
         let ids = batch
             .column(idx::ROW_ID)
             .as_primitive::<arrow::datatypes::Int64Type>();
-        assert_eq!(ids.values().to_vec(), vec![7, 8]);
+        assert_eq!(ids.values().to_vec(), vec![row_id(0, 7), row_id(0, 8)]);
+        assert_eq!(partition_of(row_id(3, 12345)), 3);
         assert_eq!(batch.schema(), transaction_schema());
     }
 
@@ -211,6 +235,7 @@ mod tests {
         let wrong_type = GOOD.replace(r#""amt":4.97"#, r#""amt":"a lot""#);
         let negative = GOOD.replace(r#""amt":4.97"#, r#""amt":-3.0"#);
         let two = format!("{GOOD}{GOOD}");
+        let blank = "   ";
         let messages = [
             message(0, GOOD),
             message(1, "not json at all"),
@@ -220,12 +245,13 @@ mod tests {
             message(5, ""),
             message(6, &negative),
             message(7, &two),
+            message(8, blank),
         ];
         let decoded = decode(&messages).expect("decode");
         assert_eq!(decoded.batch.expect("rows").num_rows(), 2);
         assert_eq!(decoded.message_of_row, vec![0, 3]);
         let rejected: Vec<usize> = decoded.rejected.iter().map(|(m, _)| *m).collect();
-        assert_eq!(rejected, vec![1, 2, 4, 5, 6, 7]);
+        assert_eq!(rejected, vec![1, 2, 4, 5, 6, 7, 8]);
         let reason = |m: usize| &decoded.rejected.iter().find(|(i, _)| *i == m).expect("m").1;
         assert!(reason(2).contains("amt"), "{}", reason(2));
         assert!(reason(6).contains("amt is -3"), "{}", reason(6));

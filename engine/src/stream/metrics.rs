@@ -99,6 +99,10 @@ pub struct StreamMetrics {
     pub score_ns: AtomicU64,
     pub sink_ns: AtomicU64,
     pub checkpoint_ns: AtomicU64,
+    /// Updating per-card state after the sinks.
+    pub state_ns: AtomicU64,
+    /// Polling Kafka and gathering micro-batches (including waiting for messages).
+    pub poll_ns: AtomicU64,
     /// From a message's Kafka timestamp (produce time) to its result in the store.
     pub visible_latency: LatencyHistogram,
     /// From a micro-batch's close to its results in every sink.

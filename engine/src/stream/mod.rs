@@ -7,6 +7,7 @@
 //! - [`state`]: per-card recent rows, so the stream computes the batch job's features.
 //! - [`scorer`]: the scoring plan, planned once and executed per micro-batch.
 //! - [`archive`]: rolling Parquet files finished at checkpoints.
+//! - [`live`]: the last minutes of scored rows in memory, for SQL over the stream.
 //! - [`pipeline`]: one micro-batch through every sink; checkpoints.
 //! - [`runner`]: the consumer-group loop, rebalances and shutdown.
 //! - [`metrics`]: counters and latency histograms.
@@ -14,6 +15,7 @@
 pub mod archive;
 pub mod config;
 pub mod decode;
+pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod runner;
@@ -21,5 +23,6 @@ pub mod scorer;
 pub mod state;
 
 pub use config::StreamConfig;
+pub use live::LiveWindow;
 pub use metrics::StreamMetrics;
 pub use runner::{RunOptions, RunSummary, run_stream};

@@ -2,10 +2,11 @@
 //!
 //! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → per-card
 //! context from state → the scoring plan → sinks (Redis, alerts topic, archive; retried
-//! until they hold the data) → state absorbs the batch. A checkpoint then finishes the
-//! archive file, saves every partition's state with the offset it belongs to, and commits
-//! that offset to Kafka. Results are visible in Redis as soon as a batch's sinks return;
-//! offsets are committed only at checkpoints, after everything before them is durable.
+//! until they hold the data) → state absorbs the batch. A checkpoint then, per partition,
+//! seals its archive file, saves its state with the offset it belongs to (naming the sealed
+//! file), publishes the file, and finally commits the offsets to Kafka. Results are visible
+//! in Redis as soon as a batch's sinks return; offsets are committed only at checkpoints,
+//! after everything before them is durable.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,9 +21,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use risksense_store::{Alert, Checkpoint, ResultStore};
 
-use super::archive::ParquetArchive;
+use super::archive::{ParquetArchive, complete_publish};
 use super::config::StreamConfig;
-use super::decode::{Incoming, decode};
+use super::decode::{Incoming, decode, partition_of};
 use super::metrics::StreamMetrics;
 use super::scorer::StreamScorer;
 use super::state::PartitionState;
@@ -43,9 +44,15 @@ pub struct Pipeline {
     states: HashMap<i32, PartitionState>,
     /// Per partition: the next offset to read (everything before it is in the sinks).
     next_offsets: HashMap<i32, i64>,
+    /// Partitions with rows since their last checkpoint.
+    dirty: HashSet<i32>,
+    /// Set after an error: nothing may be checkpointed any more (the process must stop and
+    /// resume from the last good checkpoint).
+    poisoned: bool,
     metrics: Arc<StreamMetrics>,
     shutdown: Arc<AtomicBool>,
     last_checkpoint: Instant,
+    live: Option<Arc<super::live::LiveWindow>>,
 }
 
 /// Why a retried step gave up.
@@ -61,6 +68,7 @@ impl Pipeline {
         producer: FutureProducer,
         metrics: Arc<StreamMetrics>,
         shutdown: Arc<AtomicBool>,
+        live: Option<Arc<super::live::LiveWindow>>,
     ) -> Result<Self, EngineError> {
         let archive = if config.archive.as_os_str().is_empty() {
             None
@@ -75,9 +83,12 @@ impl Pipeline {
             archive,
             states: HashMap::new(),
             next_offsets: HashMap::new(),
+            dirty: HashSet::new(),
+            poisoned: false,
             metrics,
             shutdown,
             last_checkpoint: Instant::now(),
+            live,
         })
     }
 
@@ -139,7 +150,12 @@ impl Pipeline {
                 .iter()
                 .map(|&m| messages[m].partition)
                 .collect();
-            match self.score(batch, &partition_of_row).await {
+            let mut attempt = self.score(batch, &partition_of_row).await;
+            if let Err(error) = &attempt {
+                tracing::warn!(%error, "scoring failed; trying once more");
+                attempt = self.score(batch, &partition_of_row).await;
+            }
+            match attempt {
                 Ok(batches) => scored = batches,
                 Err(error) => {
                     // Never crash on input: the rows go to the dead-letter topic with the
@@ -169,12 +185,15 @@ impl Pipeline {
                 .iter()
                 .map(|&m| messages[m].partition)
                 .collect();
+            let started = Instant::now();
             self.absorb(batch, &partition_of_row)?;
+            StreamMetrics::add(&self.metrics.state_ns, started.elapsed().as_nanos() as u64);
         }
         for message in &messages {
             let next = self.next_offsets.entry(message.partition).or_insert(0);
             *next = (*next).max(message.offset + 1);
             self.states.entry(message.partition).or_default();
+            self.dirty.insert(message.partition);
         }
         StreamMetrics::add(&self.metrics.batches, 1);
         self.metrics
@@ -271,10 +290,22 @@ impl Pipeline {
                     });
                 }
             }
-            self.retry("sending alerts and dead letters to Kafka", || {
-                send_all(&self.producer, &pending)
-            })
-            .await
+            // Alerts go out at least once: a batch replayed after a crash sends its alerts
+            // again (readers dedupe by trans_num; the Redis alerts stream never repeats).
+            let mut delay = Duration::from_millis(100);
+            loop {
+                pending = send_all(&self.producer, pending).await;
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                StreamMetrics::add(&self.metrics.sink_retries, 1);
+                tracing::warn!(failed = pending.len(), retry_in = ?delay, "Kafka sends failed; retrying those");
+                if self.shutdown.load(Ordering::Relaxed) {
+                    return Err(interrupted("sending alerts and dead letters to Kafka"));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         };
         let redis = async {
             self.retry("writing results to the store", || async {
@@ -297,7 +328,14 @@ impl Pipeline {
         }
         if let Some(archive) = self.archive.as_mut() {
             for batch in scored {
-                archive.append(batch)?;
+                for (partition, rows) in split_by_partition(batch)? {
+                    archive.append(partition, &rows)?;
+                }
+            }
+        }
+        if let Some(live) = &self.live {
+            for batch in scored {
+                live.push(batch.clone());
             }
         }
         StreamMetrics::add(&self.metrics.rows_scored, outcome.rows);
@@ -307,28 +345,49 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Makes everything processed so far durable: finishes the archive file, saves each
-    /// partition's state with its next offset, then commits those offsets.
+    /// Makes everything processed so far durable. Per partition with new rows: seal its
+    /// archive file, save its state and next offset naming that file, publish the file.
+    /// Then commit the offsets to Kafka.
     pub async fn checkpoint<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), EngineError> {
-        let started = Instant::now();
-        if let Some(archive) = self.archive.as_mut() {
-            archive.finish_file()?;
+        if self.poisoned {
+            tracing::warn!(
+                "not checkpointing after an error: the next run resumes from the last good checkpoint"
+            );
+            return Ok(());
         }
+        let started = Instant::now();
         let mut offsets = TopicPartitionList::new();
         let mut partitions: Vec<(i32, i64)> =
             self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
         partitions.sort();
         for (partition, offset) in &partitions {
-            let state = match self.states.get(partition) {
-                Some(state) => state.to_ipc()?,
+            offsets.add_partition_offset(
+                &self.config.topic,
+                *partition,
+                Offset::Offset(*offset),
+            )?;
+            if !self.dirty.contains(partition) {
+                continue;
+            }
+            let sealed = match self.archive.as_mut() {
+                Some(archive) => archive.seal(*partition)?,
+                None => None,
+            };
+            let horizon = self.config.state_idle_secs;
+            let state = match self.states.get_mut(partition) {
+                Some(state) => {
+                    state.evict_idle(horizon);
+                    state.to_ipc()?
+                }
                 None => PartitionState::default().to_ipc()?,
             };
             let checkpoint = Checkpoint {
                 offset: *offset,
                 state,
+                archive_file: sealed.as_ref().map(|f| f.name.clone()),
             };
             let saved = self
                 .retry("saving a checkpoint", || async {
@@ -344,17 +403,19 @@ impl Pipeline {
                 })
                 .await?;
             if !saved {
+                // Another instance owns this partition now and is further along: its rows
+                // are its own; ours past its checkpoint stay hidden.
                 tracing::warn!(
                     partition,
                     offset,
-                    "a newer checkpoint exists (another instance owns this partition now)"
+                    "a newer checkpoint exists; not publishing"
                 );
+                continue;
             }
-            offsets.add_partition_offset(
-                &self.config.topic,
-                *partition,
-                Offset::Offset(*offset),
-            )?;
+            if let (Some(archive), Some(sealed)) = (self.archive.as_mut(), sealed) {
+                archive.publish(&sealed)?;
+            }
+            self.dirty.remove(partition);
         }
         if offsets.count() > 0
             && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
@@ -385,7 +446,19 @@ impl Pipeline {
             .await?;
         match loaded {
             Some(checkpoint) => {
-                let state = PartitionState::from_ipc(&checkpoint.state)?;
+                if let (Some(archive), Some(file)) = (&self.archive, &checkpoint.archive_file) {
+                    // The previous owner may have stopped between saving and publishing.
+                    complete_publish(archive.dir(), file)?;
+                }
+                let state = match PartitionState::from_ipc(&checkpoint.state) {
+                    Ok(state) => state,
+                    Err(error) => {
+                        // Resume at the offset anyway: refusing would stop the stream for
+                        // good. Features lack history until the cards are seen again.
+                        tracing::error!(partition, %error, "checkpointed state unreadable; resuming with empty state");
+                        PartitionState::default()
+                    }
+                };
                 tracing::info!(
                     partition,
                     offset = checkpoint.offset,
@@ -406,20 +479,30 @@ impl Pipeline {
         }
     }
 
-    /// Lets go of partitions another instance now owns.
+    /// Lets go of partitions another instance now owns. Rows since their last checkpoint
+    /// (none after a successful revoke checkpoint) are dropped: the next owner reads them.
     pub fn forget(&mut self, partitions: &[i32]) {
         for partition in partitions {
             self.states.remove(partition);
             self.next_offsets.remove(partition);
+            self.dirty.remove(partition);
+            if let Some(archive) = self.archive.as_mut() {
+                archive.abandon(*partition);
+            }
         }
     }
 
-    /// Ends without a checkpoint (after an error): the unfinished archive file is dropped,
-    /// and its rows, not committed, will be read again.
+    /// Gives up everything since the last checkpoint (after an error): unfinished archive
+    /// files are dropped and nothing more is checkpointed, so a restart reads those rows
+    /// again from the last good checkpoint.
     pub fn abandon(&mut self) {
+        self.poisoned = true;
         if let Some(archive) = self.archive.as_mut() {
-            archive.abandon();
+            archive.abandon_all();
         }
+        self.states.clear();
+        self.next_offsets.clear();
+        self.dirty.clear();
     }
 
     pub fn archive_files(&self) -> u64 {
@@ -438,11 +521,14 @@ struct KafkaRecord {
     headers: Vec<(&'static str, String)>,
 }
 
-/// Sends every record and waits for every acknowledgement; fails if any failed (the
-/// whole set is sent again: consumers of these topics see at-least-once delivery).
-async fn send_all(producer: &FutureProducer, records: &[KafkaRecord]) -> Result<(), EngineError> {
+/// Dead letters larger than this are cut to it (a broker refuses messages over its
+/// `message.max.bytes`, 1 MiB by default); a header says how long the original was.
+const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
+
+/// Sends every record, waits for every acknowledgement, and returns the ones that failed.
+async fn send_all(producer: &FutureProducer, records: Vec<KafkaRecord>) -> Vec<KafkaRecord> {
     let mut deliveries = Vec::with_capacity(records.len());
-    for record in records {
+    for record in &records {
         let mut headers = OwnedHeaders::new();
         for (key, value) in &record.headers {
             headers = headers.insert(Header {
@@ -458,10 +544,51 @@ async fn send_all(producer: &FutureProducer, records: &[KafkaRecord]) -> Result<
         }
         deliveries.push(producer.send(future_record, Duration::from_secs(30)));
     }
-    for delivery in futures::future::join_all(deliveries).await {
-        if let Err((error, _)) = delivery {
-            return Err(EngineError::Kafka(error));
+    let results = futures::future::join_all(deliveries).await;
+    let mut failed = Vec::new();
+    for (mut record, result) in records.into_iter().zip(results) {
+        if let Err((error, _)) = result {
+            tracing::warn!(%error, topic = %record.topic, "send failed");
+            if matches!(
+                error,
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                )
+            ) && record.payload.len() > MAX_DEAD_LETTER_BYTES
+            {
+                record
+                    .headers
+                    .push(("risksense-truncated-from", record.payload.len().to_string()));
+                record.payload.truncate(MAX_DEAD_LETTER_BYTES);
+            }
+            failed.push(record);
         }
     }
-    Ok(())
+    failed
+}
+
+/// The rows of a scored batch grouped by the partition they came from (see
+/// [`super::decode::row_id`]).
+fn split_by_partition(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, EngineError> {
+    let ids = batch
+        .column_by_name("row_id")
+        .ok_or_else(|| EngineError::Schema("scored rows lack row_id".to_string()))?
+        .as_primitive::<Int64Type>();
+    let partitions: Vec<i32> = ids.values().iter().map(|id| partition_of(*id)).collect();
+    let Some(first) = partitions.first() else {
+        return Ok(Vec::new());
+    };
+    if partitions.iter().all(|p| p == first) {
+        return Ok(vec![(*first, batch.clone())]);
+    }
+    let distinct: HashSet<i32> = partitions.iter().copied().collect();
+    let mut out = Vec::with_capacity(distinct.len());
+    for partition in distinct {
+        let mask: BooleanArray = partitions.iter().map(|p| Some(*p == partition)).collect();
+        out.push((
+            partition,
+            arrow::compute::filter_record_batch(batch, &mask)?,
+        ));
+    }
+    Ok(out)
 }

@@ -2,9 +2,10 @@
 //! to the [`Pipeline`], checkpoints on a timer, and follows partitions across rebalances.
 //!
 //! It runs on the calling thread and drives async work through a tokio runtime handle.
-//! Rebalance callbacks run inside `poll` on this same thread, between micro-batches: a
-//! revoke checkpoints everything first (so the next owner resumes exactly there), an
-//! assign loads each partition's checkpoint and starts reading at its offset.
+//! Rebalance callbacks run inside `poll` on this same thread (between micro-batches, and
+//! when the consumer closes): a revoke checkpoints everything first (so the next owner
+//! resumes exactly there), an assign loads each partition's checkpoint and starts reading
+//! at its offset.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +35,8 @@ pub struct RunOptions {
     pub create_topics: bool,
     /// Stop once no message arrived for this long (benchmarks, tests, batch-like runs).
     pub stop_when_idle: Option<Duration>,
+    /// Where scored micro-batches are also published for live SQL (the API's `scored`).
+    pub live: Option<Arc<super::live::LiveWindow>>,
 }
 
 /// What a run did.
@@ -60,6 +63,8 @@ pub struct RunSummary {
     pub score_secs: f64,
     pub sink_secs: f64,
     pub checkpoint_secs: f64,
+    pub state_secs: f64,
+    pub poll_secs: f64,
     /// Peak resident memory of this process (VmHWM), in MiB.
     pub peak_rss_mib: f64,
 }
@@ -79,6 +84,9 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("fetch.max.bytes", "16777216"),
     ("max.partition.fetch.bytes", "4194304"),
     ("queued.max.messages.kbytes", "16384"),
+    // When the prefetch queue is full librdkafka waits this long before fetching again
+    // (1 s by default): the engine drains 16 MiB far sooner, and would sit idle.
+    ("fetch.queue.backoff.ms", "5"),
 ];
 
 /// Producer settings for alerts and dead letters: idempotent, acknowledged by all replicas,
@@ -126,6 +134,13 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut pipeline = lock(&self.pipeline);
                 for partition in &partitions {
+                    if i64::from(*partition) >= super::decode::PARTITION_SLOTS {
+                        lock(&self.failure).get_or_insert(EngineError::Config(format!(
+                            "partition {partition}: topics of more than {} partitions are not supported",
+                            super::decode::PARTITION_SLOTS
+                        )));
+                        continue;
+                    }
                     match self.runtime.block_on(pipeline.restore(*partition)) {
                         Ok(Some(offset)) => {
                             if let Err(error) = tpl.set_partition_offset(
@@ -164,7 +179,13 @@ impl ConsumerContext for GroupContext {
                 }
             }
             other => {
+                // No checkpoint is possible (the group may already have moved on): drop
+                // everything since the last one; the next owner reads it again.
                 tracing::error!(?other, "rebalance error; dropping the assignment");
+                let mut pipeline = lock(&self.pipeline);
+                let owned = pipeline.partitions();
+                pipeline.forget(&owned);
+                lock(&self.revoked).extend(owned);
                 let _ = consumer.unassign();
             }
         }
@@ -200,6 +221,7 @@ pub fn run_stream(
     let session = SessionOptions {
         target_partitions: config.sql_partitions.max(1),
         batch_size: config.batch_rows.max(1024),
+        memory_limit: None,
     };
     let scorer = runtime.block_on(StreamScorer::new(model, session))?;
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
@@ -211,6 +233,7 @@ pub fn run_stream(
         producer,
         metrics.clone(),
         shutdown.clone(),
+        options.live.clone(),
     )?));
     let context = GroupContext {
         pipeline: pipeline.clone(),
@@ -259,6 +282,7 @@ pub fn run_stream(
                 return Ok(());
             }
             // Gather a micro-batch: up to batch_rows, or batch_wait after its first message.
+            let gathering = Instant::now();
             let mut batch_deadline: Option<Instant> = None;
             while buffer.len() < config.batch_rows {
                 let wait = match batch_deadline {
@@ -306,6 +330,7 @@ pub fn run_stream(
                     break;
                 }
             }
+            StreamMetrics::add(&metrics.poll_ns, gathering.elapsed().as_nanos() as u64);
             let mut guard = lock(&pipeline);
             if !buffer.is_empty() {
                 let batch = std::mem::take(&mut buffer);
@@ -352,10 +377,14 @@ fn update_lag(
     };
     let mut lag = 0u64;
     for partition in lock(pipeline).partitions() {
-        let position = positions
+        // Before the first fetch the position is not an offset yet.
+        let Some(position) = positions
             .find_partition(topic, partition)
             .and_then(|e| e.offset().to_raw())
-            .unwrap_or(0);
+            .filter(|p| *p >= 0)
+        else {
+            continue;
+        };
         if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) {
             lag += (high - position).max(0) as u64;
         }
@@ -386,6 +415,8 @@ fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> Run
         score_secs: secs(&metrics.score_ns),
         sink_secs: secs(&metrics.sink_ns),
         checkpoint_secs: secs(&metrics.checkpoint_ns),
+        state_secs: secs(&metrics.state_ns),
+        poll_secs: secs(&metrics.poll_ns),
         peak_rss_mib: peak_rss_mib(),
     }
 }

@@ -25,8 +25,8 @@ use crate::error::EngineError;
 use crate::schema::transaction_schema;
 use crate::scoring::{SessionOptions, TRANSACTIONS, install_views, new_session};
 
-/// The query the stream runs: every scored row that is not context (context rows carry
-/// `row_id` -1; see state.rs).
+/// The query the stream runs: every scored row that is not context (context rows carry a
+/// negative `row_id`; see state.rs).
 pub const STREAM_QUERY: &str = "SELECT * FROM scored WHERE row_id >= 0";
 
 type Slot = Arc<Mutex<Vec<RecordBatch>>>;
@@ -40,6 +40,16 @@ pub struct StreamScorer {
 impl StreamScorer {
     /// Plans the scoring SQL against the model (which must fit the features).
     pub async fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self, EngineError> {
+        Self::with_query(model, options, STREAM_QUERY).await
+    }
+
+    /// Plans `query` over the features and scored views instead (e.g. `SELECT * FROM
+    /// features` for ad-hoc scoring).
+    pub async fn with_query(
+        model: Arc<Model>,
+        options: SessionOptions,
+        query: &str,
+    ) -> Result<Self, EngineError> {
         let ctx = new_session(Some(model.clone()), options)?;
         let slot: Slot = Arc::default();
         ctx.register_table(
@@ -50,11 +60,11 @@ impl StreamScorer {
             }),
         )?;
         install_views(&ctx, Some(&model)).await?;
-        let plan = ctx.sql(STREAM_QUERY).await?.create_physical_plan().await?;
+        let plan = ctx.sql(query).await?.create_physical_plan().await?;
         Ok(Self { ctx, plan, slot })
     }
 
-    /// Scores `batches` (context rows with `row_id` -1 first, then the micro-batch) and
+    /// Scores `batches` (context rows, with negative `row_id`s, then the micro-batch) and
     /// returns the scored rows of the micro-batch.
     pub async fn score(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, EngineError> {
         *self.slot.lock() = batches;
@@ -65,6 +75,11 @@ impl StreamScorer {
         };
         self.slot.lock().clear();
         Ok(result?)
+    }
+
+    /// The schema of the rows `score` returns.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.plan.schema()
     }
 
     /// The plan, for logs (`EXPLAIN`-like).

@@ -46,6 +46,8 @@ pub struct PartitionState {
     cards: HashMap<i64, VecDeque<RowRef>>,
     live_rows: usize,
     chunk_rows: usize,
+    /// Latest event time seen in the partition (seconds), the clock idle cards age by.
+    latest_secs: i64,
 }
 
 impl PartitionState {
@@ -90,6 +92,13 @@ impl PartitionState {
         let cards = rows.column(idx::CC_NUM).as_primitive::<Int64Type>().clone();
         self.chunk_rows += rows.num_rows();
         self.chunks.push(rows);
+        let times = self.chunks[chunk as usize]
+            .column(idx::TRANS_DATE_TRANS_TIME)
+            .as_primitive::<TimestampMicrosecondType>()
+            .clone();
+        if let Some(latest) = times.values().iter().max() {
+            self.latest_secs = self.latest_secs.max(latest.div_euclid(1_000_000));
+        }
         let mut touched = HashSet::new();
         for (row, card) in cards.values().iter().enumerate() {
             self.cards
@@ -149,6 +158,28 @@ impl PartitionState {
             self.live_rows -= 1;
         }
         self.cards.insert(card, rows);
+    }
+
+    /// Drops cards with no transaction in the last `horizon_secs` of the partition's event
+    /// time, so that state follows the active cards instead of every card ever seen.
+    ///
+    /// A card seen again after that is scored as new (no previous-row, 30-row or 24 h
+    /// history): the stream then differs from a batch job over the whole history for that
+    /// card's first row back. The default horizon (30 days) is where `log_secs_since_prev`
+    /// already saturates.
+    pub fn evict_idle(&mut self, horizon_secs: i64) {
+        let cutoff = self.latest_secs.saturating_sub(horizon_secs);
+        let idle: Vec<i64> = self
+            .cards
+            .iter()
+            .filter(|(_, rows)| rows.back().is_none_or(|r| self.secs(*r) < cutoff))
+            .map(|(card, _)| *card)
+            .collect();
+        for card in idle {
+            if let Some(rows) = self.cards.remove(&card) {
+                self.live_rows -= rows.len();
+            }
+        }
     }
 
     /// Rewrites the kept rows into one chunk.
@@ -270,14 +301,35 @@ mod tests {
             assert_eq!(state.cards[&card].len(), keep, "card {card}");
         }
         assert_eq!(state.rows(), expected_rows);
-        // Round trip through a checkpoint.
+        // Round trip through a checkpoint: the same rows of each card, in the same order.
         let restored = PartitionState::from_ipc(&state.to_ipc().expect("ipc")).expect("restore");
         assert_eq!(restored.rows(), state.rows());
         assert_eq!(restored.cards(), state.cards());
+        for (card, rows) in &state.cards {
+            let before: Vec<(i64, i64)> = rows
+                .iter()
+                .map(|r| (state.secs(*r), state.row_id(*r)))
+                .collect();
+            let after: Vec<(i64, i64)> = restored.cards[card]
+                .iter()
+                .map(|r| (restored.secs(*r), restored.row_id(*r)))
+                .collect();
+            assert_eq!(before, after, "card {card}");
+        }
         let all: HashSet<i64> = state.cards.keys().copied().collect();
         let context = restored.context(&all).expect("context").expect("rows");
         assert_eq!(context.num_rows(), state.rows());
         let ids = context.column(idx::ROW_ID).as_primitive::<Int64Type>();
         assert!(ids.values().iter().all(|&id| id < 0));
+
+        // Idle cards go; a horizon of a day keeps only cards seen in the last day.
+        let mut evicted = restored;
+        let latest = evicted.latest_secs;
+        evicted.evict_idle(86_400);
+        assert!(evicted.cards() < state.cards());
+        for rows in evicted.cards.values() {
+            let last = *rows.back().expect("row");
+            assert!(evicted.secs(last) >= latest - 86_400);
+        }
     }
 }

@@ -1,0 +1,270 @@
+//! `POST /v1/score`: score a JSON array of transactions with the stream's SQL and model.
+//!
+//! The features come from sql/features.sql over the posted transactions (their history is
+//! each other: a request with a card's last day of transactions gets its 24 h features).
+//! Each row's 30 model inputs are hashed with the model's fingerprint; rows whose hash is
+//! cached in the store skip the model, the others are scored in one ONNX Runtime run and
+//! cached. Repeated transactions (retries, re-checks, replays) are answered from Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use risksense_engine::scoring::{ID_COLUMNS, SessionOptions};
+use risksense_engine::stream::decode::{Incoming, PARTITION_SLOTS, decode};
+use risksense_engine::stream::scorer::StreamScorer;
+use risksense_udfs::Model;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::views::{ScoreResponse, ScoreResult};
+use crate::{ApiError, ApiState};
+
+/// The features plan (planned once) and the model's fingerprint.
+pub struct Scorer {
+    features: Mutex<StreamScorer>,
+    fingerprint: [u8; 32],
+}
+
+/// What the cache keeps per input.
+#[derive(Serialize, Deserialize)]
+struct CachedScore {
+    score: f64,
+    explanation: Option<String>,
+}
+
+impl Scorer {
+    pub async fn new(model: Arc<Model>) -> Result<Self, ApiError> {
+        let options = SessionOptions {
+            target_partitions: 1,
+            ..SessionOptions::default()
+        };
+        let features =
+            StreamScorer::with_query(model.clone(), options, "SELECT * FROM features").await?;
+        // The cache must never answer for another model: its bytes are part of every key.
+        let onnx = std::fs::read(model.dir.join("model.onnx")).map_err(|e| {
+            ApiError::internal(format!(
+                "reading {}: {e}",
+                model.dir.join("model.onnx").display()
+            ))
+        })?;
+        let fingerprint: [u8; 32] = Sha256::digest(&onnx).into();
+        Ok(Self {
+            features: Mutex::new(features),
+            fingerprint,
+        })
+    }
+
+    /// Cache key of one row of model inputs.
+    fn key(&self, inputs: &[f32]) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.fingerprint);
+        for value in inputs {
+            hasher.update(value.to_le_bytes());
+        }
+        let digest = hasher.finalize();
+        digest.iter().take(20).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Score transactions (a JSON array of objects with the Kaggle columns).
+#[utoipa::path(post, path = "/v1/score",
+    request_body(content = Vec<serde_json::Value>, description = "transactions with the Kaggle / Sparkov columns"),
+    responses((status = 200, body = ScoreResponse), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn score(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ScoreResponse>, ApiError> {
+    let body = body?;
+    let values: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON array of transactions: {e}"
+        ))
+    })?;
+    if values.is_empty() {
+        return Err(ApiError::bad_request("no transactions to score"));
+    }
+    if values.len() > state.config.max_score_rows {
+        return Err(ApiError::too_large(format!(
+            "{} transactions: at most {} per request",
+            values.len(),
+            state.config.max_score_rows
+        )));
+    }
+    let messages: Vec<Incoming> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Incoming {
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            payload: serde_json::to_vec(value).unwrap_or_default(),
+            timestamp_ms: None,
+        })
+        .collect();
+    let decoded = decode(&messages)?;
+    if !decoded.rejected.is_empty() {
+        let reasons: Vec<String> = decoded
+            .rejected
+            .iter()
+            .take(10)
+            .map(|(i, reason)| format!("transaction {i}: {reason}"))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "{} of {} transactions are invalid: {}",
+            decoded.rejected.len(),
+            values.len(),
+            reasons.join("; ")
+        )));
+    }
+    let Some(batch) = decoded.batch else {
+        return Err(ApiError::bad_request("no transactions to score"));
+    };
+    let features = state
+        .scorer
+        .features
+        .lock()
+        .await
+        .score(vec![batch])
+        .await?;
+    let rows = features_matrix(&features)?;
+
+    let keys: Vec<String> = rows.iter().map(|r| state.scorer.key(&r.inputs)).collect();
+    let cached = state.store.cache_get(&keys).await?;
+    let threshold = state.model.card.threshold;
+    let mut results: Vec<Option<ScoreResult>> = vec![None; rows.len()];
+    let mut misses = Vec::new();
+    for (i, (row, hit)) in rows.iter().zip(&cached).enumerate() {
+        match hit
+            .as_deref()
+            .and_then(|h| serde_json::from_str::<CachedScore>(h).ok())
+        {
+            Some(hit) => {
+                results[i] = Some(ScoreResult {
+                    trans_num: row.trans_num.clone(),
+                    score: hit.score,
+                    is_anomaly: hit.score >= threshold,
+                    explanation: hit.explanation,
+                    cached: true,
+                });
+            }
+            None => misses.push(i),
+        }
+    }
+    let hits = (rows.len() - misses.len()) as u64;
+    if !misses.is_empty() {
+        let width = state.model.feature_count();
+        let matrix: Vec<f32> = misses
+            .iter()
+            .flat_map(|&i| rows[i].inputs.clone())
+            .collect();
+        let model = state.model.clone();
+        let count = misses.len();
+        let (scores, errors) = tokio::task::spawn_blocking(move || {
+            let scores = model.score(&matrix, count)?;
+            let errors = model.run(&matrix, count, risksense_udfs::model::FEATURE_ERROR)?;
+            Ok::<_, risksense_udfs::model::ModelError>((scores, errors))
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut fresh = Vec::with_capacity(count);
+        for (j, &i) in misses.iter().enumerate() {
+            let score = f64::from(scores[j]);
+            let explanation = (score >= threshold).then(|| {
+                risksense_udfs::functions::explain_row(
+                    &state.model.card.features,
+                    &errors[j * width..(j + 1) * width],
+                    3,
+                )
+            });
+            let value = serde_json::to_string(&CachedScore {
+                score,
+                explanation: explanation.clone(),
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+            fresh.push((keys[i].clone(), value));
+            results[i] = Some(ScoreResult {
+                trans_num: rows[i].trans_num.clone(),
+                score,
+                is_anomaly: score >= threshold,
+                explanation,
+                cached: false,
+            });
+        }
+        state
+            .store
+            .cache_put(&fresh, state.config.cache_ttl_secs)
+            .await?;
+    }
+    state.counters.cache_hits.fetch_add(hits, Relaxed);
+    state
+        .counters
+        .cache_misses
+        .fetch_add(misses.len() as u64, Relaxed);
+    state
+        .counters
+        .scored_rows
+        .fetch_add(rows.len() as u64, Relaxed);
+    Ok(Json(ScoreResponse {
+        results: results.into_iter().flatten().collect(),
+        cache_hits: hits,
+        cache_misses: misses.len() as u64,
+        threshold,
+    }))
+}
+
+struct FeatureRow {
+    trans_num: String,
+    inputs: Vec<f32>,
+}
+
+/// The rows of the features view in request order, with their model inputs as f32.
+fn features_matrix(batches: &[RecordBatch]) -> Result<Vec<FeatureRow>, ApiError> {
+    let mut rows: Vec<(i64, FeatureRow)> = Vec::new();
+    let mut matrix = Vec::new();
+    for batch in batches {
+        let ids = batch
+            .column_by_name("row_id")
+            .ok_or_else(|| ApiError::internal("features lack row_id"))?
+            .as_primitive::<Int64Type>();
+        let trans_nums = batch
+            .column_by_name("trans_num")
+            .ok_or_else(|| ApiError::internal("features lack trans_num"))?
+            .as_string::<i32>();
+        let mut columns = Vec::new();
+        for c in ID_COLUMNS..batch.num_columns() {
+            let column = arrow::compute::cast(batch.column(c), &DataType::Float32)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if column.null_count() > 0 {
+                return Err(ApiError::bad_request(format!(
+                    "feature `{}` cannot be computed for some transactions (check their values)",
+                    batch.schema().field(c).name()
+                )));
+            }
+            columns.push(column);
+        }
+        let width = columns.len();
+        risksense_udfs::functions::row_major(&columns, 0, batch.num_rows(), &mut matrix);
+        for (i, inputs) in matrix.chunks(width.max(1)).enumerate() {
+            rows.push((
+                ids.value(i),
+                FeatureRow {
+                    trans_num: trans_nums.value(i).to_string(),
+                    inputs: inputs.to_vec(),
+                },
+            ));
+        }
+    }
+    // row_id is the position in the request (times the partition slots).
+    rows.sort_by_key(|(id, _)| id / PARTITION_SLOTS);
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
+}

@@ -1,0 +1,561 @@
+//! The HTTP API against the real Redis (`scripts/services.sh up`), in process: lookups,
+//! ad-hoc scoring with the cache, SQL limits, errors, metrics and the OpenAPI document.
+
+#[path = "../../engine/tests/common.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use risksense_api::{ApiConfig, ApiState, router};
+use risksense_engine::scoring::{self, SessionOptions};
+use risksense_engine::source::TransactionFile;
+use risksense_engine::stream::{LiveWindow, StreamMetrics};
+use risksense_store::{ResultStore, Retention, ScoredTransaction};
+use risksense_udfs::Model;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn model() -> Arc<Model> {
+    let dir = common::repo_root().join("models/default");
+    Arc::new(Model::load(&dir, risksense_udfs::SessionOptions { threads: 1 }).expect("model"))
+}
+
+fn fixture() -> RecordBatch {
+    let path = common::repo_root().join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let batches: Vec<RecordBatch> = TransactionFile::open(&path, 8192, false)
+        .expect("fixture")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    common::concat(&batches)
+}
+
+/// The fixture scored by the batch path: (scored batches, rows as the store keeps them).
+async fn scored_fixture(model: &Arc<Model>) -> (Vec<RecordBatch>, Vec<ScoredTransaction>) {
+    let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default()).expect("ctx");
+    scoring::register_batches(
+        &ctx,
+        scoring::TRANSACTIONS,
+        risksense_engine::schema::transaction_schema(),
+        vec![fixture()],
+    )
+    .expect("table");
+    scoring::install_views(&ctx, Some(model))
+        .await
+        .expect("views");
+    let batches = ctx
+        .sql("SELECT * FROM scored")
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("rows");
+    let mut rows = Vec::new();
+    for batch in &batches {
+        rows.extend(risksense_store::from_batch(batch).expect("rows"));
+    }
+    (batches, rows)
+}
+
+struct Api {
+    state: Arc<ApiState>,
+    rows: Vec<ScoredTransaction>,
+}
+
+async fn api(config: ApiConfig) -> Api {
+    let url = common::redis_url();
+    let model = model();
+    let prefix = common::unique_topic("api");
+    let store = ResultStore::redis(
+        &url,
+        Retention {
+            prefix,
+            ..Retention::default()
+        },
+    )
+    .await
+    .expect("redis");
+    let (batches, rows) = scored_fixture(&model).await;
+    store.write(&rows).await.expect("written");
+    let live = Arc::new(LiveWindow::new(Duration::from_secs(600), 1_000_000));
+    for batch in batches {
+        live.push(batch);
+    }
+    let state = ApiState::new(
+        config,
+        store,
+        model,
+        Some(live),
+        Some(Arc::new(StreamMetrics::default())),
+    )
+    .await
+    .expect("state");
+    Api { state, rows }
+}
+
+async fn call(state: &Arc<ApiState>, request: Request<Body>) -> (StatusCode, Vec<u8>, String) {
+    let response = router(state.clone())
+        .oneshot(request)
+        .await
+        .expect("response");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    (status, body, content_type)
+}
+
+async fn get(state: &Arc<ApiState>, uri: &str) -> (StatusCode, Value) {
+    let (status, body, _) = call(
+        state,
+        Request::get(uri).body(Body::empty()).expect("request"),
+    )
+    .await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn post(
+    state: &Arc<ApiState>,
+    uri: &str,
+    body: String,
+    token: Option<&str>,
+) -> (StatusCode, Vec<u8>, String) {
+    let mut request = Request::post(uri).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    call(state, request.body(Body::from(body)).expect("request")).await
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_answer_from_redis_and_unknown_ids_are_404() {
+    let Api { state, rows } = api(ApiConfig::default()).await;
+    let anomaly = rows
+        .iter()
+        .find(|r| r.is_anomaly)
+        .expect("an anomaly in the fixture");
+
+    let (status, body) = get(&state, &format!("/v1/transactions/{}", anomaly.trans_num)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["trans_num"], anomaly.trans_num);
+    assert!((body["score"].as_f64().expect("score") - anomaly.score).abs() < 1e-9);
+    assert_eq!(body["is_anomaly"], true);
+    assert!(
+        body["explanation"]
+            .as_str()
+            .expect("explanation")
+            .contains('%')
+    );
+    assert_eq!(body["event_time"], anomaly.event_time);
+
+    let (status, body) = get(&state, "/v1/transactions/no-such-transaction").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_found");
+
+    // A card's list: newest first, all of that card.
+    let card = anomaly.cc_num;
+    let expected = rows.iter().filter(|r| r.cc_num == card).count().min(50);
+    let (status, body) = get(&state, &format!("/v1/cards/{card}/transactions")).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = body["transactions"].as_array().expect("list");
+    assert_eq!(list.len(), expected);
+    let times: Vec<i64> = list
+        .iter()
+        .map(|t| t["event_secs"].as_i64().expect("secs"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "not newest first: {times:?}"
+    );
+    assert!(list.iter().all(|t| t["cc_num"] == card));
+    let (status, body) = get(&state, "/v1/cards/not-a-card/transactions").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("not-a-card")
+    );
+    let (status, _) = get(&state, "/v1/cards/42/transactions").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Anomalies: newest first, filtered by score and time.
+    let flagged: Vec<&ScoredTransaction> = rows.iter().filter(|r| r.is_anomaly).collect();
+    let (status, body) = get(&state, "/v1/anomalies?limit=1000").await;
+    assert_eq!(status, StatusCode::OK);
+    let all = body["transactions"].as_array().expect("list");
+    assert_eq!(all.len(), flagged.len());
+    let median = {
+        let mut scores: Vec<f64> = flagged.iter().map(|r| r.score).collect();
+        scores.sort_by(f64::total_cmp);
+        scores[scores.len() / 2]
+    };
+    let (_, body) = get(
+        &state,
+        &format!("/v1/anomalies?limit=1000&min_score={median}"),
+    )
+    .await;
+    let high = body["transactions"].as_array().expect("list");
+    assert_eq!(
+        high.len(),
+        flagged.iter().filter(|r| r.score >= median).count()
+    );
+    let latest = flagged.iter().map(|r| r.event_secs).max().expect("latest");
+    let (_, body) = get(&state, &format!("/v1/anomalies?since={latest}")).await;
+    assert!(
+        body["transactions"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|t| t["event_secs"].as_i64() >= Some(latest))
+    );
+    let (status, body) = get(&state, "/v1/anomalies?since=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "bad_request");
+    let (status, _) = get(&state, "/v1/anomalies?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = get(&state, "/v1/no/such/route").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_found");
+}
+
+/// The fixture's first `n` rows as the JSON objects `risksense produce` sends.
+fn transactions_json(n: usize) -> String {
+    let batch = fixture();
+    let encoder = risksense_engine::codec::json::JsonRowEncoder::new(&batch).expect("encoder");
+    let mut out = Vec::new();
+    let mut items = Vec::new();
+    for row in 0..n {
+        encoder.encode_row(row, &mut out);
+        items.push(String::from_utf8(out.clone()).expect("utf8"));
+    }
+    format!("[{}]", items.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_matches_the_batch_path_and_repeats_come_from_the_cache() {
+    let Api { state, .. } = api(ApiConfig::default()).await;
+    // Rows from the start of the fixture: each card's history is the same in the request
+    // and in the batch job over the fixture.
+    let n = 300;
+    let body = transactions_json(n);
+    let (batches, _) = {
+        let ctx = scoring::new_session(Some(state.model.clone()), SessionOptions::default())
+            .expect("ctx");
+        scoring::register_batches(
+            &ctx,
+            scoring::TRANSACTIONS,
+            risksense_engine::schema::transaction_schema(),
+            vec![fixture().slice(0, n)],
+        )
+        .expect("table");
+        scoring::install_views(&ctx, Some(&state.model))
+            .await
+            .expect("views");
+        let b = ctx
+            .sql("SELECT * FROM scored")
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("rows");
+        (b, ())
+    };
+    let mut expected = std::collections::HashMap::new();
+    for batch in &batches {
+        for row in risksense_store::from_batch(batch).expect("rows") {
+            expected.insert(row.trans_num.clone(), row);
+        }
+    }
+
+    let (status, first, _) = post(&state, "/v1/score", body.clone(), None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    let first: Value = serde_json::from_slice(&first).expect("json");
+    let results = first["results"].as_array().expect("results");
+    assert_eq!(results.len(), n);
+    assert_eq!(first["cache_misses"], n as u64);
+    for result in results {
+        let want = &expected[result["trans_num"].as_str().expect("id")];
+        let got = result["score"].as_f64().expect("score");
+        assert!(
+            (got - want.score).abs() <= 1e-6,
+            "{}: {got} vs {}",
+            want.trans_num,
+            want.score
+        );
+        assert_eq!(result["is_anomaly"], want.is_anomaly);
+        assert_eq!(result["explanation"].as_str(), want.explanation.as_deref());
+        assert_eq!(result["cached"], false);
+    }
+
+    let (status, second, _) = post(&state, "/v1/score", body, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let second: Value = serde_json::from_slice(&second).expect("json");
+    assert_eq!(second["cache_hits"], n as u64);
+    assert_eq!(second["cache_misses"], 0);
+    assert_eq!(second["results"], {
+        let mut again = first["results"].clone();
+        for r in again.as_array_mut().expect("results") {
+            r["cached"] = json!(true);
+        }
+        again
+    });
+
+    // Bad input is a 400 that says what was wrong.
+    for (body, needle) in [
+        ("not json".to_string(), "JSON array"),
+        ("[]".to_string(), "no transactions"),
+        ("[{\"amt\": 3}]".to_string(), "transaction 0"),
+        ("{\"a\": 1}".to_string(), "JSON array"),
+    ] {
+        let (status, text, _) = post(&state, "/v1/score", body.clone(), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    // Too large: 413, as JSON.
+    let huge = format!("[{}]", vec!["{}"; 1_000_000].join(","));
+    let (status, text, _) = post(&state, "/v1/score", huge, None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let text: Value = serde_json::from_slice(&text).expect("json error");
+    assert_eq!(error_code(&text), "too_large");
+
+    // The metrics count the cache.
+    let (_, metrics, _) = call(
+        &state,
+        Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    let metrics = String::from_utf8(metrics).expect("text");
+    assert!(
+        metrics.contains(&format!("risksense_score_cache_hits_total {n}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("risksense_score_cache_misses_total {n}")));
+    assert!(metrics.contains("risksense_batch_latency_seconds_bucket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_is_read_only_limited_and_speaks_json_csv_and_arrow() {
+    let Api { state, rows } = api(ApiConfig {
+        sql_max_rows: 100,
+        sql_timeout: Duration::from_millis(300),
+        ..ApiConfig::default()
+    })
+    .await;
+    let sql = |q: &str| json!({"sql": q}).to_string();
+
+    let (status, body, _) = post(
+        &state,
+        "/v1/sql",
+        sql("SELECT count(*) AS n, sum(CASE WHEN is_anomaly THEN 1 ELSE 0 END) AS a FROM scored"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["rows"][0]["n"], rows.len() as u64);
+    assert_eq!(
+        body["rows"][0]["a"],
+        rows.iter().filter(|r| r.is_anomaly).count() as u64
+    );
+    assert_eq!(body["columns"], json!(["n", "a"]));
+
+    // The row limit truncates and says so.
+    let (_, body, _) = post(&state, "/v1/sql", sql("SELECT trans_num FROM scored"), None).await;
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["rows"].as_array().expect("rows").len(), 100);
+    assert_eq!(body["truncated"], true);
+
+    // CSV and Arrow IPC.
+    let (status, body, content_type) = post(
+        &state,
+        "/v1/sql",
+        json!({"sql": "SELECT trans_num, score FROM scored LIMIT 3", "format": "csv"}).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/csv");
+    assert_eq!(String::from_utf8(body).expect("text").lines().count(), 4);
+    let (status, body, content_type) = post(
+        &state,
+        "/v1/sql",
+        json!({"sql": "SELECT trans_num, score FROM scored LIMIT 5", "format": "arrow"})
+            .to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/vnd.apache.arrow.stream");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).expect("ipc");
+    let total: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(total, 5);
+
+    // Nothing but reads.
+    for statement in [
+        "DROP TABLE scored",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO scored SELECT * FROM scored",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let (status, body, _) = post(&state, "/v1/sql", sql(statement), None).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{statement}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (status, body, _) = post(&state, "/v1/sql", sql("SELECT nope FROM scored"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("nope"));
+
+    // A query past the time limit is stopped.
+    let slow = "SELECT count(*) FROM scored a, scored b, scored c WHERE a.amt + b.amt + c.amt > 0";
+    let (status, body, _) = post(&state, "/v1/sql", sql(slow), None).await;
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // The archive is there as `history` (empty without one).
+    let (status, body, _) = post(
+        &state,
+        "/v1/sql",
+        sql("SELECT count(*) AS n FROM history"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["rows"][0]["n"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_health_and_the_openapi_document() {
+    let Api { state, .. } = api(ApiConfig {
+        token: Some("s3cret".to_string()),
+        ..ApiConfig::default()
+    })
+    .await;
+    let body = json!({"sql": "SELECT 1 AS one"}).to_string();
+    let (status, text, _) = post(&state, "/v1/sql", body.clone(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error_code(&serde_json::from_slice(&text).expect("json")),
+        "unauthorized"
+    );
+    let (status, _, _) = post(&state, "/v1/sql", body.clone(), Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = post(&state, "/v1/sql", body, Some("s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Lookups stay open.
+    let (status, _) = get(&state, "/v1/anomalies?limit=1").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, _) = get(&state, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, doc) = get(&state, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/transactions/{trans_num}",
+        "/v1/cards/{cc_num}/transactions",
+        "/v1/anomalies",
+        "/v1/score",
+        "/v1/sql",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let (status, page, content_type) = call(
+        &state,
+        Request::get("/").body(Body::empty()).expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&page).contains("/assets/chart.umd.min.js"));
+    let (status, script, _) = call(
+        &state,
+        Request::get("/assets/chart.umd.min.js")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(script.len() > 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_went_away_is_a_503_not_a_500() {
+    let _ = common::redis_url();
+    let port = 21_000 + (std::process::id() % 20_000) as u16;
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = ResultStore::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
+        .await
+        .expect("redis");
+    let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
+        .await
+        .expect("state");
+    let (status, _) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let (status, body) = get(&state, "/v1/transactions/abc").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error_code(&body), "unavailable");
+    let (status, _) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -1,0 +1,287 @@
+//! `risksense bench stream`: the streaming engine as deployed, a `risksense run` process
+//! against the real broker and Redis on this machine.
+//!
+//! 1. Throughput: the topic is filled first, then a fresh consumer group drains it; the
+//!    engine's own clock runs from its first message to its last batch in every sink.
+//! 2. Latency: the engine runs first, then the producer replays at a steady rate; each
+//!    row's latency is from its Kafka timestamp (set when produced) to its Redis write.
+//! 3. The same rows rescored as a batch job in this process, for the stream/batch ratio.
+//!
+//! Peak RSS is the engine process's VmHWM. The summary's stage times say where the time
+//! goes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arrow::record_batch::RecordBatch;
+use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
+use risksense_engine::scoring::{self, SessionOptions};
+use risksense_engine::source::TransactionFileWriter;
+
+use super::generate::SynthArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub synth: SynthArgs,
+    /// Kafka bootstrap servers (a real broker).
+    #[arg(
+        long,
+        env = "RISKSENSE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// Redis (a real one).
+    #[arg(
+        long,
+        env = "RISKSENSE_REDIS",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis: String,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Steady producer rate for the latency run, messages/s.
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+    /// Rows replayed in the latency run (at --rate).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub latency_rows: usize,
+    /// Micro-batch row bound of the engine.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_rows: usize,
+    /// Micro-batch wait bound of the engine, ms.
+    #[arg(long, default_value_t = 50)]
+    pub batch_wait_ms: u64,
+    /// Scratch folder (archives, configs).
+    #[arg(long, default_value = "target/bench")]
+    pub scratch: PathBuf,
+}
+
+struct EngineRun {
+    summary: serde_json::Value,
+}
+
+impl EngineRun {
+    fn f(&self, key: &str) -> f64 {
+        self.summary[key].as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+/// Starts `risksense run` on `topic` with a config of its own; returns the child once its
+/// partitions are assigned.
+fn start_engine(args: &StreamArgs, topic: &str, dir: &Path) -> anyhow::Result<std::process::Child> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "brokers = \"{}\"\nredis = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{topic}-bench\"\n\
+             alerts_topic = \"{topic}.alerts\"\ndead_letter_topic = \"{topic}.dlq\"\n\
+             archive = \"{}\"\nbatch_rows = {}\nbatch_wait_ms = {}\n\
+             [retention]\nprefix = \"{topic}\"\nttl_secs = 3600\n",
+            args.brokers,
+            args.redis,
+            dir.join("archive").display(),
+            args.batch_rows,
+            args.batch_wait_ms
+        ),
+    )?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--stop-when-idle", "3", "--summary-json"])
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting `risksense run`")?;
+    // Wait for "partitions assigned" on its log, then pass the log through.
+    let stderr = child.stderr.take().context("engine stderr")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("partitions assigned")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
+            }
+            if line.contains("ERROR") || line.contains("WARN") {
+                eprintln!("  engine: {line}");
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the engine did not get its partitions within 60 s")?;
+    Ok(child)
+}
+
+fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(output.status.success(), "`risksense run` failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().context("no summary from the engine")?;
+    Ok(EngineRun {
+        summary: serde_json::from_str(line).context("engine summary")?,
+    })
+}
+
+fn unique(name: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("bench-{name}-{stamp}")
+}
+
+fn produce(
+    settings: &KafkaSettings,
+    topic: &str,
+    batches: &[RecordBatch],
+    pace: Pace,
+    limit: usize,
+) -> anyhow::Result<f64> {
+    let mut producer = ReplayProducer::new(settings, topic, pace)?;
+    let mut sent = 0;
+    for batch in batches {
+        if sent >= limit {
+            break;
+        }
+        let take = batch.num_rows().min(limit - sent);
+        producer.send_batch(&batch.slice(0, take))?;
+        sent += take;
+    }
+    let stats = producer.finish(Duration::from_secs(300))?;
+    Ok(stats.messages_per_second())
+}
+
+pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    let settings = KafkaSettings::new(&args.brokers);
+    std::fs::create_dir_all(&args.scratch)?;
+    let (generator, _) = args.synth.generator()?;
+    let batches: Vec<RecordBatch> = generator.collect::<Result<_, _>>()?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    eprintln!(
+        "bench stream: {rows} generated rows, {} customers",
+        args.synth.customers
+    );
+
+    // 1. Throughput: fill, then drain.
+    let topic = unique("throughput");
+    runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
+    let produce_rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
+    eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
+    let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
+    let drained = finish_engine(engine)?;
+
+    // 2. Latency at a steady rate.
+    let topic = unique("latency");
+    runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
+    let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
+    let started = Instant::now();
+    let sent_rate = produce(
+        &settings,
+        &topic,
+        &batches,
+        Pace::PerSecond(args.rate),
+        args.latency_rows,
+    )?;
+    eprintln!(
+        "  replayed {} rows at {sent_rate:.0} msg/s in {:.1} s",
+        args.latency_rows.min(rows),
+        started.elapsed().as_secs_f64()
+    );
+    let steady = finish_engine(engine)?;
+
+    // 3. The same rows as a batch job (rescore from Parquet, in this process).
+    let parquet = args.scratch.join("bench-stream-history.parquet");
+    let mut writer = TransactionFileWriter::create(&parquet)?;
+    for batch in &batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    let out = args.scratch.join(unique("rescored"));
+    let model = super::model::ModelArgs {
+        model: None,
+        model_threads: 1,
+        no_model: false,
+    }
+    .load()?;
+    let batch_secs = runtime.block_on(async {
+        let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+        scoring::register_files(&ctx, scoring::TRANSACTIONS, std::slice::from_ref(&parquet))
+            .await?;
+        scoring::install_views(&ctx, Some(&model)).await?;
+        let started = Instant::now();
+        scoring::write_scored(&ctx, &out).await?;
+        Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
+    })?;
+    let batch_rate = rows as f64 / batch_secs;
+
+    let busy = drained.f("decode_secs")
+        + drained.f("score_secs")
+        + drained.f("sink_secs")
+        + drained.f("checkpoint_secs");
+    let share = |key: &str| 100.0 * drained.f(key) / busy.max(1e-9);
+    println!("Machine: {}", super::bench::machine());
+    println!(
+        "Data: {rows} generated rows ({} customers, {} .. {}), topics of {} partitions; engine batches of {} rows / {} ms; broker, Redis and engine on this machine.\n",
+        args.synth.customers,
+        args.synth.start,
+        args.synth.end,
+        args.partitions,
+        args.batch_rows,
+        args.batch_wait_ms
+    );
+    println!("| measurement | value | target |");
+    println!("|---|---:|---:|");
+    println!(
+        "| sustained throughput, Kafka -> Redis + alerts + archive ({} msgs drained) | {:.0} tx/s | >= 300,000 |",
+        drained.f("messages"),
+        drained.f("messages_per_sec")
+    );
+    println!(
+        "| same rows rescored as a batch job (Parquet -> Parquet) | {batch_rate:.0} rows/s | |"
+    );
+    println!(
+        "| stream / batch ratio | {:.2} | |",
+        drained.f("messages_per_sec") / batch_rate
+    );
+    println!(
+        "| produce -> visible in Redis at {} msg/s: p50 / p99 | {} / {} ms | p99 <= 100 ms |",
+        args.rate,
+        drained_or(&steady, "visible_p50_ms"),
+        drained_or(&steady, "visible_p99_ms")
+    );
+    println!(
+        "| micro-batch close -> all sinks at {} msg/s: p99 | {} ms | |",
+        args.rate,
+        drained_or(&steady, "batch_p99_ms")
+    );
+    println!(
+        "| engine peak RSS (drain / steady) | {:.0} / {:.0} MiB | <= 300 MiB |",
+        drained.f("peak_rss_mib"),
+        steady.f("peak_rss_mib")
+    );
+    println!(
+        "\nWhere the drain's time went: decode {:.0} %, state + SQL + model {:.0} %, sinks {:.0} %, checkpoints {:.0} % ({:.1} s busy in {:.1} s).",
+        share("decode_secs"),
+        share("score_secs"),
+        share("sink_secs"),
+        share("checkpoint_secs"),
+        busy,
+        drained.f("elapsed_secs")
+    );
+    Ok(())
+}
+
+fn drained_or(run: &EngineRun, key: &str) -> String {
+    run.summary[key]
+        .as_u64()
+        .map_or_else(|| "?".to_string(), |v| v.to_string())
+}
