@@ -10,6 +10,11 @@
 -- by event time (the last 24 hours; the 30 transactions before this one), so the stream can
 -- reproduce it exactly from the rows it keeps per card.
 CREATE OR REPLACE VIEW features AS
+-- Only what the windows need is computed before them; every other feature is computed
+-- after them (in the last SELECT), so a query that keeps some rows only (the stream keeps
+-- the micro-batch, not the per-card history it runs with) computes those for kept rows.
+-- The windows may read only row_id, trans_date_trans_time, cc_num and amt: of earlier
+-- rows, the stream keeps just those (engine/src/stream/state.rs; the parity tests check).
 WITH base AS (
   SELECT
     row_id,
@@ -21,16 +26,16 @@ WITH base AS (
     amt,
     merchant,
     is_fraud,
-    CAST(date_part('epoch', trans_date_trans_time) AS BIGINT) AS event_secs,
-    date_part('hour', trans_date_trans_time) + date_part('minute', trans_date_trans_time) / 60.0 AS hour_of_day,
-    date_part('dow', trans_date_trans_time) AS day_of_week,
-    CASE WHEN date_part('hour', trans_date_trans_time) >= 22
-           OR date_part('hour', trans_date_trans_time) < 4 THEN 1.0 ELSE 0.0 END AS is_night,
-    (date_part('epoch', trans_date_trans_time) - date_part('epoch', CAST(dob AS TIMESTAMP)))
-      / 31557600.0 AS age_years,
-    haversine(lat, long, merch_lat, merch_long) AS distance_km,
+    dob,
+    lat,
+    long,
+    merch_lat,
+    merch_long,
     city_pop,
-    gender
+    gender,
+    CAST(date_part('epoch', trans_date_trans_time) AS BIGINT) AS event_secs,
+    CASE WHEN date_part('hour', trans_date_trans_time) >= 22
+           OR date_part('hour', trans_date_trans_time) < 4 THEN 1.0 ELSE 0.0 END AS is_night
   FROM transactions
 ),
 history AS (
@@ -81,13 +86,14 @@ SELECT
   CAST(category = 'shopping_pos' AS DOUBLE) AS cat_shopping_pos,
   CAST(category = 'travel' AS DOUBLE) AS cat_travel,
   -- time of day and week, on the circle
-  sin(2.0 * pi() * hour_of_day / 24.0) AS hour_sin,
-  cos(2.0 * pi() * hour_of_day / 24.0) AS hour_cos,
-  sin(2.0 * pi() * day_of_week / 7.0) AS dow_sin,
-  cos(2.0 * pi() * day_of_week / 7.0) AS dow_cos,
+  sin(2.0 * pi() * (date_part('hour', trans_date_trans_time) + date_part('minute', trans_date_trans_time) / 60.0) / 24.0) AS hour_sin,
+  cos(2.0 * pi() * (date_part('hour', trans_date_trans_time) + date_part('minute', trans_date_trans_time) / 60.0) / 24.0) AS hour_cos,
+  sin(2.0 * pi() * date_part('dow', trans_date_trans_time) / 7.0) AS dow_sin,
+  cos(2.0 * pi() * date_part('dow', trans_date_trans_time) / 7.0) AS dow_cos,
   -- cardholder and place
-  age_years,
-  ln(1.0 + distance_km) AS log_distance_km,
+  (date_part('epoch', trans_date_trans_time) - date_part('epoch', CAST(dob AS TIMESTAMP)))
+    / 31557600.0 AS age_years,
+  ln(1.0 + haversine(lat, long, merch_lat, merch_long)) AS log_distance_km,
   ln(1.0 + CAST(city_pop AS DOUBLE)) AS log_city_pop,
   CAST(gender = 'F' AS DOUBLE) AS is_female,
   -- the card's recent history

@@ -88,6 +88,15 @@ fn redis_store(runtime: &tokio::runtime::Runtime, url: &str, config: &StreamConf
 
 /// Runs the engine until it has been idle for `idle`.
 fn run_until_idle(config: StreamConfig, store: ResultStore, idle: Duration) -> RunSummary {
+    run_with_metrics(config, store, idle, Arc::new(StreamMetrics::default()))
+}
+
+fn run_with_metrics(
+    config: StreamConfig,
+    store: ResultStore,
+    idle: Duration,
+    metrics: Arc<StreamMetrics>,
+) -> RunSummary {
     let runtime = runtime();
     run_stream(
         config,
@@ -95,7 +104,7 @@ fn run_until_idle(config: StreamConfig, store: ResultStore, idle: Duration) -> R
         store,
         runtime.handle(),
         Arc::new(AtomicBool::new(false)),
-        Arc::new(StreamMetrics::default()),
+        metrics,
         RunOptions {
             create_topics: true,
             stop_when_idle: Some(idle),
@@ -448,7 +457,10 @@ fn two_instances_in_one_group_share_the_partitions_and_keep_parity() {
     produce(&runtime, &topic, 4, &rows);
     let archive = scratch("group");
     let base = StreamConfig {
-        batch_rows: 1000,
+        // Small micro-batches keep the first instance busy long enough for the second to
+        // join mid-stream: a real rebalance, with state handed over through checkpoints.
+        batch_rows: 250,
+        batch_wait_ms: 20,
         ..config(&topic, &archive)
     };
     let mut handles = Vec::new();
@@ -458,11 +470,18 @@ fn two_instances_in_one_group_share_the_partitions_and_keep_parity() {
             ..base.clone()
         };
         let store = redis_store(&runtime, &url, &config);
+        let metrics = Arc::new(StreamMetrics::default());
+        let watched = metrics.clone();
         handles.push(std::thread::spawn(move || {
-            run_until_idle(config, store, Duration::from_secs(6))
+            run_with_metrics(config, store, Duration::from_secs(6), metrics)
         }));
-        // The second joins while the first is running: a real rebalance.
-        std::thread::sleep(Duration::from_millis(1500));
+        // The second joins once the first has scored some rows, long before it is done.
+        let started = std::time::Instant::now();
+        while StreamMetrics::get(&watched.rows_scored) < 2000
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let summaries: Vec<RunSummary> = handles
         .into_iter()

@@ -4,7 +4,7 @@
 //! | key                                  | type   | holds                                             |
 //! |--------------------------------------|--------|---------------------------------------------------|
 //! | `{p}:tx:{trans_num}`                 | hash   | a scored transaction (TTL)                        |
-//! | `{p}:card:{cc_num}`                  | list   | the card's recent trans_nums, newest first (TTL)  |
+//! | `{p}:card:{cc_num}`                  | zset   | the card's recent trans_nums by event time (TTL)  |
 //! | `{p}:anomalies`                      | zset   | anomalous trans_nums by event time (capped)       |
 //! | `{p}:alerts`                         | stream | one entry per anomaly (capped)                    |
 //! | `{p}:alerted:{trans_num}`            | string | marks an alert as emitted, so replays add none    |

@@ -30,7 +30,7 @@ use crate::error::EngineError;
 /// Hidden files older than this were left by a crashed run: removed at start.
 const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 /// Rows per row group: bounds the writer's memory.
-const ROW_GROUP_ROWS: usize = 65_536;
+const ROW_GROUP_ROWS: usize = 16_384;
 
 pub struct ParquetArchive {
     dir: PathBuf,

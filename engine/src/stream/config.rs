@@ -69,7 +69,7 @@ impl Default for StreamConfig {
             checkpoint_interval_ms: 5000,
             start_from: "earliest".to_string(),
             model_threads: 1,
-            sql_partitions: 2,
+            sql_partitions: 1,
             kafka_properties: Vec::new(),
             retention: risksense_store::Retention::default(),
             instance: default_instance(),

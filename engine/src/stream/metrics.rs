@@ -99,6 +99,8 @@ pub struct StreamMetrics {
     pub score_ns: AtomicU64,
     pub sink_ns: AtomicU64,
     pub checkpoint_ns: AtomicU64,
+    /// Redis and Kafka writes (a task overlapping the next micro-batch).
+    pub remote_sink_ns: AtomicU64,
     /// Updating per-card state after the sinks.
     pub state_ns: AtomicU64,
     /// Polling Kafka and gathering micro-batches (including waiting for messages).

@@ -53,6 +53,9 @@ pub struct Pipeline {
     shutdown: Arc<AtomicBool>,
     last_checkpoint: Instant,
     live: Option<Arc<super::live::LiveWindow>>,
+    /// The previous micro-batch's Redis and Kafka writes, still running while this one is
+    /// scored (at most one: writes stay in batch order).
+    in_flight: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
 }
 
 /// Why a retried step gave up.
@@ -89,6 +92,7 @@ impl Pipeline {
             shutdown,
             last_checkpoint: Instant::now(),
             live,
+            in_flight: None,
         })
     }
 
@@ -106,28 +110,22 @@ impl Pipeline {
         self.states.values().map(|s| s.rows()).sum()
     }
 
-    /// Retries `step` with backoff (100 ms doubling to 5 s) until it succeeds or the
-    /// engine is asked to stop: an outage pauses the stream, it never drops data.
-    async fn retry<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T, EngineError>
+    async fn retry<T, F, Fut>(&self, what: &str, step: F) -> Result<T, EngineError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, EngineError>>,
     {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match step().await {
-                Ok(value) => return Ok(value),
-                Err(error) => {
-                    StreamMetrics::add(&self.metrics.sink_retries, 1);
-                    tracing::warn!(%error, retry_in = ?delay, "{what} failed; retrying");
-                    if self.shutdown.load(Ordering::Relaxed) {
-                        return Err(interrupted(what));
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        retry(&self.metrics, &self.shutdown, what, step).await
+    }
+
+    /// Waits for the previous micro-batch's Redis and Kafka writes.
+    async fn wait_in_flight(&mut self) -> Result<(), EngineError> {
+        if let Some(handle) = self.in_flight.take() {
+            handle
+                .await
+                .map_err(|e| EngineError::State(format!("sink task failed: {e}")))??;
         }
+        Ok(())
     }
 
     /// Scores one micro-batch and writes it to every sink.
@@ -173,7 +171,7 @@ impl Pipeline {
         }
 
         let started = Instant::now();
-        self.write_sinks(&messages, &dead, &scored).await?;
+        self.write_sinks(&messages, &dead, &scored, closed_at).await?;
         StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
 
         // The batch is in every sink: its rows become history, its offsets progress.
@@ -196,9 +194,7 @@ impl Pipeline {
             self.dirty.insert(message.partition);
         }
         StreamMetrics::add(&self.metrics.batches, 1);
-        self.metrics
-            .batch_latency
-            .record(closed_at.elapsed().as_millis() as u64, 1);
+        StreamMetrics::add(&self.metrics.dead_letters, dead.len() as u64);
         Ok(())
     }
 
@@ -244,25 +240,32 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Local sinks (archive, live window) now; Redis and Kafka in a task that runs while
+    /// the next micro-batch is scored, after the previous batch's task has finished.
     async fn write_sinks(
         &mut self,
         messages: &[Incoming],
         dead: &[(usize, String)],
         scored: &[RecordBatch],
+        closed_at: Instant,
     ) -> Result<(), EngineError> {
-        let mut rows = Vec::new();
-        for batch in scored {
-            rows.extend(risksense_store::from_batch(batch)?);
+        if let Some(archive) = self.archive.as_mut() {
+            for batch in scored {
+                for (partition, rows) in split_by_partition(batch)? {
+                    archive.append(partition, &rows)?;
+                }
+            }
         }
-        let anomalies: Vec<&risksense_store::ScoredTransaction> =
-            rows.iter().filter(|r| r.is_anomaly).collect();
-
-        // Kafka (dead letters and alerts) and Redis at the same time.
-        let kafka = async {
-            let mut pending: Vec<KafkaRecord> = Vec::new();
-            for (m, reason) in dead {
+        if let Some(live) = &self.live {
+            for batch in scored {
+                live.push(batch.clone());
+            }
+        }
+        let dead_letters: Vec<KafkaRecord> = dead
+            .iter()
+            .map(|(m, reason)| {
                 let message = &messages[*m];
-                pending.push(KafkaRecord {
+                KafkaRecord {
                     topic: self.config.dead_letter_topic.clone(),
                     key: message.key.clone(),
                     payload: message.payload.clone(),
@@ -276,72 +279,25 @@ impl Pipeline {
                             ),
                         ),
                     ],
-                });
-            }
-            if !self.config.alerts_topic.is_empty() {
-                for row in &anomalies {
-                    let payload = serde_json::to_vec(&Alert::from(*row))
-                        .map_err(|e| EngineError::Decode(e.to_string()))?;
-                    pending.push(KafkaRecord {
-                        topic: self.config.alerts_topic.clone(),
-                        key: Some(row.cc_num.to_string().into_bytes()),
-                        payload,
-                        headers: Vec::new(),
-                    });
                 }
-            }
-            // Alerts go out at least once: a batch replayed after a crash sends its alerts
-            // again (readers dedupe by trans_num; the Redis alerts stream never repeats).
-            let mut delay = Duration::from_millis(100);
-            loop {
-                pending = send_all(&self.producer, pending).await;
-                if pending.is_empty() {
-                    return Ok(());
-                }
-                StreamMetrics::add(&self.metrics.sink_retries, 1);
-                tracing::warn!(failed = pending.len(), retry_in = ?delay, "Kafka sends failed; retrying those");
-                if self.shutdown.load(Ordering::Relaxed) {
-                    return Err(interrupted("sending alerts and dead letters to Kafka"));
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        };
-        let redis = async {
-            self.retry("writing results to the store", || async {
-                Ok(self.store.write(&rows).await?)
             })
-            .await
+            .collect();
+        let produced_ms: Vec<i64> = messages.iter().filter_map(|m| m.timestamp_ms).collect();
+        self.wait_in_flight().await?;
+        let task = RemoteSinks {
+            store: self.store.clone(),
+            producer: self.producer.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            alerts_topic: self.config.alerts_topic.clone(),
         };
-        let (kafka, outcome) = tokio::join!(kafka, redis);
-        kafka?;
-        let outcome = outcome?;
-        let visible_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        for message in messages {
-            if let Some(produced) = message.timestamp_ms {
-                self.metrics
-                    .visible_latency
-                    .record(visible_ms.saturating_sub(produced).max(0) as u64, 1);
-            }
-        }
-        if let Some(archive) = self.archive.as_mut() {
-            for batch in scored {
-                for (partition, rows) in split_by_partition(batch)? {
-                    archive.append(partition, &rows)?;
-                }
-            }
-        }
-        if let Some(live) = &self.live {
-            for batch in scored {
-                live.push(batch.clone());
-            }
-        }
-        StreamMetrics::add(&self.metrics.rows_scored, outcome.rows);
-        StreamMetrics::add(&self.metrics.anomalies, outcome.anomalies);
-        StreamMetrics::add(&self.metrics.new_alerts, outcome.new_alerts);
-        StreamMetrics::add(&self.metrics.dead_letters, dead.len() as u64);
+        let scored = scored.to_vec();
+        self.in_flight = Some(tokio::spawn(task.write(
+            scored,
+            dead_letters,
+            produced_ms,
+            closed_at,
+        )));
         Ok(())
     }
 
@@ -359,6 +315,11 @@ impl Pipeline {
             return Ok(());
         }
         let started = Instant::now();
+        // Everything before the offsets below must be in Redis and Kafka first.
+        if let Err(error) = self.wait_in_flight().await {
+            self.abandon();
+            return Err(error);
+        }
         let mut offsets = TopicPartitionList::new();
         let mut partitions: Vec<(i32, i64)> =
             self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
@@ -497,6 +458,9 @@ impl Pipeline {
     /// again from the last good checkpoint.
     pub fn abandon(&mut self) {
         self.poisoned = true;
+        if let Some(handle) = self.in_flight.take() {
+            handle.abort();
+        }
         if let Some(archive) = self.archive.as_mut() {
             archive.abandon_all();
         }
@@ -511,6 +475,114 @@ impl Pipeline {
 
     pub fn store(&self) -> &ResultStore {
         &self.store
+    }
+}
+
+/// Retries `step` with backoff (100 ms doubling to 5 s) until it succeeds or the engine is
+/// asked to stop: an outage pauses the stream, it never drops data.
+async fn retry<T, F, Fut>(
+    metrics: &StreamMetrics,
+    shutdown: &AtomicBool,
+    what: &str,
+    mut step: F,
+) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                StreamMetrics::add(&metrics.sink_retries, 1);
+                tracing::warn!(%error, retry_in = ?delay, "{what} failed; retrying");
+                if shutdown.load(Ordering::Relaxed) {
+                    return Err(interrupted(what));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The Redis and Kafka half of a micro-batch's sinks, run as a task.
+struct RemoteSinks {
+    store: ResultStore,
+    producer: FutureProducer,
+    metrics: Arc<StreamMetrics>,
+    shutdown: Arc<AtomicBool>,
+    alerts_topic: String,
+}
+
+impl RemoteSinks {
+    async fn write(
+        self,
+        scored: Vec<RecordBatch>,
+        dead_letters: Vec<KafkaRecord>,
+        produced_ms: Vec<i64>,
+        closed_at: Instant,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let mut rows = Vec::new();
+        for batch in &scored {
+            rows.extend(risksense_store::from_batch(batch)?);
+        }
+        let mut pending = dead_letters;
+        if !self.alerts_topic.is_empty() {
+            for row in rows.iter().filter(|r| r.is_anomaly) {
+                let payload = serde_json::to_vec(&Alert::from(row))
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                pending.push(KafkaRecord {
+                    topic: self.alerts_topic.clone(),
+                    key: Some(row.cc_num.to_string().into_bytes()),
+                    payload,
+                    headers: Vec::new(),
+                });
+            }
+        }
+        // Kafka (dead letters and alerts) and Redis at the same time. Alerts go out at
+        // least once: a batch replayed after a crash sends its alerts again (readers dedupe
+        // by trans_num; the Redis alerts stream never repeats).
+        let kafka = async {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                pending = send_all(&self.producer, pending).await;
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                StreamMetrics::add(&self.metrics.sink_retries, 1);
+                tracing::warn!(failed = pending.len(), retry_in = ?delay, "Kafka sends failed; retrying those");
+                if self.shutdown.load(Ordering::Relaxed) {
+                    return Err(interrupted("sending alerts and dead letters to Kafka"));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        };
+        let redis = retry(&self.metrics, &self.shutdown, "writing results to the store", || async {
+            Ok(self.store.write(&rows).await?)
+        });
+        let (kafka, outcome) = tokio::join!(kafka, redis);
+        kafka?;
+        let outcome = outcome?;
+        let visible_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for produced in produced_ms {
+            self.metrics
+                .visible_latency
+                .record(visible_ms.saturating_sub(produced).max(0) as u64, 1);
+        }
+        self.metrics
+            .batch_latency
+            .record(closed_at.elapsed().as_millis() as u64, 1);
+        StreamMetrics::add(&self.metrics.rows_scored, outcome.rows);
+        StreamMetrics::add(&self.metrics.anomalies, outcome.anomalies);
+        StreamMetrics::add(&self.metrics.new_alerts, outcome.new_alerts);
+        StreamMetrics::add(&self.metrics.remote_sink_ns, started.elapsed().as_nanos() as u64);
+        Ok(())
     }
 }
 

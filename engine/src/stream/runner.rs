@@ -65,6 +65,8 @@ pub struct RunSummary {
     pub checkpoint_secs: f64,
     pub state_secs: f64,
     pub poll_secs: f64,
+    /// Redis + Kafka writes, overlapping the next micro-batch's work.
+    pub remote_sink_secs: f64,
     /// Peak resident memory of this process (VmHWM), in MiB.
     pub peak_rss_mib: f64,
 }
@@ -83,7 +85,7 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("fetch.wait.max.ms", "10"),
     ("fetch.max.bytes", "16777216"),
     ("max.partition.fetch.bytes", "4194304"),
-    ("queued.max.messages.kbytes", "16384"),
+    ("queued.max.messages.kbytes", "4096"),
     // When the prefetch queue is full librdkafka waits this long before fetching again
     // (1 s by default): the engine drains 16 MiB far sooner, and would sit idle.
     ("fetch.queue.backoff.ms", "5"),
@@ -417,6 +419,7 @@ fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> Run
         checkpoint_secs: secs(&metrics.checkpoint_ns),
         state_secs: secs(&metrics.state_ns),
         poll_secs: secs(&metrics.poll_ns),
+        remote_sink_secs: secs(&metrics.remote_sink_ns),
         peak_rss_mib: peak_rss_mib(),
     }
 }

@@ -7,16 +7,24 @@
 //! rows, exactly what a batch job over the whole history gets, as long as a card's
 //! transactions arrive in event-time order (one card is one Kafka key, so one partition).
 //!
-//! Rows are kept whole, in the transaction schema, so whatever the SQL reads of earlier
-//! rows is there. They live in append-only Arrow chunks (one per micro-batch) and each card
-//! holds references into them; chunks are compacted once most of their rows have expired.
+//! Of earlier rows the windows read only `row_id`, the event time, the card and the amount
+//! (features.sql computes every other feature after its windows, so only for the rows a
+//! query keeps): state keeps just those four columns, and fills the others with
+//! placeholders when it hands rows to the SQL. Rows live in append-only Arrow chunks (one
+//! per micro-batch) and each card holds references into them; chunks are compacted once
+//! most of their rows have expired. The parity tests (engine/tests/stream.rs) fail if the
+//! SQL starts reading another column of earlier rows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::array::{
+    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
+};
+use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::compute::interleave_record_batch;
-use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 
 use crate::error::EngineError;
 use crate::schema::{idx, transaction_schema};
@@ -34,6 +42,61 @@ mod udfs_window {
 /// Added to a history row's `row_id` (a Kafka offset, below 2^62) in a micro-batch's
 /// context: the stream's query scores only rows with `row_id >= 0`.
 pub const CONTEXT_ROW_ID_SHIFT: i64 = i64::MIN / 2;
+
+/// The columns of earlier rows the windows read, in the order state keeps them.
+const HISTORY_COLUMNS: [usize; 4] = [idx::ROW_ID, idx::TRANS_DATE_TRANS_TIME, idx::CC_NUM, idx::AMT];
+/// Their positions in a kept chunk.
+mod kept {
+    pub const ROW_ID: usize = 0;
+    pub const TIME: usize = 1;
+    pub const CC_NUM: usize = 2;
+}
+
+static KEPT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(
+        transaction_schema()
+            .project(&HISTORY_COLUMNS)
+            .expect("history columns are in the schema"),
+    )
+});
+
+/// A column of `rows` zeros / empty strings: stands in for a column the SQL does not read
+/// of history rows (the schema's columns are non-nullable, so not nulls).
+fn placeholder(data_type: &DataType, rows: usize) -> Result<ArrayRef, EngineError> {
+    Ok(match data_type {
+        DataType::Utf8 => Arc::new(StringArray::new(
+            OffsetBuffer::new_zeroed(rows),
+            Buffer::from_vec(Vec::<u8>::new()),
+            None,
+        )),
+        DataType::Int64 => Arc::new(Int64Array::from_value(0, rows)),
+        DataType::Int32 => Arc::new(Int32Array::from_value(0, rows)),
+        DataType::Float64 => Arc::new(Float64Array::from_value(0.0, rows)),
+        DataType::Date32 => Arc::new(Date32Array::from_value(0, rows)),
+        DataType::Timestamp(TimeUnit::Microsecond, None) => {
+            Arc::new(TimestampMicrosecondArray::from_value(0, rows))
+        }
+        other => {
+            return Err(EngineError::State(format!(
+                "no placeholder for a {other} column"
+            )));
+        }
+    })
+}
+
+/// Kept rows back in the transaction schema (placeholders for the columns not kept).
+fn widen(kept_rows: &RecordBatch) -> Result<RecordBatch, EngineError> {
+    let schema = transaction_schema();
+    let rows = kept_rows.num_rows();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (i, field) in schema.fields().iter().enumerate() {
+        match HISTORY_COLUMNS.iter().position(|c| *c == i) {
+            Some(k) => columns.push(kept_rows.column(k).clone()),
+            None => columns.push(placeholder(field.data_type(), rows)?),
+        }
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
 
 /// Where a kept row is: (chunk, row in chunk).
 type RowRef = (u32, u32);
@@ -72,7 +135,7 @@ impl PartitionState {
             return Ok(None);
         }
         let chunks: Vec<&RecordBatch> = self.chunks.iter().collect();
-        let rows = interleave_record_batch(&chunks, &refs)?;
+        let rows = widen(&interleave_record_batch(&chunks, &refs)?)?;
         let mut columns = rows.columns().to_vec();
         let shifted: Int64Array = rows
             .column(idx::ROW_ID)
@@ -82,18 +145,23 @@ impl PartitionState {
         Ok(Some(RecordBatch::try_new(transaction_schema(), columns)?))
     }
 
-    /// Adds scored rows (all of this partition) and lets go of what no future row needs.
+    /// Adds scored rows (all of this partition, in the transaction schema) and lets go of
+    /// what no future row needs.
     pub fn absorb(&mut self, rows: RecordBatch) -> Result<(), EngineError> {
+        self.absorb_kept(rows.project(&HISTORY_COLUMNS)?)
+    }
+
+    fn absorb_kept(&mut self, rows: RecordBatch) -> Result<(), EngineError> {
         if rows.num_rows() == 0 {
             return Ok(());
         }
         let chunk = u32::try_from(self.chunks.len())
             .map_err(|_| EngineError::State("too many state chunks".to_string()))?;
-        let cards = rows.column(idx::CC_NUM).as_primitive::<Int64Type>().clone();
+        let cards = rows.column(kept::CC_NUM).as_primitive::<Int64Type>().clone();
         self.chunk_rows += rows.num_rows();
         self.chunks.push(rows);
         let times = self.chunks[chunk as usize]
-            .column(idx::TRANS_DATE_TRANS_TIME)
+            .column(kept::TIME)
             .as_primitive::<TimestampMicrosecondType>()
             .clone();
         if let Some(latest) = times.values().iter().max() {
@@ -111,7 +179,9 @@ impl PartitionState {
         for card in touched {
             self.order_and_trim(card);
         }
-        if self.chunk_rows > 2 * self.live_rows + 65_536 {
+        // Expired rows stay in their chunks until this much garbage has piled up (bounds
+        // memory at about twice the live rows plus one micro-batch per partition).
+        if self.chunk_rows > 2 * self.live_rows + 8_192 {
             self.compact()?;
         }
         Ok(())
@@ -119,14 +189,14 @@ impl PartitionState {
 
     fn secs(&self, (chunk, row): RowRef) -> i64 {
         let time = self.chunks[chunk as usize]
-            .column(idx::TRANS_DATE_TRANS_TIME)
+            .column(kept::TIME)
             .as_primitive::<TimestampMicrosecondType>();
         time.value(row as usize).div_euclid(1_000_000)
     }
 
     fn row_id(&self, (chunk, row): RowRef) -> i64 {
         self.chunks[chunk as usize]
-            .column(idx::ROW_ID)
+            .column(kept::ROW_ID)
             .as_primitive::<Int64Type>()
             .value(row as usize)
     }
@@ -194,7 +264,7 @@ impl PartitionState {
         }
         let chunks: Vec<&RecordBatch> = self.chunks.iter().collect();
         let compacted = if refs.is_empty() {
-            RecordBatch::new_empty(transaction_schema())
+            RecordBatch::new_empty(KEPT_SCHEMA.clone())
         } else {
             interleave_record_batch(&chunks, &refs)?
         };
@@ -216,7 +286,7 @@ impl PartitionState {
             .values()
             .flat_map(|rows| rows.iter().map(|&(c, r)| (c as usize, r as usize)))
             .collect();
-        let schema = transaction_schema();
+        let schema = KEPT_SCHEMA.clone();
         let mut out = Vec::new();
         let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
         if !refs.is_empty() {
@@ -235,13 +305,13 @@ impl PartitionState {
             return Ok(state);
         }
         let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
-        if reader.schema() != transaction_schema() {
+        if reader.schema() != KEPT_SCHEMA.clone() {
             return Err(EngineError::State(
-                "checkpointed state has another schema than this engine's transactions".to_string(),
+                "checkpointed state has another schema than this engine keeps".to_string(),
             ));
         }
         for batch in reader {
-            state.absorb(batch?)?;
+            state.absorb_kept(batch?)?;
         }
         Ok(state)
     }
