@@ -56,6 +56,9 @@ pub struct StreamArgs {
     /// Micro-batch wait bound of the engine, ms.
     #[arg(long, default_value_t = 50)]
     pub batch_wait_ms: u64,
+    /// Checkpoint interval of the engine, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub checkpoint_ms: u64,
     /// Scratch folder (archives, configs).
     #[arg(long, default_value = "target/bench")]
     pub scratch: PathBuf,
@@ -81,13 +84,14 @@ fn start_engine(args: &StreamArgs, topic: &str, dir: &Path) -> anyhow::Result<st
         format!(
             "brokers = \"{}\"\nredis = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{topic}-bench\"\n\
              alerts_topic = \"{topic}.alerts\"\ndead_letter_topic = \"{topic}.dlq\"\n\
-             archive = \"{}\"\nbatch_rows = {}\nbatch_wait_ms = {}\n\
+             archive = \"{}\"\nbatch_rows = {}\nbatch_wait_ms = {}\ncheckpoint_interval_ms = {}\n\
              [retention]\nprefix = \"{topic}\"\nttl_secs = 3600\n",
             args.brokers,
             args.redis,
             dir.join("archive").display(),
             args.batch_rows,
-            args.batch_wait_ms
+            args.batch_wait_ms,
+            args.checkpoint_ms
         ),
     )?;
     let mut child = Command::new(std::env::current_exe()?)
