@@ -23,7 +23,8 @@ cargo test --workspace --locked "$@"
 
 if [ -d ../shared/data ]; then
   echo "[test] ../shared/data is present: running the reference-data tests"
-  cargo test --locked -p risksense-engine --test reference_data -- --ignored
+  # --workspace keeps the feature set of the build above (-p would rebuild the dependencies).
+  cargo test --workspace --locked --test reference_data -- --ignored
 else
   echo "[test] NOTE: ../shared/data is absent: the reference-data tests (engine/tests/reference_data.rs) were not run"
 fi

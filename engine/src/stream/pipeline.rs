@@ -1,12 +1,13 @@
 //! One micro-batch from messages to sinks, and the checkpoint that makes progress durable.
 //!
 //! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → per-card
-//! context from state → the scoring plan → sinks (Redis, alerts topic, archive; retried
-//! until they hold the data) → state absorbs the batch. A checkpoint then, per partition,
-//! seals its archive file, saves its state with the offset it belongs to (naming the sealed
-//! file), publishes the file, and finally commits the offsets to Kafka. Results are visible
-//! in Redis as soon as a batch's sinks return; offsets are committed only at checkpoints,
-//! after everything before them is durable.
+//! context from state → the scoring plan → the archive and live window → Redis and Kafka
+//! (alerts, dead letters) in a task that overlaps the next micro-batch, retried until they
+//! hold the data → state absorbs the batch. A checkpoint first waits for that task, then,
+//! per partition, seals its archive file, saves its state with the offset it belongs to
+//! (naming the sealed file), publishes the file, and finally commits the offsets to Kafka.
+//! Results are visible in Redis as soon as a batch's task finishes; offsets are committed
+//! only at checkpoints, after everything before them is durable.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -171,7 +172,8 @@ impl Pipeline {
         }
 
         let started = Instant::now();
-        self.write_sinks(&messages, &dead, &scored, closed_at).await?;
+        self.write_sinks(&messages, &dead, &scored, closed_at)
+            .await?;
         StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
 
         // The batch is in every sink: its rows become history, its offsets progress.
@@ -561,9 +563,12 @@ impl RemoteSinks {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         };
-        let redis = retry(&self.metrics, &self.shutdown, "writing results to the store", || async {
-            Ok(self.store.write(&rows).await?)
-        });
+        let redis = retry(
+            &self.metrics,
+            &self.shutdown,
+            "writing results to the store",
+            || async { Ok(self.store.write(&rows).await?) },
+        );
         let (kafka, outcome) = tokio::join!(kafka, redis);
         kafka?;
         let outcome = outcome?;
@@ -581,7 +586,10 @@ impl RemoteSinks {
         StreamMetrics::add(&self.metrics.rows_scored, outcome.rows);
         StreamMetrics::add(&self.metrics.anomalies, outcome.anomalies);
         StreamMetrics::add(&self.metrics.new_alerts, outcome.new_alerts);
-        StreamMetrics::add(&self.metrics.remote_sink_ns, started.elapsed().as_nanos() as u64);
+        StreamMetrics::add(
+            &self.metrics.remote_sink_ns,
+            started.elapsed().as_nanos() as u64,
+        );
         Ok(())
     }
 }

@@ -19,8 +19,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray,
+    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::compute::interleave_record_batch;
@@ -44,7 +44,12 @@ mod udfs_window {
 pub const CONTEXT_ROW_ID_SHIFT: i64 = i64::MIN / 2;
 
 /// The columns of earlier rows the windows read, in the order state keeps them.
-const HISTORY_COLUMNS: [usize; 4] = [idx::ROW_ID, idx::TRANS_DATE_TRANS_TIME, idx::CC_NUM, idx::AMT];
+const HISTORY_COLUMNS: [usize; 4] = [
+    idx::ROW_ID,
+    idx::TRANS_DATE_TRANS_TIME,
+    idx::CC_NUM,
+    idx::AMT,
+];
 /// Their positions in a kept chunk.
 mod kept {
     pub const ROW_ID: usize = 0;
@@ -157,7 +162,10 @@ impl PartitionState {
         }
         let chunk = u32::try_from(self.chunks.len())
             .map_err(|_| EngineError::State("too many state chunks".to_string()))?;
-        let cards = rows.column(kept::CC_NUM).as_primitive::<Int64Type>().clone();
+        let cards = rows
+            .column(kept::CC_NUM)
+            .as_primitive::<Int64Type>()
+            .clone();
         self.chunk_rows += rows.num_rows();
         self.chunks.push(rows);
         let times = self.chunks[chunk as usize]

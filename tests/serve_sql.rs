@@ -1,0 +1,124 @@
+//! `risksense serve` over the archive, queried by `risksense sql --url`: the shell-like
+//! client of a running service. Needs Redis (`scripts/services.sh up`).
+
+#[path = "../engine/tests/common.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn risksense(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_risksense"))
+        .args(args)
+        .output()
+        .expect("risksense runs")
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sql_against_a_running_service_reads_its_archive() {
+    let redis = common::redis_url();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture = repo.join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let name = common::unique_topic("serve");
+    let archive = std::env::temp_dir().join(&name);
+    let output = risksense(&[
+        "rescore",
+        "--input",
+        fixture.to_str().expect("path"),
+        "--out",
+        archive.to_str().expect("path"),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_risksense"))
+            .args([
+                "serve",
+                "--redis",
+                &redis,
+                "--prefix",
+                &name,
+                "--archive",
+                archive.to_str().expect("path"),
+                "--http",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("risksense serve starts"),
+    );
+    let mut up = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "risksense serve did not listen on {port}");
+    let url = format!("http://127.0.0.1:{port}");
+
+    let output = risksense(&[
+        "sql",
+        "--url",
+        &url,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n, sum(CASE WHEN is_anomaly THEN 1 ELSE 0 END) AS anomalies FROM history",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let values: Vec<i64> = stdout
+        .lines()
+        .nth(1)
+        .expect("a result row")
+        .split(',')
+        .map(|v| v.trim().parse().expect("number"))
+        .collect();
+    assert_eq!(values[0], 3000);
+    assert!(values[1] > 0);
+
+    // The table format, like a SQL shell.
+    let output = risksense(&[
+        "sql",
+        "--url",
+        &url,
+        "SELECT category, count(*) AS n FROM history GROUP BY category",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        stdout.contains("| category") && stdout.contains("+-"),
+        "{stdout}"
+    );
+
+    // Writes are refused, with the service's reason.
+    let output = risksense(&["sql", "--url", &url, "DROP TABLE history"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("400") && stderr.contains("DDL"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
