@@ -43,7 +43,6 @@ pub struct ParquetArchive {
 struct OpenFile {
     writer: ArrowWriter<File>,
     name: String,
-    rows: usize,
 }
 
 /// A finished file waiting for its checkpoint before it is published.
@@ -51,7 +50,6 @@ struct OpenFile {
 pub struct SealedFile {
     /// The name it is published under (in the archive folder).
     pub name: String,
-    pub rows: usize,
 }
 
 fn in_progress(name: &str) -> String {
@@ -97,7 +95,6 @@ impl ParquetArchive {
         }
         if let Some(open) = self.open.get_mut(&partition) {
             open.writer.write(batch)?;
-            open.rows += batch.num_rows();
         }
         Ok(())
     }
@@ -124,7 +121,6 @@ impl ParquetArchive {
         Ok(OpenFile {
             writer,
             name,
-            rows: 0,
         })
     }
 
@@ -140,10 +136,7 @@ impl ParquetArchive {
             self.dir.join(in_progress(&open.name)),
             self.dir.join(sealed(&open.name)),
         )?;
-        Ok(Some(SealedFile {
-            name: open.name,
-            rows: open.rows,
-        }))
+        Ok(Some(SealedFile { name: open.name }))
     }
 
     /// Renames a sealed file to its visible name (after its checkpoint is saved).

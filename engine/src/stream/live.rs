@@ -24,10 +24,6 @@ impl LiveWindow {
         }
     }
 
-    pub fn span(&self) -> Duration {
-        self.span
-    }
-
     pub fn push(&self, batch: RecordBatch) {
         if batch.num_rows() == 0 {
             return;

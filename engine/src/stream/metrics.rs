@@ -36,10 +36,6 @@ impl LatencyHistogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    pub fn mean_ms(&self) -> f64 {
-        self.sum_ms.load(Ordering::Relaxed) as f64 / self.count().max(1) as f64
-    }
-
     /// The smallest `ms` with at least `q` of the observations at or below it.
     pub fn quantile_ms(&self, q: f64) -> u64 {
         let total = self.count();

@@ -107,10 +107,6 @@ impl Pipeline {
         partitions
     }
 
-    pub fn state_rows(&self) -> usize {
-        self.states.values().map(|s| s.rows()).sum()
-    }
-
     async fn retry<T, F, Fut>(&self, what: &str, step: F) -> Result<T, EngineError>
     where
         F: FnMut() -> Fut,
@@ -144,15 +140,10 @@ impl Pipeline {
         let mut scored: Vec<RecordBatch> = Vec::new();
         if let Some(batch) = &decoded.batch {
             let started = Instant::now();
-            let partition_of_row: Vec<i32> = decoded
-                .message_of_row
-                .iter()
-                .map(|&m| messages[m].partition)
-                .collect();
-            let mut attempt = self.score(batch, &partition_of_row).await;
+            let mut attempt = self.score(batch).await;
             if let Err(error) = &attempt {
                 tracing::warn!(%error, "scoring failed; trying once more");
-                attempt = self.score(batch, &partition_of_row).await;
+                attempt = self.score(batch).await;
             }
             match attempt {
                 Ok(batches) => scored = batches,
@@ -176,17 +167,13 @@ impl Pipeline {
             .await?;
         StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
 
-        // The batch is in every sink: its rows become history, its offsets progress.
+        // The batch is scored and in the sinks (Redis and Kafka finish before the next
+        // checkpoint): its rows become history, its offsets progress.
         if !scored.is_empty()
             && let Some(batch) = &decoded.batch
         {
-            let partition_of_row: Vec<i32> = decoded
-                .message_of_row
-                .iter()
-                .map(|&m| messages[m].partition)
-                .collect();
             let started = Instant::now();
-            self.absorb(batch, &partition_of_row)?;
+            self.absorb(batch)?;
             StreamMetrics::add(&self.metrics.state_ns, started.elapsed().as_nanos() as u64);
         }
         for message in &messages {
@@ -200,16 +187,14 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn score(
-        &self,
-        batch: &RecordBatch,
-        partition_of_row: &[i32],
-    ) -> Result<Vec<RecordBatch>, EngineError> {
+    async fn score(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>, EngineError> {
+        // Each row's partition is in its row_id (see decode::row_id).
         let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
+        let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
         let mut cards_by_partition: HashMap<i32, HashSet<i64>> = HashMap::new();
-        for (card, partition) in cards.values().iter().zip(partition_of_row) {
+        for (card, id) in cards.values().iter().zip(ids.values()) {
             cards_by_partition
-                .entry(*partition)
+                .entry(partition_of(*id))
                 .or_default()
                 .insert(*card);
         }
@@ -225,18 +210,8 @@ impl Pipeline {
         self.scorer.score(input).await
     }
 
-    fn absorb(&mut self, batch: &RecordBatch, partition_of_row: &[i32]) -> Result<(), EngineError> {
-        let partitions: HashSet<i32> = partition_of_row.iter().copied().collect();
-        for partition in partitions {
-            let rows = if partition_of_row.iter().all(|p| *p == partition) {
-                batch.clone()
-            } else {
-                let mask: BooleanArray = partition_of_row
-                    .iter()
-                    .map(|p| Some(*p == partition))
-                    .collect();
-                arrow::compute::filter_record_batch(batch, &mask)?
-            };
+    fn absorb(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        for (partition, rows) in split_by_partition(batch)? {
             self.states.entry(partition).or_default().absorb(rows)?;
         }
         Ok(())
@@ -474,10 +449,6 @@ impl Pipeline {
     pub fn archive_files(&self) -> u64 {
         self.archive.as_ref().map_or(0, |a| a.files_written())
     }
-
-    pub fn store(&self) -> &ResultStore {
-        &self.store
-    }
 }
 
 /// Retries `step` with backoff (100 ms doubling to 5 s) until it succeeds or the engine is
@@ -647,8 +618,8 @@ async fn send_all(producer: &FutureProducer, records: Vec<KafkaRecord>) -> Vec<K
     failed
 }
 
-/// The rows of a scored batch grouped by the partition they came from (see
-/// [`super::decode::row_id`]).
+/// The rows of a stream batch (decoded or scored) grouped by the partition they came from
+/// (see [`super::decode::row_id`]).
 fn split_by_partition(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, EngineError> {
     let ids = batch
         .column_by_name("row_id")
