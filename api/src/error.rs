@@ -85,6 +85,13 @@ impl From<risksense_engine::EngineError> for ApiError {
     }
 }
 
+/// Encoding or casting Arrow data we produced ourselves: a server fault, never bad input.
+impl From<arrow::error::ArrowError> for ApiError {
+    fn from(error: arrow::error::ArrowError) -> Self {
+        Self::internal(error.to_string())
+    }
+}
+
 /// A body the extractor refused (too large, unreadable) as a JSON error.
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {

@@ -242,8 +242,7 @@ fn features_matrix(batches: &[RecordBatch]) -> Result<Vec<FeatureRow>, ApiError>
             .as_string::<i32>();
         let mut columns = Vec::new();
         for c in ID_COLUMNS..batch.num_columns() {
-            let column = arrow::compute::cast(batch.column(c), &DataType::Float32)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let column = arrow::compute::cast(batch.column(c), &DataType::Float32)?;
             if column.null_count() > 0 {
                 return Err(ApiError::bad_request(format!(
                     "feature `{}` cannot be computed for some transactions (check their values)",

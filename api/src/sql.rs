@@ -150,9 +150,7 @@ pub async fn query(
                     .with_header(true)
                     .build(&mut out);
                 for batch in &batches {
-                    writer
-                        .write(batch)
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    writer.write(batch)?;
                 }
             }
             Ok(([(CONTENT_TYPE, "text/csv")], Body::from(out)).into_response())
@@ -164,16 +162,11 @@ pub async fn query(
                 .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
             let mut out = Vec::new();
             {
-                let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
                 for batch in &batches {
-                    writer
-                        .write(batch)
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    writer.write(batch)?;
                 }
-                writer
-                    .finish()
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                writer.finish()?;
             }
             Ok((
                 [(CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
@@ -211,13 +204,9 @@ fn first_rows(batches: &[RecordBatch], max_rows: usize) -> Vec<RecordBatch> {
 fn json_rows(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for batch in batches {
-        writer
-            .write(batch)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        writer.write(batch)?;
     }
-    writer
-        .finish()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    writer.finish()?;
     let bytes = writer.into_inner();
     if bytes.is_empty() {
         return Ok(Vec::new());
