@@ -155,8 +155,7 @@ async fn a_call_with_the_wrong_number_of_features_fails_at_planning() {
     let error = ctx
         .sql(&format!("SELECT anomaly_score({short}) FROM f"))
         .await
-        .err()
-        .expect("refused when planning");
+        .expect_err("refused when planning");
     let message = error.to_string();
     assert!(
         message.contains(&format!("takes the {} features", model.feature_count())),
