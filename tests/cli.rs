@@ -2,24 +2,12 @@
 //! SQL over the result.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+mod support;
+
+/// Runs `risksense` in `cwd`, which must succeed; returns everything it printed.
 fn risksense(args: &[&str], cwd: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_risksense"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("risksense runs");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "risksense {args:?} failed:\n{text}"
-    );
-    text
+    support::text(&support::risksense_ok(cwd, args))
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -136,8 +124,9 @@ fn a_model_trained_on_other_features_is_refused_before_scoring() {
         card.replace("\"log_amt\"", "\"log_amount\""),
     )
     .expect("write");
-    let output = Command::new(env!("CARGO_BIN_EXE_risksense"))
-        .args([
+    let output = support::risksense_in(
+        &dir,
+        &[
             "rescore",
             "--input",
             repo.join("data/fixtures/sparkov-2019h1-head3000.csv")
@@ -147,9 +136,8 @@ fn a_model_trained_on_other_features_is_refused_before_scoring() {
             dir.join("scored").to_str().unwrap(),
             "--model",
             model.to_str().unwrap(),
-        ])
-        .output()
-        .expect("runs");
+        ],
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

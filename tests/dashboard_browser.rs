@@ -5,20 +5,12 @@
 
 #[path = "../engine/tests/common.rs"]
 mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_dashboard_shows_live_alerts_and_answers_sql() {
@@ -42,7 +34,7 @@ fn the_dashboard_shows_live_alerts_and_answers_sql() {
         .port();
     let topic = common::unique_topic("dashboard");
     let archive = std::env::temp_dir().join(&topic);
-    let mut demo = KillOnDrop(
+    let mut demo = support::KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_risksense"))
             .args([
                 "demo",

@@ -3,25 +3,14 @@
 
 #[path = "../engine/tests/common.rs"]
 mod common;
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn risksense(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_risksense"))
-        .args(args)
-        .output()
-        .expect("risksense runs")
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    support::risksense_in(&std::env::temp_dir(), args)
 }
 
 #[test]
@@ -48,7 +37,7 @@ fn sql_against_a_running_service_reads_its_archive() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let _server = KillOnDrop(
+    let _server = support::KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_risksense"))
             .args([
                 "serve",

@@ -4,28 +4,17 @@
 
 #[path = "../engine/tests/common.rs"]
 mod common;
+mod support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 
+/// Runs `risksense`, which must succeed; returns its stdout.
 fn risksense(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_risksense"))
-        .args(args)
-        .output()
-        .expect("risksense runs");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "risksense {args:?} failed:\n{text}"
-    );
+    let output = support::risksense_ok(&std::env::temp_dir(), args);
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
@@ -35,34 +24,6 @@ fn utf8(batch: &RecordBatch, column: &str) -> arrow::array::ArrayRef {
         .column_by_name(column)
         .unwrap_or_else(|| panic!("no column {column}"));
     arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).expect("castable to Utf8")
-}
-
-fn parquet_rows(files: &[PathBuf]) -> Vec<RecordBatch> {
-    let mut batches = Vec::new();
-    for file in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(file).expect("open"),
-        )
-        .expect("parquet")
-        .build()
-        .expect("reader");
-        batches.extend(reader.map(|b| b.expect("batch")));
-    }
-    batches
-}
-
-fn finished_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
 }
 
 fn scores(batches: &[RecordBatch]) -> std::collections::HashMap<String, f64> {
@@ -123,7 +84,10 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
         "--kafka",
         &brokers,
     ]);
-    let sent = strings(&parquet_rows(std::slice::from_ref(&input)), "trans_num");
+    let sent = strings(
+        &common::read_parquet(std::slice::from_ref(&input)),
+        "trans_num",
+    );
     assert!(sent.len() > 50_000, "{} rows", sent.len());
 
     let config = dir.join("risksense.toml");
@@ -148,12 +112,13 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
         .spawn()
         .expect("risksense run starts");
     let started = Instant::now();
-    while finished_files(&archive).len() < 2 && started.elapsed() < Duration::from_secs(120) {
+    while common::parquet_files(&archive).len() < 2 && started.elapsed() < Duration::from_secs(120)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
-    let archived_before = parquet_rows(&finished_files(&archive))
+    let archived_before = common::read_parquet(&common::parquet_files(&archive))
         .iter()
         .map(|b| b.num_rows())
         .sum::<usize>();
@@ -180,7 +145,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
     );
 
     // Archive: every row exactly once.
-    let archived = parquet_rows(&finished_files(&archive));
+    let archived = common::read_parquet(&common::parquet_files(&archive));
     let archived_ids = strings(&archived, "trans_num");
     assert_eq!(archived_ids.len(), sent.len(), "archive rows");
     assert_eq!(
@@ -218,7 +183,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
         "--out",
         rescored_dir.to_str().expect("path"),
     ]);
-    let batch = scores(&parquet_rows(&finished_files(&rescored_dir)));
+    let batch = scores(&common::read_parquet(&common::parquet_files(&rescored_dir)));
     let streamed = scores(&archived);
     assert_eq!(batch.len(), streamed.len());
     for (trans_num, score) in &batch {

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use risksense_api::{ApiConfig, ApiState, router};
-use risksense_engine::scoring::{self, SessionOptions};
 use risksense_engine::source::TransactionFile;
 use risksense_engine::stream::{LiveWindow, StreamMetrics};
 use risksense_store::{ResultStore, Retention, ScoredTransaction};
@@ -36,24 +35,7 @@ fn fixture() -> RecordBatch {
 
 /// The fixture scored by the batch path: (scored batches, rows as the store keeps them).
 async fn scored_fixture(model: &Arc<Model>) -> (Vec<RecordBatch>, Vec<ScoredTransaction>) {
-    let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default()).expect("ctx");
-    scoring::register_batches(
-        &ctx,
-        scoring::TRANSACTIONS,
-        risksense_engine::schema::transaction_schema(),
-        vec![fixture()],
-    )
-    .expect("table");
-    scoring::install_views(&ctx, Some(model))
-        .await
-        .expect("views");
-    let batches = ctx
-        .sql("SELECT * FROM scored")
-        .await
-        .expect("sql")
-        .collect()
-        .await
-        .expect("rows");
+    let batches = common::batch_scored(model, fixture()).await;
     let mut rows = Vec::new();
     for batch in &batches {
         rows.extend(risksense_store::from_batch(batch).expect("rows"));
@@ -257,28 +239,7 @@ async fn score_matches_the_batch_path_and_repeats_come_from_the_cache() {
     // and in the batch job over the fixture.
     let n = 300;
     let body = transactions_json(n);
-    let (batches, _) = {
-        let ctx = scoring::new_session(Some(state.model.clone()), SessionOptions::default())
-            .expect("ctx");
-        scoring::register_batches(
-            &ctx,
-            scoring::TRANSACTIONS,
-            risksense_engine::schema::transaction_schema(),
-            vec![fixture().slice(0, n)],
-        )
-        .expect("table");
-        scoring::install_views(&ctx, Some(&state.model))
-            .await
-            .expect("views");
-        let b = ctx
-            .sql("SELECT * FROM scored")
-            .await
-            .expect("sql")
-            .collect()
-            .await
-            .expect("rows");
-        (b, ())
-    };
+    let batches = common::batch_scored(&state.model, fixture().slice(0, n)).await;
     let mut expected = std::collections::HashMap::new();
     for batch in &batches {
         for row in risksense_store::from_batch(batch).expect("rows") {

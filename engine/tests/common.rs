@@ -12,19 +12,23 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Whether something accepts TCP connections at `address` (host:port) within 3 s.
+fn reachable(address: &str) -> bool {
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
+}
+
 /// Kafka bootstrap servers for the tests. Fails the test loudly, with the command that
 /// starts the broker, when nothing answers: these tests never skip.
 pub fn kafka_brokers() -> String {
     let brokers =
         std::env::var("RISKSENSE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
     let first = brokers.split(',').next().unwrap_or_default().to_string();
-    let reachable = first
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
     assert!(
-        reachable,
+        reachable(&first),
         "Kafka is not reachable at {first}: these tests need a real broker. \
          Start one with `scripts/services.sh up` (or run `scripts/test.sh`), \
          or point RISKSENSE_KAFKA_BROKERS at yours."
@@ -70,13 +74,8 @@ pub fn redis_url() -> String {
         .next()
         .unwrap_or_default()
         .to_string();
-    let reachable = address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
     assert!(
-        reachable,
+        reachable(&address),
         "Redis is not reachable at {address}: these tests need a real Redis. \
          Start it with `scripts/services.sh up` (or run `scripts/test.sh`), \
          or point RISKSENSE_REDIS_URL at yours."
@@ -157,4 +156,60 @@ pub fn read_raw(
         last = std::time::Instant::now();
     }
     out
+}
+
+/// `rows` scored by the batch path: the SQL of `rescore` over them, as one table.
+pub async fn batch_scored(
+    model: &std::sync::Arc<risksense_udfs::Model>,
+    rows: RecordBatch,
+) -> Vec<RecordBatch> {
+    use risksense_engine::scoring;
+    let ctx = scoring::new_session(Some(model.clone()), scoring::SessionOptions::default())
+        .expect("session");
+    scoring::register_batches(
+        &ctx,
+        scoring::TRANSACTIONS,
+        risksense_engine::schema::transaction_schema(),
+        vec![rows],
+    )
+    .expect("table");
+    scoring::install_views(&ctx, Some(model))
+        .await
+        .expect("views");
+    ctx.sql("SELECT * FROM scored")
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("scored rows")
+}
+
+/// The finished (published) Parquet files in `dir`, sorted.
+pub fn parquet_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Every row of `files`.
+pub fn read_parquet(files: &[PathBuf]) -> Vec<RecordBatch> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut batches = Vec::new();
+    for file in files {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).expect("open"))
+                .expect("parquet")
+                .build()
+                .expect("reader");
+        batches.extend(reader.map(|b| b.expect("batch")));
+    }
+    batches
 }

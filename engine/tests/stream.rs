@@ -13,8 +13,7 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Float64Type;
 use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
-use risksense_engine::schema::{idx, transaction_schema};
-use risksense_engine::scoring::{self, SessionOptions};
+use risksense_engine::schema::idx;
 use risksense_engine::stream::pipeline::{ERROR_HEADER, SOURCE_HEADER};
 use risksense_engine::stream::{RunOptions, RunSummary, StreamConfig, StreamMetrics, run_stream};
 use risksense_engine::synth::{Generator, SynthConfig};
@@ -116,30 +115,8 @@ fn run_with_metrics(
 
 /// Scores of the batch path (the same SQL over all rows at once): trans_num → (score, flag).
 fn batch_scores(rows: &RecordBatch) -> HashMap<String, (f64, bool)> {
-    let runtime = runtime();
-    runtime.block_on(async {
-        let model = model();
-        let ctx =
-            scoring::new_session(Some(model.clone()), SessionOptions::default()).expect("ctx");
-        scoring::register_batches(
-            &ctx,
-            scoring::TRANSACTIONS,
-            transaction_schema(),
-            vec![rows.clone()],
-        )
-        .expect("table");
-        scoring::install_views(&ctx, Some(&model))
-            .await
-            .expect("views");
-        let batches = ctx
-            .sql("SELECT trans_num, score, is_anomaly FROM scored")
-            .await
-            .expect("sql")
-            .collect()
-            .await
-            .expect("collect");
-        scores_of(&batches)
-    })
+    let batches = runtime().block_on(common::batch_scored(&model(), rows.clone()));
+    scores_of(&batches)
 }
 
 fn scores_of(batches: &[RecordBatch]) -> HashMap<String, (f64, bool)> {
@@ -170,26 +147,7 @@ fn scores_of(batches: &[RecordBatch]) -> HashMap<String, (f64, bool)> {
 
 /// Every row of the finished archive files.
 fn archive_rows(dir: &Path) -> Vec<RecordBatch> {
-    let mut batches = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("archive dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    files.sort();
-    for file in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(&file).expect("open"),
-        )
-        .expect("parquet")
-        .build()
-        .expect("reader");
-        for batch in reader {
-            batches.push(batch.expect("batch"));
-        }
-    }
-    batches
+    common::read_parquet(&common::parquet_files(dir))
 }
 
 fn trans_nums(rows: &RecordBatch) -> Vec<String> {

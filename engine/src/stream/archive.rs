@@ -118,10 +118,7 @@ impl ParquetArchive {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))?;
-        Ok(OpenFile {
-            writer,
-            name,
-        })
+        Ok(OpenFile { writer, name })
     }
 
     /// Finishes `partition`'s open file (footer, fsync) under a hidden sealed name.
