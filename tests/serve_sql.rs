@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn risksense(args: &[&str]) -> std::process::Output {
-    support::risksense_in(&std::env::temp_dir(), args)
+    support::risksense_in(support::repo(), args)
 }
 
 #[test]

@@ -14,7 +14,7 @@ use arrow::array::{AsArray, RecordBatch};
 
 /// Runs `risksense`, which must succeed; returns its stdout.
 fn risksense(args: &[&str]) -> String {
-    let output = support::risksense_ok(&std::env::temp_dir(), args);
+    let output = support::risksense_ok(support::repo(), args);
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 

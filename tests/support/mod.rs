@@ -5,6 +5,12 @@
 use std::path::Path;
 use std::process::{Child, Command, Output};
 
+/// The repository root: where `cargo test` runs the binary's tests, so relative paths
+/// such as the default `models/default` resolve.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Runs `risksense` with `args` in `cwd`.
 pub fn risksense_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_risksense"))
