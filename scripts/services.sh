@@ -189,10 +189,14 @@ redis_up() {
   mkdir -p "$REDIS_DIR"
   log "redis: starting on 127.0.0.1:$REDIS_PORT"
   # Append-only persistence so a Redis restart keeps what the engine wrote (the engine's
-  # offsets are committed only after Redis acknowledged the data).
+  # offsets are committed only after Redis acknowledged the data). The log is rewritten
+  # once it passes 1 GiB and doubled, not from 64 MiB on: each rewrite forks Redis (a
+  # stall of tens of ms) and a child that copies the whole dataset, which on 2 shared
+  # cores costs the stream a core for seconds (BENCHMARKS.md, streaming latency).
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
-    --appendonly yes --appendfsync everysec --save "" >/dev/null
+    --appendonly yes --appendfsync everysec --save "" \
+    --auto-aof-rewrite-min-size 1gb >/dev/null
   wait_port "$REDIS_PORT" 20 || die "redis did not open 127.0.0.1:$REDIS_PORT"
   log "redis: ready"
 }

@@ -49,14 +49,14 @@ history AS (
     rolling_sum_24h(event_secs, amt) OVER card_sequence AS spend_24h,
     rolling_sum_24h(event_secs, is_night) OVER card_sequence AS night_count_24h,
     rolling_sum_24h(event_secs, is_night * amt) OVER card_sequence AS night_spend_24h,
-    avg(amt) OVER last_30 AS card_mean_amt
+    -- mean_of_previous(x, 30): avg(x) over the 30 rows before this one, i.e.
+    -- ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING, without DataFusion's per-row sliding frame.
+    mean_of_previous(amt, 30) OVER card_sequence AS card_mean_amt
   FROM base
   WINDOW
     -- Same-second rows keep their arrival order: row_id is the file's row index in a
     -- batch job and the Kafka offset in the stream (one card is on one partition).
-    card_sequence AS (PARTITION BY cc_num ORDER BY event_secs, row_id),
-    last_30 AS (PARTITION BY cc_num ORDER BY event_secs, row_id
-                ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING)
+    card_sequence AS (PARTITION BY cc_num ORDER BY event_secs, row_id)
 )
 SELECT
   row_id,

@@ -150,9 +150,16 @@ pub struct ReplayProducer {
 
 impl ReplayProducer {
     pub fn new(settings: &KafkaSettings, topic: &str, pace: Pace) -> Result<Self, EngineError> {
-        let producer = settings
-            .client_config(REPLAY_DEFAULTS)
-            .create_with_context(DeliveryCounter::default())?;
+        let producer: ThreadedProducer<DeliveryCounter> =
+            settings
+                .client_config(REPLAY_DEFAULTS)
+                .create_with_context(DeliveryCounter::default())?;
+        // Connect and learn the topic's leaders before the first row is timestamped: a
+        // paced replay measures the stream, not this producer's start-up (and an
+        // unreachable broker fails here, with the reason, not after a full queue).
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(30))?;
         Ok(Self {
             producer,
             topic: topic.to_string(),
@@ -167,9 +174,23 @@ impl ReplayProducer {
     /// Queues every row of `batch`. Blocks while librdkafka's queue is full, and to keep
     /// the pace.
     pub fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let started = *self.started.get_or_insert_with(Instant::now);
         let encoder = JsonRowEncoder::new(batch)?;
-        for row in 0..encoder.num_rows() {
+        if self.started.is_none()
+            && matches!(self.pace, Pace::PerSecond(_))
+            && encoder.num_rows() > 0
+        {
+            // A paced replay stands for a producer that is already running: its first row
+            // goes out alone and is acknowledged (connection, producer id and leaders all
+            // in place) before the clock starts, so that start-up does not count as the
+            // stream's latency.
+            encoder.encode_row(0, &mut self.payload);
+            encoder.card_key(0, &mut self.key);
+            self.send()?;
+            self.producer.flush(Duration::from_secs(30))?;
+        }
+        let first = usize::from(self.started.is_none() && self.stats.messages > 0);
+        let started = *self.started.get_or_insert_with(Instant::now);
+        for row in first..encoder.num_rows() {
             if let Pace::PerSecond(rate) = self.pace
                 && self.stats.messages.is_multiple_of(64)
             {

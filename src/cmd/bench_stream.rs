@@ -54,7 +54,7 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 8192)]
     pub batch_rows: usize,
     /// Micro-batch wait bound of the engine, ms.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 20)]
     pub batch_wait_ms: u64,
     /// Checkpoint interval of the engine, ms.
     #[arg(long, default_value_t = 5000)]
@@ -261,6 +261,11 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
         args.rate,
         drained_or(&steady, "visible_p50_ms"),
         drained_or(&steady, "visible_p99_ms")
+    );
+    println!(
+        "| of which produce -> polled by the engine (producer, broker, fetch, queue): p50 / p99 | {} / {} ms | |",
+        drained_or(&steady, "arrival_p50_ms"),
+        drained_or(&steady, "arrival_p99_ms")
     );
     println!(
         "| micro-batch close -> all sinks at {} msg/s: p99 | {} ms | |",

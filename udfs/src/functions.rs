@@ -341,7 +341,10 @@ impl ScalarUDFImpl for AnomalyThreshold {
 pub fn register(registry: &mut dyn FunctionRegistry, model: Option<Arc<Model>>) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(Haversine::default())))?;
     registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(
-        crate::windows::RollingSum24h::default(),
+        crate::windows::CardWindow::rolling_sum_24h(),
+    )))?;
+    registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(
+        crate::windows::CardWindow::mean_of_previous(),
     )))?;
     if let Some(model) = model {
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyScore::new(model.clone()))))?;

@@ -7,7 +7,8 @@
 //! the alert threshold and how it was chosen.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ort::session::OutputSelector;
 use ort::session::{RunOptions, Session, builder::GraphOptimizationLevel};
@@ -120,7 +121,9 @@ impl ModelCard {
 /// How ONNX Runtime may use the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOptions {
-    /// Intra-op threads of the one session (1 keeps scoring on the calling thread).
+    /// Intra-op threads. 1 (the default): scoring runs on the calling thread, with one
+    /// session per core so that callers on different cores (DataFusion's partitions) score
+    /// at once. More than 1: one session whose pool has this many threads.
     pub threads: usize,
 }
 
@@ -130,13 +133,18 @@ impl Default for SessionOptions {
     }
 }
 
-/// A loaded model: its card and one ONNX Runtime session shared by every caller.
+/// A loaded model: its card and the ONNX Runtime sessions shared by every caller.
 pub struct Model {
     pub card: ModelCard,
     pub dir: PathBuf,
-    // `Session::run` needs `&mut`: callers take turns. One session (not one per thread)
-    // keeps one thread pool; spinning is off so idle pools do not steal the cores.
-    session: Mutex<Session>,
+    // `Session::run` needs `&mut`, so a session serves one caller at a time. With one
+    // intra-op thread a session has no thread pool (it runs on the caller's thread), and
+    // one session per core lets the partitions of a plan score in parallel: with a single
+    // one they took turns, and rescoring ran at the speed of one core. With more threads
+    // there is one session and one pool (several pools would fight for the cores);
+    // spinning is off so an idle pool does not steal them.
+    sessions: Vec<Mutex<Session>>,
+    next_session: AtomicUsize,
 }
 
 impl std::fmt::Debug for Model {
@@ -161,13 +169,25 @@ impl Model {
             });
         }
         let environment = onnx_runtime::environment()?;
-        let session = Session::builder(environment)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)?
-            .with_intra_threads(options.threads.max(1))?
-            .with_inter_threads(1)?
-            .with_intra_op_spinning(false)?
-            .with_inter_op_spinning(false)?
-            .commit_from_file(&onnx)?;
+        let threads = options.threads.max(1);
+        let count = if threads == 1 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        };
+        let mut sessions = Vec::with_capacity(count);
+        for _ in 0..count {
+            sessions.push(
+                Session::builder(environment)?
+                    .with_optimization_level(GraphOptimizationLevel::Level3)?
+                    .with_intra_threads(threads)?
+                    .with_inter_threads(1)?
+                    .with_intra_op_spinning(false)?
+                    .with_inter_op_spinning(false)?
+                    .commit_from_file(&onnx)?,
+            );
+        }
+        let session = &sessions[0];
         let mismatch = |reason: String| ModelError::Mismatch {
             path: onnx.clone(),
             reason,
@@ -196,7 +216,8 @@ impl Model {
         Ok(Self {
             card,
             dir: dir.to_path_buf(),
-            session: Mutex::new(session),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next_session: AtomicUsize::new(0),
         })
     }
 
@@ -219,16 +240,29 @@ impl Model {
         }
         let tensor = TensorRef::from_array_view(([rows, width], matrix))?;
         let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| ModelError::Ort("a previous scoring call panicked".to_string()))?;
+        let mut session = self.session()?;
         let outputs = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
         let value = outputs
             .get(output)
             .ok_or_else(|| ModelError::Ort(format!("no `{output}` in the outputs")))?;
         let (_, data) = value.try_extract_tensor::<f32>()?;
         Ok(data.to_vec())
+    }
+
+    /// A free session if there is one (trying each once, from a rotating start), else
+    /// the next one in turn.
+    fn session(&self) -> Result<MutexGuard<'_, Session>, ModelError> {
+        let poisoned = || ModelError::Ort("a previous scoring call panicked".to_string());
+        let count = self.sessions.len();
+        let start = self.next_session.fetch_add(1, Ordering::Relaxed) % count;
+        for k in 0..count {
+            match self.sessions[(start + k) % count].try_lock() {
+                Ok(session) => return Ok(session),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        self.sessions[start].lock().map_err(|_| poisoned())
     }
 
     /// Anomaly scores of each row (the graph's `score` output).

@@ -1,3 +1,5 @@
+//! Per-card window functions of sql/features.sql, each one pass over a partition.
+//!
 //! `rolling_sum_24h(event_secs, value) OVER (PARTITION BY card ORDER BY event_secs, …)`: the
 //! sum of `value` over the partition's rows up to and including the current one (in the
 //! window's order) whose `event_secs` lies in the 24 hours ending at the current row
@@ -9,6 +11,14 @@
 //! same-second rows that a stream may not have received yet). One pass, two pointers:
 //! DataFusion's generic RANGE frame spent most of a rescoring run on these sums. It is also
 //! the shape of per-card state a stream keeps: the rows of the last 24 hours.
+//!
+//! `mean_of_previous(value, n) OVER (… ORDER BY …)`: the mean of the non-null `value`s of
+//! the `n` rows before the current one (NULL when there are none), which is what
+//! `avg(value) OVER (… ROWS BETWEEN n PRECEDING AND 1 PRECEDING)` means. DataFusion runs
+//! that frame as a sliding accumulator with per-row slicing, which cost more than all
+//! the other card windows together in the stream's profile; here each row sums its `n`
+//! values afresh, oldest first, so a row's mean is the same floating-point sum however
+//! many earlier rows the partition holds (a stream's history or a whole file).
 
 use std::sync::Arc;
 
@@ -22,22 +32,54 @@ use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, Window
 /// Width of the window, in seconds, both ends included: 24 hours.
 pub const WINDOW_SECS: i64 = 86_399;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct RollingSum24h {
+/// One of our window functions: a name and an evaluator, with a Float64 result. (The
+/// evaluators take their inputs at evaluation, so one shape serves them all.)
+#[derive(Debug)]
+pub struct CardWindow {
+    name: &'static str,
     signature: Signature,
+    evaluator: fn() -> Box<dyn PartitionEvaluator>,
 }
 
-impl Default for RollingSum24h {
-    fn default() -> Self {
+impl CardWindow {
+    /// `rolling_sum_24h(event_secs, value)`.
+    pub fn rolling_sum_24h() -> Self {
         Self {
+            name: "rolling_sum_24h",
             signature: Signature::any(2, Volatility::Immutable),
+            evaluator: || Box::new(RollingSumEvaluator),
+        }
+    }
+
+    /// `mean_of_previous(value, rows)`.
+    pub fn mean_of_previous() -> Self {
+        Self {
+            name: "mean_of_previous",
+            signature: Signature::any(2, Volatility::Immutable),
+            evaluator: || Box::new(MeanOfPreviousEvaluator),
         }
     }
 }
 
-impl WindowUDFImpl for RollingSum24h {
+// Identity is the name (DataFusion compares UDFs; function pointers do not compare
+// reliably).
+impl PartialEq for CardWindow {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for CardWindow {}
+
+impl std::hash::Hash for CardWindow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl WindowUDFImpl for CardWindow {
     fn name(&self) -> &str {
-        "rolling_sum_24h"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -46,7 +88,7 @@ impl WindowUDFImpl for RollingSum24h {
         &self,
         _: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(RollingSumEvaluator))
+        Ok((self.evaluator)())
     }
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
         Ok(Arc::new(Field::new(
@@ -116,9 +158,60 @@ impl PartitionEvaluator for RollingSumEvaluator {
     }
 }
 
+#[derive(Debug)]
+struct MeanOfPreviousEvaluator;
+
+/// For each row `i`: the mean of the non-null `values[j]` for `i - n <= j < i`, or None.
+pub fn means_of_previous(values: &[Option<f64>], n: usize) -> Vec<Option<f64>> {
+    (0..values.len())
+        .map(|i| {
+            let (sum, count) = values[i.saturating_sub(n)..i]
+                .iter()
+                .flatten()
+                .fold((0.0f64, 0u32), |(sum, count), v| (sum + v, count + 1));
+            (count > 0).then(|| sum / f64::from(count))
+        })
+        .collect()
+}
+
+impl PartitionEvaluator for MeanOfPreviousEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        if values.len() != 2 {
+            return exec_err!("mean_of_previous takes (value, rows)");
+        }
+        let rows = cast(&values[1], &DataType::Int64)?;
+        let rows = rows.as_primitive::<Int64Type>();
+        let n = match (0..rows.len()).find(|&i| rows.is_valid(i)) {
+            Some(i) if rows.value(i) >= 0 => rows.value(i) as usize,
+            _ => return exec_err!("mean_of_previous: rows must be a non-negative integer"),
+        };
+        let amounts = cast(&values[0], &DataType::Float64)?;
+        let amounts = amounts.as_primitive::<Float64Type>();
+        let values: Vec<Option<f64>> = (0..num_rows)
+            .map(|i| amounts.is_valid(i).then(|| amounts.value(i)))
+            .collect();
+        Ok(Arc::new(Float64Array::from(means_of_previous(&values, n))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_of_the_rows_before_the_current_one() {
+        let values = [Some(1.0), Some(2.0), None, Some(6.0), Some(10.0)];
+        assert_eq!(
+            means_of_previous(&values, 2),
+            vec![None, Some(1.0), Some(1.5), Some(2.0), Some(6.0)]
+        );
+        // n larger than the partition: everything before.
+        assert_eq!(
+            means_of_previous(&values, 30),
+            vec![None, Some(1.0), Some(1.5), Some(1.5), Some(3.0)]
+        );
+        assert_eq!(means_of_previous(&values, 0), vec![None; 5]);
+    }
 
     #[test]
     fn sums_the_last_24_hours_up_to_the_current_row() {

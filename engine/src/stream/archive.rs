@@ -113,10 +113,15 @@ impl ParquetArchive {
             path: path.clone(),
             source: e,
         })?;
-        let properties = WriterProperties::builder()
+        // Dictionaries only for the columns whose values repeat (as `rescore` writes).
+        let mut properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
+            .set_dictionary_enabled(false);
+        for column in crate::scoring::DICTIONARY_COLUMNS {
+            properties = properties.set_column_dictionary_enabled(column.into(), true);
+        }
+        let properties = properties.build();
         let writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))?;
         Ok(OpenFile { writer, name })
     }

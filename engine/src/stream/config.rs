@@ -31,9 +31,11 @@ pub struct StreamConfig {
     pub model: PathBuf,
     /// A micro-batch closes at this many rows...
     pub batch_rows: usize,
-    /// ...or this long after its first message, whichever comes first.
+    /// ...or once its first message is this old (by its Kafka timestamp, and at most this
+    /// long after the engine polled it), whichever comes first.
     pub batch_wait_ms: u64,
-    /// How often state, archive and offsets are made durable together.
+    /// How often each partition's state, archive and offset are made durable together
+    /// (one partition at a time, spread over the interval).
     pub checkpoint_interval_ms: u64,
     /// Where a new group starts reading: `earliest` or `latest`.
     pub start_from: String,
@@ -65,7 +67,7 @@ impl Default for StreamConfig {
             archive: PathBuf::from("archive"),
             model: PathBuf::from("models/default"),
             batch_rows: 8192,
-            batch_wait_ms: 50,
+            batch_wait_ms: 20,
             checkpoint_interval_ms: 5000,
             start_from: "earliest".to_string(),
             model_threads: 1,

@@ -103,8 +103,18 @@ pub struct StreamMetrics {
     pub poll_ns: AtomicU64,
     /// From a message's Kafka timestamp (produce time) to its result in the store.
     pub visible_latency: LatencyHistogram,
+    /// From a message's Kafka timestamp to the engine polling it (producer, broker and
+    /// fetch time: the part of `visible_latency` spent before the engine has the row).
+    pub arrival_latency: LatencyHistogram,
     /// From a micro-batch's close to its results in every sink.
     pub batch_latency: LatencyHistogram,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the clock Kafka timestamps use).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl StreamMetrics {

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -25,7 +25,7 @@ use risksense_store::{Alert, Checkpoint, ResultStore};
 use super::archive::{ParquetArchive, complete_publish};
 use super::config::StreamConfig;
 use super::decode::{Incoming, decode, partition_of};
-use super::metrics::StreamMetrics;
+use super::metrics::{StreamMetrics, now_ms};
 use super::scorer::StreamScorer;
 use super::state::PartitionState;
 use crate::error::EngineError;
@@ -52,7 +52,10 @@ pub struct Pipeline {
     poisoned: bool,
     metrics: Arc<StreamMetrics>,
     shutdown: Arc<AtomicBool>,
+    /// The last checkpoint of any partition (staggered checkpoints: see `checkpoint_due`).
     last_checkpoint: Instant,
+    /// When each partition was last checkpointed (or taken over).
+    checkpointed_at: HashMap<i32, Instant>,
     live: Option<Arc<super::live::LiveWindow>>,
     /// The previous micro-batch's Redis and Kafka writes, still running while this one is
     /// scored (at most one: writes stay in batch order).
@@ -92,13 +95,36 @@ impl Pipeline {
             metrics,
             shutdown,
             last_checkpoint: Instant::now(),
+            checkpointed_at: HashMap::new(),
             live,
             in_flight: None,
         })
     }
 
+    /// Checkpoints are staggered: one partition at a time, every interval / partitions, so
+    /// each partition is still checkpointed about once per interval but the stream stalls
+    /// for one partition's seal and save at a time, not all of them at once (each stall
+    /// delays every row behind it: BENCHMARKS.md, streaming latency).
     pub fn checkpoint_due(&self) -> bool {
-        self.last_checkpoint.elapsed() >= self.config.checkpoint_interval()
+        let owned = self.states.len().max(1) as u32;
+        !self.dirty.is_empty()
+            && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval() / owned
+    }
+
+    /// Checkpoints the dirty partition checkpointed longest ago (see `checkpoint_due`).
+    pub async fn checkpoint_next<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), EngineError> {
+        let oldest = self
+            .dirty
+            .iter()
+            .copied()
+            .min_by_key(|p| (self.checkpointed_at.get(p).copied(), *p));
+        match oldest {
+            Some(partition) => self.checkpoint_partitions(consumer, Some(partition)).await,
+            None => Ok(()),
+        }
     }
 
     pub fn partitions(&self) -> Vec<i32> {
@@ -285,6 +311,18 @@ impl Pipeline {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), EngineError> {
+        self.checkpoint_partitions(consumer, None).await
+    }
+
+    /// [`Self::checkpoint`] for one partition, or for all of them (`None`). All of them
+    /// commit to Kafka synchronously (a revoke or a shutdown must leave the group's offsets
+    /// in place); one of them asynchronously (the store's checkpoint is what a restart
+    /// resumes from; the commit only reports progress).
+    async fn checkpoint_partitions<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        only: Option<i32>,
+    ) -> Result<(), EngineError> {
         if self.poisoned {
             tracing::warn!(
                 "not checkpointing after an error: the next run resumes from the last good checkpoint"
@@ -298,8 +336,12 @@ impl Pipeline {
             return Err(error);
         }
         let mut offsets = TopicPartitionList::new();
-        let mut partitions: Vec<(i32, i64)> =
-            self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        let mut partitions: Vec<(i32, i64)> = self
+            .next_offsets
+            .iter()
+            .filter(|(p, _)| only.is_none_or(|only| only == **p))
+            .map(|(p, o)| (*p, *o))
+            .collect();
         partitions.sort();
         for (partition, offset) in &partitions {
             offsets.add_partition_offset(
@@ -310,6 +352,8 @@ impl Pipeline {
             if !self.dirty.contains(partition) {
                 continue;
             }
+            // (Also when the save below is refused, so that the others get their turn.)
+            self.checkpointed_at.insert(*partition, Instant::now());
             let sealed = match self.archive.as_mut() {
                 Some(archive) => archive.seal(*partition)?,
                 None => None,
@@ -355,8 +399,13 @@ impl Pipeline {
             }
             self.dirty.remove(partition);
         }
+        let mode = if only.is_some() {
+            CommitMode::Async
+        } else {
+            CommitMode::Sync
+        };
         if offsets.count() > 0
-            && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+            && let Err(error) = consumer.commit(&offsets, mode)
         {
             // The checkpoint in the store is what a restart resumes from; the Kafka commit
             // only shows progress (lag) to the group, so a failed commit loses nothing.
@@ -423,6 +472,7 @@ impl Pipeline {
         for partition in partitions {
             self.states.remove(partition);
             self.next_offsets.remove(partition);
+            self.checkpointed_at.remove(partition);
             self.dirty.remove(partition);
             if let Some(archive) = self.archive.as_mut() {
                 archive.abandon(*partition);
@@ -543,9 +593,7 @@ impl RemoteSinks {
         let (kafka, outcome) = tokio::join!(kafka, redis);
         kafka?;
         let outcome = outcome?;
-        let visible_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let visible_ms = now_ms();
         for produced in produced_ms {
             self.metrics
                 .visible_latency

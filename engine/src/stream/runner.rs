@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 
 use super::config::StreamConfig;
 use super::decode::Incoming;
-use super::metrics::StreamMetrics;
+use super::metrics::{StreamMetrics, now_ms};
 use super::pipeline::Pipeline;
 use super::scorer::StreamScorer;
 use crate::error::EngineError;
@@ -37,6 +37,17 @@ pub struct RunOptions {
     pub stop_when_idle: Option<Duration>,
     /// Where scored micro-batches are also published for live SQL (the API's `scored`).
     pub live: Option<Arc<super::live::LiveWindow>>,
+}
+
+/// When a micro-batch whose first message was polled at `polled` closes: `wait` after that
+/// message was produced (its Kafka timestamp), but never later than `wait` after it was
+/// polled, so a producer clock running behind cannot hold a batch open, and one running
+/// ahead only makes the engine wait as it would without timestamps.
+fn batch_deadline(polled: Instant, wait: Duration, produced_ms: Option<i64>) -> Instant {
+    let waited = produced_ms.map_or(Duration::ZERO, |produced| {
+        Duration::from_millis(now_ms().saturating_sub(produced).max(0) as u64)
+    });
+    polled + wait.saturating_sub(waited)
 }
 
 /// What a run did.
@@ -58,6 +69,9 @@ pub struct RunSummary {
     pub visible_p50_ms: u64,
     pub visible_p99_ms: u64,
     pub batch_p99_ms: u64,
+    /// Produce time → polled by the engine.
+    pub arrival_p50_ms: u64,
+    pub arrival_p99_ms: u64,
     /// Share of busy time per stage.
     pub decode_secs: f64,
     pub score_secs: f64,
@@ -265,6 +279,7 @@ pub fn run_stream(
     let started = Instant::now();
     let mut first_message: Option<Instant> = None;
     let mut last_message = Instant::now();
+    let mut last_lag_update = Instant::now();
     let mut buffer: Vec<Incoming> = Vec::with_capacity(config.batch_rows);
     let result = (|| -> Result<(), EngineError> {
         loop {
@@ -283,15 +298,16 @@ pub fn run_stream(
             if (stopping || idle) && buffer.is_empty() {
                 return Ok(());
             }
-            // Gather a micro-batch: up to batch_rows, or batch_wait after its first message.
+            // Gather a micro-batch: up to batch_rows, or until its first message has waited
+            // batch_wait since it was produced. A message that queued in the consumer while
+            // the previous batch was scored has already waited: it does not wait a full
+            // batch_wait again (see `batch_deadline`). Past the deadline, what is already
+            // fetched still joins the batch; only waiting for more stops.
             let gathering = Instant::now();
             let mut batch_deadline: Option<Instant> = None;
             while buffer.len() < config.batch_rows {
                 let wait = match batch_deadline {
-                    Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                        Some(wait) if !wait.is_zero() => wait,
-                        _ => break,
-                    },
+                    Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                     None => Duration::from_millis(100),
                 };
                 let polled = consumer.poll(wait);
@@ -307,16 +323,24 @@ pub fn run_stream(
                 }
                 match polled {
                     Some(Ok(message)) => {
+                        let timestamp_ms = message.timestamp().to_millis();
+                        if let Some(produced) = timestamp_ms {
+                            metrics
+                                .arrival_latency
+                                .record(now_ms().saturating_sub(produced).max(0) as u64, 1);
+                        }
                         buffer.push(Incoming {
                             partition: message.partition(),
                             offset: message.offset(),
                             key: message.key().map(<[u8]>::to_vec),
                             payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                            timestamp_ms: message.timestamp().to_millis(),
+                            timestamp_ms,
                         });
                         last_message = Instant::now();
                         first_message.get_or_insert(last_message);
-                        batch_deadline.get_or_insert(last_message + config.batch_wait());
+                        batch_deadline.get_or_insert_with(|| {
+                            self::batch_deadline(last_message, config.batch_wait(), timestamp_ms)
+                        });
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "consumer error (the broker may be away); still polling");
@@ -325,8 +349,12 @@ pub fn run_stream(
                             break;
                         }
                     }
-                    None if batch_deadline.is_none() => break,
-                    None => {}
+                    None => match batch_deadline {
+                        // Nothing more fetched and the deadline passed (or never set).
+                        None => break,
+                        Some(deadline) if Instant::now() >= deadline => break,
+                        Some(_) => {}
+                    },
                 }
                 if stopping {
                     break;
@@ -339,9 +367,13 @@ pub fn run_stream(
                 runtime.block_on(guard.process(batch))?;
             }
             if guard.checkpoint_due() {
-                runtime.block_on(guard.checkpoint(&consumer))?;
-                drop(guard);
+                runtime.block_on(guard.checkpoint_next(&consumer))?;
+            }
+            drop(guard);
+            // Lag takes a broker round trip per partition: once per checkpoint interval.
+            if last_lag_update.elapsed() >= config.checkpoint_interval() {
                 update_lag(&consumer, &config.topic, &pipeline, &metrics);
+                last_lag_update = Instant::now();
             }
         }
     })();
@@ -413,6 +445,8 @@ fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> Run
         visible_p50_ms: metrics.visible_latency.quantile_ms(0.5),
         visible_p99_ms: metrics.visible_latency.quantile_ms(0.99),
         batch_p99_ms: metrics.batch_latency.quantile_ms(0.99),
+        arrival_p50_ms: metrics.arrival_latency.quantile_ms(0.5),
+        arrival_p99_ms: metrics.arrival_latency.quantile_ms(0.99),
         decode_secs: secs(&metrics.decode_ns),
         score_secs: secs(&metrics.score_ns),
         sink_secs: secs(&metrics.sink_ns),
@@ -436,4 +470,33 @@ pub fn peak_rss_mib() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_deadline_counts_from_produce_time_within_bounds() {
+        let polled = Instant::now();
+        let wait = Duration::from_millis(50);
+        // No timestamp: a full wait from polling.
+        assert_eq!(batch_deadline(polled, wait, None), polled + wait);
+        // Produced 30 ms ago: 20 ms left (allow the clock to move a few ms meanwhile).
+        let left = batch_deadline(polled, wait, Some(now_ms() - 30)) - polled;
+        assert!(
+            left <= Duration::from_millis(20) && left >= Duration::from_millis(10),
+            "{left:?}"
+        );
+        // Produced long ago (or a producer clock behind): close at once.
+        assert_eq!(
+            batch_deadline(polled, wait, Some(now_ms() - 60_000)),
+            polled
+        );
+        // A producer clock ahead: never longer than a full wait.
+        assert_eq!(
+            batch_deadline(polled, wait, Some(now_ms() + 60_000)),
+            polled + wait
+        );
+    }
 }

@@ -33,7 +33,7 @@ use udfs_window::{HISTORY_ROWS, WINDOW_SECS};
 /// The history the features need, mirrored from the SQL (kept together so that a change
 /// of the windows is one edit).
 mod udfs_window {
-    /// `avg(amt) OVER (… ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING)` in features.sql.
+    /// `mean_of_previous(amt, 30)` in features.sql.
     pub const HISTORY_ROWS: usize = 30;
     /// `rolling_sum_24h`'s window.
     pub const WINDOW_SECS: i64 = risksense_udfs::windows::WINDOW_SECS;
