@@ -54,6 +54,23 @@ impl Default for SessionOptions {
     }
 }
 
+impl SessionOptions {
+    /// For scoring whole files (`rescore`, the benchmarks' batch jobs): 8 partitions per
+    /// core. The card windows materialise each partition whole (DataFusion's
+    /// `WindowAggExec`), so with one partition per core each holds half the input at
+    /// once, and its sort, windows and scoring run one after the other. Smaller partitions
+    /// keep that in cache and let one partition sort while another scores. Measured on 2
+    /// cores, 5.2M rows: 2 partitions 730k rows/s and 4.9 GB peak RSS, 8 partitions 1.0M
+    /// and 2.9 GB, 16 partitions 1.06M and 2.7–3.0 GB (BENCHMARKS.md).
+    pub fn rescoring() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            target_partitions: 8 * cores,
+            ..Self::default()
+        }
+    }
+}
+
 /// A session with the UDFs registered (the model ones only when a model is given).
 pub fn new_session(
     model: Option<Arc<Model>>,

@@ -366,7 +366,7 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
         bar.inc(1);
 
         let rescore_time = runtime.block_on(async {
-            let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+            let ctx = scoring::new_session(Some(model.clone()), SessionOptions::rescoring())?;
             let out = args.scratch.join("scored");
             if out.exists() {
                 std::fs::remove_dir_all(&out)?;

@@ -217,7 +217,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     }
     .load()?;
     let batch_secs = runtime.block_on(async {
-        let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+        let ctx = scoring::new_session(Some(model.clone()), SessionOptions::rescoring())?;
         scoring::register_files(&ctx, scoring::TRANSACTIONS, std::slice::from_ref(&parquet))
             .await?;
         scoring::install_views(&ctx, Some(&model)).await?;

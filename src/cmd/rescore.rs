@@ -18,7 +18,7 @@ pub struct Args {
     pub out: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Parallel partitions (default: the machine's cores).
+    /// Parallel partitions (default: 8 per core; see `SessionOptions::rescoring`).
     #[arg(long)]
     pub partitions: Option<usize>,
 }
@@ -27,7 +27,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let model = args.model.load()?;
-        let mut options = SessionOptions::default();
+        let mut options = SessionOptions::rescoring();
         if let Some(p) = args.partitions {
             options.target_partitions = p;
         }
