@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Float64Type;
+use arrow::datatypes::{Float64Type, Int64Type};
 use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::schema::idx;
 use risksense_engine::stream::pipeline::{ERROR_HEADER, SOURCE_HEADER};
@@ -205,6 +205,41 @@ fn redis_zcard(url: &str, key: &str) -> usize {
         .expect("zcard")
 }
 
+/// Asserts that every card's list in Redis holds exactly its newest `kept` transactions
+/// (by event time, then trans_num, as the sorted set orders and trims them), however the
+/// card's rows were spread over micro-batches and write pipelines.
+fn assert_card_lists(url: &str, prefix: &str, rows: &RecordBatch, kept: usize) {
+    let cards = rows.column(idx::CC_NUM).as_primitive::<Int64Type>();
+    let times = rows
+        .column(idx::TRANS_DATE_TRANS_TIME)
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    let trans_nums = trans_nums(rows);
+    let mut by_card: HashMap<i64, Vec<(i64, String)>> = HashMap::new();
+    for (i, trans_num) in trans_nums.into_iter().enumerate() {
+        by_card
+            .entry(cards.value(i))
+            .or_default()
+            .push((times.value(i).div_euclid(1_000_000), trans_num));
+    }
+    let client = redis::Client::open(url).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    for (card, mut entries) in by_card {
+        entries.sort();
+        let expected: Vec<String> = entries
+            .iter()
+            .skip(entries.len().saturating_sub(kept))
+            .map(|(_, t)| t.clone())
+            .collect();
+        let stored: Vec<String> = redis::cmd("ZRANGE")
+            .arg(risksense_store::layout::card(prefix, card))
+            .arg(0)
+            .arg(-1)
+            .query(&mut connection)
+            .expect("zrange");
+        assert_eq!(stored, expected, "card {card}");
+    }
+}
+
 /// Asserts that the stream's scores equal the batch path's within 1e-6, row for row.
 fn assert_parity(streamed: &HashMap<String, (f64, bool)>, batch: &HashMap<String, (f64, bool)>) {
     assert_eq!(streamed.len(), batch.len(), "row counts differ");
@@ -254,6 +289,8 @@ fn streams_100k_rows_into_redis_the_alerts_topic_and_the_archive_once_each() {
     let alerts = redis_alerts(&url, &topic);
     assert_eq!(alerts.len() as u64, summary.anomalies);
     assert_eq!(alerts.iter().collect::<HashSet<_>>().len(), alerts.len());
+    // Each card's list: its newest transactions, trimmed to the retention.
+    assert_card_lists(&url, &topic, &rows, config.retention.card_history);
 
     // Archive: every row exactly once, with the same scores Redis got.
     let archived = scores_of(&archive_rows(&archive));
