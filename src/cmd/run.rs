@@ -104,7 +104,10 @@ impl Args {
         if let Some(ms) = self.checkpoint_ms {
             config.checkpoint_interval_ms = ms;
         }
-        if self.model.model.is_some() || self.config.is_none() {
+        // A config file that does not name a model gets the same default as the flags
+        // (./models/default, else the source tree's), not a path relative to wherever the
+        // process was started.
+        if self.model.model.is_some() || config.model == StreamConfig::default().model {
             config.model = self.model.dir();
         }
         config.model_threads = self.model.model_threads;
