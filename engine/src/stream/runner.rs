@@ -344,9 +344,14 @@ pub fn run_stream(
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "consumer error (the broker may be away); still polling");
-                        if batch_deadline.is_none() {
-                            std::thread::sleep(Duration::from_millis(100));
-                            break;
+                        match batch_deadline {
+                            None => {
+                                std::thread::sleep(Duration::from_millis(100));
+                                break;
+                            }
+                            // Score what was gathered rather than poll errors past the deadline.
+                            Some(deadline) if Instant::now() >= deadline => break,
+                            Some(_) => {}
                         }
                     }
                     None => match batch_deadline {
