@@ -70,6 +70,22 @@ pub async fn ensure_topic(
     Ok(())
 }
 
+/// Deletes `topics` (missing ones are not an error): benchmarks fill topics of a million
+/// messages each, and a broker keeps them for its retention period otherwise.
+pub async fn delete_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), EngineError> {
+    let admin: AdminClient<DefaultClientContext> = settings.client_config(&[]).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.delete_topics(topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => {
+                tracing::warn!(topic = %name, ?code, "could not delete topic");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Counts delivery reports on librdkafka's background thread.
 #[derive(Default)]
 pub struct DeliveryCounter {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
+use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, delete_topics, ensure_topic};
 use risksense_engine::scoring::{self, SessionOptions};
 use risksense_engine::source::TransactionFileWriter;
 
@@ -177,6 +177,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
 
     // 1. Throughput: fill, then drain.
     let topic = unique("throughput");
+    let throughput_topic = topic.clone();
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
     let produce_rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
@@ -201,6 +202,17 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let steady = finish_engine(engine)?;
+    // The benchmark's topics (a million messages each, plus alerts) are not needed again.
+    let mut created = Vec::new();
+    for base in [&throughput_topic, &topic] {
+        created.extend([
+            base.clone(),
+            format!("{base}.alerts"),
+            format!("{base}.dlq"),
+        ]);
+    }
+    let created: Vec<&str> = created.iter().map(String::as_str).collect();
+    runtime.block_on(delete_topics(&settings, &created))?;
 
     // 3. The same rows as a batch job (rescore from Parquet, in this process).
     let parquet = args.scratch.join("bench-stream-history.parquet");
