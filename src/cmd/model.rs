@@ -12,7 +12,8 @@ pub struct ModelArgs {
     /// Model folder (model.onnx + model.json) [default: models/default]
     #[arg(long, env = "RISKSENSE_MODEL")]
     pub model: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads for the one shared session.
+    /// ONNX Runtime intra-op threads (1: one session per core, each scoring on its
+    /// caller's thread; more: one session with a pool of this many).
     #[arg(long, default_value_t = 1)]
     pub model_threads: usize,
     /// Run without a model (features only; anomaly_score is not registered).

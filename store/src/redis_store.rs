@@ -128,9 +128,6 @@ impl RedisStore {
     }
 
     async fn write_chunk(&self, rows: &[&ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
-        if rows.is_empty() {
-            return Ok(WriteOutcome::default());
-        }
         let r = &self.retention;
         let prefix = r.prefix.as_str();
         let ttl = r.ttl_secs.max(1);

@@ -54,7 +54,7 @@ pub struct Pipeline {
     shutdown: Arc<AtomicBool>,
     /// The last checkpoint of any partition (staggered checkpoints: see `checkpoint_due`).
     last_checkpoint: Instant,
-    /// When each partition was last checkpointed (or taken over).
+    /// When each partition was last checkpointed (one not checkpointed yet goes first).
     checkpointed_at: HashMap<i32, Instant>,
     live: Option<Arc<super::live::LiveWindow>>,
     /// The previous micro-batch's Redis and Kafka writes, still running while this one is
@@ -568,22 +568,28 @@ impl RemoteSinks {
         // Kafka (dead letters and alerts) and Redis at the same time. Alerts go out at
         // least once: a batch replayed after a crash sends its alerts again (readers dedupe
         // by trans_num; the Redis alerts stream never repeats).
-        let kafka = async {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                pending = send_all(&self.producer, pending).await;
-                if pending.is_empty() {
+        // Each retry sends only the records that failed the time before.
+        let pending = parking_lot::Mutex::new(pending);
+        let kafka = retry(
+            &self.metrics,
+            &self.shutdown,
+            "sending alerts and dead letters to Kafka",
+            || async {
+                let records = std::mem::take(&mut *pending.lock());
+                let attempted = records.len() as u64;
+                let (failed, first) = send_all(&self.producer, records).await;
+                if failed.is_empty() {
                     return Ok(());
                 }
-                StreamMetrics::add(&self.metrics.sink_retries, 1);
-                tracing::warn!(failed = pending.len(), retry_in = ?delay, "Kafka sends failed; retrying those");
-                if self.shutdown.load(Ordering::Relaxed) {
-                    return Err(interrupted("sending alerts and dead letters to Kafka"));
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        };
+                let error = EngineError::Delivery {
+                    failed: failed.len() as u64,
+                    attempted,
+                    first,
+                };
+                *pending.lock() = failed;
+                Err(error)
+            },
+        );
         let redis = retry(
             &self.metrics,
             &self.shutdown,
@@ -624,8 +630,12 @@ struct KafkaRecord {
 /// `message.max.bytes`, 1 MiB by default); a header says how long the original was.
 const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
 
-/// Sends every record, waits for every acknowledgement, and returns the ones that failed.
-async fn send_all(producer: &FutureProducer, records: Vec<KafkaRecord>) -> Vec<KafkaRecord> {
+/// Sends every record, waits for every acknowledgement, and returns the ones that failed
+/// with the first failure's reason.
+async fn send_all(
+    producer: &FutureProducer,
+    records: Vec<KafkaRecord>,
+) -> (Vec<KafkaRecord>, String) {
     let mut deliveries = Vec::with_capacity(records.len());
     for record in &records {
         let mut headers = OwnedHeaders::new();
@@ -645,9 +655,13 @@ async fn send_all(producer: &FutureProducer, records: Vec<KafkaRecord>) -> Vec<K
     }
     let results = futures::future::join_all(deliveries).await;
     let mut failed = Vec::new();
+    let mut first = String::new();
     for (mut record, result) in records.into_iter().zip(results) {
         if let Err((error, _)) = result {
             tracing::warn!(%error, topic = %record.topic, "send failed");
+            if first.is_empty() {
+                first = error.to_string();
+            }
             if matches!(
                 error,
                 rdkafka::error::KafkaError::MessageProduction(
@@ -663,7 +677,7 @@ async fn send_all(producer: &FutureProducer, records: Vec<KafkaRecord>) -> Vec<K
             failed.push(record);
         }
     }
-    failed
+    (failed, first)
 }
 
 /// The rows of a stream batch (decoded or scored) grouped by the partition they came from

@@ -313,7 +313,7 @@ impl PartitionState {
             return Ok(state);
         }
         let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
-        if reader.schema() != KEPT_SCHEMA.clone() {
+        if reader.schema() != *KEPT_SCHEMA {
             return Err(EngineError::State(
                 "checkpointed state has another schema than this engine keeps".to_string(),
             ));
