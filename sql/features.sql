@@ -5,16 +5,14 @@
 -- It reads a table or view named `transactions` with the Kaggle / Sparkov columns.
 --
 -- The first nine columns identify the row (`row_id` is the source's row: the index in a
--- file, or the Kafka offset in the stream, where history rows are shifted below zero); every column after them is a model input, in
--- the order the model card lists them. Per-card history uses only bounded windows ordered
--- by event time (the last 24 hours; the 30 transactions before this one), so the stream can
--- reproduce it exactly from the rows it keeps per card.
+-- file, or the partition and offset in the stream); every column after them is a model
+-- input, in the order the model card lists them. Per-card history uses only bounded
+-- windows ordered by event time (the previous row; the last 24 hours; the 30 transactions
+-- before this one), so the stream can reproduce it exactly from what it keeps per card.
 CREATE OR REPLACE VIEW features AS
 -- Only what the windows need is computed before them; every other feature is computed
--- after them (in the last SELECT), so a query that keeps some rows only (the stream keeps
--- the micro-batch, not the per-card history it runs with) computes those for kept rows.
--- The windows may read only row_id, trans_date_trans_time, cc_num and amt: of earlier
--- rows, the stream keeps just those (engine/src/stream/state.rs; the parity tests check).
+-- after them (in the last SELECT), so a query that keeps some rows only computes those
+-- for kept rows.
 WITH base AS (
   SELECT
     row_id,
@@ -41,17 +39,21 @@ WITH base AS (
 history AS (
   SELECT
     *,
-    event_secs - lag(event_secs) OVER card_sequence AS secs_since_prev,
-    -- rolling_sum_24h(t, x): sum(x) over the card's rows up to this one within the last
-    -- 24 hours, in one pass per card (see udfs/src/windows.rs). Later rows never count,
-    -- even in the same second, so the stream computes it exactly from what it has seen.
-    rolling_sum_24h(event_secs, 1.0) OVER card_sequence AS count_24h,
-    rolling_sum_24h(event_secs, amt) OVER card_sequence AS spend_24h,
-    rolling_sum_24h(event_secs, is_night) OVER card_sequence AS night_count_24h,
-    rolling_sum_24h(event_secs, is_night * amt) OVER card_sequence AS night_spend_24h,
-    -- mean_of_previous(x, 30): avg(x) over the 30 rows before this one, i.e.
+    -- Each card window takes the card and the event time first: a batch job has all of a
+    -- card's rows in its partition, the live stream only the micro-batch's, and finds the
+    -- card's earlier rows in the history it keeps under the card (udfs/src/windows).
+    -- secs_since_previous(card, t): t minus the card's previous row's t (NULL for its first).
+    secs_since_previous(cc_num, event_secs) OVER card_sequence AS secs_since_prev,
+    -- rolling_sum_24h(card, t, x): sum(x) over the card's rows up to this one within the
+    -- last 24 hours, in one pass per card. Later rows never count, even in the same
+    -- second, so the stream computes it exactly from what it has seen.
+    rolling_sum_24h(cc_num, event_secs, 1.0) OVER card_sequence AS count_24h,
+    rolling_sum_24h(cc_num, event_secs, amt) OVER card_sequence AS spend_24h,
+    rolling_sum_24h(cc_num, event_secs, is_night) OVER card_sequence AS night_count_24h,
+    rolling_sum_24h(cc_num, event_secs, is_night * amt) OVER card_sequence AS night_spend_24h,
+    -- mean_of_previous(card, t, x, 30): avg(x) over the 30 rows before this one, i.e.
     -- ROWS BETWEEN 30 PRECEDING AND 1 PRECEDING, without DataFusion's per-row sliding frame.
-    mean_of_previous(amt, 30) OVER card_sequence AS card_mean_amt
+    mean_of_previous(cc_num, event_secs, amt, 30) OVER card_sequence AS card_mean_amt
   FROM base
   WINDOW
     -- Same-second rows keep their arrival order: row_id is the file's row index in a

@@ -45,6 +45,8 @@ pub enum EngineError {
     Store(#[from] risksense_store::StoreError),
     #[error("stream state: {0}")]
     State(String),
+    #[error(transparent)]
+    History(#[from] risksense_udfs::windows::HistoryError),
     #[error("config: {0}")]
     Config(String),
 }

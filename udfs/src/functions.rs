@@ -6,7 +6,8 @@
 //! - `anomaly_explain(f1, …, fn)`: the three features with the largest reconstruction error
 //!   and their share of it, e.g. `log_amt_over_mean 61%, night_share_24h 22%, hour_cos 6%`.
 //! - `anomaly_threshold()`: the model's alert threshold.
-//! - `rolling_sum_24h(event_secs, value)`: a window function, see [`crate::windows`].
+//! - `rolling_sum_24h`, `mean_of_previous`, `secs_since_previous`: per-card window
+//!   functions, see [`crate::windows`].
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -340,12 +341,9 @@ impl ScalarUDFImpl for AnomalyThreshold {
 /// Registers `haversine` (always) and, given a model, the model functions.
 pub fn register(registry: &mut dyn FunctionRegistry, model: Option<Arc<Model>>) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(Haversine::default())))?;
-    registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(
-        crate::windows::CardWindow::rolling_sum_24h(),
-    )))?;
-    registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(
-        crate::windows::CardWindow::mean_of_previous(),
-    )))?;
+    for window in crate::windows::CardWindow::all() {
+        registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(window)))?;
+    }
     if let Some(model) = model {
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyScore::new(model.clone()))))?;
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyExplain::new(

@@ -4,8 +4,8 @@
 //!
 //! - [`config`]: settings (TOML, flags, environment).
 //! - [`decode`]: messages → one Arrow batch; bad messages set aside with a reason.
-//! - [`state`]: per-card recent rows, so the stream computes the batch job's features.
-//! - [`scorer`]: the scoring plan, planned once and executed per micro-batch.
+//! - [`scorer`]: the scoring plan, planned once and executed per micro-batch, with the
+//!   per-card history its window functions carry between batches.
 //! - [`archive`]: rolling Parquet files finished at checkpoints.
 //! - [`live`]: the last minutes of scored rows in memory, for SQL over the stream.
 //! - [`pipeline`]: one micro-batch through every sink; checkpoints.
@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod runner;
 pub mod scorer;
-pub mod state;
 
 pub use config::StreamConfig;
 pub use live::LiveWindow;

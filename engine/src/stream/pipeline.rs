@@ -1,9 +1,9 @@
 //! One micro-batch from messages to sinks, and the checkpoint that makes progress durable.
 //!
-//! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → per-card
-//! context from state → the scoring plan → the archive and live window → Redis and Kafka
-//! (alerts, dead letters) in a task that overlaps the next micro-batch, retried until they
-//! hold the data → state absorbs the batch. A checkpoint first waits for that task, then,
+//! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → the
+//! scoring plan (its card windows read the cards' history and stage the batch's) → the
+//! archive and live window → Redis and Kafka (alerts, dead letters) in a task that overlaps
+//! the next micro-batch, retried until they hold the data → the staged history commits. A checkpoint first waits for that task, then,
 //! per partition, seals its archive file, saves its state with the offset it belongs to
 //! (naming the sealed file), publishes the file, and finally commits the offsets to Kafka.
 //! Results are visible in Redis as soon as a batch's task finishes; offsets are committed
@@ -21,13 +21,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use risksense_store::{Alert, Checkpoint, ResultStore};
+use risksense_udfs::windows::CardHistory;
 
 use super::archive::{ParquetArchive, complete_publish};
 use super::config::StreamConfig;
 use super::decode::{Incoming, decode, partition_of};
 use super::metrics::{StreamMetrics, now_ms};
 use super::scorer::StreamScorer;
-use super::state::PartitionState;
 use crate::error::EngineError;
 use crate::schema::idx;
 
@@ -42,7 +42,10 @@ pub struct Pipeline {
     store: ResultStore,
     producer: FutureProducer,
     archive: Option<ParquetArchive>,
-    states: HashMap<i32, PartitionState>,
+    /// The per-card history of the scoring plan's window functions (the scorer's).
+    history: Arc<CardHistory>,
+    /// The partitions this instance owns.
+    owned: HashSet<i32>,
     /// Per partition: the next offset to read (everything before it is in the sinks).
     next_offsets: HashMap<i32, i64>,
     /// Partitions with rows since their last checkpoint.
@@ -82,13 +85,17 @@ impl Pipeline {
         } else {
             Some(ParquetArchive::new(&config.archive, &config.instance)?)
         };
+        let history = scorer.history().cloned().ok_or_else(|| {
+            EngineError::State("the stream's scorer keeps no history".to_string())
+        })?;
         Ok(Self {
             config,
             scorer,
             store,
             producer,
             archive,
-            states: HashMap::new(),
+            history,
+            owned: HashSet::new(),
             next_offsets: HashMap::new(),
             dirty: HashSet::new(),
             poisoned: false,
@@ -106,7 +113,7 @@ impl Pipeline {
     /// for one partition's seal and save at a time, not all of them at once (each stall
     /// delays every row behind it: BENCHMARKS.md, streaming latency).
     pub fn checkpoint_due(&self) -> bool {
-        let owned = self.states.len().max(1) as u32;
+        let owned = self.owned.len().max(1) as u32;
         !self.dirty.is_empty()
             && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval() / owned
     }
@@ -128,7 +135,7 @@ impl Pipeline {
     }
 
     pub fn partitions(&self) -> Vec<i32> {
-        let mut partitions: Vec<i32> = self.states.keys().copied().collect();
+        let mut partitions: Vec<i32> = self.owned.iter().copied().collect();
         partitions.sort();
         partitions
     }
@@ -174,6 +181,7 @@ impl Pipeline {
             match attempt {
                 Ok(batches) => scored = batches,
                 Err(error) => {
+                    self.history.discard_staged();
                     // Never crash on input: the rows go to the dead-letter topic with the
                     // reason, and the stream goes on.
                     tracing::error!(%error, rows = batch.num_rows(), "scoring failed; dead-lettering the batch's rows");
@@ -194,18 +202,18 @@ impl Pipeline {
         StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
 
         // The batch is scored and in the sinks (Redis and Kafka finish before the next
-        // checkpoint): its rows become history, its offsets progress.
+        // checkpoint): what its card windows staged becomes history, its offsets progress.
         if !scored.is_empty()
             && let Some(batch) = &decoded.batch
         {
             let started = Instant::now();
-            self.absorb(batch)?;
+            self.commit_history(batch)?;
             StreamMetrics::add(&self.metrics.state_ns, started.elapsed().as_nanos() as u64);
         }
         for message in &messages {
             let next = self.next_offsets.entry(message.partition).or_insert(0);
             *next = (*next).max(message.offset + 1);
-            self.states.entry(message.partition).or_default();
+            self.owned.insert(message.partition);
             self.dirty.insert(message.partition);
         }
         StreamMetrics::add(&self.metrics.batches, 1);
@@ -214,32 +222,24 @@ impl Pipeline {
     }
 
     async fn score(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>, EngineError> {
-        // Each row's partition is in its row_id (see decode::row_id).
-        let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
-        let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
-        let mut cards_by_partition: HashMap<i32, HashSet<i64>> = HashMap::new();
-        for (card, id) in cards.values().iter().zip(ids.values()) {
-            cards_by_partition
-                .entry(partition_of(*id))
-                .or_default()
-                .insert(*card);
-        }
-        let mut input = Vec::with_capacity(cards_by_partition.len() + 1);
-        for (partition, cards) in &cards_by_partition {
-            if let Some(state) = self.states.get(partition)
-                && let Some(context) = state.context(cards)?
-            {
-                input.push(context);
-            }
-        }
-        input.push(batch.clone());
-        self.scorer.score(input).await
+        // Whatever a failed attempt staged is not history.
+        self.history.discard_staged();
+        self.scorer.score(vec![batch.clone()]).await
     }
 
-    fn absorb(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        for (partition, rows) in split_by_partition(batch)? {
-            self.states.entry(partition).or_default().absorb(rows)?;
-        }
+    /// Commits the history the batch's scoring staged, each card under the partition its
+    /// rows came from (in their row_id, see decode::row_id).
+    fn commit_history(&self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
+        let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
+        let partition_of_card: HashMap<i64, i32> = cards
+            .values()
+            .iter()
+            .zip(ids.values())
+            .map(|(card, id)| (*card, partition_of(*id)))
+            .collect();
+        self.history
+            .commit_staged(|card| partition_of_card.get(&card).copied())?;
         Ok(())
     }
 
@@ -358,14 +358,9 @@ impl Pipeline {
                 Some(archive) => archive.seal(*partition)?,
                 None => None,
             };
-            let horizon = self.config.state_idle_secs;
-            let state = match self.states.get_mut(partition) {
-                Some(state) => {
-                    state.evict_idle(horizon);
-                    state.to_ipc()?
-                }
-                None => PartitionState::default().to_ipc()?,
-            };
+            self.history
+                .evict_idle(*partition, self.config.state_idle_secs);
+            let state = self.history.to_ipc(*partition)?;
             let checkpoint = Checkpoint {
                 offset: *offset,
                 state,
@@ -437,29 +432,28 @@ impl Pipeline {
                     // The previous owner may have stopped between saving and publishing.
                     complete_publish(archive.dir(), file)?;
                 }
-                let state = match PartitionState::from_ipc(&checkpoint.state) {
-                    Ok(state) => state,
-                    Err(error) => {
-                        // Resume at the offset anyway: refusing would stop the stream for
-                        // good. Features lack history until the cards are seen again.
-                        tracing::error!(partition, %error, "checkpointed state unreadable; resuming with empty state");
-                        PartitionState::default()
-                    }
-                };
+                if let Err(error) = self.history.restore(partition, &checkpoint.state) {
+                    // Resume at the offset anyway: refusing would stop the stream for good.
+                    // Features lack history until the cards are seen again.
+                    tracing::error!(partition, %error, "checkpointed state unreadable; resuming with empty state");
+                    self.history.restore(partition, &[])?;
+                }
+                let (cards, kept) = self.history.size(partition);
                 tracing::info!(
                     partition,
                     offset = checkpoint.offset,
-                    cards = state.cards(),
-                    rows = state.rows(),
+                    cards,
+                    kept,
                     "resuming partition from its checkpoint"
                 );
-                self.states.insert(partition, state);
+                self.owned.insert(partition);
                 self.next_offsets.insert(partition, checkpoint.offset);
                 Ok(Some(checkpoint.offset))
             }
             None => {
                 tracing::info!(partition, "no checkpoint for partition: starting fresh");
-                self.states.insert(partition, PartitionState::default());
+                self.history.restore(partition, &[])?;
+                self.owned.insert(partition);
                 self.next_offsets.remove(&partition);
                 Ok(None)
             }
@@ -470,7 +464,8 @@ impl Pipeline {
     /// (none after a successful revoke checkpoint) are dropped: the next owner reads them.
     pub fn forget(&mut self, partitions: &[i32]) {
         for partition in partitions {
-            self.states.remove(partition);
+            self.history.forget(*partition);
+            self.owned.remove(partition);
             self.next_offsets.remove(partition);
             self.checkpointed_at.remove(partition);
             self.dirty.remove(partition);
@@ -491,7 +486,8 @@ impl Pipeline {
         if let Some(archive) = self.archive.as_mut() {
             archive.abandon_all();
         }
-        self.states.clear();
+        self.history.clear();
+        self.owned.clear();
         self.next_offsets.clear();
         self.dirty.clear();
     }

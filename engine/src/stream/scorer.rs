@@ -1,5 +1,9 @@
 //! The scoring plan for micro-batches: sql/features.sql + sql/score.sql planned once, then
-//! executed again for every micro-batch over `context ∪ batch`.
+//! executed again for every micro-batch.
+//!
+//! The stream's session registers the card window functions with a [`CardHistory`]: they
+//! read each card's earlier rows from it and stage the batch's (see udfs/src/windows), so
+//! a micro-batch goes through the SQL alone, without its cards' history rows.
 //!
 //! The `transactions` table of the stream session is a slot: its scan yields whatever
 //! batches were put in the slot just before execution. The physical plan is built once at
@@ -14,20 +18,21 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::WindowUDF;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::memory::{LazyBatchGenerator, LazyMemoryExec};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use parking_lot::{Mutex, RwLock};
 use risksense_udfs::Model;
+use risksense_udfs::windows::{CardHistory, CardWindow};
 
 use crate::error::EngineError;
 use crate::schema::transaction_schema;
 use crate::scoring::{SessionOptions, TRANSACTIONS, install_views, new_session};
 
-/// The query the stream runs: every scored row that is not context (context rows carry a
-/// negative `row_id`; see state.rs).
-pub const STREAM_QUERY: &str = "SELECT * FROM scored WHERE row_id >= 0";
+/// The query the stream runs.
+pub const STREAM_QUERY: &str = "SELECT * FROM scored";
 
 type Slot = Arc<Mutex<Vec<RecordBatch>>>;
 
@@ -35,22 +40,40 @@ pub struct StreamScorer {
     ctx: SessionContext,
     plan: Arc<dyn ExecutionPlan>,
     slot: Slot,
+    history: Option<Arc<CardHistory>>,
 }
 
 impl StreamScorer {
-    /// Plans the scoring SQL against the model (which must fit the features).
+    /// Plans the stream's scoring SQL against the model (which must fit the features),
+    /// with an empty per-card history.
     pub async fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self, EngineError> {
-        Self::with_query(model, options, STREAM_QUERY).await
+        Self::plan(model, options, STREAM_QUERY, Some(CardHistory::new())).await
     }
 
     /// Plans `query` over the features and scored views instead (e.g. `SELECT * FROM
-    /// features` for ad-hoc scoring).
+    /// features` for ad-hoc scoring), without history: every call's rows stand alone, as
+    /// in a batch job.
     pub async fn with_query(
         model: Arc<Model>,
         options: SessionOptions,
         query: &str,
     ) -> Result<Self, EngineError> {
+        Self::plan(model, options, query, None).await
+    }
+
+    async fn plan(
+        model: Arc<Model>,
+        options: SessionOptions,
+        query: &str,
+        history: Option<Arc<CardHistory>>,
+    ) -> Result<Self, EngineError> {
         let ctx = new_session(Some(model.clone()), options)?;
+        if let Some(history) = &history {
+            // Replaces the batch versions registered by new_session.
+            for window in CardWindow::all_with_history(history) {
+                ctx.register_udwf(WindowUDF::from(window));
+            }
+        }
         let slot: Slot = Arc::default();
         ctx.register_table(
             TRANSACTIONS,
@@ -61,11 +84,21 @@ impl StreamScorer {
         )?;
         install_views(&ctx, Some(&model)).await?;
         let plan = ctx.sql(query).await?.create_physical_plan().await?;
-        Ok(Self { ctx, plan, slot })
+        Ok(Self {
+            ctx,
+            plan,
+            slot,
+            history,
+        })
     }
 
-    /// Scores `batches` (context rows, with negative `row_id`s, then the micro-batch) and
-    /// returns the scored rows of the micro-batch.
+    /// The per-card history the stream's plan reads and stages (None for `with_query`).
+    pub fn history(&self) -> Option<&Arc<CardHistory>> {
+        self.history.as_ref()
+    }
+
+    /// Scores `batches` and returns their scored rows. With history, what the card windows
+    /// staged waits for [`CardHistory::commit_staged`] or [`CardHistory::discard_staged`].
     pub async fn score(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, EngineError> {
         *self.slot.lock() = batches;
         let plan = reset_plan_states(self.plan.clone());

@@ -1,0 +1,489 @@
+//! Per-card window functions of sql/features.sql, each one pass over a partition.
+//!
+//! Each takes the card and the row's event time (seconds) first and is meant for a window
+//! `OVER (PARTITION BY card ORDER BY event_secs, <arrival order>)`:
+//!
+//! - `rolling_sum_24h(card, event_secs, value)`: the sum of `value` over the partition's
+//!   rows up to and including the current one (in the window's order) whose `event_secs`
+//!   lies in the 24 hours ending at the current row (`[t - 86399, t]`). Rows later in the
+//!   order never count, even with the same second: a row's sums depend only on rows before
+//!   it, which a stream has already seen (a RANGE frame would add same-second rows that a
+//!   stream may not have received yet). One pass, two pointers: DataFusion's generic RANGE
+//!   frame spent most of a rescoring run on these sums.
+//! - `mean_of_previous(card, event_secs, value, n)`: the mean of the non-null `value`s of
+//!   the `n` rows before the current one (NULL when there are none), which is what
+//!   `avg(value) OVER (… ROWS BETWEEN n PRECEDING AND 1 PRECEDING)` means. DataFusion runs
+//!   that frame as a sliding accumulator with per-row slicing, which cost more than all the
+//!   other card windows together in the stream's profile; here each row sums its `n`
+//!   values afresh, oldest first, so a row's mean is the same floating-point sum however
+//!   many earlier rows the partition holds (a stream's history or a whole file).
+//! - `secs_since_previous(card, event_secs)`: seconds since the card's previous row (NULL
+//!   for its first), i.e. `event_secs - lag(event_secs)`.
+//!
+//! Why the card is an argument: in a batch job a partition holds all of a card's rows and
+//! the card is not needed. The live stream registers the same functions with a
+//! [`CardHistory`]: a micro-batch holds only a card's new rows, and each call finds the
+//! card's earlier rows (what that call needs of them: its own `(event_secs, value)` pairs)
+//! in the history under the card, computes over history ∪ new rows, and stages the new
+//! history. Same SQL, same arithmetic, over the same preceding rows: the stream's features
+//! equal a batch job's (engine/tests/stream.rs checks it).
+
+mod history;
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, PrimitiveArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
+use datafusion::common::{Result, exec_err};
+use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
+use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
+
+pub use history::{CardHistory, HistoryError, SiteId};
+
+/// Width of the window, in seconds, both ends included: 24 hours.
+pub const WINDOW_SECS: i64 = 86_399;
+
+/// Which of the card windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    RollingSum24h,
+    MeanOfPrevious,
+    SecsSincePrevious,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::RollingSum24h => "rolling_sum_24h",
+            Kind::MeanOfPrevious => "mean_of_previous",
+            Kind::SecsSincePrevious => "secs_since_previous",
+        }
+    }
+
+    fn arguments(self) -> usize {
+        match self {
+            Kind::RollingSum24h => 3,
+            Kind::MeanOfPrevious => 4,
+            Kind::SecsSincePrevious => 2,
+        }
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            Kind::RollingSum24h => "rolling_sum_24h(card, event_secs, value)",
+            Kind::MeanOfPrevious => "mean_of_previous(card, event_secs, value, rows)",
+            Kind::SecsSincePrevious => "secs_since_previous(card, event_secs)",
+        }
+    }
+}
+
+/// One of the card window functions, optionally carrying a stream's per-card history.
+#[derive(Debug)]
+pub struct CardWindow {
+    kind: Kind,
+    signature: Signature,
+    history: Option<Arc<CardHistory>>,
+}
+
+impl CardWindow {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            signature: Signature::any(kind.arguments(), Volatility::Immutable),
+            history: None,
+        }
+    }
+
+    /// `rolling_sum_24h(card, event_secs, value)`.
+    pub fn rolling_sum_24h() -> Self {
+        Self::new(Kind::RollingSum24h)
+    }
+
+    /// `mean_of_previous(card, event_secs, value, rows)`.
+    pub fn mean_of_previous() -> Self {
+        Self::new(Kind::MeanOfPrevious)
+    }
+
+    /// `secs_since_previous(card, event_secs)`.
+    pub fn secs_since_previous() -> Self {
+        Self::new(Kind::SecsSincePrevious)
+    }
+
+    /// All of them, for a batch session.
+    pub fn all() -> Vec<Self> {
+        vec![
+            Self::rolling_sum_24h(),
+            Self::mean_of_previous(),
+            Self::secs_since_previous(),
+        ]
+    }
+
+    /// All of them, reading and staging each card's earlier rows in `history` (a stream).
+    pub fn all_with_history(history: &Arc<CardHistory>) -> Vec<Self> {
+        Self::all()
+            .into_iter()
+            .map(|mut window| {
+                window.history = Some(history.clone());
+                window
+            })
+            .collect()
+    }
+}
+
+// Identity is the function (DataFusion compares UDFs); a session holds one of each.
+impl PartialEq for CardWindow {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
+}
+
+impl Eq for CardWindow {}
+
+impl std::hash::Hash for CardWindow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+    }
+}
+
+impl WindowUDFImpl for CardWindow {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn partition_evaluator(
+        &self,
+        args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        if args.input_exprs().len() != self.kind.arguments() {
+            return exec_err!(
+                "{} takes {} arguments",
+                self.kind.usage(),
+                self.kind.arguments()
+            );
+        }
+        // In a stream, the call's place in the plan names its history (see CardHistory).
+        let site = self.history.as_ref().map(|history| {
+            (
+                history.clone(),
+                history.site(self.kind.name(), args.input_exprs()),
+            )
+        });
+        Ok(Box::new(CardEvaluator {
+            kind: self.kind,
+            site,
+        }))
+    }
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Float64,
+            true,
+        )))
+    }
+}
+
+/// One earlier (or current) row as a window call sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Entry {
+    pub secs: i64,
+    pub value: Option<f64>,
+}
+
+#[derive(Debug)]
+struct CardEvaluator {
+    kind: Kind,
+    site: Option<(Arc<CardHistory>, SiteId)>,
+}
+
+/// The non-null Int64 values of an argument.
+fn int64_values(values: &ArrayRef, what: &str) -> Result<PrimitiveArray<Int64Type>> {
+    let array = cast(values, &DataType::Int64)?;
+    let array = array.as_primitive::<Int64Type>().clone();
+    if array.null_count() > 0 {
+        return exec_err!("{what} must not be null");
+    }
+    Ok(array)
+}
+
+impl PartitionEvaluator for CardEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let kind = self.kind;
+        if values.len() != kind.arguments() {
+            return exec_err!("{} takes {} arguments", kind.usage(), kind.arguments());
+        }
+        let secs = int64_values(&values[1], &format!("{}: event_secs", kind.name()))?;
+        if secs.values().windows(2).any(|pair| pair[1] < pair[0]) {
+            return exec_err!("{} needs its window ordered by event_secs", kind.name());
+        }
+        let rows: Vec<Entry> = match kind {
+            Kind::SecsSincePrevious => secs
+                .values()
+                .iter()
+                .map(|&secs| Entry { secs, value: None })
+                .collect(),
+            Kind::RollingSum24h | Kind::MeanOfPrevious => {
+                let amounts = cast(&values[2], &DataType::Float64)?;
+                let amounts = amounts.as_primitive::<Float64Type>();
+                (0..num_rows)
+                    .map(|i| Entry {
+                        secs: secs.value(i),
+                        value: amounts.is_valid(i).then(|| amounts.value(i)),
+                    })
+                    .collect()
+            }
+        };
+        let keep_rows = match kind {
+            Kind::MeanOfPrevious => {
+                let n = int64_values(&values[3], "mean_of_previous: rows")?;
+                match n.values().first() {
+                    Some(&n) if n >= 0 => n as usize,
+                    Some(_) => return exec_err!("mean_of_previous: rows must not be negative"),
+                    None => 0,
+                }
+            }
+            Kind::SecsSincePrevious => 1,
+            Kind::RollingSum24h => 0,
+        };
+        let Some((history, site)) = &self.site else {
+            return Ok(to_array(compute(kind, &rows, keep_rows)));
+        };
+        if num_rows == 0 {
+            return Ok(to_array(Vec::new()));
+        }
+        let cards = int64_values(&values[0], &format!("{}: card", kind.name()))?;
+        let card = cards.value(0);
+        if cards.values().iter().any(|&c| c != card) {
+            return exec_err!("{} needs its window partitioned by the card", kind.name());
+        }
+        let earlier = history.entries(card, *site);
+        let (merged, positions) = merge(&earlier, &rows);
+        let all = compute(kind, &merged, keep_rows);
+        let out = positions.iter().map(|&p| all[p]).collect();
+        history.stage(card, *site, retain(kind, merged, keep_rows));
+        Ok(to_array(out))
+    }
+}
+
+fn to_array(values: Vec<Option<f64>>) -> ArrayRef {
+    Arc::new(Float64Array::from(values))
+}
+
+/// The window's results for rows in window order.
+fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
+    match kind {
+        Kind::RollingSum24h => {
+            let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
+            // Nulls add nothing, like SUM.
+            let values: Vec<f64> = rows.iter().map(|r| r.value.unwrap_or(0.0)).collect();
+            rolling_sums(&secs, &values).into_iter().map(Some).collect()
+        }
+        Kind::MeanOfPrevious => {
+            let values: Vec<Option<f64>> = rows.iter().map(|r| r.value).collect();
+            means_of_previous(&values, n)
+        }
+        Kind::SecsSincePrevious => (0..rows.len())
+            .map(|i| (i > 0).then(|| (rows[i].secs - rows[i - 1].secs) as f64))
+            .collect(),
+    }
+}
+
+/// `earlier` (a card's history, in order) and `rows` (its new rows, in order) in one
+/// order, and where each new row went. On equal seconds history goes first: it arrived
+/// earlier on the card's partition, and the window orders same-second rows by arrival.
+/// New rows normally all come after history; a late one goes by its event time.
+fn merge(earlier: &[Entry], rows: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
+    let mut merged = Vec::with_capacity(earlier.len() + rows.len());
+    let mut positions = Vec::with_capacity(rows.len());
+    let mut e = 0;
+    for row in rows {
+        while e < earlier.len() && earlier[e].secs <= row.secs {
+            merged.push(earlier[e]);
+            e += 1;
+        }
+        positions.push(merged.len());
+        merged.push(*row);
+    }
+    merged.extend_from_slice(&earlier[e..]);
+    (merged, positions)
+}
+
+/// What a later row of the card can still need: the last `keep_rows` rows and every row
+/// of the 24 hours before the latest one (exact for rows that arrive in event-time order,
+/// which one Kafka key per card gives; a row later than that is placed by its event time
+/// among what is kept).
+fn retain(kind: Kind, mut rows: Vec<Entry>, keep_rows: usize) -> Vec<Entry> {
+    let Some(latest) = rows.last().map(|r| r.secs) else {
+        return rows;
+    };
+    let by_count = rows.len().saturating_sub(keep_rows);
+    let by_time = match kind {
+        Kind::RollingSum24h => rows.partition_point(|r| r.secs < latest - WINDOW_SECS),
+        Kind::MeanOfPrevious | Kind::SecsSincePrevious => by_count,
+    };
+    rows.drain(..by_count.min(by_time));
+    rows
+}
+
+/// For each row `i` of one partition sorted by `secs`: the sum of `values[j]` for `j <= i`
+/// with `secs[j]` in `[secs[i] - WINDOW_SECS, secs[i]]`.
+pub fn rolling_sums(secs: &[i64], values: &[f64]) -> Vec<f64> {
+    let n = secs.len();
+    let mut out = Vec::with_capacity(n);
+    let mut low = 0usize;
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        let t = secs[i];
+        // Take in the current row (never rows after it, even at the same second).
+        sum += values[i];
+        let high = i + 1;
+        // Let go of rows older than the window.
+        while low < high && secs[low] < t - WINDOW_SECS {
+            sum -= values[low];
+            low += 1;
+        }
+        out.push(sum);
+    }
+    out
+}
+
+/// For each row `i`: the mean of the non-null `values[j]` for `i - n <= j < i`, or None.
+pub fn means_of_previous(values: &[Option<f64>], n: usize) -> Vec<Option<f64>> {
+    (0..values.len())
+        .map(|i| {
+            let (sum, count) = values[i.saturating_sub(n)..i]
+                .iter()
+                .flatten()
+                .fold((0.0f64, 0u32), |(sum, count), v| (sum + v, count + 1));
+            (count > 0).then(|| sum / f64::from(count))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_of_the_rows_before_the_current_one() {
+        let values = [Some(1.0), Some(2.0), None, Some(6.0), Some(10.0)];
+        assert_eq!(
+            means_of_previous(&values, 2),
+            vec![None, Some(1.0), Some(1.5), Some(2.0), Some(6.0)]
+        );
+        // n larger than the partition: everything before.
+        assert_eq!(
+            means_of_previous(&values, 30),
+            vec![None, Some(1.0), Some(1.5), Some(1.5), Some(3.0)]
+        );
+        assert_eq!(means_of_previous(&values, 0), vec![None; 5]);
+    }
+
+    #[test]
+    fn sums_the_last_24_hours_up_to_the_current_row() {
+        let secs = [0, 10, 10, 86_399, 86_400, 86_410, 200_000];
+        let values = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+        // Brute force: every row up to this one within [t - 86399, t].
+        let expected: Vec<f64> = (0..secs.len())
+            .map(|i| {
+                (0..=i)
+                    .filter(|&j| secs[j] >= secs[i] - WINDOW_SECS)
+                    .map(|j| values[j])
+                    .sum()
+            })
+            .collect();
+        assert_eq!(rolling_sums(&secs, &values), expected);
+        // The second row at t = 10 does not see the third (same second, later in order).
+        assert_eq!(expected, vec![1.0, 3.0, 7.0, 15.0, 30.0, 56.0, 64.0]);
+    }
+
+    fn entries(secs: &[i64]) -> Vec<Entry> {
+        secs.iter()
+            .map(|&s| Entry {
+                secs: s,
+                value: Some(s as f64),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn history_goes_before_new_rows_of_the_same_second_and_late_rows_go_by_time() {
+        let earlier = entries(&[10, 20, 30]);
+        let (merged, positions) = merge(&earlier, &entries(&[30, 40]));
+        assert_eq!(merged, entries(&[10, 20, 30, 30, 40]));
+        assert_eq!(positions, vec![3, 4]);
+        let (merged, positions) = merge(&earlier, &entries(&[15, 35]));
+        assert_eq!(merged, entries(&[10, 15, 20, 30, 35]));
+        assert_eq!(positions, vec![1, 4]);
+    }
+
+    #[test]
+    fn keeps_what_later_rows_need() {
+        let day = WINDOW_SECS + 1;
+        let rows = entries(&[0, 10, day, day + 5, 2 * day]);
+        // The 24 h sums need the rows of the last 24 h only: [day + 1, 2 day].
+        assert_eq!(
+            retain(Kind::RollingSum24h, rows.clone(), 0),
+            entries(&[day + 5, 2 * day])
+        );
+        assert_eq!(
+            retain(Kind::RollingSum24h, entries(&[0, day - 1, day]), 0),
+            entries(&[day - 1, day])
+        );
+        // The mean needs its last n rows, the previous row the last one.
+        assert_eq!(
+            retain(Kind::MeanOfPrevious, rows.clone(), 3),
+            entries(&[day, day + 5, 2 * day])
+        );
+        assert_eq!(retain(Kind::MeanOfPrevious, rows.clone(), 30), rows);
+        assert_eq!(
+            retain(Kind::SecsSincePrevious, rows, 1),
+            entries(&[2 * day])
+        );
+    }
+
+    /// A card's rows scored in pieces with history give what one pass over all of them
+    /// gives, for every kind.
+    #[test]
+    fn pieces_with_history_equal_one_pass() {
+        let secs: Vec<i64> = (0..200).map(|i| i * 7_001 + (i % 3) * 40_000).collect();
+        let mut rows: Vec<Entry> = secs
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| Entry {
+                secs: s,
+                value: (i % 11 != 0).then_some((i * 37 % 101) as f64),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.secs);
+        for (kind, n) in [
+            (Kind::RollingSum24h, 0),
+            (Kind::MeanOfPrevious, 30),
+            (Kind::SecsSincePrevious, 1),
+        ] {
+            let whole = compute(kind, &rows, n);
+            let mut kept: Vec<Entry> = Vec::new();
+            let mut pieces = Vec::new();
+            for piece in rows.chunks(13) {
+                let (merged, positions) = merge(&kept, piece);
+                let all = compute(kind, &merged, n);
+                pieces.extend(positions.iter().map(|&p| all[p]));
+                kept = retain(kind, merged, n);
+            }
+            assert_eq!(pieces.len(), whole.len());
+            for (i, (a, b)) in pieces.iter().zip(&whole).enumerate() {
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        assert!(
+                            (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                            "{kind:?} row {i}: {a} vs {b}"
+                        )
+                    }
+                    _ => assert_eq!(a, b, "{kind:?} row {i}"),
+                }
+            }
+        }
+    }
+}
