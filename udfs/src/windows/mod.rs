@@ -38,6 +38,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
+use datafusion::physical_expr::PhysicalExpr;
 
 pub use history::{CardHistory, HistoryError, SiteId};
 
@@ -84,6 +85,9 @@ pub struct CardWindow {
     kind: Kind,
     signature: Signature,
     history: Option<Arc<CardHistory>>,
+    /// Sites already named, by their argument expressions (compared by pointer: a plan
+    /// keeps its expressions), since DataFusion asks for an evaluator for every card.
+    known_sites: parking_lot::Mutex<Vec<(Vec<Arc<dyn PhysicalExpr>>, SiteId)>>,
 }
 
 impl CardWindow {
@@ -92,6 +96,7 @@ impl CardWindow {
             kind,
             signature: Signature::any(kind.arguments(), Volatility::Immutable),
             history: None,
+            known_sites: parking_lot::Mutex::default(),
         }
     }
 
@@ -128,6 +133,25 @@ impl CardWindow {
                 window
             })
             .collect()
+    }
+}
+
+impl CardWindow {
+    fn site(&self, history: &CardHistory, args: &[Arc<dyn PhysicalExpr>]) -> SiteId {
+        let mut known = self.known_sites.lock();
+        let same = |seen: &[Arc<dyn PhysicalExpr>]| {
+            seen.len() == args.len() && seen.iter().zip(args).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if let Some((_, site)) = known.iter().find(|(seen, _)| same(seen)) {
+            return *site;
+        }
+        let site = history.site(self.kind.name(), args);
+        // Bounded, in case a plan's copies come with new expressions.
+        if known.len() >= 64 {
+            known.clear();
+        }
+        known.push((args.to_vec(), site));
+        site
     }
 }
 
@@ -168,7 +192,7 @@ impl WindowUDFImpl for CardWindow {
         let site = self.history.as_ref().map(|history| {
             (
                 history.clone(),
-                history.site(self.kind.name(), args.input_exprs()),
+                self.site(history, args.input_exprs()),
             )
         });
         Ok(Box::new(CardEvaluator {
@@ -198,14 +222,25 @@ struct CardEvaluator {
     site: Option<(Arc<CardHistory>, SiteId)>,
 }
 
-/// The non-null Int64 values of an argument.
-fn int64_values(values: &ArrayRef, what: &str) -> Result<PrimitiveArray<Int64Type>> {
-    let array = cast(values, &DataType::Int64)?;
-    let array = array.as_primitive::<Int64Type>().clone();
+/// The non-null Int64 values of an argument (`what` names it in the error).
+fn int64_values(values: &ArrayRef, kind: Kind, what: &str) -> Result<PrimitiveArray<Int64Type>> {
+    // Called for every card of every micro-batch: no cast (a copy) when the type is right.
+    let array = match values.as_primitive_opt::<Int64Type>() {
+        Some(array) => array.clone(),
+        None => cast(values, &DataType::Int64)?.as_primitive::<Int64Type>().clone(),
+    };
     if array.null_count() > 0 {
-        return exec_err!("{what} must not be null");
+        return exec_err!("{}: {what} must not be null", kind.name());
     }
     Ok(array)
+}
+
+/// The Float64 values of an argument.
+fn float64_values(values: &ArrayRef) -> Result<PrimitiveArray<Float64Type>> {
+    Ok(match values.as_primitive_opt::<Float64Type>() {
+        Some(array) => array.clone(),
+        None => cast(values, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
+    })
 }
 
 impl PartitionEvaluator for CardEvaluator {
@@ -214,7 +249,7 @@ impl PartitionEvaluator for CardEvaluator {
         if values.len() != kind.arguments() {
             return exec_err!("{} takes {} arguments", kind.usage(), kind.arguments());
         }
-        let secs = int64_values(&values[1], &format!("{}: event_secs", kind.name()))?;
+        let secs = int64_values(&values[1], kind, "event_secs")?;
         if secs.values().windows(2).any(|pair| pair[1] < pair[0]) {
             return exec_err!("{} needs its window ordered by event_secs", kind.name());
         }
@@ -225,8 +260,7 @@ impl PartitionEvaluator for CardEvaluator {
                 .map(|&secs| Entry { secs, value: None })
                 .collect(),
             Kind::RollingSum24h | Kind::MeanOfPrevious => {
-                let amounts = cast(&values[2], &DataType::Float64)?;
-                let amounts = amounts.as_primitive::<Float64Type>();
+                let amounts = float64_values(&values[2])?;
                 (0..num_rows)
                     .map(|i| Entry {
                         secs: secs.value(i),
@@ -237,7 +271,7 @@ impl PartitionEvaluator for CardEvaluator {
         };
         let keep_rows = match kind {
             Kind::MeanOfPrevious => {
-                let n = int64_values(&values[3], "mean_of_previous: rows")?;
+                let n = int64_values(&values[3], kind, "rows")?;
                 match n.values().first() {
                     Some(&n) if n >= 0 => n as usize,
                     Some(_) => return exec_err!("mean_of_previous: rows must not be negative"),
@@ -253,7 +287,7 @@ impl PartitionEvaluator for CardEvaluator {
         if num_rows == 0 {
             return Ok(to_array(Vec::new()));
         }
-        let cards = int64_values(&values[0], &format!("{}: card", kind.name()))?;
+        let cards = int64_values(&values[0], kind, "card")?;
         let card = cards.value(0);
         if cards.values().iter().any(|&c| c != card) {
             return exec_err!("{} needs its window partitioned by the card", kind.name());
