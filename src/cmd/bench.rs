@@ -427,7 +427,8 @@ fn micro_batch(args: MicroBatchArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let config = SynthConfig::new(args.customers, "2019-01-01", &args.end, 42)?;
     let batches: Vec<RecordBatch> = Generator::new(config).collect::<Result<_, _>>()?;
-    let all = arrow::compute::concat_batches(&risksense_engine::schema::transaction_schema(), &batches)?;
+    let all =
+        arrow::compute::concat_batches(&risksense_engine::schema::transaction_schema(), &batches)?;
     let size = args.batch_rows.max(1);
     let runtime = super::runtime()?;
     let scorer = runtime.block_on(StreamScorer::new(
@@ -438,7 +439,10 @@ fn micro_batch(args: MicroBatchArgs) -> anyhow::Result<()> {
             memory_limit: None,
         },
     ))?;
-    let history = scorer.history().context("the stream scorer keeps history")?.clone();
+    let history = scorer
+        .history()
+        .context("the stream scorer keeps history")?
+        .clone();
     let started = Instant::now();
     let mut scored = 0usize;
     let mut micro_batches = 0usize;

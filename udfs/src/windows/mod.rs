@@ -79,6 +79,9 @@ impl Kind {
     }
 }
 
+/// A site's argument expressions and its id.
+type KnownSite = (Vec<Arc<dyn PhysicalExpr>>, SiteId);
+
 /// One of the card window functions, optionally carrying a stream's per-card history.
 #[derive(Debug)]
 pub struct CardWindow {
@@ -87,7 +90,7 @@ pub struct CardWindow {
     history: Option<Arc<CardHistory>>,
     /// Sites already named, by their argument expressions (compared by pointer: a plan
     /// keeps its expressions), since DataFusion asks for an evaluator for every card.
-    known_sites: parking_lot::Mutex<Vec<(Vec<Arc<dyn PhysicalExpr>>, SiteId)>>,
+    known_sites: parking_lot::Mutex<Vec<KnownSite>>,
 }
 
 impl CardWindow {
@@ -189,12 +192,10 @@ impl WindowUDFImpl for CardWindow {
             );
         }
         // In a stream, the call's place in the plan names its history (see CardHistory).
-        let site = self.history.as_ref().map(|history| {
-            (
-                history.clone(),
-                self.site(history, args.input_exprs()),
-            )
-        });
+        let site = self
+            .history
+            .as_ref()
+            .map(|history| (history.clone(), self.site(history, args.input_exprs())));
         Ok(Box::new(CardEvaluator {
             kind: self.kind,
             site,
@@ -227,7 +228,9 @@ fn int64_values(values: &ArrayRef, kind: Kind, what: &str) -> Result<PrimitiveAr
     // Called for every card of every micro-batch: no cast (a copy) when the type is right.
     let array = match values.as_primitive_opt::<Int64Type>() {
         Some(array) => array.clone(),
-        None => cast(values, &DataType::Int64)?.as_primitive::<Int64Type>().clone(),
+        None => cast(values, &DataType::Int64)?
+            .as_primitive::<Int64Type>()
+            .clone(),
     };
     if array.null_count() > 0 {
         return exec_err!("{}: {what} must not be null", kind.name());
@@ -239,7 +242,9 @@ fn int64_values(values: &ArrayRef, kind: Kind, what: &str) -> Result<PrimitiveAr
 fn float64_values(values: &ArrayRef) -> Result<PrimitiveArray<Float64Type>> {
     Ok(match values.as_primitive_opt::<Float64Type>() {
         Some(array) => array.clone(),
-        None => cast(values, &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
+        None => cast(values, &DataType::Float64)?
+            .as_primitive::<Float64Type>()
+            .clone(),
     })
 }
 
