@@ -38,7 +38,6 @@ use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
-use datafusion::physical_expr::PhysicalExpr;
 
 pub use history::{CardHistory, HistoryError, SiteId};
 
@@ -79,18 +78,12 @@ impl Kind {
     }
 }
 
-/// A site's argument expressions and its id.
-type KnownSite = (Vec<Arc<dyn PhysicalExpr>>, SiteId);
-
 /// One of the card window functions, optionally carrying a stream's per-card history.
 #[derive(Debug)]
 pub struct CardWindow {
     kind: Kind,
     signature: Signature,
     history: Option<Arc<CardHistory>>,
-    /// Sites already named, by their argument expressions (compared by pointer: a plan
-    /// keeps its expressions), since DataFusion asks for an evaluator for every card.
-    known_sites: parking_lot::Mutex<Vec<KnownSite>>,
 }
 
 impl CardWindow {
@@ -99,7 +92,6 @@ impl CardWindow {
             kind,
             signature: Signature::any(kind.arguments(), Volatility::Immutable),
             history: None,
-            known_sites: parking_lot::Mutex::default(),
         }
     }
 
@@ -139,25 +131,6 @@ impl CardWindow {
     }
 }
 
-impl CardWindow {
-    fn site(&self, history: &CardHistory, args: &[Arc<dyn PhysicalExpr>]) -> SiteId {
-        let mut known = self.known_sites.lock();
-        let same = |seen: &[Arc<dyn PhysicalExpr>]| {
-            seen.len() == args.len() && seen.iter().zip(args).all(|(a, b)| Arc::ptr_eq(a, b))
-        };
-        if let Some((_, site)) = known.iter().find(|(seen, _)| same(seen)) {
-            return *site;
-        }
-        let site = history.site(self.kind.name(), args);
-        // Bounded, in case a plan's copies come with new expressions.
-        if known.len() >= 64 {
-            known.clear();
-        }
-        known.push((args.to_vec(), site));
-        site
-    }
-}
-
 // Identity is the function (DataFusion compares UDFs); a session holds one of each.
 impl PartialEq for CardWindow {
     fn eq(&self, other: &Self) -> bool {
@@ -184,18 +157,14 @@ impl WindowUDFImpl for CardWindow {
         &self,
         args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        if args.input_exprs().len() != self.kind.arguments() {
-            return exec_err!(
-                "{} takes {} arguments",
-                self.kind.usage(),
-                self.kind.arguments()
-            );
-        }
-        // In a stream, the call's place in the plan names its history (see CardHistory).
-        let site = self
-            .history
-            .as_ref()
-            .map(|history| (history.clone(), self.site(history, args.input_exprs())));
+        // (The signature has checked the number of arguments.) In a stream, the call's
+        // place in the plan names its history (see CardHistory).
+        let site = self.history.as_ref().map(|history| {
+            (
+                history.clone(),
+                history.site(self.kind.name(), args.input_exprs()),
+            )
+        });
         Ok(Box::new(CardEvaluator {
             kind: self.kind,
             site,
