@@ -420,7 +420,7 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
 
 /// The stream's scoring plan on micro-batches of generated rows: time per batch and per row.
 fn micro_batch(args: MicroBatchArgs) -> anyhow::Result<()> {
-    use risksense_engine::scoring::SessionOptions;
+    use risksense_engine::stream::StreamConfig;
     use risksense_engine::stream::scorer::StreamScorer;
     use risksense_engine::synth::{Generator, SynthConfig};
 
@@ -431,14 +431,13 @@ fn micro_batch(args: MicroBatchArgs) -> anyhow::Result<()> {
         arrow::compute::concat_batches(&risksense_engine::schema::transaction_schema(), &batches)?;
     let size = args.batch_rows.max(1);
     let runtime = super::runtime()?;
-    let scorer = runtime.block_on(StreamScorer::new(
-        model,
-        SessionOptions {
-            target_partitions: 1,
-            batch_size: size.max(1024),
-            memory_limit: None,
-        },
-    ))?;
+    // The session `risksense run` would score these micro-batches in.
+    let session = StreamConfig {
+        batch_rows: size,
+        ..StreamConfig::default()
+    }
+    .session_options();
+    let scorer = runtime.block_on(StreamScorer::new(model, session))?;
     let history = scorer
         .history()
         .context("the stream scorer keeps history")?

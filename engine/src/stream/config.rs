@@ -135,6 +135,15 @@ impl StreamConfig {
         Ok(())
     }
 
+    /// The DataFusion session the stream's scoring plan runs in.
+    pub fn session_options(&self) -> crate::scoring::SessionOptions {
+        crate::scoring::SessionOptions {
+            target_partitions: self.sql_partitions.max(1),
+            batch_size: self.batch_rows.max(1024),
+            memory_limit: None,
+        }
+    }
+
     pub fn batch_wait(&self) -> Duration {
         Duration::from_millis(self.batch_wait_ms)
     }

@@ -117,6 +117,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Milliseconds from `earlier_ms` to `later_ms` (Unix epoch), 0 when a clock put them the
+/// other way round (a producer's clock may run ahead of ours).
+pub fn ms_between(earlier_ms: i64, later_ms: i64) -> u64 {
+    later_ms.saturating_sub(earlier_ms).max(0) as u64
+}
+
 impl StreamMetrics {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)

@@ -3,8 +3,8 @@
 //! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → the
 //! scoring plan (its card windows read the cards' history and stage the batch's) → the
 //! archive and live window → Redis and Kafka (alerts, dead letters) in a task that overlaps
-//! the next micro-batch, retried until they hold the data → the staged history commits. A checkpoint first waits for that task, then,
-//! per partition, seals its archive file, saves its state with the offset it belongs to
+//! the next micro-batch, retried until they hold the data → the staged history commits.
+//! A checkpoint first waits for that task, then, per partition, seals its archive file, saves its state with the offset it belongs to
 //! (naming the sealed file), publishes the file, and finally commits the offsets to Kafka.
 //! Results are visible in Redis as soon as a batch's task finishes; offsets are committed
 //! only at checkpoints, after everything before them is durable.
@@ -26,7 +26,7 @@ use risksense_udfs::windows::CardHistory;
 use super::archive::{ParquetArchive, complete_publish};
 use super::config::StreamConfig;
 use super::decode::{Incoming, decode, partition_of};
-use super::metrics::{StreamMetrics, now_ms};
+use super::metrics::{StreamMetrics, ms_between, now_ms};
 use super::scorer::StreamScorer;
 use crate::error::EngineError;
 use crate::schema::idx;
@@ -181,7 +181,6 @@ impl Pipeline {
             match attempt {
                 Ok(batches) => scored = batches,
                 Err(error) => {
-                    self.history.discard_staged();
                     // Never crash on input: the rows go to the dead-letter topic with the
                     // reason, and the stream goes on.
                     tracing::error!(%error, rows = batch.num_rows(), "scoring failed; dead-lettering the batch's rows");
@@ -599,7 +598,7 @@ impl RemoteSinks {
         for produced in produced_ms {
             self.metrics
                 .visible_latency
-                .record(visible_ms.saturating_sub(produced).max(0) as u64, 1);
+                .record(ms_between(produced, visible_ms), 1);
         }
         self.metrics
             .batch_latency

@@ -21,12 +21,11 @@ use tokio::runtime::Handle;
 
 use super::config::StreamConfig;
 use super::decode::Incoming;
-use super::metrics::{StreamMetrics, now_ms};
+use super::metrics::{StreamMetrics, ms_between, now_ms};
 use super::pipeline::Pipeline;
 use super::scorer::StreamScorer;
 use crate::error::EngineError;
 use crate::kafka::{KafkaSettings, ensure_topic};
-use crate::scoring::SessionOptions;
 
 /// How a run ends, besides a stop request.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +44,7 @@ pub struct RunOptions {
 /// ahead only makes the engine wait as it would without timestamps.
 fn batch_deadline(polled: Instant, wait: Duration, produced_ms: Option<i64>) -> Instant {
     let waited = produced_ms.map_or(Duration::ZERO, |produced| {
-        Duration::from_millis(now_ms().saturating_sub(produced).max(0) as u64)
+        Duration::from_millis(ms_between(produced, now_ms()))
     });
     polled + wait.saturating_sub(waited)
 }
@@ -234,12 +233,7 @@ pub fn run_stream(
             Ok::<(), EngineError>(())
         })?;
     }
-    let session = SessionOptions {
-        target_partitions: config.sql_partitions.max(1),
-        batch_size: config.batch_rows.max(1024),
-        memory_limit: None,
-    };
-    let scorer = runtime.block_on(StreamScorer::new(model, session))?;
+    let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
@@ -327,7 +321,7 @@ pub fn run_stream(
                         if let Some(produced) = timestamp_ms {
                             metrics
                                 .arrival_latency
-                                .record(now_ms().saturating_sub(produced).max(0) as u64, 1);
+                                .record(ms_between(produced, now_ms()), 1);
                         }
                         buffer.push(Incoming {
                             partition: message.partition(),
