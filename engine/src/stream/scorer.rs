@@ -25,7 +25,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use parking_lot::{Mutex, RwLock};
 use risksense_udfs::Model;
-use risksense_udfs::windows::{CardHistory, CardWindow};
+use risksense_udfs::windows::{CardHistory, CardWindow, order_by_card};
 
 use crate::error::EngineError;
 use crate::schema::transaction_schema;
@@ -83,7 +83,12 @@ impl StreamScorer {
             }),
         )?;
         install_views(&ctx, Some(&model)).await?;
-        let plan = ctx.sql(query).await?.create_physical_plan().await?;
+        let mut logical = ctx.sql(query).await?.into_unoptimized_plan();
+        if history.is_some() {
+            // One call of each card window per micro-batch, not one per card.
+            logical = order_by_card(logical)?;
+        }
+        let plan = ctx.state().create_physical_plan(&logical).await?;
         Ok(Self {
             ctx,
             plan,

@@ -29,6 +29,7 @@
 //! equal a batch job's (engine/tests/stream.rs checks it).
 
 mod history;
+mod plan;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldA
 use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
 
 pub use history::{CardHistory, HistoryError, SiteId};
+pub use plan::order_by_card;
 
 /// Width of the window, in seconds, both ends included: 24 hours.
 pub const WINDOW_SECS: i64 = 86_399;
@@ -53,6 +55,12 @@ enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [
+        Kind::RollingSum24h,
+        Kind::MeanOfPrevious,
+        Kind::SecsSincePrevious,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Kind::RollingSum24h => "rolling_sum_24h",
@@ -223,10 +231,8 @@ impl PartitionEvaluator for CardEvaluator {
         if values.len() != kind.arguments() {
             return exec_err!("{} takes {} arguments", kind.usage(), kind.arguments());
         }
+        let cards = int64_values(&values[0], kind, "card")?;
         let secs = int64_values(&values[1], kind, "event_secs")?;
-        if secs.values().windows(2).any(|pair| pair[1] < pair[0]) {
-            return exec_err!("{} needs its window ordered by event_secs", kind.name());
-        }
         let rows: Vec<Entry> = match kind {
             Kind::SecsSincePrevious => secs
                 .values()
@@ -255,24 +261,49 @@ impl PartitionEvaluator for CardEvaluator {
             Kind::SecsSincePrevious => 1,
             Kind::RollingSum24h => 0,
         };
-        let Some((history, site)) = &self.site else {
-            return Ok(to_array(compute(kind, &rows, keep_rows)));
-        };
-        if num_rows == 0 {
-            return Ok(to_array(Vec::new()));
+        // A partition holds one card (PARTITION BY card, as in a batch job) or several,
+        // ordered by card first (the stream's plan: one call per micro-batch instead of
+        // one per card, see `order_by_card`); each card's rows are one run.
+        let mut out = Vec::with_capacity(num_rows);
+        let mut previous_card = None;
+        for run in card_runs(cards.values()) {
+            let card = cards.value(run.start);
+            if previous_card.is_some_and(|previous| previous >= card) {
+                return exec_err!(
+                    "{} needs its window partitioned by the card or ordered by it first",
+                    kind.name()
+                );
+            }
+            previous_card = Some(card);
+            let rows = &rows[run];
+            if rows.windows(2).any(|pair| pair[1].secs < pair[0].secs) {
+                return exec_err!("{} needs its window ordered by event_secs", kind.name());
+            }
+            match &self.site {
+                None => out.extend(compute(kind, rows, keep_rows)),
+                Some((history, site)) => {
+                    let earlier = history.entries(card, *site);
+                    let (merged, positions) = merge(&earlier, rows);
+                    let all = compute(kind, &merged, keep_rows);
+                    out.extend(positions.iter().map(|&p| all[p]));
+                    history.stage(card, *site, retain(kind, merged, keep_rows));
+                }
+            }
         }
-        let cards = int64_values(&values[0], kind, "card")?;
-        let card = cards.value(0);
-        if cards.values().iter().any(|&c| c != card) {
-            return exec_err!("{} needs its window partitioned by the card", kind.name());
-        }
-        let earlier = history.entries(card, *site);
-        let (merged, positions) = merge(&earlier, &rows);
-        let all = compute(kind, &merged, keep_rows);
-        let out = positions.iter().map(|&p| all[p]).collect();
-        history.stage(card, *site, retain(kind, merged, keep_rows));
         Ok(to_array(out))
     }
+}
+
+/// The runs of equal values in `cards`, in order.
+fn card_runs(cards: &[i64]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let first = cards.get(start)?;
+        let len = cards[start..].iter().take_while(|c| *c == first).count();
+        let run = start..start + len;
+        start += len;
+        Some(run)
+    })
 }
 
 fn to_array(values: Vec<Option<f64>>) -> ArrayRef {
