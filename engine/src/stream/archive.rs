@@ -4,10 +4,11 @@
 //! which readers skip), so a file's rows belong to exactly one partition checkpoint. At a
 //! checkpoint, in this order:
 //!
-//! 1. [`ParquetArchive::seal`] finishes the file (footer, fsync) and renames it to the
-//!    still hidden `.scored-….parquet.sealed`;
+//! 1. [`ParquetArchive::take`] hands the file over (the partition's next rows start a new
+//!    one) and [`UnsealedFile::seal`] finishes it (footer, fsync) and renames it to the
+//!    still hidden `.scored-….parquet.sealed` (in the checkpoint's background task);
 //! 2. the partition's checkpoint is saved, naming the sealed file;
-//! 3. [`ParquetArchive::publish`] renames it to `scored-….parquet`.
+//! 3. [`complete_publish`] renames it to `scored-….parquet`.
 //!
 //! A crash before 2 leaves a hidden file no checkpoint names, and its rows (not in any
 //! checkpoint) are read and archived again; in-progress leftovers are removed at start,
@@ -43,6 +44,12 @@ pub struct ParquetArchive {
 struct OpenFile {
     writer: ArrowWriter<File>,
     name: String,
+}
+
+/// A partition's file taken out of the archive, still to be finished by [`Self::seal`].
+pub struct UnsealedFile {
+    open: OpenFile,
+    dir: PathBuf,
 }
 
 /// A finished file waiting for its checkpoint before it is published.
@@ -126,26 +133,18 @@ impl ParquetArchive {
         Ok(OpenFile { writer, name })
     }
 
-    /// Finishes `partition`'s open file (footer, fsync) under a hidden sealed name.
-    pub fn seal(&mut self, partition: i32) -> Result<Option<SealedFile>, EngineError> {
-        let Some(open) = self.open.remove(&partition) else {
-            return Ok(None);
-        };
-        let file = open.writer.into_inner()?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(
-            self.dir.join(in_progress(&open.name)),
-            self.dir.join(sealed(&open.name)),
-        )?;
-        Ok(Some(SealedFile { name: open.name }))
+    /// Takes `partition`'s open file out of the archive (to be sealed, maybe in the
+    /// background); the partition's next rows start a new file.
+    pub fn take(&mut self, partition: i32) -> Option<UnsealedFile> {
+        self.open.remove(&partition).map(|open| UnsealedFile {
+            open,
+            dir: self.dir.clone(),
+        })
     }
 
-    /// Renames a sealed file to its visible name (after its checkpoint is saved).
-    pub fn publish(&mut self, sealed: &SealedFile) -> Result<(), EngineError> {
-        complete_publish(&self.dir, &sealed.name)?;
+    /// Counts a file published with [`complete_publish`].
+    pub fn count_published(&mut self) {
         self.files_written += 1;
-        Ok(())
     }
 
     /// Drops `partition`'s open file without finishing it (its rows were never
@@ -162,6 +161,21 @@ impl ParquetArchive {
         for partition in partitions {
             self.abandon(partition);
         }
+    }
+}
+
+impl UnsealedFile {
+    /// Finishes the file (its last row group, footer, fsync) under a hidden sealed name.
+    pub fn seal(self) -> Result<SealedFile, EngineError> {
+        let Self { open, dir } = self;
+        let file = open.writer.into_inner()?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(
+            dir.join(in_progress(&open.name)),
+            dir.join(sealed(&open.name)),
+        )?;
+        Ok(SealedFile { name: open.name })
     }
 }
 

@@ -66,7 +66,10 @@ impl Default for StreamConfig {
             redis: String::new(),
             archive: PathBuf::from("archive"),
             model: PathBuf::from("models/default"),
-            batch_rows: 8192,
+            // 4,096 rather than 8,192: a drain overlaps the Redis writes of up to three
+            // micro-batches (pipeline::MAX_SINK_TASKS), and half-size batches keep that
+            // within the memory budget at the same throughput (BENCHMARKS.md).
+            batch_rows: 4096,
             batch_wait_ms: 20,
             checkpoint_interval_ms: 5000,
             start_from: "earliest".to_string(),

@@ -4,15 +4,21 @@
 //! scoring plan (its card windows read the cards' history and stage the batch's) → the
 //! archive and live window → Redis and Kafka (alerts, dead letters) in a task that overlaps
 //! the next micro-batch, retried until they hold the data → the staged history commits.
-//! A checkpoint first waits for that task, then, per partition, seals its archive file, saves its state with the offset it belongs to
-//! (naming the sealed file), publishes the file, and finally commits the offsets to Kafka.
-//! Results are visible in Redis as soon as a batch's task finishes; offsets are committed
-//! only at checkpoints, after everything before them is durable.
+//! A partition's checkpoint snapshots its offset and history on the poll loop, then, in a
+//! background task, waits for the sink task of the rows before it, seals the partition's
+//! archive file, saves the state with the offset it belongs to (naming the sealed file) and
+//! publishes the file; when that task is done the loop commits the offset to Kafka. (Run
+//! on the loop, the seal's fsync and the save stalled every row behind them: BENCHMARKS.md,
+//! streaming latency.) Results are visible in Redis as soon as a batch's task finishes;
+//! offsets are committed only at checkpoints, after everything before them is durable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -23,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use risksense_store::{Alert, Checkpoint, ResultStore};
 use risksense_udfs::windows::CardHistory;
 
-use super::archive::{ParquetArchive, complete_publish};
+use super::archive::{ParquetArchive, UnsealedFile, complete_publish};
 use super::config::StreamConfig;
 use super::decode::{Incoming, decode, partition_of};
 use super::metrics::{StreamMetrics, ms_between, now_ms};
@@ -60,9 +66,116 @@ pub struct Pipeline {
     /// When each partition was last checkpointed (one not checkpointed yet goes first).
     checkpointed_at: HashMap<i32, Instant>,
     live: Option<Arc<super::live::LiveWindow>>,
-    /// The previous micro-batch's Redis and Kafka writes, still running while this one is
-    /// scored (at most one: writes stay in batch order).
-    in_flight: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+    /// The Redis and Kafka writes of the last micro-batches, oldest first, still running
+    /// while the next one is scored (at most [`MAX_SINK_TASKS`]).
+    in_flight: VecDeque<(SinkTask, usize)>,
+    /// Signalled when the newest sink task has sent its Kafka records: the next task's
+    /// records wait for it, so alerts reach Kafka in batch order.
+    kafka_turn: Option<oneshot::Receiver<()>>,
+    /// A partition checkpoint running in the background (at most one at a time).
+    pending: Option<PendingCheckpoint>,
+}
+
+type SinkTask = tokio::task::JoinHandle<Result<(), EngineError>>;
+
+/// Micro-batches whose Redis and Kafka writes may run at once. One at a time left Redis
+/// idle between a batch's reply and the next batch's commands (while the poll loop was
+/// still scoring), and one slow write held up every batch behind it. The writes are
+/// idempotent and commute (hashes and sorted sets by key, the alert marker is atomic), and
+/// Kafka records still go out in batch order (see `kafka_turn`).
+const MAX_SINK_TASKS: usize = 3;
+/// Rows those writes may hold at once (three default-size micro-batches of a drain): the
+/// bound on their memory whatever `batch_rows` is.
+const MAX_SINK_ROWS: usize = 12_288;
+
+/// A partition checkpoint finishing in the background: see [`CheckpointJob`].
+struct PendingCheckpoint {
+    partition: i32,
+    offset: i64,
+    task: tokio::task::JoinHandle<Result<CheckpointOutcome, EngineError>>,
+}
+
+/// What a partition checkpoint did.
+enum CheckpointOutcome {
+    /// Saved, and its archive file (if any) published.
+    Saved { published: bool },
+    /// Another instance saved a newer checkpoint: this one was refused.
+    Refused,
+}
+
+/// The durable part of one partition's checkpoint, from a snapshot taken on the poll loop:
+/// wait for the sink task of the rows before `offset`, seal the archive file holding them,
+/// save the state with the offset (naming the file), publish the file.
+struct CheckpointJob {
+    partition: i32,
+    offset: i64,
+    state: Vec<u8>,
+    in_flight: VecDeque<(SinkTask, usize)>,
+    file: Option<UnsealedFile>,
+    archive_dir: Option<PathBuf>,
+    store: ResultStore,
+    group: String,
+    topic: String,
+    metrics: Arc<StreamMetrics>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl CheckpointJob {
+    async fn run(self) -> Result<CheckpointOutcome, EngineError> {
+        for (task, _) in self.in_flight {
+            join_sink_task(task).await?;
+        }
+        let sealed = match self.file {
+            Some(file) => Some(
+                tokio::task::spawn_blocking(move || file.seal())
+                    .await
+                    .map_err(|e| {
+                        EngineError::State(format!("sealing an archive file failed: {e}"))
+                    })??,
+            ),
+            None => None,
+        };
+        let checkpoint = Checkpoint {
+            offset: self.offset,
+            state: self.state,
+            archive_file: sealed.as_ref().map(|f| f.name.clone()),
+        };
+        let saved = retry(
+            &self.metrics,
+            &self.shutdown,
+            "saving a checkpoint",
+            || async {
+                Ok(self
+                    .store
+                    .save_checkpoint(&self.group, &self.topic, self.partition, &checkpoint)
+                    .await?)
+            },
+        )
+        .await?;
+        if !saved {
+            // Another instance owns this partition now and is further along: its rows are
+            // its own; ours past its checkpoint stay hidden.
+            tracing::warn!(
+                partition = self.partition,
+                offset = self.offset,
+                "a newer checkpoint exists; not publishing"
+            );
+            return Ok(CheckpointOutcome::Refused);
+        }
+        let published = match (&self.archive_dir, &sealed) {
+            (Some(dir), Some(sealed)) => {
+                complete_publish(dir, &sealed.name)?;
+                true
+            }
+            _ => false,
+        };
+        Ok(CheckpointOutcome::Saved { published })
+    }
+}
+
+async fn join_sink_task(task: SinkTask) -> Result<(), EngineError> {
+    task.await
+        .map_err(|e| EngineError::State(format!("sink task failed: {e}")))?
 }
 
 /// Why a retried step gave up.
@@ -104,34 +217,147 @@ impl Pipeline {
             last_checkpoint: Instant::now(),
             checkpointed_at: HashMap::new(),
             live,
-            in_flight: None,
+            in_flight: VecDeque::new(),
+            kafka_turn: None,
+            pending: None,
         })
     }
 
     /// Checkpoints are staggered: one partition at a time, every interval / partitions, so
-    /// each partition is still checkpointed about once per interval but the stream stalls
-    /// for one partition's seal and save at a time, not all of them at once (each stall
-    /// delays every row behind it: BENCHMARKS.md, streaming latency).
+    /// each partition is still checkpointed about once per interval and the work of one
+    /// (sealing its archive file, saving its state) runs in the background while the
+    /// stream goes on. Also true when a background checkpoint has finished and its offset
+    /// can be committed.
     pub fn checkpoint_due(&self) -> bool {
+        if let Some(pending) = &self.pending {
+            return pending.task.is_finished();
+        }
         let owned = self.owned.len().max(1) as u32;
         !self.dirty.is_empty()
             && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval() / owned
     }
 
-    /// Checkpoints the dirty partition checkpointed longest ago (see `checkpoint_due`).
+    /// Finishes the background checkpoint if it is done, then starts one for the dirty
+    /// partition checkpointed longest ago when it is time (see `checkpoint_due`).
     pub async fn checkpoint_next<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), EngineError> {
+        if let Some(pending) = &self.pending {
+            if !pending.task.is_finished() {
+                return Ok(());
+            }
+            self.finish_pending(consumer).await?;
+        }
+        if !self.checkpoint_due() || self.poisoned {
+            return Ok(());
+        }
         let oldest = self
             .dirty
             .iter()
             .copied()
             .min_by_key(|p| (self.checkpointed_at.get(p).copied(), *p));
-        match oldest {
-            Some(partition) => self.checkpoint_partitions(consumer, Some(partition)).await,
-            None => Ok(()),
+        let Some(partition) = oldest else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        // The rows before the offset are either written (earlier sink tasks were waited
+        // for) or in the tasks in flight, which the checkpoint takes over and waits for.
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let job = self.checkpoint_job(partition, in_flight)?;
+        let offset = job.offset;
+        self.pending = Some(PendingCheckpoint {
+            partition,
+            offset,
+            task: tokio::spawn(job.run()),
+        });
+        self.last_checkpoint = Instant::now();
+        StreamMetrics::add(
+            &self.metrics.checkpoint_ns,
+            started.elapsed().as_nanos() as u64,
+        );
+        Ok(())
+    }
+
+    /// Snapshots `partition` for its checkpoint: its next offset and history, and its
+    /// archive file (the partition's next rows start a new one). The partition is clean
+    /// until new rows arrive.
+    fn checkpoint_job(
+        &mut self,
+        partition: i32,
+        in_flight: VecDeque<(SinkTask, usize)>,
+    ) -> Result<CheckpointJob, EngineError> {
+        let offset = self.next_offsets.get(&partition).copied().ok_or_else(|| {
+            EngineError::State(format!("partition {partition} has rows but no offset"))
+        })?;
+        // (Also when the save is refused, so that the others get their turn.)
+        self.checkpointed_at.insert(partition, Instant::now());
+        self.dirty.remove(&partition);
+        self.history
+            .evict_idle(partition, self.config.state_idle_secs);
+        let state = self.history.to_ipc(partition)?;
+        Ok(CheckpointJob {
+            partition,
+            offset,
+            state,
+            in_flight,
+            file: self.archive.as_mut().and_then(|a| a.take(partition)),
+            archive_dir: self.archive.as_ref().map(|a| a.dir().to_path_buf()),
+            store: self.store.clone(),
+            group: self.config.group.clone(),
+            topic: self.config.topic.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
+    /// Waits for the background checkpoint, if any, and commits its offset to Kafka
+    /// (asynchronously: the store's checkpoint is what a restart resumes from; the commit
+    /// only shows progress). A failed checkpoint poisons the pipeline.
+    async fn finish_pending<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), EngineError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let outcome = match pending.task.await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(error)) => {
+                self.abandon();
+                return Err(error);
+            }
+            Err(error) => {
+                self.abandon();
+                return Err(EngineError::State(format!(
+                    "checkpoint task failed: {error}"
+                )));
+            }
+        };
+        StreamMetrics::add(&self.metrics.checkpoints, 1);
+        match outcome {
+            CheckpointOutcome::Refused => {
+                // Tried again at its next turn.
+                self.dirty.insert(pending.partition);
+            }
+            CheckpointOutcome::Saved { published } => {
+                if published && let Some(archive) = self.archive.as_mut() {
+                    archive.count_published();
+                }
+                if self.owned.contains(&pending.partition) {
+                    let mut offsets = TopicPartitionList::new();
+                    offsets.add_partition_offset(
+                        &self.config.topic,
+                        pending.partition,
+                        Offset::Offset(pending.offset),
+                    )?;
+                    if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                        tracing::warn!(%error, "committing offsets to Kafka failed (the checkpoint holds them)");
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     pub fn partitions(&self) -> Vec<i32> {
@@ -150,10 +376,8 @@ impl Pipeline {
 
     /// Waits for the previous micro-batch's Redis and Kafka writes.
     async fn wait_in_flight(&mut self) -> Result<(), EngineError> {
-        if let Some(handle) = self.in_flight.take() {
-            handle
-                .await
-                .map_err(|e| EngineError::State(format!("sink task failed: {e}")))??;
+        while let Some((task, _)) = self.in_flight.pop_front() {
+            join_sink_task(task).await?;
         }
         Ok(())
     }
@@ -285,7 +509,19 @@ impl Pipeline {
             })
             .collect();
         let produced_ms: Vec<i64> = messages.iter().filter_map(|m| m.timestamp_ms).collect();
-        self.wait_in_flight().await?;
+        let rows: usize = scored.iter().map(RecordBatch::num_rows).sum();
+        let over_budget = |in_flight: &VecDeque<(SinkTask, usize)>| {
+            let held: usize = in_flight.iter().map(|(_, rows)| rows).sum();
+            in_flight.len() >= MAX_SINK_TASKS
+                || (!in_flight.is_empty() && held + rows > MAX_SINK_ROWS)
+        };
+        while over_budget(&self.in_flight) {
+            if let Some((oldest, _)) = self.in_flight.pop_front() {
+                join_sink_task(oldest).await?;
+            }
+        }
+        let (kafka_done, next_turn) = oneshot::channel();
+        let kafka_turn = self.kafka_turn.replace(next_turn);
         let task = RemoteSinks {
             store: self.store.clone(),
             producer: self.producer.clone(),
@@ -294,34 +530,29 @@ impl Pipeline {
             alerts_topic: self.config.alerts_topic.clone(),
         };
         let scored = scored.to_vec();
-        self.in_flight = Some(tokio::spawn(task.write(
+        let task = tokio::spawn(task.write(
             scored,
             dead_letters,
+            KafkaTurn {
+                after: kafka_turn,
+                done: kafka_done,
+            },
             produced_ms,
             closed_at,
-        )));
+        ));
+        self.in_flight.push_back((task, rows));
         Ok(())
     }
 
-    /// Makes everything processed so far durable. Per partition with new rows: seal its
-    /// archive file, save its state and next offset naming that file, publish the file.
-    /// Then commit the offsets to Kafka.
+    /// Makes everything processed so far durable (on a revoke and at shutdown): finishes
+    /// the background checkpoint, then checkpoints every partition with new rows here and
+    /// now, and commits all the offsets to Kafka synchronously (the next owner of a
+    /// partition resumes exactly there).
     pub async fn checkpoint<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<(), EngineError> {
-        self.checkpoint_partitions(consumer, None).await
-    }
-
-    /// [`Self::checkpoint`] for one partition, or for all of them (`None`). All of them
-    /// commit to Kafka synchronously (a revoke or a shutdown must leave the group's offsets
-    /// in place); one of them asynchronously (the store's checkpoint is what a restart
-    /// resumes from; the commit only reports progress).
-    async fn checkpoint_partitions<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        only: Option<i32>,
-    ) -> Result<(), EngineError> {
+        self.finish_pending(consumer).await?;
         if self.poisoned {
             tracing::warn!(
                 "not checkpointing after an error: the next run resumes from the last good checkpoint"
@@ -334,14 +565,10 @@ impl Pipeline {
             self.abandon();
             return Err(error);
         }
-        let mut offsets = TopicPartitionList::new();
-        let mut partitions: Vec<(i32, i64)> = self
-            .next_offsets
-            .iter()
-            .filter(|(p, _)| only.is_none_or(|only| only == **p))
-            .map(|(p, o)| (*p, *o))
-            .collect();
+        let mut partitions: Vec<(i32, i64)> =
+            self.next_offsets.iter().map(|(p, o)| (*p, *o)).collect();
         partitions.sort();
+        let mut offsets = TopicPartitionList::new();
         for (partition, offset) in &partitions {
             offsets.add_partition_offset(
                 &self.config.topic,
@@ -351,62 +578,27 @@ impl Pipeline {
             if !self.dirty.contains(partition) {
                 continue;
             }
-            // (Also when the save below is refused, so that the others get their turn.)
-            self.checkpointed_at.insert(*partition, Instant::now());
-            let sealed = match self.archive.as_mut() {
-                Some(archive) => archive.seal(*partition)?,
-                None => None,
-            };
-            self.history
-                .evict_idle(*partition, self.config.state_idle_secs);
-            let state = self.history.to_ipc(*partition)?;
-            let checkpoint = Checkpoint {
-                offset: *offset,
-                state,
-                archive_file: sealed.as_ref().map(|f| f.name.clone()),
-            };
-            let saved = self
-                .retry("saving a checkpoint", || async {
-                    Ok(self
-                        .store
-                        .save_checkpoint(
-                            &self.config.group,
-                            &self.config.topic,
-                            *partition,
-                            &checkpoint,
-                        )
-                        .await?)
-                })
-                .await?;
-            if !saved {
-                // Another instance owns this partition now and is further along: its rows
-                // are its own; ours past its checkpoint stay hidden.
-                tracing::warn!(
-                    partition,
-                    offset,
-                    "a newer checkpoint exists; not publishing"
-                );
-                continue;
+            let job = self.checkpoint_job(*partition, VecDeque::new())?;
+            match job.run().await? {
+                CheckpointOutcome::Refused => {
+                    self.dirty.insert(*partition);
+                }
+                CheckpointOutcome::Saved { published } => {
+                    if published && let Some(archive) = self.archive.as_mut() {
+                        archive.count_published();
+                    }
+                }
             }
-            if let (Some(archive), Some(sealed)) = (self.archive.as_mut(), sealed) {
-                archive.publish(&sealed)?;
-            }
-            self.dirty.remove(partition);
+            StreamMetrics::add(&self.metrics.checkpoints, 1);
         }
-        let mode = if only.is_some() {
-            CommitMode::Async
-        } else {
-            CommitMode::Sync
-        };
         if offsets.count() > 0
-            && let Err(error) = consumer.commit(&offsets, mode)
+            && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
         {
             // The checkpoint in the store is what a restart resumes from; the Kafka commit
             // only shows progress (lag) to the group, so a failed commit loses nothing.
             tracing::warn!(%error, "committing offsets to Kafka failed (the checkpoint holds them)");
         }
         self.last_checkpoint = Instant::now();
-        StreamMetrics::add(&self.metrics.checkpoints, 1);
         StreamMetrics::add(
             &self.metrics.checkpoint_ns,
             started.elapsed().as_nanos() as u64,
@@ -462,6 +654,15 @@ impl Pipeline {
     /// Lets go of partitions another instance now owns. Rows since their last checkpoint
     /// (none after a successful revoke checkpoint) are dropped: the next owner reads them.
     pub fn forget(&mut self, partitions: &[i32]) {
+        if let Some(pending) = &self.pending
+            && partitions.contains(&pending.partition)
+        {
+            // Its rows are the next owner's to checkpoint (a save that still lands is
+            // harmless: the next owner's newer checkpoints win).
+            if let Some(pending) = self.pending.take() {
+                pending.task.abort();
+            }
+        }
         for partition in partitions {
             self.history.forget(*partition);
             self.owned.remove(partition);
@@ -479,8 +680,12 @@ impl Pipeline {
     /// again from the last good checkpoint.
     pub fn abandon(&mut self) {
         self.poisoned = true;
-        if let Some(handle) = self.in_flight.take() {
-            handle.abort();
+        for (task, _) in self.in_flight.drain(..) {
+            task.abort();
+        }
+        self.kafka_turn = None;
+        if let Some(pending) = self.pending.take() {
+            pending.task.abort();
         }
         if let Some(archive) = self.archive.as_mut() {
             archive.abandon_all();
@@ -539,6 +744,7 @@ impl RemoteSinks {
         self,
         scored: Vec<RecordBatch>,
         dead_letters: Vec<KafkaRecord>,
+        turn: KafkaTurn,
         produced_ms: Vec<i64>,
         closed_at: Instant,
     ) -> Result<(), EngineError> {
@@ -547,6 +753,8 @@ impl RemoteSinks {
         for batch in &scored {
             rows.extend(risksense_store::from_batch(batch)?);
         }
+        // The rows are all the writes need: free the (wide) batches while they run.
+        drop(scored);
         let mut pending = dead_letters;
         if !self.alerts_topic.is_empty() {
             for row in rows.iter().filter(|r| r.is_anomaly) {
@@ -565,33 +773,56 @@ impl RemoteSinks {
         // by trans_num; the Redis alerts stream never repeats).
         // Each retry sends only the records that failed the time before.
         let pending = parking_lot::Mutex::new(pending);
-        let kafka = retry(
-            &self.metrics,
-            &self.shutdown,
-            "sending alerts and dead letters to Kafka",
-            || async {
-                let records = std::mem::take(&mut *pending.lock());
-                let attempted = records.len() as u64;
-                let (failed, first) = send_all(&self.producer, records).await;
-                if failed.is_empty() {
-                    return Ok(());
-                }
-                let error = EngineError::Delivery {
-                    failed: failed.len() as u64,
-                    attempted,
-                    first,
-                };
-                *pending.lock() = failed;
-                Err(error)
-            },
-        );
+        let kafka = async {
+            // The previous batch's records first (its task may have been dropped: go on).
+            if let Some(after) = turn.after {
+                let _ = after.await;
+            }
+            let sent = retry(
+                &self.metrics,
+                &self.shutdown,
+                "sending alerts and dead letters to Kafka",
+                || async {
+                    let records = std::mem::take(&mut *pending.lock());
+                    let attempted = records.len() as u64;
+                    let (failed, first) = send_all(&self.producer, records).await;
+                    if failed.is_empty() {
+                        return Ok(());
+                    }
+                    let error = EngineError::Delivery {
+                        failed: failed.len() as u64,
+                        attempted,
+                        first,
+                    };
+                    *pending.lock() = failed;
+                    Err(error)
+                },
+            )
+            .await;
+            let _ = turn.done.send(());
+            sent
+        };
         let redis = retry(
             &self.metrics,
             &self.shutdown,
             "writing results to the store",
             || async { Ok(self.store.write(&rows).await?) },
         );
-        let (kafka, outcome) = tokio::join!(kafka, redis);
+        // Per-batch timings at debug level (`-v`): which sink a slow batch waited for.
+        let waited_ms = started.duration_since(closed_at).as_millis() as u64;
+        let timed = |started: Instant| move || started.elapsed().as_millis() as u64;
+        let sinks_started = timed(Instant::now());
+        let redis = async { (redis.await, sinks_started()) };
+        let kafka = async { (kafka.await, sinks_started()) };
+        let ((kafka, kafka_ms), (outcome, redis_ms)) = tokio::join!(kafka, redis);
+        tracing::debug!(
+            rows = rows.len(),
+            waited_ms,
+            redis_ms,
+            kafka_ms,
+            close_to_sinks_ms = closed_at.elapsed().as_millis() as u64,
+            "micro-batch in the remote sinks"
+        );
         kafka?;
         let outcome = outcome?;
         let visible_ms = now_ms();
@@ -612,6 +843,13 @@ impl RemoteSinks {
         );
         Ok(())
     }
+}
+
+/// A sink task's place in the order of Kafka sends: it sends after `after` fires and fires
+/// `done` when it has sent.
+struct KafkaTurn {
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
 }
 
 struct KafkaRecord {
