@@ -51,7 +51,7 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub latency_rows: usize,
     /// Micro-batch row bound of the engine.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 4096)]
     pub batch_rows: usize,
     /// Micro-batch wait bound of the engine, ms.
     #[arg(long, default_value_t = 20)]
@@ -135,6 +135,84 @@ fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
     })
 }
 
+/// Redis's append-only file, around each measurement. Redis rewrites (compacts) it once it
+/// has grown past `auto-aof-rewrite-min-size` (1 GiB with scripts/services.sh) and doubled:
+/// a fork whose child takes a whole core for about a second, which on this 2-core machine
+/// shows in the latency tail of whichever run it lands in. Each measurement starts from a
+/// freshly compacted file, so a run's own writes (a few hundred MB) do not trigger one, and
+/// the report says how many happened anyway.
+struct RedisAof {
+    connection: std::cell::RefCell<redis::Connection>,
+}
+
+impl RedisAof {
+    fn connect(url: &str) -> anyhow::Result<Self> {
+        let connection = redis::Client::open(url)
+            .and_then(|client| client.get_connection())
+            .with_context(|| format!("connecting to Redis at {url}"))?;
+        Ok(Self {
+            connection: std::cell::RefCell::new(connection),
+        })
+    }
+
+    fn persistence(&self) -> anyhow::Result<String> {
+        redis::cmd("INFO")
+            .arg("persistence")
+            .query::<String>(&mut self.connection.borrow_mut())
+            .context("reading Redis's INFO persistence")
+    }
+
+    fn field(info: &str, name: &str) -> Option<u64> {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// AOF rewrites since Redis started (0 without AOF).
+    fn rewrites(&self) -> anyhow::Result<u64> {
+        Ok(Self::field(&self.persistence()?, "aof_rewrites").unwrap_or(0))
+    }
+
+    /// Rewrites the AOF now and waits until that is done (nothing without AOF).
+    fn compact(&self) -> anyhow::Result<()> {
+        if Self::field(&self.persistence()?, "aof_enabled") != Some(1) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        // Refused while a rewrite already runs: wait for it, then ask again.
+        loop {
+            let info = self.persistence()?;
+            let busy = Self::field(&info, "aof_rewrite_in_progress") == Some(1)
+                || Self::field(&info, "rdb_bgsave_in_progress") == Some(1);
+            if !busy {
+                let asked: redis::RedisResult<String> =
+                    redis::cmd("BGREWRITEAOF").query(&mut self.connection.borrow_mut());
+                if asked.is_ok() {
+                    break;
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "Redis stayed busy with a background save"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let info = self.persistence()?;
+            if Self::field(&info, "aof_rewrite_in_progress") == Some(0)
+                && Self::field(&info, "aof_rewrite_scheduled") == Some(0)
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "Redis's AOF rewrite did not finish in 5 minutes"
+            );
+        }
+    }
+}
+
 fn unique(name: &str) -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -181,12 +259,18 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
     let produce_rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
+    let redis = RedisAof::connect(&args.redis)?;
+    redis.compact()?;
+    let rewrites_before = redis.rewrites()?;
     let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
     let drained = finish_engine(engine)?;
+    let drain_rewrites = redis.rewrites()? - rewrites_before;
 
     // 2. Latency at a steady rate.
     let topic = unique("latency");
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
+    redis.compact()?;
+    let rewrites_before = redis.rewrites()?;
     let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
     let started = Instant::now();
     let sent_rate = produce(
@@ -202,6 +286,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let steady = finish_engine(engine)?;
+    let steady_rewrites = redis.rewrites()? - rewrites_before;
     // The benchmark's topics (a million messages each, plus alerts) are not needed again.
     let mut created = Vec::new();
     for base in [&throughput_topic, &topic] {
@@ -283,6 +368,9 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
         "| micro-batch close -> all sinks at {} msg/s: p99 | {} ms | |",
         args.rate,
         drained_or(&steady, "batch_p99_ms")
+    );
+    println!(
+        "| Redis AOF rewrites during the drain / the steady run (each forks Redis; the child takes a core for about a second) | {drain_rewrites} / {steady_rewrites} | |"
     );
     println!(
         "| engine peak RSS (drain / steady) | {:.0} / {:.0} MiB | <= 300 MiB |",
