@@ -6,11 +6,6 @@ mod cmd;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc malloc: the stream allocates and frees many small buffers per
-/// micro-batch (Arrow arrays, Redis commands, per-row strings); see BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     cmd::init_logging(cli.verbose);
