@@ -45,6 +45,10 @@ pub enum EngineError {
     Store(#[from] risksense_store::StoreError),
     #[error("stream state: {0}")]
     State(String),
+    /// A micro-batch's Redis or Kafka writes failed for good (shared by everyone who
+    /// waited for them).
+    #[error("writing to the sinks: {0}")]
+    Sink(std::sync::Arc<EngineError>),
     #[error(transparent)]
     History(#[from] risksense_udfs::windows::HistoryError),
     #[error("config: {0}")]

@@ -165,6 +165,17 @@ impl ParquetArchive {
 }
 
 impl UnsealedFile {
+    /// A guard that removes this file's hidden copies (in progress or sealed) when it is
+    /// dropped, unless [`DiscardOnDrop::keep`] was called: a file whose checkpoint was not
+    /// saved holds rows that will be read and archived again.
+    pub fn discard_on_drop(&self) -> DiscardOnDrop {
+        DiscardOnDrop {
+            dir: self.dir.clone(),
+            name: self.open.name.clone(),
+            armed: true,
+        }
+    }
+
     /// Finishes the file (its last row group, footer, fsync) under a hidden sealed name.
     pub fn seal(self) -> Result<SealedFile, EngineError> {
         let Self { open, dir } = self;
@@ -176,6 +187,30 @@ impl UnsealedFile {
             dir.join(sealed(&open.name)),
         )?;
         Ok(SealedFile { name: open.name })
+    }
+}
+
+/// See [`UnsealedFile::discard_on_drop`].
+pub struct DiscardOnDrop {
+    dir: PathBuf,
+    name: String,
+    armed: bool,
+}
+
+impl DiscardOnDrop {
+    /// The file's checkpoint is saved: leave it for publishing.
+    pub fn keep(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for DiscardOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            // In this order: a seal still running elsewhere then fails to rename.
+            let _ = std::fs::remove_file(self.dir.join(in_progress(&self.name)));
+            let _ = std::fs::remove_file(self.dir.join(sealed(&self.name)));
+        }
     }
 }
 
@@ -213,5 +248,58 @@ fn remove_abandoned(dir: &Path) {
             tracing::info!(file = %entry.path().display(), "removing an archive file a crashed run left unfinished");
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn hidden_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_file_whose_checkpoint_was_not_saved_is_removed_a_saved_one_is_kept() {
+        let dir = std::env::temp_dir().join(format!("risksense-archive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut archive = ParquetArchive::new(&dir, "test").expect("archive folder");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])
+            .expect("batch");
+
+        // Dropped before its save (a failed, refused or aborted checkpoint): gone.
+        archive.append(0, &batch).expect("appended");
+        let file = archive.take(0).expect("an open file");
+        let guard = file.discard_on_drop();
+        let sealed = file.seal().expect("sealed");
+        assert_eq!(hidden_files(&dir), vec![super::sealed(&sealed.name)]);
+        drop(guard);
+        assert!(hidden_files(&dir).is_empty());
+
+        // Kept once saved, then published.
+        archive.append(1, &batch).expect("appended");
+        let file = archive.take(1).expect("an open file");
+        let mut guard = file.discard_on_drop();
+        let sealed = file.seal().expect("sealed");
+        guard.keep();
+        drop(guard);
+        complete_publish(&dir, &sealed.name).expect("published");
+        assert_eq!(hidden_files(&dir), vec![sealed.name.clone()]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::sync::oneshot;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
@@ -68,7 +70,7 @@ pub struct Pipeline {
     live: Option<Arc<super::live::LiveWindow>>,
     /// The Redis and Kafka writes of the last micro-batches, oldest first, still running
     /// while the next one is scored (at most [`MAX_SINK_TASKS`]).
-    in_flight: VecDeque<(SinkTask, usize)>,
+    in_flight: VecDeque<SinkTask>,
     /// Signalled when the newest sink task has sent its Kafka records: the next task's
     /// records wait for it, so alerts reach Kafka in batch order.
     kafka_turn: Option<oneshot::Receiver<()>>,
@@ -76,7 +78,39 @@ pub struct Pipeline {
     pending: Option<PendingCheckpoint>,
 }
 
-type SinkTask = tokio::task::JoinHandle<Result<(), EngineError>>;
+/// A micro-batch's Redis and Kafka writes, running as a task. The poll loop and a
+/// checkpoint may both wait for it (its outcome is shared); aborting it stops the writes.
+#[derive(Clone)]
+struct SinkTask {
+    done: Shared<BoxFuture<'static, Result<(), Arc<EngineError>>>>,
+    abort: tokio::task::AbortHandle,
+    rows: usize,
+}
+
+impl SinkTask {
+    fn spawn(
+        writes: impl Future<Output = Result<(), EngineError>> + Send + 'static,
+        rows: usize,
+    ) -> Self {
+        let handle = tokio::spawn(writes);
+        let abort = handle.abort_handle();
+        let done = async move {
+            match handle.await {
+                Ok(outcome) => outcome.map_err(Arc::new),
+                Err(error) => Err(Arc::new(EngineError::State(format!(
+                    "sink task failed: {error}"
+                )))),
+            }
+        }
+        .boxed()
+        .shared();
+        Self { done, abort, rows }
+    }
+
+    async fn join(self) -> Result<(), EngineError> {
+        self.done.await.map_err(EngineError::Sink)
+    }
+}
 
 /// Micro-batches whose Redis and Kafka writes may run at once. One at a time left Redis
 /// idle between a batch's reply and the next batch's commands (while the poll loop was
@@ -110,7 +144,7 @@ struct CheckpointJob {
     partition: i32,
     offset: i64,
     state: Vec<u8>,
-    in_flight: VecDeque<(SinkTask, usize)>,
+    in_flight: Vec<SinkTask>,
     file: Option<UnsealedFile>,
     archive_dir: Option<PathBuf>,
     store: ResultStore,
@@ -122,8 +156,11 @@ struct CheckpointJob {
 
 impl CheckpointJob {
     async fn run(self) -> Result<CheckpointOutcome, EngineError> {
-        for (task, _) in self.in_flight {
-            join_sink_task(task).await?;
+        // Until the checkpoint is saved, its archive file holds rows no checkpoint names:
+        // dropped (the job failed, was refused or aborted), the file goes too.
+        let mut unsaved = self.file.as_ref().map(UnsealedFile::discard_on_drop);
+        for task in self.in_flight {
+            task.join().await?;
         }
         let sealed = match self.file {
             Some(file) => Some(
@@ -162,6 +199,9 @@ impl CheckpointJob {
             );
             return Ok(CheckpointOutcome::Refused);
         }
+        if let Some(unsaved) = unsaved.as_mut() {
+            unsaved.keep();
+        }
         let published = match (&self.archive_dir, &sealed) {
             (Some(dir), Some(sealed)) => {
                 complete_publish(dir, &sealed.name)?;
@@ -171,11 +211,6 @@ impl CheckpointJob {
         };
         Ok(CheckpointOutcome::Saved { published })
     }
-}
-
-async fn join_sink_task(task: SinkTask) -> Result<(), EngineError> {
-    task.await
-        .map_err(|e| EngineError::State(format!("sink task failed: {e}")))?
 }
 
 /// Why a retried step gave up.
@@ -262,8 +297,8 @@ impl Pipeline {
         };
         let started = Instant::now();
         // The rows before the offset are either written (earlier sink tasks were waited
-        // for) or in the tasks in flight, which the checkpoint takes over and waits for.
-        let in_flight = std::mem::take(&mut self.in_flight);
+        // for) or in the tasks in flight, which the checkpoint waits for too.
+        let in_flight = self.in_flight.iter().cloned().collect();
         let job = self.checkpoint_job(partition, in_flight)?;
         let offset = job.offset;
         self.pending = Some(PendingCheckpoint {
@@ -285,7 +320,7 @@ impl Pipeline {
     fn checkpoint_job(
         &mut self,
         partition: i32,
-        in_flight: VecDeque<(SinkTask, usize)>,
+        in_flight: Vec<SinkTask>,
     ) -> Result<CheckpointJob, EngineError> {
         let offset = self.next_offsets.get(&partition).copied().ok_or_else(|| {
             EngineError::State(format!("partition {partition} has rows but no offset"))
@@ -376,8 +411,8 @@ impl Pipeline {
 
     /// Waits for the previous micro-batch's Redis and Kafka writes.
     async fn wait_in_flight(&mut self) -> Result<(), EngineError> {
-        while let Some((task, _)) = self.in_flight.pop_front() {
-            join_sink_task(task).await?;
+        while let Some(task) = self.in_flight.pop_front() {
+            task.join().await?;
         }
         Ok(())
     }
@@ -386,6 +421,14 @@ impl Pipeline {
     pub async fn process(&mut self, messages: Vec<Incoming>) -> Result<(), EngineError> {
         if messages.is_empty() {
             return Ok(());
+        }
+        if self.poisoned {
+            // Nothing processed now could ever be checkpointed: stop, and let a restart
+            // resume from the last good checkpoint.
+            return Err(EngineError::State(
+                "the stream gave up after an earlier error; restart to resume from the last checkpoint"
+                    .to_string(),
+            ));
         }
         let closed_at = Instant::now();
         let started = Instant::now();
@@ -510,14 +553,14 @@ impl Pipeline {
             .collect();
         let produced_ms: Vec<i64> = messages.iter().filter_map(|m| m.timestamp_ms).collect();
         let rows: usize = scored.iter().map(RecordBatch::num_rows).sum();
-        let over_budget = |in_flight: &VecDeque<(SinkTask, usize)>| {
-            let held: usize = in_flight.iter().map(|(_, rows)| rows).sum();
+        let over_budget = |in_flight: &VecDeque<SinkTask>| {
+            let held: usize = in_flight.iter().map(|task| task.rows).sum();
             in_flight.len() >= MAX_SINK_TASKS
                 || (!in_flight.is_empty() && held + rows > MAX_SINK_ROWS)
         };
         while over_budget(&self.in_flight) {
-            if let Some((oldest, _)) = self.in_flight.pop_front() {
-                join_sink_task(oldest).await?;
+            if let Some(oldest) = self.in_flight.pop_front() {
+                oldest.join().await?;
             }
         }
         let (kafka_done, next_turn) = oneshot::channel();
@@ -530,7 +573,7 @@ impl Pipeline {
             alerts_topic: self.config.alerts_topic.clone(),
         };
         let scored = scored.to_vec();
-        let task = tokio::spawn(task.write(
+        let writes = task.write(
             scored,
             dead_letters,
             KafkaTurn {
@@ -539,8 +582,8 @@ impl Pipeline {
             },
             produced_ms,
             closed_at,
-        ));
-        self.in_flight.push_back((task, rows));
+        );
+        self.in_flight.push_back(SinkTask::spawn(writes, rows));
         Ok(())
     }
 
@@ -578,7 +621,7 @@ impl Pipeline {
             if !self.dirty.contains(partition) {
                 continue;
             }
-            let job = self.checkpoint_job(*partition, VecDeque::new())?;
+            let job = self.checkpoint_job(*partition, Vec::new())?;
             match job.run().await? {
                 CheckpointOutcome::Refused => {
                     self.dirty.insert(*partition);
@@ -657,8 +700,11 @@ impl Pipeline {
         if let Some(pending) = &self.pending
             && partitions.contains(&pending.partition)
         {
-            // Its rows are the next owner's to checkpoint (a save that still lands is
-            // harmless: the next owner's newer checkpoints win).
+            // Its rows are the next owner's to checkpoint. Aborting stops the job unless
+            // its save is already on its way to Redis; a save that lands after the next
+            // owner restored would make that owner's saves be refused until it passes
+            // this offset. This happens only when partitions are lost without a revoke
+            // (a revoke checkpoints and finishes this job first).
             if let Some(pending) = self.pending.take() {
                 pending.task.abort();
             }
@@ -680,8 +726,8 @@ impl Pipeline {
     /// again from the last good checkpoint.
     pub fn abandon(&mut self) {
         self.poisoned = true;
-        for (task, _) in self.in_flight.drain(..) {
-            task.abort();
+        for task in self.in_flight.drain(..) {
+            task.abort.abort();
         }
         self.kafka_turn = None;
         if let Some(pending) = self.pending.take() {

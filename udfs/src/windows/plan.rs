@@ -18,8 +18,8 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Window, WindowFunctionDefiniti
 use super::Kind;
 
 /// Rewrites every window node of `plan` whose calls are all card windows partitioned by
-/// something: `OVER (PARTITION BY p ORDER BY o)` becomes `OVER (ORDER BY p, o)`, each call
-/// keeping its output name.
+/// their card argument: `OVER (PARTITION BY card ORDER BY o)` becomes
+/// `OVER (ORDER BY card, o)`, each call keeping its output name.
 pub fn order_by_card(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up(|node| {
         let LogicalPlan::Window(window) = node else {
@@ -71,7 +71,11 @@ fn is_partitioned_card_window(expr: &Expr) -> bool {
     let WindowFunctionDefinition::WindowUDF(udf) = &call.fun else {
         return false;
     };
-    Kind::ALL.iter().any(|kind| kind.name() == udf.name()) && !call.params.partition_by.is_empty()
+    // Only `PARTITION BY <the card argument>`: partitioned by anything else, the function's
+    // card runs would not be the partitions.
+    Kind::ALL.iter().any(|kind| kind.name() == udf.name())
+        && call.params.partition_by.len() == 1
+        && call.params.args.first() == call.params.partition_by.first()
 }
 
 #[cfg(test)]
@@ -171,6 +175,19 @@ mod tests {
         assert_eq!(ordered, partitioned);
         // Each card's first row has no previous row, the others do.
         assert_eq!(ordered.iter().filter(|(_, v)| v[0].is_none()).count(), 3);
+    }
+
+    #[tokio::test]
+    async fn windows_partitioned_by_something_else_are_left_alone() {
+        let ctx = session();
+        let plan = ctx
+            .sql("SELECT rolling_sum_24h(card, t, x) OVER (PARTITION BY x ORDER BY t) FROM rows")
+            .await
+            .expect("planned")
+            .into_unoptimized_plan();
+        let before = plan.display_indent().to_string();
+        let after = order_by_card(plan).expect("rewritten");
+        assert_eq!(after.display_indent().to_string(), before);
     }
 
     #[tokio::test]
