@@ -213,6 +213,15 @@ impl RedisAof {
     }
 }
 
+/// Writes what earlier phases left in the page cache (the filled topic's log segments,
+/// the drain's archive, the compacted AOF: hundreds of MB) to disk before a measurement,
+/// so the kernel's writeback of one phase does not land in the next one's latency.
+fn settle_disk() -> anyhow::Result<()> {
+    let status = Command::new("sync").status().context("running sync")?;
+    anyhow::ensure!(status.success(), "sync failed: {status}");
+    Ok(())
+}
+
 fn unique(name: &str) -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -261,6 +270,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
     let redis = RedisAof::connect(&args.redis)?;
     redis.compact()?;
+    settle_disk()?;
     let rewrites_before = redis.rewrites()?;
     let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
     let drained = finish_engine(engine)?;
@@ -270,6 +280,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let topic = unique("latency");
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
     redis.compact()?;
+    settle_disk()?;
     let rewrites_before = redis.rewrites()?;
     let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
     let started = Instant::now();
