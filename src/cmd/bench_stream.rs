@@ -142,7 +142,7 @@ fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
 /// freshly compacted file, so a run's own writes (a few hundred MB) do not trigger one, and
 /// the report says how many happened anyway.
 struct RedisAof {
-    connection: std::cell::RefCell<redis::Connection>,
+    connection: redis::Connection,
 }
 
 impl RedisAof {
@@ -150,15 +150,13 @@ impl RedisAof {
         let connection = redis::Client::open(url)
             .and_then(|client| client.get_connection())
             .with_context(|| format!("connecting to Redis at {url}"))?;
-        Ok(Self {
-            connection: std::cell::RefCell::new(connection),
-        })
+        Ok(Self { connection })
     }
 
-    fn persistence(&self) -> anyhow::Result<String> {
+    fn persistence(&mut self) -> anyhow::Result<String> {
         redis::cmd("INFO")
             .arg("persistence")
-            .query::<String>(&mut self.connection.borrow_mut())
+            .query::<String>(&mut self.connection)
             .context("reading Redis's INFO persistence")
     }
 
@@ -168,13 +166,21 @@ impl RedisAof {
             .and_then(|value| value.trim().parse().ok())
     }
 
+    /// Gets the machine quiet for a measurement: the AOF compacted, then everything
+    /// written so far on disk (see `settle_disk`). Returns the AOF rewrites so far.
+    fn prepare_measurement(&mut self) -> anyhow::Result<u64> {
+        self.compact()?;
+        settle_disk()?;
+        self.rewrites()
+    }
+
     /// AOF rewrites since Redis started (0 without AOF).
-    fn rewrites(&self) -> anyhow::Result<u64> {
+    fn rewrites(&mut self) -> anyhow::Result<u64> {
         Ok(Self::field(&self.persistence()?, "aof_rewrites").unwrap_or(0))
     }
 
     /// Rewrites the AOF now and waits until that is done (nothing without AOF).
-    fn compact(&self) -> anyhow::Result<()> {
+    fn compact(&mut self) -> anyhow::Result<()> {
         if Self::field(&self.persistence()?, "aof_enabled") != Some(1) {
             return Ok(());
         }
@@ -186,7 +192,7 @@ impl RedisAof {
                 || Self::field(&info, "rdb_bgsave_in_progress") == Some(1);
             if !busy {
                 let asked: redis::RedisResult<String> =
-                    redis::cmd("BGREWRITEAOF").query(&mut self.connection.borrow_mut());
+                    redis::cmd("BGREWRITEAOF").query(&mut self.connection);
                 if asked.is_ok() {
                     break;
                 }
@@ -268,10 +274,8 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
     let produce_rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
-    let redis = RedisAof::connect(&args.redis)?;
-    redis.compact()?;
-    settle_disk()?;
-    let rewrites_before = redis.rewrites()?;
+    let mut redis = RedisAof::connect(&args.redis)?;
+    let rewrites_before = redis.prepare_measurement()?;
     let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
     let drained = finish_engine(engine)?;
     let drain_rewrites = redis.rewrites()? - rewrites_before;
@@ -279,9 +283,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     // 2. Latency at a steady rate.
     let topic = unique("latency");
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
-    redis.compact()?;
-    settle_disk()?;
-    let rewrites_before = redis.rewrites()?;
+    let rewrites_before = redis.prepare_measurement()?;
     let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
     let started = Instant::now();
     let sent_rate = produce(

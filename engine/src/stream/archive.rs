@@ -8,7 +8,7 @@
 //!    one) and [`UnsealedFile::seal`] finishes it (footer, fsync) and renames it to the
 //!    still hidden `.scored-….parquet.sealed` (in the checkpoint's background task);
 //! 2. the partition's checkpoint is saved, naming the sealed file;
-//! 3. [`complete_publish`] renames it to `scored-….parquet`.
+//! 3. [`SealedFile::publish`] renames it to `scored-….parquet`.
 //!
 //! A crash before 2 leaves a hidden file no checkpoint names, and its rows (not in any
 //! checkpoint) are read and archived again; in-progress leftovers are removed at start,
@@ -57,6 +57,14 @@ pub struct UnsealedFile {
 pub struct SealedFile {
     /// The name it is published under (in the archive folder).
     pub name: String,
+    dir: PathBuf,
+}
+
+impl SealedFile {
+    /// Renames it to its visible name (after its checkpoint is saved).
+    pub fn publish(&self) -> Result<(), EngineError> {
+        complete_publish(&self.dir, &self.name)
+    }
 }
 
 fn in_progress(name: &str) -> String {
@@ -142,7 +150,7 @@ impl ParquetArchive {
         })
     }
 
-    /// Counts a file published with [`complete_publish`].
+    /// Counts a file published with [`SealedFile::publish`].
     pub fn count_published(&mut self) {
         self.files_written += 1;
     }
@@ -186,7 +194,10 @@ impl UnsealedFile {
             dir.join(in_progress(&open.name)),
             dir.join(sealed(&open.name)),
         )?;
-        Ok(SealedFile { name: open.name })
+        Ok(SealedFile {
+            name: open.name,
+            dir,
+        })
     }
 }
 
@@ -298,7 +309,7 @@ mod tests {
         let sealed = file.seal().expect("sealed");
         guard.keep();
         drop(guard);
-        complete_publish(&dir, &sealed.name).expect("published");
+        sealed.publish().expect("published");
         assert_eq!(hidden_files(&dir), vec![sealed.name.clone()]);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -13,7 +13,6 @@
 //! offsets are committed only at checkpoints, after everything before them is durable.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -146,7 +145,6 @@ struct CheckpointJob {
     state: Vec<u8>,
     in_flight: Vec<SinkTask>,
     file: Option<UnsealedFile>,
-    archive_dir: Option<PathBuf>,
     store: ResultStore,
     group: String,
     topic: String,
@@ -202,14 +200,12 @@ impl CheckpointJob {
         if let Some(unsaved) = unsaved.as_mut() {
             unsaved.keep();
         }
-        let published = match (&self.archive_dir, &sealed) {
-            (Some(dir), Some(sealed)) => {
-                complete_publish(dir, &sealed.name)?;
-                true
-            }
-            _ => false,
-        };
-        Ok(CheckpointOutcome::Saved { published })
+        if let Some(sealed) = &sealed {
+            sealed.publish()?;
+        }
+        Ok(CheckpointOutcome::Saved {
+            published: sealed.is_some(),
+        })
     }
 }
 
@@ -337,7 +333,6 @@ impl Pipeline {
             state,
             in_flight,
             file: self.archive.as_mut().and_then(|a| a.take(partition)),
-            archive_dir: self.archive.as_ref().map(|a| a.dir().to_path_buf()),
             store: self.store.clone(),
             group: self.config.group.clone(),
             topic: self.config.topic.clone(),
@@ -369,30 +364,38 @@ impl Pipeline {
                 )));
             }
         };
+        if self.record_outcome(pending.partition, outcome)
+            && self.owned.contains(&pending.partition)
+        {
+            let mut offsets = TopicPartitionList::new();
+            offsets.add_partition_offset(
+                &self.config.topic,
+                pending.partition,
+                Offset::Offset(pending.offset),
+            )?;
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                tracing::warn!(%error, "committing offsets to Kafka failed (the checkpoint holds them)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Books a partition checkpoint's outcome; true when it was saved. A refused one is
+    /// tried again at the partition's next turn.
+    fn record_outcome(&mut self, partition: i32, outcome: CheckpointOutcome) -> bool {
         StreamMetrics::add(&self.metrics.checkpoints, 1);
         match outcome {
             CheckpointOutcome::Refused => {
-                // Tried again at its next turn.
-                self.dirty.insert(pending.partition);
+                self.dirty.insert(partition);
+                false
             }
             CheckpointOutcome::Saved { published } => {
                 if published && let Some(archive) = self.archive.as_mut() {
                     archive.count_published();
                 }
-                if self.owned.contains(&pending.partition) {
-                    let mut offsets = TopicPartitionList::new();
-                    offsets.add_partition_offset(
-                        &self.config.topic,
-                        pending.partition,
-                        Offset::Offset(pending.offset),
-                    )?;
-                    if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
-                        tracing::warn!(%error, "committing offsets to Kafka failed (the checkpoint holds them)");
-                    }
-                }
+                true
             }
         }
-        Ok(())
     }
 
     pub fn partitions(&self) -> Vec<i32> {
@@ -621,18 +624,8 @@ impl Pipeline {
             if !self.dirty.contains(partition) {
                 continue;
             }
-            let job = self.checkpoint_job(*partition, Vec::new())?;
-            match job.run().await? {
-                CheckpointOutcome::Refused => {
-                    self.dirty.insert(*partition);
-                }
-                CheckpointOutcome::Saved { published } => {
-                    if published && let Some(archive) = self.archive.as_mut() {
-                        archive.count_published();
-                    }
-                }
-            }
-            StreamMetrics::add(&self.metrics.checkpoints, 1);
+            let outcome = self.checkpoint_job(*partition, Vec::new())?.run().await?;
+            self.record_outcome(*partition, outcome);
         }
         if offsets.count() > 0
             && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
@@ -697,17 +690,16 @@ impl Pipeline {
     /// Lets go of partitions another instance now owns. Rows since their last checkpoint
     /// (none after a successful revoke checkpoint) are dropped: the next owner reads them.
     pub fn forget(&mut self, partitions: &[i32]) {
-        if let Some(pending) = &self.pending
-            && partitions.contains(&pending.partition)
+        // A checkpoint running for one of them: its rows are the next owner's to
+        // checkpoint. Aborting stops the job unless its save is already on its way to
+        // Redis; a save that lands after the next owner restored would make that owner's
+        // saves be refused until it passes this offset. This happens only when partitions
+        // are lost without a revoke (a revoke checkpoints and finishes this job first).
+        if let Some(pending) = self
+            .pending
+            .take_if(|pending| partitions.contains(&pending.partition))
         {
-            // Its rows are the next owner's to checkpoint. Aborting stops the job unless
-            // its save is already on its way to Redis; a save that lands after the next
-            // owner restored would make that owner's saves be refused until it passes
-            // this offset. This happens only when partitions are lost without a revoke
-            // (a revoke checkpoints and finishes this job first).
-            if let Some(pending) = self.pending.take() {
-                pending.task.abort();
-            }
+            pending.task.abort();
         }
         for partition in partitions {
             self.history.forget(*partition);
@@ -856,10 +848,10 @@ impl RemoteSinks {
         );
         // Per-batch timings at debug level (`-v`): which sink a slow batch waited for.
         let waited_ms = started.duration_since(closed_at).as_millis() as u64;
-        let timed = |started: Instant| move || started.elapsed().as_millis() as u64;
-        let sinks_started = timed(Instant::now());
-        let redis = async { (redis.await, sinks_started()) };
-        let kafka = async { (kafka.await, sinks_started()) };
+        let sinks_started = Instant::now();
+        let since_start_ms = || sinks_started.elapsed().as_millis() as u64;
+        let redis = async { (redis.await, since_start_ms()) };
+        let kafka = async { (kafka.await, since_start_ms()) };
         let ((kafka, kafka_ms), (outcome, redis_ms)) = tokio::join!(kafka, redis);
         tracing::debug!(
             rows = rows.len(),

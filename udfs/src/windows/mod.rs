@@ -120,11 +120,7 @@ impl CardWindow {
 
     /// All of them, for a batch session.
     pub fn all() -> Vec<Self> {
-        vec![
-            Self::rolling_sum_24h(),
-            Self::mean_of_previous(),
-            Self::secs_since_previous(),
-        ]
+        Kind::ALL.into_iter().map(Self::new).collect()
     }
 
     /// All of them, reading and staging each card's earlier rows in `history` (a stream).
@@ -266,8 +262,11 @@ impl PartitionEvaluator for CardEvaluator {
         // one per card, see `order_by_card`); each card's rows are one run.
         let mut out = Vec::with_capacity(num_rows);
         let mut previous_card = None;
-        for run in card_runs(cards.values()) {
-            let card = cards.value(run.start);
+        let mut start = 0;
+        for run in cards.values().chunk_by(|a, b| a == b) {
+            let card = run[0];
+            let rows = &rows[start..start + run.len()];
+            start += run.len();
             if previous_card.is_some_and(|previous| previous >= card) {
                 return exec_err!(
                     "{} needs its window partitioned by the card or ordered by it first",
@@ -275,7 +274,6 @@ impl PartitionEvaluator for CardEvaluator {
                 );
             }
             previous_card = Some(card);
-            let rows = &rows[run];
             if rows.windows(2).any(|pair| pair[1].secs < pair[0].secs) {
                 return exec_err!("{} needs its window ordered by event_secs", kind.name());
             }
@@ -292,18 +290,6 @@ impl PartitionEvaluator for CardEvaluator {
         }
         Ok(to_array(out))
     }
-}
-
-/// The runs of equal values in `cards`, in order.
-fn card_runs(cards: &[i64]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        let first = cards.get(start)?;
-        let len = cards[start..].iter().take_while(|c| *c == first).count();
-        let run = start..start + len;
-        start += len;
-        Some(run)
-    })
 }
 
 fn to_array(values: Vec<Option<f64>>) -> ArrayRef {
