@@ -9,6 +9,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 
 # Build tools for librdkafka and the ONNX Runtime library; no services are started.
 scripts/services.sh deps
-cargo build --release --locked --bin risksense
+# The dev profile, shared with the test command (its dependencies are optimised): after
+# scripts/test.sh this builds nothing. Release builds are for benchmarks only.
+cargo build --locked --bin risksense
 scripts/services.sh onnxruntime
-exec target/release/risksense demo "$@"
+exec target/debug/risksense demo "$@"
