@@ -53,4 +53,11 @@ pub enum EngineError {
     History(#[from] risksense_udfs::windows::HistoryError),
     #[error("config: {0}")]
     Config(String),
+    /// A row of a file that every input path would refuse (row counted from 0).
+    #[error("{path}: row {row}: {source}")]
+    InvalidRow {
+        path: PathBuf,
+        row: u64,
+        source: crate::codec::builder::FieldError,
+    },
 }

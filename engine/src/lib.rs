@@ -7,6 +7,7 @@
 //! - [`kafka`]: client configuration and the replay producer.
 //! - [`scoring`]: DataFusion sessions running sql/features.sql and sql/score.sql.
 //! - [`stream`]: the streaming engine behind `risksense run`.
+//! - [`validate`]: the bounds every input path checks before a row is scored.
 
 pub mod codec;
 pub mod error;
@@ -16,5 +17,6 @@ pub mod scoring;
 pub mod source;
 pub mod stream;
 pub mod synth;
+pub mod validate;
 
 pub use error::EngineError;

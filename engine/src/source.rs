@@ -77,15 +77,18 @@ impl TransactionFile {
                     input, batch_size, skip_bad,
                 )?))
             }
-            FileFormat::Parquet => Self::Parquet(ParquetTransactionReader::open(path, batch_size)?),
+            FileFormat::Parquet => {
+                Self::Parquet(ParquetTransactionReader::open(path, batch_size, skip_bad)?)
+            }
         })
     }
 
-    /// Bad rows skipped so far (CSV with `skip_bad` only).
+    /// Bad rows skipped so far (with `skip_bad` only): rows that fail the checks every
+    /// input path shares (crate::validate), or that do not parse.
     pub fn rows_skipped(&self) -> u64 {
         match self {
             Self::Csv(reader) => reader.rows_skipped(),
-            Self::Parquet(_) => 0,
+            Self::Parquet(reader) => reader.rows_skipped(),
         }
     }
 
@@ -93,7 +96,7 @@ impl TransactionFile {
     pub fn first_skipped(&self) -> Option<&str> {
         match self {
             Self::Csv(reader) => reader.first_skipped(),
-            Self::Parquet(_) => None,
+            Self::Parquet(reader) => reader.first_skipped(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct FieldError {
     pub reason: String,
 }
 
+impl std::error::Error for FieldError {}
+
 impl std::fmt::Display for FieldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "column `{}`: {}", self.column, self.reason)
@@ -82,22 +84,6 @@ fn number<T: std::str::FromStr>(
     })
 }
 
-fn finite(
-    fields: &[&str; COLUMN_COUNT],
-    index: usize,
-    range: std::ops::RangeInclusive<f64>,
-) -> Result<f64, FieldError> {
-    let value: f64 = number(fields, index, "a number")?;
-    if value.is_finite() && range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(FieldError {
-            column: column_names()[index],
-            reason: format!("{value} is outside {}..={}", range.start(), range.end()),
-        })
-    }
-}
-
 fn parse_row<'a>(fields: &[&'a str; COLUMN_COUNT]) -> Result<TransactionRow<'a>, FieldError> {
     let event_time =
         parse_timestamp_micros(fields[idx::TRANS_DATE_TRANS_TIME]).ok_or_else(|| FieldError {
@@ -111,44 +97,29 @@ fn parse_row<'a>(fields: &[&'a str; COLUMN_COUNT]) -> Result<TransactionRow<'a>,
         column: col::DOB,
         reason: format!("`{}` is not a date like 1977-11-23", fields[idx::DOB]),
     })?;
-    let is_fraud: i32 = number(fields, idx::IS_FRAUD, "0 or 1")?;
-    if is_fraud != 0 && is_fraud != 1 {
-        return Err(FieldError {
-            column: col::IS_FRAUD,
-            reason: format!("{is_fraud} is not 0 or 1"),
-        });
-    }
     let mut strings = [""; 10];
     for (slot, &index) in strings.iter_mut().zip(STRING_COLUMNS.iter()) {
         *slot = fields[index];
     }
-    for (column, index) in [
-        (col::CATEGORY, idx::CATEGORY),
-        (col::TRANS_NUM, idx::TRANS_NUM),
-    ] {
-        if fields[index].is_empty() {
-            return Err(FieldError {
-                column,
-                reason: "missing value".to_string(),
-            });
-        }
-    }
-    Ok(TransactionRow {
+    let row = TransactionRow {
         row_id: number(fields, idx::ROW_ID, "an integer")?,
         event_time,
         cc_num: number(fields, idx::CC_NUM, "a card number (integer)")?,
-        amt: finite(fields, idx::AMT, -1e12..=1e12)?,
+        amt: number(fields, idx::AMT, "a number")?,
         zip: number(fields, idx::ZIP, "an integer zip code")?,
-        lat: finite(fields, idx::LAT, -90.0..=90.0)?,
-        long: finite(fields, idx::LONG, -180.0..=180.0)?,
+        lat: number(fields, idx::LAT, "a number")?,
+        long: number(fields, idx::LONG, "a number")?,
         city_pop: number(fields, idx::CITY_POP, "an integer")?,
         dob,
         unix_time: number(fields, idx::UNIX_TIME, "an integer")?,
-        merch_lat: finite(fields, idx::MERCH_LAT, -90.0..=90.0)?,
-        merch_long: finite(fields, idx::MERCH_LONG, -180.0..=180.0)?,
-        is_fraud,
+        merch_lat: number(fields, idx::MERCH_LAT, "a number")?,
+        merch_long: number(fields, idx::MERCH_LONG, "a number")?,
+        is_fraud: number(fields, idx::IS_FRAUD, "0 or 1")?,
         strings,
-    })
+    };
+    // The ranges every input path shares.
+    crate::validate::check_row(&row)?;
+    Ok(row)
 }
 
 /// Accumulates rows into a [`RecordBatch`] of the transaction schema.
@@ -228,6 +199,12 @@ impl TransactionBuilder {
         for (builder, value) in self.strings.iter_mut().zip(row.strings) {
             builder.append_value(value);
         }
+    }
+
+    /// The rows appended, as a batch, without reserving for another one.
+    pub fn into_batch(mut self) -> Result<RecordBatch, EngineError> {
+        self.capacity = 0;
+        self.finish()
     }
 
     /// Takes the rows appended so far as a batch and starts a new one.

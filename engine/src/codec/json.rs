@@ -1,14 +1,243 @@
 //! Transactions as JSON messages: one object per transaction with the Kaggle column names
-//! (what `risksense produce` writes to Kafka), and the decoder that turns a run of such
-//! messages straight into an Arrow batch (no per-row structs).
+//! (what `risksense produce` writes to Kafka); [`TransactionMessage`], the strict parser
+//! the stream and `POST /v1/score` read them with; and an arrow-json decoder that turns a
+//! run of trusted messages straight into a batch (reading back what a replay wrote).
+
+use std::borrow::Cow;
 
 use arrow::array::{Array, AsArray};
 use arrow::json::reader::{Decoder, ReaderBuilder};
 use arrow::record_batch::RecordBatch;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use super::builder::{STRING_COLUMNS, TransactionRow};
 use super::csv::TypedColumns;
+use super::time::{parse_date, parse_timestamp_micros};
 use crate::error::EngineError;
 use crate::schema::{COLUMN_COUNT, column_names, idx, transaction_schema};
+
+/// One JSON message parsed strictly into a transaction's typed values (the text borrowed
+/// from the message where it holds no escapes).
+///
+/// Strict, unlike arrow-json's coercing decoder: numbers must be JSON numbers (`"4.97"` is
+/// refused, not read as 4.97), the integer columns (`cc_num`, `zip`, `city_pop`,
+/// `unix_time`, `is_fraud`) JSON integers in range (`1.5` is refused, not truncated onto
+/// another card), text columns JSON strings, times `YYYY-MM-DD HH:MM:SS` (or with `T`, and
+/// a fraction) and dates `YYYY-MM-DD`; no column missing, null or given twice; exactly one
+/// JSON object per message. Unknown keys, and `row_id` (the stream numbers rows itself),
+/// are ignored. Ranges are [`crate::validate::check_row`]'s business.
+#[derive(Debug, Default)]
+pub struct TransactionMessage<'a> {
+    event_time: i64,
+    cc_num: i64,
+    amt: f64,
+    zip: i32,
+    lat: f64,
+    long: f64,
+    city_pop: i64,
+    dob: i32,
+    unix_time: i64,
+    merch_lat: f64,
+    merch_long: f64,
+    is_fraud: i32,
+    /// In the order of [`STRING_COLUMNS`].
+    strings: [Cow<'a, str>; 10],
+}
+
+impl<'a> TransactionMessage<'a> {
+    /// Parses one message; the error says which column is wrong and why.
+    pub fn parse(payload: &'a [u8]) -> Result<Self, String> {
+        serde_json::from_slice(payload).map_err(|error| {
+            let text = error.to_string();
+            if text.starts_with("trailing characters") {
+                format!("the message holds more than one JSON value ({text})")
+            } else {
+                text
+            }
+        })
+    }
+
+    /// The typed row, numbered `row_id`.
+    pub fn row(&self, row_id: i64) -> TransactionRow<'_> {
+        let mut strings = [""; 10];
+        for (slot, text) in strings.iter_mut().zip(&self.strings) {
+            *slot = text.as_ref();
+        }
+        TransactionRow {
+            row_id,
+            event_time: self.event_time,
+            cc_num: self.cc_num,
+            amt: self.amt,
+            zip: self.zip,
+            lat: self.lat,
+            long: self.long,
+            city_pop: self.city_pop,
+            dob: self.dob,
+            unix_time: self.unix_time,
+            merch_lat: self.merch_lat,
+            merch_long: self.merch_long,
+            is_fraud: self.is_fraud,
+            strings,
+        }
+    }
+}
+
+/// A key of a message: the column it names (None: ignored).
+struct Key(Option<usize>);
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(Key(match name {
+                    "trans_date_trans_time" => Some(idx::TRANS_DATE_TRANS_TIME),
+                    "cc_num" => Some(idx::CC_NUM),
+                    "merchant" => Some(idx::MERCHANT),
+                    "category" => Some(idx::CATEGORY),
+                    "amt" => Some(idx::AMT),
+                    "first" => Some(idx::FIRST),
+                    "last" => Some(idx::LAST),
+                    "gender" => Some(idx::GENDER),
+                    "street" => Some(idx::STREET),
+                    "city" => Some(idx::CITY),
+                    "state" => Some(idx::STATE),
+                    "zip" => Some(idx::ZIP),
+                    "lat" => Some(idx::LAT),
+                    "long" => Some(idx::LONG),
+                    "city_pop" => Some(idx::CITY_POP),
+                    "job" => Some(idx::JOB),
+                    "dob" => Some(idx::DOB),
+                    "trans_num" => Some(idx::TRANS_NUM),
+                    "unix_time" => Some(idx::UNIX_TIME),
+                    "merch_lat" => Some(idx::MERCH_LAT),
+                    "merch_long" => Some(idx::MERCH_LONG),
+                    "is_fraud" => Some(idx::IS_FRAUD),
+                    _ => None,
+                }))
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// A JSON string, borrowed from the message unless it holds escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_string())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// The next value of the map as a `T`, its error naming the column.
+fn value<'de, T: de::Deserialize<'de>, A: MapAccess<'de>>(
+    map: &mut A,
+    column: usize,
+) -> Result<T, A::Error> {
+    map.next_value().map_err(|error| {
+        let text = error.to_string();
+        // serde_json adds the position again to the error made here.
+        let text = text.rfind(" at line ").map_or(&text[..], |at| &text[..at]);
+        de::Error::custom(format_args!("column `{}`: {text}", column_names()[column]))
+    })
+}
+
+impl<'de> de::Deserialize<'de> for TransactionMessage<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MessageVisitor;
+        impl<'de> Visitor<'de> for MessageVisitor {
+            type Value = TransactionMessage<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of a transaction")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut message = TransactionMessage::default();
+                let mut seen = [false; COLUMN_COUNT];
+                // row_id needs no value: the stream numbers rows by their offsets.
+                seen[idx::ROW_ID] = true;
+                while let Some(Key(column)) = map.next_key()? {
+                    let Some(column) = column else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    if std::mem::replace(&mut seen[column], true) {
+                        return Err(de::Error::custom(format_args!(
+                            "column `{}` is given twice",
+                            column_names()[column]
+                        )));
+                    }
+                    let m = &mut message;
+                    match column {
+                        idx::TRANS_DATE_TRANS_TIME => {
+                            let text: Text = value(&mut map, column)?;
+                            m.event_time = parse_timestamp_micros(&text.0).ok_or_else(|| {
+                                <A::Error as de::Error>::custom(format_args!(
+                                    "column `trans_date_trans_time`: `{}` is not a time like 2019-01-01 00:05:02",
+                                    text.0
+                                ))
+                            })?;
+                        }
+                        idx::DOB => {
+                            let text: Text = value(&mut map, column)?;
+                            m.dob = parse_date(&text.0).ok_or_else(|| {
+                                <A::Error as de::Error>::custom(format_args!(
+                                    "column `dob`: `{}` is not a date like 1977-11-23",
+                                    text.0
+                                ))
+                            })?;
+                        }
+                        idx::CC_NUM => m.cc_num = value(&mut map, column)?,
+                        idx::AMT => m.amt = value(&mut map, column)?,
+                        idx::ZIP => m.zip = value(&mut map, column)?,
+                        idx::LAT => m.lat = value(&mut map, column)?,
+                        idx::LONG => m.long = value(&mut map, column)?,
+                        idx::CITY_POP => m.city_pop = value(&mut map, column)?,
+                        idx::UNIX_TIME => m.unix_time = value(&mut map, column)?,
+                        idx::MERCH_LAT => m.merch_lat = value(&mut map, column)?,
+                        idx::MERCH_LONG => m.merch_long = value(&mut map, column)?,
+                        idx::IS_FRAUD => m.is_fraud = value(&mut map, column)?,
+                        _ => {
+                            let slot = STRING_COLUMNS
+                                .iter()
+                                .position(|&c| c == column)
+                                .ok_or_else(|| {
+                                    <A::Error as de::Error>::custom("unexpected column")
+                                })?;
+                            let text: Text = value(&mut map, column)?;
+                            m.strings[slot] = text.0;
+                        }
+                    }
+                }
+                if let Some(missing) = seen.iter().position(|s| !s) {
+                    return Err(de::Error::custom(format_args!(
+                        "missing field `{}`",
+                        column_names()[missing]
+                    )));
+                }
+                Ok(message)
+            }
+        }
+        deserializer.deserialize_map(MessageVisitor)
+    }
+}
 
 /// Encodes rows of a transaction batch as JSON objects, reusing one output buffer.
 ///

@@ -1,29 +1,55 @@
 //! Parquet files of transactions: read (casting whatever physical types the writer chose to
-//! the transaction schema) and write.
+//! the transaction schema, then checking every row as every input path does) and write.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 
-use arrow::array::ArrayRef;
+use arrow::array::AsArray;
 use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
+use super::builder::FieldError;
 use crate::error::EngineError;
-use crate::schema::transaction_schema;
+use crate::schema::{column_names, transaction_schema};
+use crate::validate::{invalid_rows, without_rows};
 
 /// Reads a Parquet file as transaction batches.
+///
+/// Numeric columns must be stored as numbers (a string `amt` is refused for the whole
+/// file), and an integer column stored as floating point must hold whole numbers (a
+/// `cc_num` of 1.5 is not truncated onto another card). Each row then passes
+/// [`crate::validate::check_row`]: a bad row stops the read with its row number (counted
+/// from 0), or is skipped and counted when `skip_bad` is set.
 pub struct ParquetTransactionReader {
     reader: ParquetRecordBatchReader,
     /// For each schema column, its index in the file's batches.
     positions: Vec<usize>,
+    path: PathBuf,
+    skip_bad: bool,
+    rows_read: u64,
+    rows_skipped: u64,
+    first_skipped: Option<String>,
 }
 
+/// The transaction schema with every column nullable: a file's batch as cast, before its
+/// rows are checked (a null is a bad row, not a bad file).
+static NULLABLE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields: Vec<_> = transaction_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(Schema::new(fields))
+});
+
 impl ParquetTransactionReader {
-    pub fn open(path: &Path, batch_size: usize) -> Result<Self, EngineError> {
+    pub fn open(path: &Path, batch_size: usize, skip_bad: bool) -> Result<Self, EngineError> {
         let file = File::open(path).map_err(|e| EngineError::Open {
             path: path.to_path_buf(),
             source: e,
@@ -39,30 +65,111 @@ impl ParquetTransactionReader {
                     field.name()
                 ))
             })?;
+            let stored = file_schema.field(position).data_type();
+            if field.data_type().is_numeric() && !stored.is_numeric() {
+                return Err(EngineError::Schema(format!(
+                    "{}: column `{}` is stored as {stored}: numbers must be stored as numbers",
+                    path.display(),
+                    field.name()
+                )));
+            }
             positions.push(position);
         }
         Ok(Self {
             reader: builder.build()?,
             positions,
+            path: path.to_path_buf(),
+            skip_bad,
+            rows_read: 0,
+            rows_skipped: 0,
+            first_skipped: None,
         })
     }
 
-    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
-        let schema = transaction_schema();
-        let columns = schema
+    /// Bad rows skipped so far (only with `skip_bad`).
+    pub fn rows_skipped(&self) -> u64 {
+        self.rows_skipped
+    }
+
+    /// The first skipped row's error.
+    pub fn first_skipped(&self) -> Option<&str> {
+        self.first_skipped.as_deref()
+    }
+
+    /// The batch in the transaction schema, with the rows whose stored values do not fit
+    /// it (fractional integers); nulls are left for the row check.
+    fn conform(
+        &self,
+        batch: RecordBatch,
+    ) -> Result<(RecordBatch, Vec<(usize, FieldError)>), EngineError> {
+        let names = column_names();
+        let mut problems = Vec::new();
+        let mut columns = Vec::with_capacity(self.positions.len());
+        for (index, (field, &position)) in transaction_schema()
             .fields()
             .iter()
             .zip(&self.positions)
-            .map(|(field, &position)| {
-                let column = batch.column(position);
-                if column.data_type() == field.data_type() {
-                    Ok(column.clone())
-                } else {
-                    cast(column, field.data_type()).map_err(EngineError::from)
+            .enumerate()
+        {
+            let column = batch.column(position);
+            if column.data_type() == field.data_type() {
+                columns.push(column.clone());
+                continue;
+            }
+            if field.data_type().is_integer() && column.data_type().is_floating() {
+                let floats = cast(column, &DataType::Float64)?;
+                let floats = floats.as_primitive::<Float64Type>();
+                for (row, value) in floats.iter().enumerate() {
+                    if let Some(value) = value
+                        && (!value.is_finite() || value.fract() != 0.0)
+                    {
+                        problems.push((
+                            row,
+                            FieldError {
+                                column: names[index],
+                                reason: format!("{value} is not an integer"),
+                            },
+                        ));
+                    }
                 }
-            })
-            .collect::<Result<Vec<ArrayRef>, EngineError>>()?;
-        Ok(RecordBatch::try_new(schema, columns)?)
+            }
+            columns.push(cast(column, field.data_type())?);
+        }
+        Ok((
+            RecordBatch::try_new(NULLABLE_SCHEMA.clone(), columns)?,
+            problems,
+        ))
+    }
+
+    fn check(&mut self, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
+        let first_row = self.rows_read;
+        self.rows_read += batch.num_rows() as u64;
+        let (batch, mut problems) = self.conform(batch)?;
+        problems.extend(invalid_rows(&batch)?);
+        // One reason per row, the first found.
+        problems.sort_by_key(|(row, _)| *row);
+        problems.dedup_by_key(|(row, _)| *row);
+        if let Some((row, error)) = problems.first()
+            && !self.skip_bad
+        {
+            return Err(EngineError::InvalidRow {
+                path: self.path.clone(),
+                row: first_row + *row as u64,
+                source: error.clone(),
+            });
+        }
+        if let Some((row, error)) = problems.first()
+            && self.first_skipped.is_none()
+        {
+            self.first_skipped = Some(format!("row {}: {error}", first_row + *row as u64));
+        }
+        self.rows_skipped += problems.len() as u64;
+        let kept = without_rows(&batch, &problems)?;
+        // No nulls are left: the batch has the transaction schema's non-null fields.
+        Ok(RecordBatch::try_new(
+            transaction_schema(),
+            kept.columns().to_vec(),
+        )?)
     }
 }
 
@@ -70,12 +177,17 @@ impl Iterator for ParquetTransactionReader {
     type Item = Result<RecordBatch, EngineError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.reader.next()?;
-        Some(
-            batch
-                .map_err(EngineError::from)
-                .and_then(|b| self.conform(b)),
-        )
+        loop {
+            let batch = match self.reader.next()? {
+                Ok(batch) => batch,
+                Err(error) => return Some(Err(error.into())),
+            };
+            match self.check(batch) {
+                // A batch of bad rows only: read on.
+                Ok(kept) if kept.num_rows() == 0 => continue,
+                outcome => return Some(outcome),
+            }
+        }
     }
 }
 
