@@ -613,3 +613,177 @@ fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
     let archived = scores_of(&archive_rows(&archive));
     assert_eq!(archived.len(), rows.num_rows());
 }
+
+/// The scenario on the real broker: one card's stream holds an amount of 1e308, a
+/// latitude of 999, a 100 KiB message and a repeat of an earlier transaction among its
+/// valid rows. Each bad one is dead-lettered with its reason (the oversized one with its
+/// bytes intact), the repeat too (the first copy wins), and the card's valid rows are
+/// scored exactly as the batch path scores them without the bad ones: finite, and with
+/// the repeat counted once in the card's windows and once in the archive.
+#[test]
+fn bad_values_and_repeats_never_reach_a_cards_state() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let url = common::redis_url();
+    let runtime = runtime();
+    let rows = generate(10, "2019-01-01", "2019-02-28", 29);
+    let cards = rows.column(idx::CC_NUM).as_primitive::<Int64Type>();
+    let card = cards.value(0);
+    let mask: arrow::array::BooleanArray = cards.iter().map(|c| Some(c != Some(card))).collect();
+    let others = arrow::compute::filter_record_batch(&rows, &mask).expect("others");
+    let mine_mask: arrow::array::BooleanArray =
+        cards.iter().map(|c| Some(c == Some(card))).collect();
+    let mine = arrow::compute::filter_record_batch(&rows, &mine_mask).expect("mine");
+    assert!(
+        mine.num_rows() > 60,
+        "{} rows for the card",
+        mine.num_rows()
+    );
+    let topic = common::unique_topic("validation");
+    produce(&runtime, &topic, 2, &others);
+
+    // The card's messages: its valid rows in order, with the bad ones and a repeat of its
+    // row 25 (after row 40, so in a later micro-batch) in between.
+    let encoder = risksense_engine::codec::json::JsonRowEncoder::new(&mine).expect("encoder");
+    let json_of = |row: usize| {
+        let mut out = Vec::new();
+        encoder.encode_row(row, &mut out);
+        String::from_utf8(out).expect("utf8")
+    };
+    let replace = |row: usize, from: &str, to: &str, trans_num: &str| {
+        let text = json_of(row);
+        let original = rows_trans_num(&mine, row);
+        assert!(text.contains(from), "{from} not in {text}");
+        text.replace(from, to).replace(&original, trans_num)
+    };
+    let amount = |row: usize| {
+        format!(
+            "\"amt\":{}",
+            mine.column(idx::AMT)
+                .as_primitive::<Float64Type>()
+                .value(row)
+        )
+    };
+    let lat = |row: usize| {
+        format!(
+            "\"lat\":{}",
+            mine.column(idx::LAT)
+                .as_primitive::<Float64Type>()
+                .value(row)
+        )
+    };
+    let huge = format!(
+        "{},\"padding\":\"{}\"}}",
+        json_of(30).trim_end_matches('}'),
+        "x".repeat(100 * 1024)
+    );
+    let huge = huge.replace(&rows_trans_num(&mine, 30), "bad-huge");
+    let mut messages: Vec<(String, Option<&str>)> = Vec::new();
+    for row in 0..mine.num_rows() {
+        match row {
+            10 => messages.push((
+                replace(10, &amount(10), "\"amt\":1e308", "bad-amount"),
+                Some("column `amt`: 1e308 is not an amount"),
+            )),
+            20 => messages.push((
+                replace(20, &lat(20), "\"lat\":999", "bad-lat"),
+                Some("column `lat`: 999 is outside"),
+            )),
+            30 => messages.push((huge.clone(), Some("more than max_message_bytes (65536)"))),
+            _ => {}
+        }
+        messages.push((json_of(row), None));
+        if row == 40 {
+            messages.push((json_of(25), Some("duplicate trans_num")));
+        }
+    }
+    let key = card.to_string();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .create()
+        .expect("producer");
+    for (payload, _) in &messages {
+        producer
+            .send(BaseRecord::to(&topic).key(&key).payload(payload))
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+
+    let archive = scratch("validation");
+    let config = StreamConfig {
+        // Small micro-batches: the repeat arrives batches after its first copy, so it is
+        // recognised from the card's remembered rows (a repeat within a batch: decode.rs).
+        batch_rows: 7,
+        ..config(&topic, &archive)
+    };
+    let store = redis_store(&runtime, &url, &config);
+    let summary = run_until_idle(config.clone(), store, Duration::from_secs(3));
+    let bad: Vec<(&String, &str)> = messages
+        .iter()
+        .filter_map(|(payload, reason)| reason.map(|r| (payload, r)))
+        .collect();
+    assert_eq!(summary.dead_letters, bad.len() as u64);
+    assert_eq!(summary.rows_scored, rows.num_rows() as u64);
+
+    let letters = common::read_raw(
+        &config.brokers,
+        &config.dead_letter_topic,
+        bad.len(),
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    );
+    assert_eq!(letters.len(), bad.len());
+    for (payload, reason) in &bad {
+        let letter = letters
+            .iter()
+            .find(|l| l.payload == payload.as_bytes())
+            .unwrap_or_else(|| panic!("{reason}: not dead-lettered intact"));
+        let header = letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == ERROR_HEADER)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        assert!(header.contains(reason), "{header} lacks {reason}");
+    }
+    let duplicate = letters
+        .iter()
+        .find_map(|l| {
+            l.headers
+                .iter()
+                .find(|(k, v)| k == ERROR_HEADER && v.starts_with("duplicate"))
+        })
+        .expect("the repeat's letter");
+    assert!(
+        duplicate.1.contains(&format!(
+            "`{}`, first seen at partition ",
+            rows_trans_num(&mine, 25)
+        )),
+        "{}",
+        duplicate.1
+    );
+
+    // Every valid row archived once (scores_of panics on a second copy), every score
+    // finite, and equal to the batch path's over the valid rows alone: the card's windows
+    // saw neither the bad rows nor the repeat.
+    let archived = scores_of(&archive_rows(&archive));
+    assert!(archived.values().all(|(score, _)| score.is_finite()));
+    assert_parity(&archived, &batch_scores(&rows));
+    let found = redis_has(&url, &topic, &trans_nums(&mine));
+    assert!(found.iter().all(|f| *f));
+    assert_eq!(
+        redis_has(
+            &url,
+            &topic,
+            &["bad-amount".to_string(), "bad-lat".to_string()]
+        ),
+        vec![false, false]
+    );
+}
+
+fn rows_trans_num(rows: &RecordBatch, row: usize) -> String {
+    rows.column(idx::TRANS_NUM)
+        .as_string::<i32>()
+        .value(row)
+        .to_string()
+}

@@ -47,6 +47,9 @@ pub struct Args {
     /// Checkpoint interval (state, archive, offsets), in ms.
     #[arg(long)]
     pub checkpoint_ms: Option<u64>,
+    /// Messages larger than this many bytes go to the dead-letter topic unparsed.
+    #[arg(long, env = "RISKSENSE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
     /// Where a new group starts: earliest or latest.
     #[arg(long)]
     pub start_from: Option<String>,
@@ -103,6 +106,9 @@ impl Args {
         }
         if let Some(ms) = self.checkpoint_ms {
             config.checkpoint_interval_ms = ms;
+        }
+        if let Some(bytes) = self.max_message_bytes {
+            config.max_message_bytes = bytes;
         }
         // A config file that does not name a model gets the same default as the flags
         // (./models/default, else the source tree's), not a path relative to wherever the

@@ -53,6 +53,8 @@ pub struct StreamConfig {
     pub state_idle_secs: i64,
     /// HTTP API address (empty: no API).
     pub http: String,
+    /// Messages larger than this (bytes) go to the dead-letter topic unparsed.
+    pub max_message_bytes: usize,
 }
 
 impl Default for StreamConfig {
@@ -80,6 +82,7 @@ impl Default for StreamConfig {
             instance: default_instance(),
             state_idle_secs: 30 * 86_400,
             http: String::new(),
+            max_message_bytes: crate::validate::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -118,6 +121,9 @@ impl StreamConfig {
         }
         if self.batch_rows == 0 || self.batch_wait_ms == 0 {
             return fail("batch_rows and batch_wait_ms must be positive".to_string());
+        }
+        if self.max_message_bytes == 0 {
+            return fail("max_message_bytes must be positive".to_string());
         }
         if self
             .kafka_properties
@@ -167,6 +173,7 @@ mod tests {
                 .expect("parse");
         assert_eq!(config.topic, "tx");
         assert_eq!(config.batch_rows, 1000);
+        assert_eq!(config.max_message_bytes, 65_536);
         assert_eq!(config.retention.ttl_secs, 60);
         assert_eq!(config.group, "risksense");
         assert!(toml::from_str::<StreamConfig>("topik = \"x\"").is_err());

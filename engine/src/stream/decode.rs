@@ -1,17 +1,23 @@
 //! Kafka messages → one Arrow batch per micro-batch, with the messages that cannot be
 //! scored set aside with their reason.
 //!
-//! The fast path feeds every payload to one arrow-json decoder (no per-row structs). Only
-//! when that fails does it decode message by message, to tell the bad ones from the good.
+//! Each message is parsed strictly ([`TransactionMessage`]: numbers as numbers, integers
+//! as integers), checked against the bounds every input path shares
+//! ([`crate::validate::check_row`]) and appended straight to the batch's column builders;
+//! a message over the size limit is refused before parsing. Then [`drop_repeats`] sets
+//! aside transactions the stream has already scored.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{Field, Float64Type, Schema, SchemaRef};
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::Int64Type;
 
-use crate::codec::json::JsonTransactionDecoder;
+use crate::codec::builder::TransactionBuilder;
+use crate::codec::json::TransactionMessage;
 use crate::error::EngineError;
-use crate::schema::{idx, transaction_schema};
+use crate::schema::idx;
+use crate::validate::{DEFAULT_MAX_MESSAGE_BYTES, check_row};
 
 /// A message as read from the transactions topic.
 #[derive(Debug, Clone)]
@@ -39,6 +45,11 @@ pub fn partition_of(row_id: i64) -> i32 {
     row_id.rem_euclid(PARTITION_SLOTS) as i32
 }
 
+/// The offset of a stream `row_id` (see [`row_id`]).
+pub fn offset_of(row_id: i64) -> i64 {
+    row_id.div_euclid(PARTITION_SLOTS)
+}
+
 /// A micro-batch's messages decoded.
 #[derive(Debug, Default)]
 pub struct Decoded {
@@ -47,68 +58,140 @@ pub struct Decoded {
     pub batch: Option<RecordBatch>,
     /// For each row of `batch`: the index of its message.
     pub message_of_row: Vec<usize>,
-    /// Messages that cannot be scored: (message index, reason).
+    /// Messages that cannot be scored: (message index, reason), by message index.
     pub rejected: Vec<(usize, String)>,
 }
 
-/// The schema messages are decoded with: the transaction schema, but `row_id` may be
-/// absent (the stream sets it from the Kafka offset).
-static MESSAGE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let base = transaction_schema();
-    let fields: Vec<Field> = base
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let field = f.as_ref().clone();
-            if i == idx::ROW_ID {
-                field.with_nullable(true)
-            } else {
-                field
-            }
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-});
-
-/// Decodes `messages` into one batch; bad messages are listed, never fatal.
+/// Decodes `messages` into one batch; bad messages are listed, never fatal. Messages over
+/// [`DEFAULT_MAX_MESSAGE_BYTES`] are refused.
 pub fn decode(messages: &[Incoming]) -> Result<Decoded, EngineError> {
+    decode_with_limit(messages, DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// [`decode`] with another bound on a message's size (the stream's `max_message_bytes`).
+pub fn decode_with_limit(
+    messages: &[Incoming],
+    max_message_bytes: usize,
+) -> Result<Decoded, EngineError> {
     if messages.is_empty() {
         return Ok(Decoded::default());
     }
-    let (batch, message_of_row, mut rejected) = match decode_all(messages) {
-        Some(batch) => (batch, (0..messages.len()).collect::<Vec<_>>(), Vec::new()),
-        None => decode_one_by_one(messages)?,
-    };
-    let Some(batch) = batch else {
-        return Ok(Decoded {
-            batch: None,
-            message_of_row,
-            rejected,
-        });
-    };
-    // Values that parse but cannot be scored.
-    let problems = invalid_rows(&batch);
-    let (batch, message_of_row) = if problems.is_empty() {
-        (batch, message_of_row)
-    } else {
-        let mut keep = vec![true; batch.num_rows()];
-        for (row, reason) in problems {
-            keep[row] = false;
-            rejected.push((message_of_row[row], reason));
+    let mut builder = TransactionBuilder::with_capacity(messages.len());
+    let mut message_of_row = Vec::with_capacity(messages.len());
+    let mut rejected = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let payload = &message.payload;
+        if payload.is_empty() {
+            rejected.push((i, "empty message".to_string()));
+            continue;
         }
-        let mask = arrow::array::BooleanArray::from(keep.clone());
-        let filtered = arrow::compute::filter_record_batch(&batch, &mask)?;
-        let kept: Vec<usize> = message_of_row
-            .iter()
-            .zip(&keep)
-            .filter(|(_, k)| **k)
-            .map(|(m, _)| *m)
-            .collect();
-        (filtered, kept)
+        if payload.len() > max_message_bytes {
+            rejected.push((
+                i,
+                format!(
+                    "the message is {} bytes: more than max_message_bytes ({max_message_bytes})",
+                    payload.len()
+                ),
+            ));
+            continue;
+        }
+        let parsed = match TransactionMessage::parse(payload) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                rejected.push((i, reason));
+                continue;
+            }
+        };
+        let row = parsed.row(row_id(message.partition, message.offset));
+        if let Err(error) = check_row(&row) {
+            rejected.push((i, error.to_string()));
+            continue;
+        }
+        builder.append_row(&row);
+        message_of_row.push(i);
+    }
+    let batch = if builder.is_empty() {
+        None
+    } else {
+        Some(builder.into_batch()?)
     };
+    Ok(Decoded {
+        batch,
+        message_of_row,
+        rejected,
+    })
+}
+
+/// Sets aside the rows of `decoded` that repeat a transaction already scored: the same
+/// `trans_num` on the same card, earlier in this micro-batch or remembered from earlier
+/// ones. `earlier` answers for the latter: for each `(cc_num, trans_num_hash)`, the
+/// `row_id` the card's history remembers it at (the pipeline asks its `CardHistory`).
+///
+/// The first copy wins: it alone is scored, stored, archived and counted in the card's
+/// windows; each later copy goes to the dead-letter topic with the reason `duplicate
+/// trans_num …, first seen at partition P offset O`, whatever its other values.
+pub fn drop_repeats(
+    decoded: Decoded,
+    earlier: impl FnOnce(&[(i64, u64)]) -> Vec<Option<i64>>,
+) -> Result<Decoded, EngineError> {
+    let Some(batch) = &decoded.batch else {
+        return Ok(decoded);
+    };
+    let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
+    let trans_nums = batch.column(idx::TRANS_NUM).as_string::<i32>();
+    let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
+    let keys: Vec<(i64, u64)> = (0..batch.num_rows())
+        .map(|row| {
+            (
+                cards.value(row),
+                risksense_udfs::windows::trans_num_hash(trans_nums.value(row)),
+            )
+        })
+        .collect();
+    let remembered = earlier(&keys);
+    let mut in_batch: HashMap<(i64, u64), i64> = HashMap::with_capacity(keys.len());
+    let mut repeats: Vec<(usize, i64)> = Vec::new();
+    for (row, key) in keys.iter().enumerate() {
+        let first = match remembered.get(row).copied().flatten() {
+            Some(first) => Some(first),
+            None => match in_batch.entry(*key) {
+                Entry::Occupied(entry) => Some(*entry.get()),
+                Entry::Vacant(entry) => {
+                    entry.insert(ids.value(row));
+                    None
+                }
+            },
+        };
+        if let Some(first) = first {
+            repeats.push((row, first));
+        }
+    }
+    if repeats.is_empty() {
+        return Ok(decoded);
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    let mut rejected = decoded.rejected;
+    for (row, first) in repeats {
+        keep[row] = false;
+        rejected.push((
+            decoded.message_of_row[row],
+            format!(
+                "duplicate trans_num `{}`, first seen at partition {} offset {}",
+                trans_nums.value(row),
+                partition_of(first),
+                offset_of(first)
+            ),
+        ));
+    }
     rejected.sort_by_key(|(m, _)| *m);
-    let batch = with_offsets(&batch, &message_of_row, messages)?;
+    let message_of_row: Vec<usize> = decoded
+        .message_of_row
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(m, _)| *m)
+        .collect();
+    let batch = arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))?;
     Ok(Decoded {
         batch: (batch.num_rows() > 0).then_some(batch),
         message_of_row,
@@ -116,92 +199,10 @@ pub fn decode(messages: &[Incoming]) -> Result<Decoded, EngineError> {
     })
 }
 
-/// All messages through one decoder; None when any of them is bad.
-fn decode_all(messages: &[Incoming]) -> Option<Option<RecordBatch>> {
-    let mut decoder =
-        JsonTransactionDecoder::with_schema(MESSAGE_SCHEMA.clone(), messages.len() + 1).ok()?;
-    for (i, message) in messages.iter().enumerate() {
-        if message.payload.is_empty() {
-            return None;
-        }
-        decoder.push(&message.payload).ok()?;
-        // Exactly one complete object per message, or the rows would shift against the
-        // messages (an empty-looking message next to one holding two objects).
-        if decoder.buffered_rows() != i + 1 {
-            return None;
-        }
-    }
-    let batch = decoder.flush().ok()?;
-    // One object per message, or something is off (two objects in one message).
-    match &batch {
-        Some(b) if b.num_rows() == messages.len() => Some(batch),
-        _ => None,
-    }
-}
-
-type OneByOne = (Option<RecordBatch>, Vec<usize>, Vec<(usize, String)>);
-
-fn decode_one_by_one(messages: &[Incoming]) -> Result<OneByOne, EngineError> {
-    let mut good = Vec::new();
-    let mut message_of_row = Vec::new();
-    let mut rejected = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        if message.payload.is_empty() {
-            rejected.push((i, "empty message".to_string()));
-            continue;
-        }
-        match JsonTransactionDecoder::decode_one_with(MESSAGE_SCHEMA.clone(), &message.payload) {
-            Ok(batch) => {
-                good.push(batch);
-                message_of_row.push(i);
-            }
-            Err(error) => rejected.push((i, error.to_string())),
-        }
-    }
-    let batch = if good.is_empty() {
-        None
-    } else {
-        Some(arrow::compute::concat_batches(&MESSAGE_SCHEMA, &good)?)
-    };
-    Ok((batch, message_of_row, rejected))
-}
-
-/// Rows whose values parse but make no sense to score.
-fn invalid_rows(batch: &RecordBatch) -> Vec<(usize, String)> {
-    let mut problems = Vec::new();
-    let amounts = batch.column(idx::AMT).as_primitive::<Float64Type>();
-    let trans_nums = batch.column(idx::TRANS_NUM).as_string::<i32>();
-    for row in 0..batch.num_rows() {
-        let amt = amounts.value(row);
-        if !amt.is_finite() || amt < 0.0 {
-            problems.push((row, format!("amt is {amt}: must be a finite amount >= 0")));
-        } else if trans_nums.value(row).trim().is_empty() {
-            problems.push((row, "trans_num is empty".to_string()));
-        }
-    }
-    problems
-}
-
-/// The batch in the transaction schema with `row_id` = the message's position.
-fn with_offsets(
-    batch: &RecordBatch,
-    message_of_row: &[usize],
-    messages: &[Incoming],
-) -> Result<RecordBatch, EngineError> {
-    let offsets: ArrayRef = Arc::new(Int64Array::from_iter_values(
-        message_of_row
-            .iter()
-            .map(|&m| row_id(messages[m].partition, messages[m].offset)),
-    ));
-    let mut columns = batch.columns().to_vec();
-    columns[idx::ROW_ID] = offsets;
-    debug_assert_eq!(columns[idx::ROW_ID].null_count(), 0);
-    Ok(RecordBatch::try_new(transaction_schema(), columns)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::transaction_schema;
 
     const GOOD: &str = r#"{"trans_date_trans_time":"2019-01-01 00:00:18","cc_num":2703186189652095,"merchant":"fraud_Rippin, Kub and Mann","category":"misc_net","amt":4.97,"first":"Jennifer","last":"Banks","gender":"F","street":"561 Perry Cove","city":"Moravian Falls","state":"NC","zip":28654,"lat":36.0788,"long":-81.1781,"city_pop":3495,"job":"Psychologist, counselling","dob":"1988-03-09","trans_num":"0b242abb623afc578575680df30655b9","unix_time":1325376018,"merch_lat":36.011293,"merch_long":-82.048315,"is_fraud":0}"#;
 
@@ -216,45 +217,357 @@ mod tests {
     }
 
     #[test]
-    fn good_messages_decode_in_one_pass_with_positions_as_row_ids() {
+    fn good_messages_decode_with_positions_as_row_ids() {
         let decoded = decode(&[message(7, GOOD), message(8, GOOD)]).expect("decode");
         let batch = decoded.batch.expect("rows");
         assert_eq!(batch.num_rows(), 2);
         assert!(decoded.rejected.is_empty());
-        let ids = batch
-            .column(idx::ROW_ID)
-            .as_primitive::<arrow::datatypes::Int64Type>();
+        let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
         assert_eq!(ids.values().to_vec(), vec![row_id(0, 7), row_id(0, 8)]);
         assert_eq!(partition_of(row_id(3, 12345)), 3);
+        assert_eq!(offset_of(row_id(3, 12345)), 12345);
         assert_eq!(batch.schema(), transaction_schema());
+        let amounts = batch
+            .column(idx::AMT)
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(amounts.value(0), 4.97);
+        assert_eq!(
+            batch
+                .column(idx::CC_NUM)
+                .as_primitive::<Int64Type>()
+                .value(1),
+            2703186189652095
+        );
+    }
+
+    /// What arrow-json's coercing decoder made of the same message, value for value.
+    #[test]
+    fn the_strict_parser_reads_what_arrow_json_reads() {
+        let ours = decode(&[message(0, GOOD)])
+            .expect("decode")
+            .batch
+            .expect("row");
+        let schema = {
+            let mut fields: Vec<_> = transaction_schema().fields().iter().cloned().collect();
+            fields[idx::ROW_ID] =
+                std::sync::Arc::new(fields[idx::ROW_ID].as_ref().clone().with_nullable(true));
+            std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
+        };
+        let theirs =
+            crate::codec::json::JsonTransactionDecoder::decode_one_with(schema, GOOD.as_bytes())
+                .expect("arrow-json");
+        for column in 1..crate::schema::COLUMN_COUNT {
+            assert_eq!(
+                ours.column(column),
+                theirs.column(column),
+                "column {column}"
+            );
+        }
     }
 
     #[test]
-    fn bad_messages_are_set_aside_with_a_reason_and_the_rest_kept() {
-        let missing = GOOD.replace(r#""amt":4.97,"#, "");
-        let wrong_type = GOOD.replace(r#""amt":4.97"#, r#""amt":"a lot""#);
-        let negative = GOOD.replace(r#""amt":4.97"#, r#""amt":-3.0"#);
-        let two = format!("{GOOD}{GOOD}");
-        let blank = "   ";
+    fn escaped_text_unknown_keys_and_integral_amounts_are_fine() {
+        let escaped = GOOD
+            .replace(r#""first":"Jennifer""#, r#""first":"Jen\"ni\u00e9""#)
+            .replace(
+                r#""is_fraud":0}"#,
+                r#""is_fraud":0,"row_id":"ignored","extra":[1,{"a":null}]}"#,
+            )
+            .replace(r#""amt":4.97"#, r#""amt":5"#);
+        let decoded = decode(&[message(0, &escaped)]).expect("decode");
+        assert!(decoded.rejected.is_empty(), "{:?}", decoded.rejected);
+        let batch = decoded.batch.expect("row");
+        assert_eq!(
+            batch.column(idx::FIRST).as_string::<i32>().value(0),
+            "Jen\"nié"
+        );
+    }
+
+    fn reasons_for(payloads: &[String], limit: usize) -> Vec<String> {
+        let messages: Vec<Incoming> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| message(i as i64, p))
+            .collect();
+        let decoded = decode_with_limit(&messages, limit).expect("decode");
+        assert!(
+            decoded.batch.is_none(),
+            "every message is bad: {:?}",
+            decoded.message_of_row
+        );
+        assert_eq!(decoded.rejected.len(), payloads.len());
+        decoded.rejected.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn each_kind_of_bad_message_is_refused_with_its_reason() {
+        let with = |from: &str, to: &str| {
+            assert!(GOOD.contains(from), "{from}");
+            GOOD.replace(from, to)
+        };
+        let padded = with(
+            r#""job":"Psychologist, counselling""#,
+            &format!(r#""job":"{}""#, "x".repeat(2 << 20)),
+        );
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with(r#""lat":36.0788"#, r#""lat":999"#),
+                "column `lat`: 999 is outside -90..=90",
+            ),
+            (
+                with(r#""merch_long":-82.048315"#, r#""merch_long":-200.5"#),
+                "column `merch_long`",
+            ),
+            (
+                with("2019-01-01 00:00:18", "9999-01-01 00:00:18"),
+                "column `trans_date_trans_time`: is outside",
+            ),
+            (with("1988-03-09", "2019-01-02"), "column `dob`"),
+            (with("1325376018", "253402300799"), "column `unix_time`"),
+            (
+                with("2703186189652095", "2703186189652095.5"),
+                "column `cc_num`: invalid type: floating point",
+            ),
+            (
+                with(r#""zip":28654"#, r#""zip":28654.0"#),
+                "column `zip`: invalid type: floating point",
+            ),
+            (
+                with(r#""amt":4.97"#, r#""amt":"4.97""#),
+                "column `amt`: invalid type: string",
+            ),
+            (
+                with(r#""lat":36.0788"#, r#""lat":"36.0788""#),
+                "column `lat`: invalid type: string",
+            ),
+            (
+                with(r#""amt":4.97"#, r#""amt":1e308"#),
+                "column `amt`: 1e308 is not an amount",
+            ),
+            (
+                with(r#""amt":4.97"#, r#""amt":1e309"#),
+                "number out of range",
+            ),
+            (with(r#""amt":4.97"#, r#""amt":1000000.01"#), "column `amt`"),
+            (
+                with(r#""amt":4.97"#, r#""amt":-3.0"#),
+                "column `amt`: -3 is not an amount",
+            ),
+            (
+                with(r#""amt":4.97"#, r#""amt":null"#),
+                "column `amt`: invalid type: null",
+            ),
+            (with(r#""amt":4.97,"#, ""), "missing field `amt`"),
+            (
+                with(r#""is_fraud":0"#, r#""is_fraud":2"#),
+                "column `is_fraud`",
+            ),
+            (
+                with(r#""is_fraud":0"#, r#""is_fraud":false"#),
+                "column `is_fraud`: invalid type: boolean",
+            ),
+            (
+                with(r#""city_pop":3495"#, r#""city_pop":-1"#),
+                "column `city_pop`",
+            ),
+            (
+                with(
+                    r#""merchant":"fraud_Rippin, Kub and Mann""#,
+                    r#""merchant":7"#,
+                ),
+                "column `merchant`: invalid type: integer",
+            ),
+            (
+                with("0b242abb623afc578575680df30655b9", " "),
+                "column `trans_num`: is empty",
+            ),
+            (
+                with(
+                    r#""cc_num":2703186189652095,"#,
+                    r#""cc_num":2703186189652095,"cc_num":1,"#,
+                ),
+                "column `cc_num` is given twice",
+            ),
+            (
+                with("2019-01-01 00:00:18", "2019-01-01T00:00:18+02:00"),
+                "is not a time like",
+            ),
+            (format!("{GOOD}{GOOD}"), "more than one JSON value"),
+            ("{not json".to_string(), "key must be a string"),
+            ("not json".to_string(), "expected ident"),
+            (
+                "[1,2]".to_string(),
+                "expected a JSON object of a transaction",
+            ),
+            ("   ".to_string(), "EOF"),
+            (String::new(), "empty message"),
+            (padded, "the message is 2097"),
+        ];
+        let payloads: Vec<String> = cases.iter().map(|(p, _)| p.clone()).collect();
+        let reasons = reasons_for(&payloads, DEFAULT_MAX_MESSAGE_BYTES);
+        for ((payload, needle), reason) in cases.iter().zip(&reasons) {
+            assert!(
+                reason.contains(needle),
+                "{:.120}: `{reason}` lacks `{needle}`",
+                payload
+            );
+        }
+        // The limit is the caller's.
+        let small = reasons_for(&[GOOD.to_string()], 100);
+        assert!(
+            small[0].contains("more than max_message_bytes (100)"),
+            "{small:?}"
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_set_aside_and_the_rest_kept_in_order() {
+        let lat = GOOD.replace(r#""lat":36.0788"#, r#""lat":999"#);
         let messages = [
             message(0, GOOD),
             message(1, "not json at all"),
-            message(2, &missing),
-            message(3, GOOD),
-            message(4, &wrong_type),
-            message(5, ""),
-            message(6, &negative),
-            message(7, &two),
-            message(8, blank),
+            message(2, GOOD),
+            message(3, &lat),
+            message(4, ""),
+            message(5, GOOD),
         ];
         let decoded = decode(&messages).expect("decode");
-        assert_eq!(decoded.batch.expect("rows").num_rows(), 2);
-        assert_eq!(decoded.message_of_row, vec![0, 3]);
+        assert_eq!(decoded.batch.expect("rows").num_rows(), 3);
+        assert_eq!(decoded.message_of_row, vec![0, 2, 5]);
         let rejected: Vec<usize> = decoded.rejected.iter().map(|(m, _)| *m).collect();
-        assert_eq!(rejected, vec![1, 2, 4, 5, 6, 7, 8]);
-        let reason = |m: usize| &decoded.rejected.iter().find(|(i, _)| *i == m).expect("m").1;
-        assert!(reason(2).contains("amt"), "{}", reason(2));
-        assert!(reason(6).contains("amt is -3"), "{}", reason(6));
-        assert!(reason(7).contains("2 JSON objects"), "{}", reason(7));
+        assert_eq!(rejected, vec![1, 3, 4]);
+    }
+
+    fn with_trans_num(offset: i64, trans_num: &str, card: i64) -> Incoming {
+        let payload = GOOD
+            .replace("0b242abb623afc578575680df30655b9", trans_num)
+            .replace("2703186189652095", &card.to_string());
+        message(offset, &payload)
+    }
+
+    #[test]
+    fn repeats_in_a_batch_and_of_earlier_batches_go_aside_and_the_first_wins() {
+        let messages = [
+            with_trans_num(10, "a", 1),
+            with_trans_num(11, "b", 1),
+            with_trans_num(12, "a", 1),   // repeats offset 10
+            with_trans_num(13, "a", 2),   // another card: not a repeat
+            with_trans_num(14, "old", 1), // seen in an earlier batch
+            with_trans_num(15, "a", 1),   // repeats offset 10 again
+        ];
+        let decoded = decode(&messages).expect("decode");
+        let old = risksense_udfs::windows::trans_num_hash("old");
+        let mut asked = Vec::new();
+        let kept = drop_repeats(decoded, |keys| {
+            asked = keys.to_vec();
+            keys.iter()
+                .map(|&(card, hash)| (card == 1 && hash == old).then_some(row_id(0, 3)))
+                .collect()
+        })
+        .expect("dedup");
+        assert_eq!(asked.len(), 6);
+        assert_eq!(kept.message_of_row, vec![0, 1, 3]);
+        let batch = kept.batch.expect("rows");
+        let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
+        assert_eq!(
+            ids.values().to_vec(),
+            vec![row_id(0, 10), row_id(0, 11), row_id(0, 13)]
+        );
+        let reasons: Vec<(usize, &str)> = kept
+            .rejected
+            .iter()
+            .map(|(m, r)| (*m, r.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    2,
+                    "duplicate trans_num `a`, first seen at partition 0 offset 10"
+                ),
+                (
+                    4,
+                    "duplicate trans_num `old`, first seen at partition 0 offset 3"
+                ),
+                (
+                    5,
+                    "duplicate trans_num `a`, first seen at partition 0 offset 10"
+                ),
+            ]
+        );
+        // Nothing repeated: the batch is untouched.
+        let decoded = decode(&messages[..2]).expect("decode");
+        let kept = drop_repeats(decoded, |keys| vec![None; keys.len()]).expect("dedup");
+        assert_eq!(kept.message_of_row, vec![0, 1]);
+        assert!(kept.rejected.is_empty());
+    }
+
+    /// Decode time per message, this parser against the arrow-json decoder it replaced
+    /// (`cargo test --release --workspace --lib decode_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn decode_speed() {
+        use crate::codec::json::{JsonRowEncoder, JsonTransactionDecoder};
+        let config =
+            crate::synth::SynthConfig::new(200, "2019-01-01", "2019-06-30", 1).expect("config");
+        let batches: Vec<RecordBatch> = crate::synth::Generator::new(config)
+            .collect::<Result<_, _>>()
+            .expect("generated");
+        let mut messages = Vec::new();
+        'outer: for batch in &batches {
+            let encoder = JsonRowEncoder::new(batch).expect("encoder");
+            for row in 0..batch.num_rows() {
+                let mut out = Vec::new();
+                encoder.encode_row(row, &mut out);
+                messages.push(Incoming {
+                    partition: 0,
+                    offset: messages.len() as i64,
+                    key: None,
+                    payload: out,
+                    timestamp_ms: None,
+                });
+                if messages.len() == 100_000 {
+                    break 'outer;
+                }
+            }
+        }
+        let n = messages.len();
+        let schema = {
+            let mut fields: Vec<_> = transaction_schema().fields().iter().cloned().collect();
+            fields[idx::ROW_ID] =
+                std::sync::Arc::new(fields[idx::ROW_ID].as_ref().clone().with_nullable(true));
+            std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
+        };
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            let mut rows = 0;
+            for chunk in messages.chunks(4096) {
+                let mut decoder =
+                    JsonTransactionDecoder::with_schema(schema.clone(), chunk.len() + 1)
+                        .expect("decoder");
+                for m in chunk {
+                    decoder.push(&m.payload).expect("push");
+                }
+                rows += decoder.flush().expect("flush").map_or(0, |b| b.num_rows());
+            }
+            let arrow_json = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+            assert_eq!(rows, n);
+            let started = std::time::Instant::now();
+            let mut rows = 0;
+            for chunk in messages.chunks(4096) {
+                let decoded = decode(chunk).expect("decode");
+                assert!(
+                    decoded.rejected.is_empty(),
+                    "{:?}",
+                    decoded.rejected.first()
+                );
+                rows += decoded.batch.map_or(0, |b| b.num_rows());
+            }
+            let strict = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+            assert_eq!(rows, n);
+            eprintln!(
+                "round {round}: {n} messages: arrow-json {arrow_json:.3} µs/message, strict decode + validation {strict:.3} µs/message"
+            );
+        }
     }
 }

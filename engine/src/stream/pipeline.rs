@@ -1,7 +1,8 @@
 //! One micro-batch from messages to sinks, and the checkpoint that makes progress durable.
 //!
-//! Order of work for a micro-batch: decode (bad messages → dead-letter topic) → the
-//! scoring plan (its card windows read the cards' history and stage the batch's) → the
+//! Order of work for a micro-batch: decode and validate (bad messages → dead-letter
+//! topic) → set aside repeated transactions (→ dead-letter topic; see
+//! [`super::decode::drop_repeats`]: the first copy wins) → the scoring plan (its card windows read the cards' history and stage the batch's) → the
 //! archive and live window → Redis and Kafka (alerts, dead letters) in a task that overlaps
 //! the next micro-batch, retried until they hold the data → the staged history commits.
 //! A partition's checkpoint snapshots its offset and history on the poll loop, then, in a
@@ -22,17 +23,17 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::oneshot;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use risksense_store::{Alert, Checkpoint, ResultStore};
-use risksense_udfs::windows::CardHistory;
+use risksense_udfs::windows::{CardHistory, Seen, trans_num_hash};
 
 use super::archive::{ParquetArchive, UnsealedFile, complete_publish};
 use super::config::StreamConfig;
-use super::decode::{Incoming, decode, partition_of};
+use super::decode::{Incoming, decode_with_limit, drop_repeats, partition_of};
 use super::metrics::{StreamMetrics, ms_between, now_ms};
 use super::scorer::StreamScorer;
 use crate::error::EngineError;
@@ -435,7 +436,10 @@ impl Pipeline {
         }
         let closed_at = Instant::now();
         let started = Instant::now();
-        let decoded = decode(&messages)?;
+        let decoded = decode_with_limit(&messages, self.config.max_message_bytes)?;
+        // A card's rows are remembered once its batch is in the sinks (commit_history), so
+        // a batch read again after a restart is not a repeat of itself.
+        let decoded = drop_repeats(decoded, |keys| self.history.first_seen(keys))?;
         StreamMetrics::add(&self.metrics.decode_ns, started.elapsed().as_nanos() as u64);
         StreamMetrics::add(&self.metrics.messages, messages.len() as u64);
 
@@ -497,7 +501,8 @@ impl Pipeline {
     }
 
     /// Commits the history the batch's scoring staged, each card under the partition its
-    /// rows came from (in their row_id, see decode::row_id).
+    /// rows came from (in their row_id, see decode::row_id), and remembers the rows'
+    /// trans_nums for the duplicate check.
     fn commit_history(&self, batch: &RecordBatch) -> Result<(), EngineError> {
         let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
         let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
@@ -509,6 +514,24 @@ impl Pipeline {
             .collect();
         self.history
             .commit_staged(|card| partition_of_card.get(&card).copied())?;
+        let trans_nums = batch.column(idx::TRANS_NUM).as_string::<i32>();
+        let times = batch
+            .column(idx::TRANS_DATE_TRANS_TIME)
+            .as_primitive::<TimestampMicrosecondType>();
+        self.history.remember((0..batch.num_rows()).map(|row| {
+            let id = ids.value(row);
+            (
+                partition_of(id),
+                cards.value(row),
+                Seen {
+                    hash: trans_num_hash(trans_nums.value(row)),
+                    row_id: id,
+                    secs: times
+                        .value(row)
+                        .div_euclid(crate::codec::time::MICROS_PER_SECOND),
+                },
+            )
+        }));
         Ok(())
     }
 
@@ -897,8 +920,9 @@ struct KafkaRecord {
     headers: Vec<(&'static str, String)>,
 }
 
-/// Dead letters larger than this are cut to it (a broker refuses messages over its
-/// `message.max.bytes`, 1 MiB by default); a header says how long the original was.
+/// Dead letters the broker refuses as too large (over the dead-letter topic's
+/// `max.message.bytes`, 1 MiB by default) are cut to this; a header says how long the
+/// original was. Up to the broker's limit the original bytes go out intact.
 const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
 
 /// Sends every record, waits for every acknowledgement, and returns the ones that failed

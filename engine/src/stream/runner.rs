@@ -82,6 +82,8 @@ pub struct RunSummary {
     pub remote_sink_secs: f64,
     /// Peak resident memory of this process (VmHWM), in MiB.
     pub peak_rss_mib: f64,
+    /// CPU time of this whole process (user + system) since it started, in seconds.
+    pub cpu_secs: f64,
 }
 
 /// Consumer settings: manual commits only (after checkpoints), bounded prefetch so that
@@ -112,6 +114,11 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "2"),
     ("compression.type", "lz4"),
     ("message.timeout.ms", "30000"),
+    // A dead letter is the original message, which may be as large as the transactions
+    // topic allowed (an oversized one is dead-lettered for its size): librdkafka's own
+    // 1 MB cap must not cut it; the broker's cap for the dead-letter topic still applies
+    // (pipeline::send_all truncates what it refuses, saying so in a header).
+    ("message.max.bytes", "16777216"),
 ];
 
 struct GroupContext {
@@ -454,7 +461,25 @@ fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> Run
         poll_secs: secs(&metrics.poll_ns),
         remote_sink_secs: secs(&metrics.remote_sink_ns),
         peak_rss_mib: peak_rss_mib(),
+        cpu_secs: process_cpu_secs(),
     }
+}
+
+/// User + system CPU time of this process so far, in seconds (0 where /proc is not there).
+pub fn process_cpu_secs() -> f64 {
+    // USER_HZ, the unit of /proc's times, is 100 on Linux.
+    const TICKS_PER_SEC: f64 = 100.0;
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command's closing parenthesis; utime and stime are the
+            // 12th and 13th of them.
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / TICKS_PER_SEC)
+        })
+        .unwrap_or(0.0)
 }
 
 /// VmHWM of this process, in MiB (0 where /proc is not there).

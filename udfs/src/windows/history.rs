@@ -9,18 +9,56 @@
 //!
 //! History is kept per Kafka partition (a card is one key, so one partition): a partition
 //! is checkpointed with its offset, handed over on a rebalance and forgotten when revoked.
+//!
+//! Each card also remembers the `trans_num`s of its recent rows (see [`Seen`]), so the
+//! stream can recognise a repeated transaction before it counts twice. The horizon is the
+//! one the windows keep: the card's rows of the last 24 hours of its event time, and at
+//! least its last [`SEEN_KEEP_ROWS`] rows; a card idle for the stream's `state_idle_secs`
+//! is forgotten with the rest of its history. A repeat older than that is not recognised.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
 use arrow::error::ArrowError;
 use datafusion::physical_expr::PhysicalExpr;
 use parking_lot::{Mutex, RwLock};
 
-use super::Entry;
+use super::{Entry, WINDOW_SECS};
+
+/// Rows of a card whose `trans_num` is remembered whatever their age (besides every row of
+/// its last 24 hours): as many as `mean_of_previous` looks back in sql/features.sql.
+pub const SEEN_KEEP_ROWS: usize = 30;
+
+/// A row of a card as the duplicate check remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// [`trans_num_hash`] of its `trans_num`.
+    pub hash: u64,
+    /// Where it was read: the stream's `row_id` (partition and offset).
+    pub row_id: i64,
+    pub secs: i64,
+}
+
+/// A stable 64-bit hash of a `trans_num` (FNV-1a: checkpoints outlive the process, so it
+/// must not change with the Rust version as `DefaultHasher` may). Two of a card's few
+/// dozen remembered rows collide with odds of about 1 in 10^16.
+pub fn trans_num_hash(trans_num: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in trans_num.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The site name under which a checkpoint stores [`Seen`] rows (no window's name starts
+/// with `#`).
+const SEEN_SITE: &str = "#seen";
 
 /// A call of a card window in a plan.
 pub type SiteId = u32;
@@ -35,8 +73,17 @@ pub enum HistoryError {
     NoPartition(i64),
 }
 
-/// Checkpoint rows: one per kept pair.
+/// Checkpoint rows: one per kept pair, and one per [`Seen`] row (site [`SEEN_SITE`], with
+/// `trans_hash` and `row_id`).
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = V1_SCHEMA.fields().to_vec();
+    fields.push(Arc::new(Field::new("trans_hash", DataType::UInt64, true)));
+    fields.push(Arc::new(Field::new("row_id", DataType::Int64, true)));
+    Arc::new(Schema::new(fields))
+});
+
+/// Checkpoints written before rows were remembered: restored with none remembered.
+static V1_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("site", DataType::Utf8, false),
         Field::new("card", DataType::Int64, false),
@@ -70,6 +117,8 @@ impl Sites {
 struct CardRows {
     /// By site id (missing or empty: nothing kept).
     sites: Vec<Vec<Entry>>,
+    /// Recent rows, in arrival order (see [`Seen`]).
+    seen: Vec<Seen>,
     latest_secs: i64,
 }
 
@@ -163,6 +212,52 @@ impl CardHistory {
         Ok(())
     }
 
+    /// For each `(card, trans_num_hash)`: the `row_id` the card's remembered rows hold
+    /// for it, if any.
+    pub fn first_seen(&self, keys: &[(i64, u64)]) -> Vec<Option<i64>> {
+        let partitions = self.partitions.read();
+        keys.iter()
+            .map(|&(card, hash)| {
+                partitions
+                    .values()
+                    .find_map(|p| p.cards.get(&card))
+                    .and_then(|rows| rows.seen.iter().find(|s| s.hash == hash))
+                    .map(|s| s.row_id)
+            })
+            .collect()
+    }
+
+    /// Remembers scored rows, `(partition, card, row)`, each card's in arrival order, and
+    /// forgets what falls out of the horizon (see the module's doc).
+    pub fn remember(&self, rows: impl IntoIterator<Item = (i32, i64, Seen)>) {
+        let mut partitions = self.partitions.write();
+        let mut touched: Vec<(i32, i64)> = Vec::new();
+        for (partition, card, seen) in rows {
+            let history = partitions.entry(partition).or_default();
+            let card_rows = history.cards.entry(card).or_default();
+            card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
+            history.latest_secs = history.latest_secs.max(seen.secs);
+            card_rows.seen.push(seen);
+            if touched.last() != Some(&(partition, card)) {
+                touched.push((partition, card));
+            }
+        }
+        for (partition, card) in touched {
+            if let Some(rows) = partitions
+                .get_mut(&partition)
+                .and_then(|p| p.cards.get_mut(&card))
+            {
+                let cutoff = rows.latest_secs - WINDOW_SECS;
+                let keep_from = rows.seen.len().saturating_sub(SEEN_KEEP_ROWS);
+                let mut i = 0;
+                rows.seen.retain(|s| {
+                    i += 1;
+                    i > keep_from || s.secs >= cutoff
+                });
+            }
+        }
+    }
+
     /// Cards and kept pairs of `partition`.
     pub fn size(&self, partition: i32) -> (usize, usize) {
         let partitions = self.partitions.read();
@@ -208,6 +303,7 @@ impl CardHistory {
             let partitions = self.partitions.read();
             let (mut site_names, mut cards, mut secs, mut values) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut hashes, mut row_ids) = (Vec::new(), Vec::new());
             if let Some(history) = partitions.get(&partition) {
                 for (card, rows) in &history.cards {
                     for (site, entries) in rows.sites.iter().enumerate() {
@@ -216,7 +312,17 @@ impl CardHistory {
                             cards.push(*card);
                             secs.push(entry.secs);
                             values.push(entry.value);
+                            hashes.push(None);
+                            row_ids.push(None);
                         }
+                    }
+                    for seen in &rows.seen {
+                        site_names.push(SEEN_SITE);
+                        cards.push(*card);
+                        secs.push(seen.secs);
+                        values.push(None);
+                        hashes.push(Some(seen.hash));
+                        row_ids.push(Some(seen.row_id));
                     }
                 }
             }
@@ -225,6 +331,8 @@ impl CardHistory {
                 Arc::new(Int64Array::from(cards)),
                 Arc::new(Int64Array::from(secs)),
                 Arc::new(Float64Array::from(values)),
+                Arc::new(UInt64Array::from(hashes)),
+                Arc::new(Int64Array::from(row_ids)),
             ];
             RecordBatch::try_new(SCHEMA.clone(), columns)?
         };
@@ -237,12 +345,13 @@ impl CardHistory {
     }
 
     /// Takes over `partition` with the history of [`Self::to_ipc`] bytes (empty bytes:
-    /// none). Replaces whatever was kept for it.
+    /// none). Replaces whatever was kept for it. A checkpoint of the earlier four-column
+    /// schema restores with no rows remembered for the duplicate check.
     pub fn restore(&self, partition: i32, bytes: &[u8]) -> Result<(), HistoryError> {
         let mut history = PartitionHistory::default();
         if !bytes.is_empty() {
             let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
-            if reader.schema() != *SCHEMA {
+            if reader.schema() != *SCHEMA && reader.schema() != *V1_SCHEMA {
                 return Err(HistoryError::Schema);
             }
             let mut sites = self.sites.write();
@@ -252,9 +361,32 @@ impl CardHistory {
                 let cards = batch.column(1).as_primitive::<Int64Type>();
                 let secs = batch.column(2).as_primitive::<Int64Type>();
                 let values = batch.column(3).as_primitive::<Float64Type>();
+                let seen_columns = (batch.num_columns() == SCHEMA.fields().len()).then(|| {
+                    (
+                        batch.column(4).as_primitive::<UInt64Type>(),
+                        batch.column(5).as_primitive::<Int64Type>(),
+                    )
+                });
                 for i in 0..batch.num_rows() {
-                    let site = sites.id(names.value(i)) as usize;
                     let card = cards.value(i);
+                    if names.value(i) == SEEN_SITE {
+                        let Some((hashes, row_ids)) = seen_columns else {
+                            continue;
+                        };
+                        if hashes.is_null(i) || row_ids.is_null(i) {
+                            return Err(HistoryError::Schema);
+                        }
+                        let rows = history.cards.entry(card).or_default();
+                        rows.seen.push(Seen {
+                            hash: hashes.value(i),
+                            row_id: row_ids.value(i),
+                            secs: secs.value(i),
+                        });
+                        rows.latest_secs = rows.latest_secs.max(secs.value(i));
+                        history.latest_secs = history.latest_secs.max(secs.value(i));
+                        continue;
+                    }
+                    let site = sites.id(names.value(i)) as usize;
                     let entry = Entry {
                         secs: secs.value(i),
                         value: values.is_valid(i).then(|| values.value(i)),
@@ -342,5 +474,77 @@ mod tests {
         fresh.evict_idle(0, 86_400);
         assert!(fresh.entries(7, amt_again).is_empty());
         assert_eq!(fresh.size(0), (1, 1));
+    }
+
+    fn seen(name: &str, row_id: i64, secs: i64) -> Seen {
+        Seen {
+            hash: trans_num_hash(name),
+            row_id,
+            secs,
+        }
+    }
+
+    #[test]
+    fn remembered_rows_are_found_kept_for_the_horizon_and_checkpointed() {
+        let history = CardHistory::new();
+        let day = WINDOW_SECS + 1;
+        // Card 7: 40 rows a minute apart, then one a day later.
+        let rows: Vec<(i32, i64, Seen)> = (0..40)
+            .map(|i| (0, 7, seen(&format!("t{i}"), i, 1_000 + i * 60)))
+            .chain([(0, 7, seen("late", 40, 1_000 + 39 * 60 + day))])
+            .chain([(0, 8, seen("t0", 99, 5))])
+            .collect();
+        history.remember(rows);
+        let keys = |names: &[&str], card: i64| -> Vec<(i64, u64)> {
+            names.iter().map(|n| (card, trans_num_hash(n))).collect()
+        };
+        // The last 30 rows (t11..t39, late) and the rows of the last day (late only):
+        // t0..t10 are out of the horizon.
+        assert_eq!(
+            history.first_seen(&keys(&["t10", "t11", "t39", "late", "nope"], 7)),
+            vec![None, Some(11), Some(39), Some(40), None]
+        );
+        // Per card: card 8's t0 is its own.
+        assert_eq!(history.first_seen(&keys(&["t0"], 8)), vec![Some(99)]);
+
+        // A checkpoint keeps them; one of the earlier schema restores with none.
+        let bytes = history.to_ipc(0).expect("ipc");
+        let fresh = CardHistory::new();
+        fresh.restore(0, &bytes).expect("restore");
+        assert_eq!(
+            fresh.first_seen(&keys(&["t11", "late"], 7)),
+            vec![Some(11), Some(40)]
+        );
+        let old = {
+            let batch = RecordBatch::try_new(
+                V1_SCHEMA.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec!["rolling_sum_24h(amt)"])),
+                    Arc::new(Int64Array::from(vec![7])),
+                    Arc::new(Int64Array::from(vec![1_000])),
+                    Arc::new(Float64Array::from(vec![Some(2.0)])),
+                ],
+            )
+            .expect("batch");
+            let mut out = Vec::new();
+            let mut writer =
+                arrow::ipc::writer::StreamWriter::try_new(&mut out, &V1_SCHEMA).expect("writer");
+            writer.write(&batch).expect("write");
+            writer.finish().expect("finish");
+            drop(writer);
+            out
+        };
+        fresh
+            .restore(0, &old)
+            .expect("an earlier checkpoint restores");
+        assert_eq!(fresh.size(0), (1, 1));
+        assert_eq!(fresh.first_seen(&keys(&["t11"], 7)), vec![None]);
+    }
+
+    #[test]
+    fn the_trans_num_hash_is_stable() {
+        // FNV-1a test vectors: checkpoints depend on these values never changing.
+        assert_eq!(trans_num_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(trans_num_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
