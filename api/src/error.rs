@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -20,8 +22,9 @@ pub struct ErrorBody {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: bad_request, unauthorized, not_found, too_large,
-    /// timeout, unavailable, internal.
+    /// Stable, machine-readable: bad_request, unauthorized, not_found,
+    /// method_not_allowed, timeout, too_large, uri_too_long, too_many_requests,
+    /// unavailable, internal.
     pub code: String,
     /// What was wrong, for a person.
     pub message: String,
@@ -33,7 +36,49 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The code for a status that no handler chose (a rejection, a fallback, hyper).
+    pub fn code_for(status: StatusCode) -> &'static str {
+        match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::URI_TOO_LONG => "uri_too_long",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        }
+    }
+
+    /// The JSON error for a bare status (a rejection, a fallback).
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, Self::code_for(status), message)
+    }
+
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message);
+        error.retry_after = Some(retry_after_secs);
+        error
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    pub fn uri_too_long(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::URI_TOO_LONG, "uri_too_long", message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -72,7 +117,9 @@ impl ApiError {
 impl From<risksense_store::StoreError> for ApiError {
     fn from(error: risksense_store::StoreError) -> Self {
         if error.is_unavailable() {
-            Self::unavailable(format!("the result store is unavailable: {error}"))
+            let mut error = Self::unavailable(format!("the result store is unavailable: {error}"));
+            error.retry_after = Some(1);
+            error
         } else {
             Self::internal(error.to_string())
         }
@@ -114,6 +161,12 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -7,14 +7,21 @@
 //! - [`dashboard`]: the single-page dashboard and its bundled chart library.
 //!
 //! Every error is a JSON body `{"error": {"code", "message"}}` with a fitting status: 400
-//! for bad input (with what was wrong), 401 without the token, 404 for unknown ids, 413 for
-//! oversized bodies, 503 when the store is down. Bad input never yields a 500.
+//! for bad input (with what was wrong), 401 without the token, 404 for unknown ids and
+//! routes, 405 for a wrong method, 408 for a body that does not arrive or a query past its
+//! deadline, 413 for oversized bodies, 414 for long URIs, 429 when the query pool is full
+//! and 503 when the store does not answer (both with `Retry-After`). Bad input never
+//! yields a 500. Rejections by axum's own extractors are turned into the same shape
+//! ([`extract`]).
 
 pub mod dashboard;
 pub mod error;
+pub mod extract;
 pub mod lookup;
 pub mod ops;
+pub mod pool;
 pub mod score;
+pub mod server;
 pub mod sql;
 pub mod views;
 
@@ -47,12 +54,25 @@ pub struct ApiConfig {
     pub max_score_rows: usize,
     /// Lifetime of a cached score, in seconds.
     pub cache_ttl_secs: u64,
-    /// `/v1/sql` limits: wall time, rows returned, memory per query.
+    /// `/v1/sql` limits: wall time, rows and bytes returned, memory per query, and the
+    /// text and syntax-tree limits checked before planning.
     pub sql_timeout: Duration,
     pub sql_max_rows: usize,
+    pub sql_max_bytes: usize,
     pub sql_memory_bytes: usize,
+    pub sql_limits: sql::guard::Limits,
+    /// Where queries run (threads, queries at once).
+    pub pool: pool::PoolConfig,
     /// The Parquet archive, queried as `history`.
     pub archive: Option<PathBuf>,
+    /// Time a request body has to arrive whole.
+    pub body_timeout: Duration,
+    /// Longest URI (path and query) answered; longer ones get a 414.
+    pub max_uri_bytes: usize,
+    /// Time a lookup or readiness probe waits for the store before answering 503.
+    pub store_timeout: Duration,
+    /// Header read timeout and buffer of the connection layer.
+    pub connections: server::ConnectionLimits,
 }
 
 impl Default for ApiConfig {
@@ -64,8 +84,15 @@ impl Default for ApiConfig {
             cache_ttl_secs: 3600,
             sql_timeout: Duration::from_secs(10),
             sql_max_rows: 10_000,
+            sql_max_bytes: 32 * 1024 * 1024,
             sql_memory_bytes: 256 * 1024 * 1024,
+            sql_limits: sql::guard::Limits::default(),
+            pool: pool::PoolConfig::default(),
             archive: None,
+            body_timeout: Duration::from_secs(10),
+            max_uri_bytes: 8 * 1024,
+            store_timeout: Duration::from_secs(1),
+            connections: server::ConnectionLimits::default(),
         }
     }
 }
@@ -80,6 +107,7 @@ pub struct ApiCounters {
     pub cache_misses: AtomicU64,
     pub scored_rows: AtomicU64,
     pub sql_queries: AtomicU64,
+    pub store_timeouts: AtomicU64,
 }
 
 /// Everything the handlers share.
@@ -92,6 +120,8 @@ pub struct ApiState {
     /// The stream's metrics, if a stream runs in this process.
     pub stream: Option<Arc<StreamMetrics>>,
     pub counters: ApiCounters,
+    /// Where `/v1/sql` queries run, apart from the API's and the stream's threads.
+    pub queries: pool::QueryPool,
     pub scorer: score::Scorer,
     pub series: ops::Series,
     /// Schema of `scored` rows (for an empty live window or archive).
@@ -108,6 +138,8 @@ impl ApiState {
     ) -> Result<Arc<Self>, ApiError> {
         let scorer = score::Scorer::new(model.clone()).await?;
         let scored_schema = sql::scored_schema(model.clone()).await?;
+        let queries = pool::QueryPool::new(&config.pool)
+            .map_err(|e| ApiError::internal(format!("starting the query pool: {e}")))?;
         Ok(Arc::new(Self {
             config,
             store,
@@ -115,10 +147,33 @@ impl ApiState {
             live,
             stream,
             counters: ApiCounters::default(),
+            queries,
             scorer,
             series: ops::Series::default(),
             scored_schema,
         }))
+    }
+
+    /// Waits for the store at most `store_timeout`: a store that does not answer (frozen,
+    /// partitioned) fails the request fast with a 503 instead of hanging it.
+    pub async fn store_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, risksense_store::StoreError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.config.store_timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                self.counters
+                    .store_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut error = ApiError::unavailable(format!(
+                    "the result store did not answer within {} ms",
+                    self.config.store_timeout.as_millis()
+                ));
+                error.retry_after = Some(1);
+                Err(error)
+            }
+        }
     }
 }
 
@@ -145,6 +200,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/assets/{file}", get(dashboard::asset))
         .merge(guarded)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|request: Request| async move {
+            ApiError::method_not_allowed(format!(
+                "{} is not allowed on {}",
+                request.method(),
+                request.uri().path()
+            ))
+        })
+        .layer(middleware::from_fn(extract::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            extract::limit_uri,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -195,9 +262,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sampler = tokio::spawn(ops::sample_series(state.clone()));
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.config.connections;
+    let result = server::serve(listener, router(state), limits, shutdown).await;
     sampler.abort();
     result
 }

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 
+use crate::extract::{Path, Query};
 use crate::views::{AlertList, TransactionList, TransactionView};
 use crate::{ApiError, ApiState};
 
@@ -36,7 +37,10 @@ pub async fn transaction(
             "trans_num must be 1 to 128 characters",
         ));
     }
-    match state.store.transaction(&trans_num).await? {
+    match state
+        .store_call(state.store.transaction(&trans_num))
+        .await?
+    {
         Some(row) => Ok(Json(row.into())),
         None => Err(ApiError::not_found(format!(
             "no scored transaction {trans_num} (unknown, or older than the retention)"
@@ -45,6 +49,7 @@ pub async fn transaction(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
     /// At most this many (1..=1000).
     pub limit: Option<usize>,
@@ -64,7 +69,9 @@ pub async fn card_transactions(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("cc_num `{cc_num}` is not a card number")))?;
     let limit = limit(query.limit, 50)?;
-    let rows = state.store.card_transactions(card, limit).await?;
+    let rows = state
+        .store_call(state.store.card_transactions(card, limit))
+        .await?;
     if rows.is_empty() {
         return Err(ApiError::not_found(format!(
             "no scored transactions for card {card}"
@@ -76,10 +83,13 @@ pub async fn card_transactions(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AnomalyQuery {
     /// Event time lower bound: seconds since the epoch, or `YYYY-MM-DD[ HH:MM:SS]`.
     pub since: Option<String>,
+    /// At most this many (1..=1000).
     pub limit: Option<usize>,
+    /// Only anomalies scoring at least this.
     pub min_score: Option<f64>,
 }
 
@@ -111,7 +121,9 @@ pub async fn anomalies(
         return Err(ApiError::bad_request("min_score must be a number"));
     }
     let limit = limit(query.limit, 100)?;
-    let rows = state.store.anomalies(since, limit, query.min_score).await?;
+    let rows = state
+        .store_call(state.store.anomalies(since, limit, query.min_score))
+        .await?;
     Ok(Json(TransactionList {
         transactions: rows.into_iter().map(Into::into).collect(),
     }))
@@ -125,7 +137,7 @@ pub async fn alerts(
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<AlertList>, ApiError> {
     let limit = limit(query.limit, 50)?;
-    let alerts = state.store.alerts(limit).await?;
+    let alerts = state.store_call(state.store.alerts(limit)).await?;
     Ok(Json(AlertList {
         alerts: alerts.into_iter().map(Into::into).collect(),
     }))

@@ -190,6 +190,22 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         "Queries run by /v1/sql.",
         c.sql_queries.load(Relaxed),
     );
+    counter(
+        "risksense_sql_cancelled_total",
+        "Queries cancelled at their deadline or because their client left.",
+        state.queries.cancelled.load(Relaxed),
+    );
+    counter(
+        "risksense_sql_refused_total",
+        "Queries refused with 429 because the query pool was full.",
+        state.queries.refused.load(Relaxed),
+    );
+    counter(
+        "risksense_store_timeouts_total",
+        "API calls to the result store that did not answer within the store timeout.",
+        c.store_timeouts.load(Relaxed),
+    );
+
     if let Some(s) = state.stream.as_deref() {
         let get = StreamMetrics::get;
         counter(
@@ -279,6 +295,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
             let _ = writeln!(out, "{name}_count {}", histogram.count());
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP risksense_sql_running Queries running on the query pool.\n# TYPE risksense_sql_running gauge\nrisksense_sql_running {}",
+        state.queries.running()
+    );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -287,13 +308,15 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// The process can serve: its result store answers.
+/// The process can serve: its result store answers within the store timeout (1 s by
+/// default), so a frozen Redis makes the probe fail fast instead of hanging it.
 pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the result store does not answer: {e}")))?;
+    state.store_call(state.store.ping()).await.map_err(|e| {
+        let mut error =
+            ApiError::unavailable(format!("the result store does not answer: {}", e.message));
+        error.retry_after = Some(1);
+        error
+    })?;
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({"status": "ready", "store": state.store.describe()})),
@@ -312,9 +335,54 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoRespo
         crate::sql::query,
         stats,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;
+
+/// Answers every operation can give whatever its handler does: the router's 405, the URI
+/// limit's 414, and a 503 when the store or the query pool cannot serve. Same body as
+/// every other error.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                for (status, description) in [
+                    ("405", "the method is not allowed on this path"),
+                    ("414", "the URI is longer than the limit (8 KiB)"),
+                    ("503", "the result store does not answer (with Retry-After)"),
+                ] {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description));
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 

@@ -12,9 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use risksense_engine::scoring::{ID_COLUMNS, SessionOptions};
 use risksense_engine::stream::decode::{Incoming, PARTITION_SLOTS, decode};
 use risksense_engine::stream::scorer::StreamScorer;
@@ -81,9 +79,9 @@ impl Scorer {
     security(("bearer" = [])))]
 pub async fn score(
     State(state): State<Arc<ApiState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: crate::extract::Body,
 ) -> Result<Json<ScoreResponse>, ApiError> {
-    let body = body?;
+    let body = body.0;
     let values: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be a JSON array of transactions: {e}"
@@ -138,7 +136,7 @@ pub async fn score(
     let rows = features_matrix(&features)?;
 
     let keys: Vec<String> = rows.iter().map(|r| state.scorer.key(&r.inputs)).collect();
-    let cached = state.store.cache_get(&keys).await?;
+    let cached = state.store_call(state.store.cache_get(&keys)).await?;
     let threshold = state.model.card.threshold;
     let mut results: Vec<Option<ScoreResult>> = vec![None; rows.len()];
     let mut misses = Vec::new();

@@ -3,81 +3,19 @@
 
 #[path = "../../engine/tests/common.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use risksense_api::{ApiConfig, ApiState, router};
-use risksense_engine::source::TransactionFile;
-use risksense_engine::stream::{LiveWindow, StreamMetrics};
 use risksense_store::{ResultStore, Retention, ScoredTransaction};
-use risksense_udfs::Model;
 use serde_json::{Value, json};
+use support::{Api, api, fixture, model};
 use tower::ServiceExt;
-
-fn model() -> Arc<Model> {
-    let dir = common::repo_root().join("models/default");
-    Arc::new(Model::load(&dir, risksense_udfs::SessionOptions { threads: 1 }).expect("model"))
-}
-
-fn fixture() -> RecordBatch {
-    let path = common::repo_root().join("data/fixtures/sparkov-2019h1-head3000.csv");
-    let batches: Vec<RecordBatch> = TransactionFile::open(&path, 8192, false)
-        .expect("fixture")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    common::concat(&batches)
-}
-
-/// The fixture scored by the batch path: (scored batches, rows as the store keeps them).
-async fn scored_fixture(model: &Arc<Model>) -> (Vec<RecordBatch>, Vec<ScoredTransaction>) {
-    let batches = common::batch_scored(model, fixture()).await;
-    let mut rows = Vec::new();
-    for batch in &batches {
-        rows.extend(risksense_store::from_batch(batch).expect("rows"));
-    }
-    (batches, rows)
-}
-
-struct Api {
-    state: Arc<ApiState>,
-    rows: Vec<ScoredTransaction>,
-}
-
-async fn api(config: ApiConfig) -> Api {
-    let url = common::redis_url();
-    let model = model();
-    let prefix = common::unique_topic("api");
-    let store = ResultStore::redis(
-        &url,
-        Retention {
-            prefix,
-            ..Retention::default()
-        },
-    )
-    .await
-    .expect("redis");
-    let (batches, rows) = scored_fixture(&model).await;
-    store.write(&rows).await.expect("written");
-    let live = Arc::new(LiveWindow::new(Duration::from_secs(600), 1_000_000));
-    for batch in batches {
-        live.push(batch);
-    }
-    let state = ApiState::new(
-        config,
-        store,
-        model,
-        Some(live),
-        Some(Arc::new(StreamMetrics::default())),
-    )
-    .await
-    .expect("state");
-    Api { state, rows }
-}
 
 async fn call(state: &Arc<ApiState>, request: Request<Body>) -> (StatusCode, Vec<u8>, String) {
     let response = router(state.clone())
@@ -519,4 +457,259 @@ async fn a_store_that_went_away_is_a_503_not_a_500() {
     assert_eq!(error_code(&body), "unavailable");
     let (status, _) = get(&state, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_has_the_json_error_shape() {
+    let Api { state, .. } = api(ApiConfig {
+        body_limit: 64 * 1024,
+        ..ApiConfig::default()
+    })
+    .await;
+    let long_uri = format!("/v1/anomalies?since={}", "9".repeat(16 * 1024));
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            getr("/v1/anomalies?limit=-1"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            getr("/v1/anomalies?limit=abc"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            getr("/v1/anomalies?min_score="),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            getr("/v1/anomalies?limit=1&limit=2"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            getr("/v1/cards/12/transactions?limit=x"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            getr("/v1/transactions/%FF%FE"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (getr("/v1/nothing/here"), StatusCode::NOT_FOUND, "not_found"),
+        (
+            Request::delete("/v1/anomalies")
+                .body(Body::empty())
+                .expect("request"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Request::post("/healthz")
+                .body(Body::empty())
+                .expect("request"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (getr(&long_uri), StatusCode::URI_TOO_LONG, "uri_too_long"),
+        (
+            Request::post("/v1/sql")
+                .header("content-type", "application/json")
+                .header("content-length", "1000000")
+                .body(Body::from(vec![b' '; 1_000_000]))
+                .expect("request"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            Request::post("/v1/score")
+                .body(Body::from(vec![b'['; 100_000]))
+                .expect("request"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+    ];
+    for (request, expected, code) in cases {
+        let what = format!("{} {}", request.method(), request.uri());
+        let what = what.chars().take(80).collect::<String>();
+        let (status, body, content_type) = call(&state, request).await;
+        assert_eq!(
+            status,
+            expected,
+            "{what}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            content_type.starts_with("application/json"),
+            "{what}: {content_type}"
+        );
+        let body: Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert_eq!(error_code(&body), code, "{what}: {body}");
+        assert!(
+            !body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{what}: {body}"
+        );
+    }
+    // 405 says what is allowed.
+    let response = router(state.clone())
+        .oneshot(
+            Request::delete("/v1/anomalies")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert!(response.headers().get("allow").is_some());
+}
+
+fn getr(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+fn chain(terms: usize, op: &str) -> String {
+    let mut sql = String::from("SELECT 1");
+    for _ in 1..terms {
+        sql.push_str(op);
+        sql.push('1');
+    }
+    sql
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_and_wide_queries_cannot_crash_or_bloat_the_process() {
+    let Api { state, .. } = api(ApiConfig {
+        body_limit: 4 * 1024 * 1024,
+        sql_max_rows: 1_000_000,
+        sql_max_bytes: 2 * 1024 * 1024,
+        sql_limits: risksense_api::sql::guard::Limits {
+            max_text_bytes: 1024 * 1024,
+            ..Default::default()
+        },
+        ..ApiConfig::default()
+    })
+    .await;
+    // 1,000 terms: within the depth limit, planned on the pool's big stacks, answered.
+    let (status, body, _) = post(
+        &state,
+        "/v1/sql",
+        json!({"sql": format!("{} AS n", chain(1_000, "+"))}).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["rows"][0]["n"], 1000);
+    // Chains too deep for the limit, of every operator, are refused before planning.
+    for (terms, op) in [
+        (100_000, "+"),
+        (5_000, " AND "),
+        (5_000, " OR "),
+        (5_000, " || "),
+    ] {
+        let sql = if op == " || " {
+            chain(terms, op).replace('1', "'a'")
+        } else {
+            chain(terms, op)
+        };
+        let (status, body, _) =
+            post(&state, "/v1/sql", json!({"sql": sql}).to_string(), None).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{op}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(String::from_utf8_lossy(&body).contains("deep"), "{op}");
+    }
+    // Nested parentheses hit the parser's own recursion limit: a 400 too.
+    let nested = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    let (status, _, _) = post(&state, "/v1/sql", json!({"sql": nested}).to_string(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A wide result is cut at the byte limit, not at the row limit.
+    let wide = "SELECT value, repeat('x', 10000) AS pad FROM generate_series(1, 100000)";
+    for format in ["json", "csv", "arrow"] {
+        let (status, body, _) = post(
+            &state,
+            "/v1/sql",
+            json!({"sql": wide, "format": format}).to_string(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{format}");
+        assert!(
+            body.len() < 3 * 1024 * 1024,
+            "{format}: {} bytes",
+            body.len()
+        );
+        assert!(body.len() > 1024 * 1024, "{format}: {} bytes", body.len());
+        if format == "json" {
+            let body: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(body["truncated"], true);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_store_fails_readiness_and_lookups_fast() {
+    let _ = common::redis_url();
+    let port = 41_000 + (std::process::id() % 20_000) as u16;
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = ResultStore::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
+        .await
+        .expect("redis");
+    let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
+        .await
+        .expect("state");
+    let (status, _) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    // Frozen, not gone: the connection stays open and nothing answers.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &redis.id().to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    for uri in [
+        "/readyz",
+        "/v1/transactions/abc",
+        "/v1/anomalies",
+        "/v1/cards/1/transactions",
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = get(&state, uri).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        assert_eq!(error_code(&body), "unavailable", "{uri}");
+        assert!(took < Duration::from_millis(1_500), "{uri} took {took:?}");
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &redis.id().to_string()])
+        .status();
+    let (status, _) = get(&state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let _ = redis.kill();
+    let _ = redis.wait();
 }

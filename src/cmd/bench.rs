@@ -30,6 +30,9 @@ pub enum Suite {
     /// The stream's scoring plan alone (no Kafka, no Redis): generated rows scored in
     /// micro-batches, one after another, with the cards' history carried between them.
     MicroBatch(MicroBatchArgs),
+    /// Heavy ad-hoc SQL against a running engine: stream throughput and `/healthz` latency
+    /// with and without four heavy queries, side by side.
+    Queries(super::bench_queries::QueriesArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Suite::Scoring(args) => scoring(args),
         Suite::Stream(args) => super::bench_stream::stream(args),
         Suite::MicroBatch(args) => micro_batch(args),
+        Suite::Queries(args) => super::bench_queries::queries(args),
     }
 }
 

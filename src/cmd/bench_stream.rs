@@ -64,25 +64,46 @@ pub struct StreamArgs {
     pub scratch: PathBuf,
 }
 
-struct EngineRun {
+pub(super) struct EngineRun {
     summary: serde_json::Value,
 }
 
 impl EngineRun {
-    fn f(&self, key: &str) -> f64 {
+    pub(super) fn f(&self, key: &str) -> f64 {
         self.summary[key].as_f64().unwrap_or(f64::NAN)
     }
 }
 
+/// What differs between the benchmarks' engine runs.
+#[derive(Debug, Default)]
+pub(super) struct EngineOptions {
+    /// Consumer group (default: `<topic>-bench`).
+    pub group: Option<String>,
+    /// Address of the engine's API (default: none).
+    pub http: Option<String>,
+    /// More `risksense run` flags.
+    pub extra_args: Vec<String>,
+}
+
 /// Starts `risksense run` on `topic` with a config of its own; returns the child once its
 /// partitions are assigned.
-fn start_engine(args: &StreamArgs, topic: &str, dir: &Path) -> anyhow::Result<std::process::Child> {
+pub(super) fn start_engine(
+    args: &StreamArgs,
+    topic: &str,
+    dir: &Path,
+    options: &EngineOptions,
+) -> anyhow::Result<std::process::Child> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("run.toml");
+    let group = options
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("{topic}-bench"));
+    let http = options.http.clone().unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "brokers = \"{}\"\nredis = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{topic}-bench\"\n\
+            "brokers = \"{}\"\nredis = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nhttp = \"{http}\"\n\
              alerts_topic = \"{topic}.alerts\"\ndead_letter_topic = \"{topic}.dlq\"\n\
              archive = \"{}\"\nbatch_rows = {}\nbatch_wait_ms = {}\ncheckpoint_interval_ms = {}\n\
              [retention]\nprefix = \"{topic}\"\nttl_secs = 3600\n",
@@ -98,6 +119,7 @@ fn start_engine(args: &StreamArgs, topic: &str, dir: &Path) -> anyhow::Result<st
         .args(["run", "--config"])
         .arg(&config)
         .args(["--stop-when-idle", "3", "--summary-json"])
+        .args(&options.extra_args)
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -125,7 +147,7 @@ fn start_engine(args: &StreamArgs, topic: &str, dir: &Path) -> anyhow::Result<st
     Ok(child)
 }
 
-fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
+pub(super) fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
     let output = child.wait_with_output()?;
     anyhow::ensure!(output.status.success(), "`risksense run` failed");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -228,14 +250,14 @@ fn settle_disk() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unique(name: &str) -> String {
+pub(super) fn unique(name: &str) -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("bench-{name}-{stamp}")
 }
 
-fn produce(
+pub(super) fn produce(
     settings: &KafkaSettings,
     topic: &str,
     batches: &[RecordBatch],
@@ -276,7 +298,12 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
     let mut redis = RedisAof::connect(&args.redis)?;
     let rewrites_before = redis.prepare_measurement()?;
-    let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
+    let engine = start_engine(
+        &args,
+        &topic,
+        &args.scratch.join(&topic),
+        &EngineOptions::default(),
+    )?;
     let drained = finish_engine(engine)?;
     let drain_rewrites = redis.rewrites()? - rewrites_before;
 
@@ -284,7 +311,12 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let topic = unique("latency");
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
     let rewrites_before = redis.prepare_measurement()?;
-    let engine = start_engine(&args, &topic, &args.scratch.join(&topic))?;
+    let engine = start_engine(
+        &args,
+        &topic,
+        &args.scratch.join(&topic),
+        &EngineOptions::default(),
+    )?;
     let started = Instant::now();
     let sent_rate = produce(
         &settings,

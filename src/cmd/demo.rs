@@ -117,7 +117,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let inputs = ApiInputs {
         config: args.api.config(Some(archive.clone())),
         store: store.clone(),
-        model: model.clone(),
+        // Sessions of its own, as in `run`: a query never holds one the stream waits for.
+        model: args.model.load()?,
         live: Some(live.clone()),
         stream: Some(metrics.clone()),
     };

@@ -188,10 +188,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None
     } else {
         let archive = (!config.archive.as_os_str().is_empty()).then(|| config.archive.clone());
+        // The API gets ONNX Runtime sessions of its own: an ad-hoc query calling the model
+        // on the low-priority query pool must never hold a session the stream waits for.
+        let api_model = ModelArgs {
+            model: Some(config.model.clone()),
+            ..args.model.clone()
+        }
+        .load()?;
         let inputs = super::serve::ApiInputs {
             config: args.api.config(archive),
             store: store.clone(),
-            model: model.clone(),
+            model: api_model,
             live: Some(live.clone()),
             stream: Some(metrics.clone()),
         };

@@ -29,6 +29,12 @@ pub struct HttpArgs {
     /// Memory a /v1/sql query may hold, MiB.
     #[arg(long, default_value_t = 256)]
     pub sql_memory_mib: usize,
+    /// Bytes of result a /v1/sql query may return, MiB (the result is cut there).
+    #[arg(long, default_value_t = 32)]
+    pub sql_max_result_mib: usize,
+    /// /v1/sql queries running at once; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 4)]
+    pub sql_max_concurrent: usize,
 }
 
 impl HttpArgs {
@@ -38,6 +44,11 @@ impl HttpArgs {
             sql_timeout: Duration::from_secs_f64(self.sql_timeout.max(0.1)),
             sql_max_rows: self.sql_max_rows.max(1),
             sql_memory_bytes: self.sql_memory_mib.max(16) * 1024 * 1024,
+            sql_max_bytes: self.sql_max_result_mib.max(1) * 1024 * 1024,
+            pool: risksense_api::pool::PoolConfig {
+                max_concurrent: self.sql_max_concurrent.max(1),
+                ..Default::default()
+            },
             archive,
             ..ApiConfig::default()
         }

@@ -2,27 +2,37 @@
 //!
 //! Tables: `scored` (the stream's scored rows of the last minutes, in memory as Arrow) and
 //! `history` (the Parquet archive). All RiskSense functions are registered. DDL, DML and
-//! statements are refused at planning; each query gets a memory pool of its own, a wall
-//! clock limit and a row limit.
+//! statements are refused at planning; each query gets a memory pool of its own, a
+//! deadline, and row and byte limits on its result, and runs on the query pool
+//! ([`crate::pool`]), never on the API's or the stream's threads.
+
+pub mod encode;
+pub mod guard;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::StreamExt;
 use risksense_engine::scoring::{SessionOptions, new_session};
 use risksense_engine::stream::scorer::StreamScorer;
 use risksense_udfs::Model;
 
+use self::encode::{Encoder, Format};
+use crate::pool::PoolError;
 use crate::views::{SqlRequest, SqlResponse};
 use crate::{ApiError, ApiState};
 
@@ -79,137 +89,164 @@ async fn session(state: &ApiState) -> Result<SessionContext, ApiError> {
     Ok(ctx)
 }
 
+/// What a query answers: the encoded bytes and their content type.
+pub struct Answer {
+    pub format: Format,
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
 /// Run a read-only query.
+///
+/// The query runs on the query pool (see [`crate::pool`]): its own threads at low
+/// priority, a bounded number at once (429 with `Retry-After` past it), cancelled at the
+/// deadline (408). The text is limited in length and the syntax tree in depth before
+/// planning; the result in rows and in bytes.
 #[utoipa::path(post, path = "/v1/sql", request_body = SqlRequest,
     responses((status = 200, body = SqlResponse), (status = 400, body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody), (status = 408, body = crate::error::ErrorBody)),
+              (status = 401, body = crate::error::ErrorBody), (status = 408, body = crate::error::ErrorBody),
+              (status = 413, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn query(
     State(state): State<Arc<ApiState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: crate::extract::Body,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let request: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
+    let request: SqlRequest = serde_json::from_slice(&body.0).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be JSON like {{\"sql\": \"SELECT …\"}}: {e}"
         ))
     })?;
-    let format = request.format.as_deref().unwrap_or("json");
-    if !matches!(format, "json" | "csv" | "arrow") {
-        return Err(ApiError::bad_request(format!(
-            "format `{format}`: use json, csv or arrow"
-        )));
-    }
+    let format_name = request.format.as_deref().unwrap_or("json");
+    let format = Format::parse(format_name).ok_or_else(|| {
+        ApiError::bad_request(format!("format `{format_name}`: use json, csv or arrow"))
+    })?;
+    guard::check_text(&request.sql, &state.config.sql_limits)
+        .map_err(|e| ApiError::too_large(e.to_string()))?;
     let max_rows = request
         .max_rows
         .unwrap_or(state.config.sql_max_rows)
         .min(state.config.sql_max_rows);
     state.counters.sql_queries.fetch_add(1, Relaxed);
+    let deadline = state.config.sql_timeout;
+    let work_state = state.clone();
+    let answer = state
+        .queries
+        .run(deadline, async move {
+            run(&work_state, &request.sql, format, max_rows).await
+        })
+        .await
+        .map_err(|error| match error {
+            PoolError::Busy { .. } => ApiError::too_many_requests(error.to_string(), 1),
+            PoolError::Deadline(_) => ApiError::timeout(format!(
+                "the query ran longer than {} s and was cancelled",
+                deadline.as_secs_f64()
+            )),
+            PoolError::Panicked(message) => ApiError::internal(message),
+        })??;
+    let mut response = (
+        [(CONTENT_TYPE, answer.format.content_type())],
+        Body::from(answer.bytes),
+    )
+        .into_response();
+    if answer.truncated {
+        response
+            .headers_mut()
+            .insert("x-risksense-truncated", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Parses, checks, plans and runs one query, on the query pool.
+async fn run(
+    state: &ApiState,
+    sql: &str,
+    format: Format,
+    max_rows: usize,
+) -> Result<Answer, ApiError> {
     let started = Instant::now();
-    let ctx = session(&state).await?;
-    let read_only = SQLOptions::new()
+    let ctx = session(state).await?;
+    let session_state = ctx.state();
+    let dialect = session_state.config().options().sql_parser.dialect;
+    let statement = session_state
+        .sql_to_statement(sql, &dialect)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    guard::check_statement(&statement, &state.config.sql_limits)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let plan = session_state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
-        .with_allow_statements(false);
-    let frame = ctx
-        .sql_with_options(&request.sql, read_only)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
-    let columns: Vec<String> = frame
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let frame = frame
-        .limit(0, Some(max_rows + 1))
+        .with_allow_statements(false)
+        .verify_plan(&plan)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let batches = tokio::time::timeout(state.config.sql_timeout, frame.collect())
+    let frame = ctx
+        .execute_logical_plan(plan)
         .await
-        .map_err(|_| {
-            ApiError::timeout(format!(
-                "the query ran longer than {} s",
-                state.config.sql_timeout.as_secs_f64()
-            ))
-        })?
-        .map_err(|e| match e.find_root() {
-            datafusion::error::DataFusionError::ResourcesExhausted(m) => {
-                ApiError::bad_request(format!("the query needs more memory than allowed: {m}"))
-            }
-            other => ApiError::bad_request(other.to_string()),
-        })?;
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let truncated = total > max_rows;
-    let batches = first_rows(&batches, max_rows);
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match format {
-        "csv" => {
-            let mut out = Vec::new();
-            {
-                let mut writer = arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut out);
-                for batch in &batches {
-                    writer.write(batch)?;
-                }
-            }
-            Ok(([(CONTENT_TYPE, "text/csv")], Body::from(out)).into_response())
-        }
-        "arrow" => {
-            let schema = batches
-                .first()
-                .map(|b| b.schema())
-                .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
-            let mut out = Vec::new();
-            {
-                let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
-                for batch in &batches {
-                    writer.write(batch)?;
-                }
-                writer.finish()?;
-            }
-            Ok((
-                [(CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
-                Body::from(out),
-            )
-                .into_response())
-        }
-        _ => {
-            let rows = json_rows(&batches)?;
-            Ok(axum::Json(SqlResponse {
-                columns,
-                rows,
-                truncated,
-                elapsed_ms,
-            })
-            .into_response())
-        }
-    }
-}
-
-fn first_rows(batches: &[RecordBatch], max_rows: usize) -> Vec<RecordBatch> {
-    let mut out = Vec::new();
-    let mut left = max_rows;
-    for batch in batches {
-        if left == 0 {
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    // One row past the limit tells a cut result from an exact one.
+    let frame = frame
+        .limit(0, Some(max_rows.saturating_add(1)))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let plan = frame
+        .create_physical_plan()
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let plan = cooperative_everywhere(plan)?;
+    let mut stream =
+        datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).map_err(execution_error)?;
+    let mut encoder = Encoder::new(format, &schema, max_rows, state.config.sql_max_bytes)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(execution_error)?;
+        if !encoder.push(&batch)? {
             break;
         }
-        let take = batch.num_rows().min(left);
-        out.push(batch.slice(0, take));
-        left -= take;
     }
-    out
+    // Dropping the stream cancels whatever is left of the query.
+    drop(stream);
+    let truncated = encoder.truncated;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let bytes = encoder.finish(&schema, true, elapsed_ms)?;
+    Ok(Answer {
+        format,
+        bytes,
+        truncated,
+    })
 }
 
-fn json_rows(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>, ApiError> {
-    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-    for batch in batches {
-        writer.write(batch)?;
+/// Wraps every operator's output in DataFusion's `CooperativeExec`, so that each batch
+/// between operators spends Tokio's task budget.
+///
+/// DataFusion only makes leaves and exchanges cooperative. An operator that makes many
+/// batches from one input batch (a cross join emits a batch per left row) then keeps its
+/// consumer busy in one poll for as long as the query lasts: the task never yields, and
+/// aborting it at the deadline does nothing (measured: a cancelled cross join of
+/// `generate_series` kept a core busy). With every operator cooperative, the task yields
+/// at least every 128 batches and the abort lands within milliseconds.
+fn cooperative_everywhere(
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>, ApiError> {
+    plan.transform_up(|node| {
+        if node.children().is_empty() || node.is::<CooperativeExec>() {
+            Ok(Transformed::no(node))
+        } else {
+            Ok(Transformed::yes(
+                Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>
+            ))
+        }
+    })
+    .map(|t| t.data)
+    .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn execution_error(error: DataFusionError) -> ApiError {
+    match error.find_root() {
+        DataFusionError::ResourcesExhausted(m) => {
+            ApiError::bad_request(format!("the query needs more memory than allowed: {m}"))
+        }
+        other => ApiError::bad_request(other.to_string()),
     }
-    writer.finish()?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -1,0 +1,76 @@
+//! What the API tests share: the default model, and an API over a Redis prefix of its own
+//! holding the fixture's scored rows.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use risksense_api::{ApiConfig, ApiState};
+use risksense_engine::source::TransactionFile;
+use risksense_engine::stream::{LiveWindow, StreamMetrics};
+use risksense_store::{ResultStore, Retention, ScoredTransaction};
+use risksense_udfs::Model;
+
+use crate::common;
+
+pub fn model() -> Arc<Model> {
+    let dir = common::repo_root().join("models/default");
+    Arc::new(Model::load(&dir, risksense_udfs::SessionOptions { threads: 1 }).expect("model"))
+}
+
+pub fn fixture() -> RecordBatch {
+    let path = common::repo_root().join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let batches: Vec<RecordBatch> = TransactionFile::open(&path, 8192, false)
+        .expect("fixture")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    common::concat(&batches)
+}
+
+/// The fixture scored by the batch path: (scored batches, rows as the store keeps them).
+pub async fn scored_fixture(model: &Arc<Model>) -> (Vec<RecordBatch>, Vec<ScoredTransaction>) {
+    let batches = common::batch_scored(model, fixture()).await;
+    let mut rows = Vec::new();
+    for batch in &batches {
+        rows.extend(risksense_store::from_batch(batch).expect("rows"));
+    }
+    (batches, rows)
+}
+
+pub struct Api {
+    pub state: Arc<ApiState>,
+    pub rows: Vec<ScoredTransaction>,
+}
+
+pub async fn api(config: ApiConfig) -> Api {
+    let url = common::redis_url();
+    let model = model();
+    let prefix = common::unique_topic("api");
+    let store = ResultStore::redis(
+        &url,
+        Retention {
+            prefix,
+            ..Retention::default()
+        },
+    )
+    .await
+    .expect("redis");
+    let (batches, rows) = scored_fixture(&model).await;
+    store.write(&rows).await.expect("written");
+    let live = Arc::new(LiveWindow::new(Duration::from_secs(600), 1_000_000));
+    for batch in batches {
+        live.push(batch);
+    }
+    let state = ApiState::new(
+        config,
+        store,
+        model,
+        Some(live),
+        Some(Arc::new(StreamMetrics::default())),
+    )
+    .await
+    .expect("state");
+    Api { state, rows }
+}
