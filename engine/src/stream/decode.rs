@@ -509,7 +509,7 @@ mod tests {
     fn decode_speed() {
         use crate::codec::json::{JsonRowEncoder, JsonTransactionDecoder};
         let config =
-            crate::synth::SynthConfig::new(200, "2019-01-01", "2019-06-30", 1).expect("config");
+            crate::synth::SynthConfig::new(200, "2019-01-01", "2019-12-31", 1).expect("config");
         let batches: Vec<RecordBatch> = crate::synth::Generator::new(config)
             .collect::<Result<_, _>>()
             .expect("generated");
