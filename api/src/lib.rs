@@ -138,7 +138,12 @@ impl ApiState {
     ) -> Result<Arc<Self>, ApiError> {
         let scorer = score::Scorer::new(model.clone()).await?;
         let scored_schema = sql::scored_schema(model.clone()).await?;
-        let queries = pool::QueryPool::new(&config.pool)
+        // Queries back off while the stream in this process is behind: a full micro-batch
+        // within the last second.
+        let pressure = stream
+            .clone()
+            .map(|metrics| Arc::new(move || metrics.behind(1_000)) as pool::Pressure);
+        let queries = pool::QueryPool::new(&config.pool, pressure)
             .map_err(|e| ApiError::internal(format!("starting the query pool: {e}")))?;
         Ok(Arc::new(Self {
             config,

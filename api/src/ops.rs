@@ -300,6 +300,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         "# HELP risksense_sql_running Queries running on the query pool.\n# TYPE risksense_sql_running gauge\nrisksense_sql_running {}",
         state.queries.running()
     );
+    let _ = writeln!(
+        out,
+        "# HELP risksense_sql_throttled_seconds_total Time queries paused because the stream was behind.\n# TYPE risksense_sql_throttled_seconds_total counter\nrisksense_sql_throttled_seconds_total {}",
+        state.queries.throttled().as_secs_f64()
+    );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

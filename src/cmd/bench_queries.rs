@@ -1,10 +1,12 @@
 //! `risksense bench queries`: what heavy ad-hoc SQL costs the stream and the API.
 //!
-//! One topic is filled once; `risksense run --http` drains it twice, each time with a
-//! consumer group of its own: first with no queries, then while four clients keep heavy
-//! queries running on `/v1/sql` (each resubmitted as soon as its deadline cancels it). In
-//! both drains a prober times `GET /healthz` every 10 ms. The table puts the two drains
-//! side by side: throughput, and health-check latency.
+//! One topic is filled once; `risksense run --http` drains it again and again, each time
+//! with a consumer group of its own, alternating: with no queries, then while four clients
+//! keep heavy queries running on `/v1/sql` (each resubmitted as soon as its deadline
+//! cancels it). Before each drain Redis's AOF is compacted and the disk synced, as in
+//! `bench stream`. In every drain a prober times `GET /healthz` every 10 ms. The table puts
+//! the two kinds side by side: the median throughput of their drains, and the health-check
+//! latency over all their probes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -31,6 +33,9 @@ pub struct QueriesArgs {
     /// Deadline of each heavy query, seconds (the engine's --sql-timeout).
     #[arg(long, default_value_t = 5.0)]
     pub sql_timeout: f64,
+    /// Drains of each kind (alternated: quiet, heavy, quiet, heavy, ...).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
 }
 
 /// Heavy on purpose: cross joins the optimizer cannot fold, and an unbounded recursion.
@@ -44,6 +49,9 @@ const HEAVY: [&str; 4] = [
 struct Probe {
     latencies_us: Vec<u64>,
     failures: u64,
+    /// Refused connections: the engine closed its listener when the drain ended (it then
+    /// lets running queries finish); not failures of a serving API.
+    refused: u64,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -63,11 +71,18 @@ fn probe_health(base: String, stop: Arc<AtomicBool>) -> Probe {
     let mut probe = Probe {
         latencies_us: Vec::new(),
         failures: 0,
+        refused: 0,
     };
     while !stop.load(Relaxed) {
         let sent = Instant::now();
         match agent.get(&format!("{base}/healthz")).call() {
             Ok(_) => probe.latencies_us.push(sent.elapsed().as_micros() as u64),
+            Err(ureq::Error::ConnectionFailed) => probe.refused += 1,
+            Err(ureq::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                probe.refused += 1
+            }
             Err(_) => probe.failures += 1,
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -109,6 +124,37 @@ struct Drain {
     engine_cpu_us_per_tx: f64,
     probe: Probe,
     cancelled: u64,
+}
+
+impl Drain {
+    /// Median throughput and CPU of several drains; their probes pooled.
+    fn combine(mut runs: Vec<Drain>) -> Drain {
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.tx_per_sec).collect();
+        let mut cpus: Vec<f64> = runs.iter().map(|r| r.engine_cpu_us_per_tx).collect();
+        let mut probe = Probe {
+            latencies_us: Vec::new(),
+            failures: 0,
+            refused: 0,
+        };
+        let mut cancelled = 0;
+        for run in runs.drain(..) {
+            probe.latencies_us.extend(run.probe.latencies_us);
+            probe.failures += run.probe.failures;
+            probe.refused += run.probe.refused;
+            cancelled += run.cancelled;
+        }
+        probe.latencies_us.sort_unstable();
+        Drain {
+            tx_per_sec: median(&mut rates),
+            engine_cpu_us_per_tx: median(&mut cpus),
+            probe,
+            cancelled,
+        }
+    }
 }
 
 fn drain(args: &QueriesArgs, topic: &str, group: &str, heavy: usize) -> anyhow::Result<Drain> {
@@ -167,11 +213,22 @@ pub fn queries(args: QueriesArgs) -> anyhow::Result<()> {
     let rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("bench queries: filled {topic} with {rows} rows at {rate:.0} msg/s");
 
-    eprintln!("  drain 1: no queries");
-    let quiet = drain(&args, &topic, &format!("{topic}-quiet"), 0).context("the quiet drain")?;
-    eprintln!("  drain 2: {} heavy queries kept running", args.heavy);
-    let busy = drain(&args, &topic, &format!("{topic}-heavy"), args.heavy)
-        .context("the drain with heavy queries")?;
+    let mut redis = super::bench_stream::RedisAof::connect(&args.stream.redis)?;
+    let mut quiet = Vec::new();
+    let mut busy = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        for (heavy, runs) in [(0, &mut quiet), (args.heavy, &mut busy)] {
+            redis.prepare_measurement()?;
+            let group = format!("{topic}-{round}-{heavy}");
+            let run =
+                drain(&args, &topic, &group, heavy).with_context(|| format!("drain {group}"))?;
+            eprintln!(
+                "  round {round}, {heavy} heavy queries: {:.0} tx/s",
+                run.tx_per_sec
+            );
+            runs.push(run);
+        }
+    }
     let created = [
         topic.clone(),
         format!("{topic}.alerts"),
@@ -179,11 +236,16 @@ pub fn queries(args: QueriesArgs) -> anyhow::Result<()> {
     ];
     let created: Vec<&str> = created.iter().map(String::as_str).collect();
     runtime.block_on(delete_topics(&settings, &created))?;
+    let quiet = Drain::combine(quiet);
+    let busy = Drain::combine(busy);
 
     println!("Machine: {}", super::bench::machine());
     println!(
-        "Data: {rows} generated rows ({} customers), one topic of {} partitions drained twice by `risksense run --http` (a consumer group each); broker, Redis and engine on this machine; heavy queries cancelled at {} s and resubmitted.\n",
-        args.stream.synth.customers, args.stream.partitions, args.sql_timeout
+        "Data: {rows} generated rows ({} customers), one topic of {} partitions drained {} times of each kind, alternating, by `risksense run --http` (a consumer group each; throughput: the median drain); broker, Redis and engine on this machine; heavy queries cancelled at {} s and resubmitted.\n",
+        args.stream.synth.customers,
+        args.stream.partitions,
+        args.rounds.max(1),
+        args.sql_timeout
     );
     println!(
         "| drain | no queries | {} heavy queries | ratio |",
@@ -206,11 +268,15 @@ pub fn queries(args: QueriesArgs) -> anyhow::Result<()> {
         println!("| `/healthz` {name}, ms | {a:.2} | {b:.2} | |");
     }
     println!(
-        "| health checks (failed) | {} ({}) | {} ({}) | |",
+        "| health checks answered (failed) | {} ({}) | {} ({}) | |",
         quiet.probe.latencies_us.len(),
         quiet.probe.failures,
         busy.probe.latencies_us.len(),
         busy.probe.failures
+    );
+    println!(
+        "| health checks refused after the drain (listener closed at shutdown) | {} | {} | |",
+        quiet.probe.refused, busy.probe.refused
     );
     println!(
         "| heavy queries cancelled at their deadline | {} | {} | |",

@@ -163,12 +163,12 @@ pub(super) fn finish_engine(child: std::process::Child) -> anyhow::Result<Engine
 /// shows in the latency tail of whichever run it lands in. Each measurement starts from a
 /// freshly compacted file, so a run's own writes (a few hundred MB) do not trigger one, and
 /// the report says how many happened anyway.
-struct RedisAof {
+pub(super) struct RedisAof {
     connection: redis::Connection,
 }
 
 impl RedisAof {
-    fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(super) fn connect(url: &str) -> anyhow::Result<Self> {
         let connection = redis::Client::open(url)
             .and_then(|client| client.get_connection())
             .with_context(|| format!("connecting to Redis at {url}"))?;
@@ -190,7 +190,7 @@ impl RedisAof {
 
     /// Gets the machine quiet for a measurement: the AOF compacted, then everything
     /// written so far on disk (see `settle_disk`). Returns the AOF rewrites so far.
-    fn prepare_measurement(&mut self) -> anyhow::Result<u64> {
+    pub(super) fn prepare_measurement(&mut self) -> anyhow::Result<u64> {
         self.compact()?;
         settle_disk()?;
         self.rewrites()

@@ -47,8 +47,10 @@ pub async fn scored_schema(model: Arc<Model>) -> Result<SchemaRef, ApiError> {
 
 /// A session with `scored` and `history` registered and the query limits applied.
 async fn session(state: &ApiState) -> Result<SessionContext, ApiError> {
+    // One partition: a query's operators then run in its own task (nothing spawned per
+    // partition), where the pool's deadline and CPU budget reach all of its work.
     let options = SessionOptions {
-        target_partitions: 2,
+        target_partitions: 1,
         batch_size: 8192,
         memory_limit: Some(state.config.sql_memory_bytes),
     };

@@ -90,6 +90,9 @@ pub struct StreamMetrics {
     pub sink_retries: AtomicU64,
     /// Messages behind the end of the assigned partitions at the last checkpoint.
     pub lag: AtomicU64,
+    /// When a micro-batch last closed full (more messages were waiting), in ms since the
+    /// epoch: the stream is behind, and work that can wait should (see [`Self::behind`]).
+    pub backlog_at_ms: AtomicU64,
     /// Time spent per stage, in ns: JSON → Arrow, state + SQL + model, sinks, checkpoints.
     pub decode_ns: AtomicU64,
     pub score_ns: AtomicU64,
@@ -124,6 +127,12 @@ pub fn ms_between(earlier_ms: i64, later_ms: i64) -> u64 {
 }
 
 impl StreamMetrics {
+    /// True while the stream has a backlog: a micro-batch closed full within `window_ms`.
+    pub fn behind(&self, window_ms: u64) -> bool {
+        let at = self.backlog_at_ms.load(Ordering::Relaxed);
+        at > 0 && ms_between(at as i64, now_ms()) <= window_ms
+    }
+
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

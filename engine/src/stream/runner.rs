@@ -367,6 +367,13 @@ pub fn run_stream(
                 }
             }
             StreamMetrics::add(&metrics.poll_ns, gathering.elapsed().as_nanos() as u64);
+            if buffer.len() >= config.batch_rows {
+                // A full micro-batch: more is waiting. Lower-priority work in this process
+                // (ad-hoc SQL) backs off while this is recent.
+                metrics
+                    .backlog_at_ms
+                    .store(now_ms().max(0) as u64, Ordering::Relaxed);
+            }
             let mut guard = lock(&pipeline);
             if !buffer.is_empty() {
                 let batch = std::mem::take(&mut buffer);
