@@ -630,6 +630,43 @@ async fn deep_and_wide_queries_cannot_crash_or_bloat_the_process() {
     let nested = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
     let (status, _, _) = post(&state, "/v1/sql", json!({"sql": nested}).to_string(), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Functions that build values far larger than their arguments are refused before
+    // they allocate; ordinary uses still work.
+    for sql in [
+        "SELECT length(repeat('x', 2000000000)) AS n",
+        "SELECT length(repeat(trans_num, 100000000)) AS n FROM scored",
+        "SELECT length(lpad('a', 1000000000)) AS n",
+        "SELECT cardinality(range(1, 2000000000)) AS n",
+        "SELECT cardinality(array_repeat(1, 1000000000)) AS n",
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body, _) =
+            post(&state, "/v1/sql", json!({ "sql": sql }).to_string(), None).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{sql}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(String::from_utf8_lossy(&body).contains("at most"), "{sql}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{sql}: {:?}",
+            started.elapsed()
+        );
+    }
+    let (status, body, _) = post(
+        &state,
+        "/v1/sql",
+        json!({"sql": "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(1, 11)) AS n"}).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["rows"][0]["r"], "ababab");
+    assert_eq!(body["rows"][0]["p"], "007");
+    assert_eq!(body["rows"][0]["n"], 10);
     // A wide result is cut at the byte limit, not at the row limit.
     let wide = "SELECT value, repeat('x', 10000) AS pad FROM generate_series(1, 100000)";
     for format in ["json", "csv", "arrow"] {

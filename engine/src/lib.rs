@@ -18,5 +18,6 @@ pub mod source;
 pub mod stream;
 pub mod synth;
 pub mod validate;
+pub mod validate_sql;
 
 pub use error::EngineError;

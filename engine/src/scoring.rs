@@ -186,8 +186,23 @@ pub async fn register_files(
             path.display().to_string()
         };
         ctx.deregister_table(name)?;
-        ctx.register_parquet(name, &location, ParquetReadOptions::default())
+        if name != TRANSACTIONS {
+            ctx.register_parquet(name, &location, ParquetReadOptions::default())
+                .await?;
+            return Ok(());
+        }
+        // Transactions get the validation every input path applies; DataFusion scans
+        // these files itself, so it runs as a SQL function over the scan.
+        let unchecked = format!("{name}_unchecked");
+        ctx.deregister_table(&unchecked)?;
+        ctx.register_parquet(&unchecked, &location, ParquetReadOptions::default())
             .await?;
+        ctx.register_udf(crate::validate_sql::udf());
+        ctx.sql(&format!(
+            "CREATE OR REPLACE VIEW {name} AS SELECT * FROM {unchecked} WHERE {}",
+            crate::validate_sql::call()
+        ))
+        .await?;
         return Ok(());
     }
     let mut batches = Vec::new();

@@ -382,3 +382,56 @@ async fn no_feature_or_score_of_an_accepted_row_is_nan_or_infinite() {
         rows.num_rows()
     );
 }
+
+/// `rescore` and `train` scan Parquet with DataFusion: the same bounds apply there, as a
+/// SQL function over the scan that fails the query at the first bad row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescoring_parquet_applies_the_same_validation() {
+    async fn rescore(path: &std::path::Path) -> Result<i64, String> {
+        let model = model();
+        let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())
+            .map_err(|e| e.to_string())?;
+        scoring::register_files(&ctx, scoring::TRANSACTIONS, &[path.to_path_buf()])
+            .await
+            .map_err(|e| e.to_string())?;
+        scoring::install_views(&ctx, Some(&model))
+            .await
+            .map_err(|e| e.to_string())?;
+        let batches = ctx
+            .sql("SELECT count(*) AS n FROM scored")
+            .await
+            .map_err(|e| e.to_string())?
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(batches[0].column(0).as_primitive::<Int64Type>().value(0))
+    }
+    let good = parquet_with("rescore-good", |_, _| {});
+    assert_eq!(rescore(&good).await, Ok(20));
+    let bad = parquet_with("rescore-bad-amount", |_, columns| {
+        let mut amt: Vec<f64> = columns[idx::AMT]
+            .as_primitive::<Float64Type>()
+            .values()
+            .to_vec();
+        amt[7] = 1e308;
+        columns[idx::AMT] = Arc::new(Float64Array::from(amt));
+    });
+    let error = rescore(&bad).await.expect_err("refused");
+    assert!(
+        error.contains("column `amt`: 1e308 is not an amount"),
+        "{error}"
+    );
+    let fractional = parquet_with("rescore-fractional-card", |fields, columns| {
+        let mut cards: Vec<f64> = columns[idx::CC_NUM]
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|c| *c as f64)
+            .collect();
+        cards[2] = 12.5;
+        columns[idx::CC_NUM] = Arc::new(Float64Array::from(cards));
+        fields[idx::CC_NUM] = Field::new(col::CC_NUM, DataType::Float64, false);
+    });
+    let error = rescore(&fractional).await.expect_err("refused");
+    assert!(error.contains("12.5 is not an integer"), "{error}");
+}

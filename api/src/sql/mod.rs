@@ -6,6 +6,7 @@
 //! deadline, and row and byte limits on its result, and runs on the query pool
 //! ([`crate::pool`]), never on the API's or the stream's threads.
 
+pub mod bounded;
 pub mod encode;
 pub mod guard;
 
@@ -55,6 +56,7 @@ async fn session(state: &ApiState) -> Result<SessionContext, ApiError> {
         memory_limit: Some(state.config.sql_memory_bytes),
     };
     let ctx = new_session(Some(state.model.clone()), options)?;
+    bounded::install(&ctx).map_err(|e| ApiError::internal(e.to_string()))?;
     let live = state
         .live
         .as_ref()
