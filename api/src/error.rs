@@ -23,8 +23,9 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, not_found,
-    /// method_not_allowed, timeout, too_large, uri_too_long, too_many_requests,
-    /// unavailable, internal.
+    /// method_not_allowed, timeout (the request did not arrive in time), too_large,
+    /// uri_too_long, too_many_requests, unavailable, deadline_exceeded (a query ran past
+    /// its deadline), internal.
     pub code: String,
     /// What was wrong, for a person.
     pub message: String,
@@ -53,6 +54,7 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::GATEWAY_TIMEOUT => "deadline_exceeded",
             s if s.is_server_error() => "internal",
             _ => "bad_request",
         }
@@ -101,8 +103,15 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }
 
+    /// The client was too slow (its body did not arrive in time).
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+    }
+
+    /// Our own work ran past its deadline (a query). Not 408, which says the client was
+    /// slow and which browsers retry on their own, running the heavy query again.
+    pub fn deadline(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

@@ -13,8 +13,8 @@
 //!   away), which drops its DataFusion streams and their spawned tasks at their next
 //!   yield, so its CPU is free within a second;
 //! - a CPU budget while a stream in this process is behind ([`Pressure`]): then queries
-//!   together get at most `cpu_share_when_behind` of a core, measured per poll with the
-//!   thread's CPU clock, and pause when they have used it.
+//!   together get at most `cpu_share_when_behind` of a core, measured with the CPU clocks
+//!   of the pool's threads, and pause when they have used it.
 //!
 //! Why the budget, when the threads already run at nice 19: a nice value only ranks
 //! threads within their scheduling group. The kernel shares CPU fairly between groups
@@ -97,12 +97,18 @@ impl QueryPool {
     pub fn new(config: &PoolConfig, pressure: Option<Pressure>) -> std::io::Result<Self> {
         let nice = config.nice;
         let threads = config.threads.max(1);
+        let clocks = Arc::new(ThreadClocks::default());
+        let (started, stopped) = (clocks.clone(), clocks.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .max_blocking_threads(threads.max(2))
             .thread_stack_size(config.stack_bytes)
             .thread_name(config.thread_name.clone())
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || {
+                lower_priority(nice);
+                started.add_current();
+            })
+            .on_thread_stop(move || stopped.remove_current())
             .enable_all()
             .build()?;
         Ok(Self {
@@ -111,8 +117,13 @@ impl QueryPool {
             max_concurrent: config.max_concurrent.max(1),
             cancelled: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            limiter: pressure
-                .map(|pressure| Arc::new(CpuLimiter::new(config.cpu_share_when_behind, pressure))),
+            limiter: pressure.map(|pressure| {
+                Arc::new(CpuLimiter::new(
+                    config.cpu_share_when_behind,
+                    pressure,
+                    clocks,
+                ))
+            }),
         })
     }
 
@@ -131,7 +142,10 @@ impl QueryPool {
     /// Runs `work` on the pool and waits for it until `deadline`; refuses at once when
     /// the pool is full. The work is aborted at the deadline, and when the returned
     /// future is dropped (the client went away).
-    pub async fn run<F, T>(&self, deadline: Duration, work: F) -> Result<T, PoolError>
+    ///
+    /// With the result comes the query's [`Slot`]: the pool counts the query as running
+    /// until the caller drops it, so that answers being sent count against the limit too.
+    pub async fn run<F, T>(&self, deadline: Duration, work: F) -> Result<(T, Slot), PoolError>
     where
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
@@ -149,8 +163,8 @@ impl QueryPool {
             pause: None,
         };
         let handle = runtime.spawn(async move {
-            let _permit = permit;
-            work.await
+            let value = work.await;
+            (value, Slot(permit))
         });
         let mut guard = AbortOnDrop(Some(handle.abort_handle()));
         match tokio::time::timeout(deadline, handle).await {
@@ -169,6 +183,10 @@ impl QueryPool {
         }
     }
 }
+
+/// A query's place in the pool (see [`QueryPool::run`]).
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl Drop for QueryPool {
     fn drop(&mut self) {
@@ -190,11 +208,84 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The CPU clocks of the pool's threads, each with its reading at the last charge.
+///
+/// The budget charges the CPU of every pool thread, not only of the task that polls: a
+/// query's DataFusion operators may run in tasks of their own (a `UNION ALL`'s inputs,
+/// `EXPLAIN ANALYZE`), and their CPU counts the same.
+#[derive(Default)]
+struct ThreadClocks {
+    threads: Mutex<Vec<(std::thread::ThreadId, ClockId, u64)>>,
+}
+
+#[cfg(target_os = "linux")]
+type ClockId = libc::clockid_t;
+#[cfg(not(target_os = "linux"))]
+type ClockId = ();
+
+impl ThreadClocks {
+    fn add_current(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: asks for the calling thread's own CPU clock id.
+            if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+                let now = read_clock(clock);
+                self.threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((std::thread::current().id(), clock, now));
+            }
+        }
+    }
+
+    fn remove_current(&self) {
+        let id = std::thread::current().id();
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(thread, _, _)| *thread != id);
+    }
+
+    /// CPU used by the pool's threads since the last call, in ns.
+    fn used_since_last(&self) -> u64 {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = 0u64;
+        for (_, clock, last) in threads.iter_mut() {
+            let now = read_clock(*clock);
+            used = used.saturating_add(now.saturating_sub(*last));
+            *last = now;
+        }
+        used
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn read_clock(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes only the timespec we own; the clock is a pool thread's, which lives
+    // until it is removed from the list (on_thread_stop) under the same lock.
+    if unsafe { libc::clock_gettime(clock, &mut now) } == 0 {
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    } else {
+        0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_clock(_clock: ClockId) -> u64 {
+    0
+}
+
 /// The pool's CPU budget while under pressure: a token bucket of CPU nanoseconds, filled
-/// at `share` cores, shared by every query.
+/// at `share` cores, drawn by every pool thread's CPU.
 struct CpuLimiter {
     share: f64,
     pressure: Pressure,
+    clocks: Arc<ThreadClocks>,
     bucket: Mutex<Bucket>,
     paused_ns: AtomicU64,
 }
@@ -204,16 +295,17 @@ struct Bucket {
     filled: Instant,
 }
 
-/// CPU a query may use in one go under pressure before it pauses.
+/// CPU the pool may use in one go under pressure before its queries pause.
 const BURST_NS: f64 = 5e6;
 /// Longest single pause (the budget is checked again after it).
 const MAX_PAUSE: Duration = Duration::from_millis(200);
 
 impl CpuLimiter {
-    fn new(share: f64, pressure: Pressure) -> Self {
+    fn new(share: f64, pressure: Pressure, clocks: Arc<ThreadClocks>) -> Self {
         Self {
             share: share.max(0.001),
             pressure,
+            clocks,
             bucket: Mutex::new(Bucket {
                 tokens_ns: BURST_NS,
                 filled: Instant::now(),
@@ -222,8 +314,10 @@ impl CpuLimiter {
         }
     }
 
-    /// Books `cpu_ns` of query work; returns how long to pause, if the budget is spent.
-    fn charge(&self, cpu_ns: u64) -> Option<Duration> {
+    /// Books the pool's CPU since the last charge; returns how long the calling query
+    /// should pause, if the budget is spent.
+    fn charge(&self) -> Option<Duration> {
+        let used = self.clocks.used_since_last();
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if !(self.pressure)() {
@@ -233,7 +327,7 @@ impl CpuLimiter {
         }
         let elapsed = now.duration_since(bucket.filled).as_nanos() as f64;
         bucket.filled = now;
-        bucket.tokens_ns = (bucket.tokens_ns + elapsed * self.share).min(BURST_NS) - cpu_ns as f64;
+        bucket.tokens_ns = (bucket.tokens_ns + elapsed * self.share).min(BURST_NS) - used as f64;
         if bucket.tokens_ns >= 0.0 {
             return None;
         }
@@ -243,9 +337,10 @@ impl CpuLimiter {
     }
 }
 
-/// A query's future, charged for the CPU each poll takes. Every DataFusion operator of an
-/// ad-hoc query is cooperative and the session has one partition (see `sql`), so the work
-/// runs in this future's polls, and a poll ends at least every 128 batches.
+/// A query's future, which pauses between polls while the pool is over its budget. Every
+/// DataFusion operator of an ad-hoc query is cooperative (see `sql`), so a poll ends at
+/// least every 128 batches; tasks a query spawns stop once the paused query no longer
+/// drains their bounded buffers.
 struct Throttled<F> {
     inner: Pin<Box<F>>,
     limiter: Option<Arc<CpuLimiter>>,
@@ -260,13 +355,10 @@ impl<F: Future> Future for Throttled<F> {
             std::task::ready!(pause.as_mut().poll(cx));
             self.pause = None;
         }
-        let Some(limiter) = self.limiter.clone() else {
-            return self.inner.as_mut().poll(cx);
-        };
-        let started = thread_cpu_ns();
         let output = self.inner.as_mut().poll(cx);
         if output.is_pending()
-            && let Some(pause) = limiter.charge(thread_cpu_ns().saturating_sub(started))
+            && let Some(limiter) = &self.limiter
+            && let Some(pause) = limiter.charge()
         {
             let mut sleep = Box::pin(tokio::time::sleep(pause));
             // Registers the timer; the task wakes when the pause is over.
@@ -275,22 +367,6 @@ impl<F: Future> Future for Throttled<F> {
         }
         output
     }
-}
-
-/// CPU time of the calling thread, in ns.
-fn thread_cpu_ns() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: writes only the timespec we own.
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0 {
-            return now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
-        }
-    }
-    0
 }
 
 /// Lowers the calling thread's CPU priority. On Linux the nice value belongs to the
@@ -359,6 +435,28 @@ mod tests {
         let slowed = started.elapsed();
         assert!(slowed >= Duration::from_millis(300), "{slowed:?}");
         assert!(pool.throttled() >= Duration::from_millis(200));
+        // Work in a task the query spawned (as DataFusion does for a UNION ALL's inputs)
+        // is charged too: the query pauses, and its producer stops on a full buffer.
+        let started = Instant::now();
+        pool.run(Duration::from_secs(10), async {
+            let (send, mut receive) = tokio::sync::mpsc::channel::<()>(1);
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    burn(Duration::from_millis(1)).await;
+                    if send.send(()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while receive.recv().await.is_some() {}
+        })
+        .await
+        .expect("runs");
+        let slowed = started.elapsed();
+        assert!(
+            slowed >= Duration::from_millis(300),
+            "spawned work: {slowed:?}"
+        );
         // Without pressure, full speed.
         behind.store(false, Relaxed);
         let started = Instant::now();
@@ -400,14 +498,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(freed, "the cancelled query still holds its slot");
-        let answer = pool.run(Duration::from_secs(5), async { 41 + 1 }).await;
-        assert_eq!(answer.expect("runs"), 42);
+        let (answer, slot) = pool
+            .run(Duration::from_secs(5), async { 41 + 1 })
+            .await
+            .expect("runs");
+        assert_eq!(answer, 42);
+        // The slot is held until the answer is dropped (sent).
+        assert_eq!(pool.running(), 1);
+        drop(slot);
+        assert_eq!(pool.running(), 0);
     }
 
     #[tokio::test]
     async fn a_panicking_query_is_an_error_not_a_crash() {
         let pool = pool(2);
-        let result: Result<(), _> = pool
+        let result: Result<((), Slot), _> = pool
             .run(Duration::from_secs(5), async { panic!("boom") })
             .await;
         assert!(matches!(result, Err(PoolError::Panicked(_))), "{result:?}");

@@ -199,8 +199,7 @@ pub async fn score(
             });
         }
         state
-            .store
-            .cache_put(&fresh, state.config.cache_ttl_secs)
+            .store_call(state.store.cache_put(&fresh, state.config.cache_ttl_secs))
             .await?;
     }
     state.counters.cache_hits.fetch_add(hits, Relaxed);

@@ -207,10 +207,10 @@ async fn heavy_queries_do_not_starve_health_or_lookups_and_stop_at_their_deadlin
         "healthz p99 {p99:?} under four heavy queries"
     );
 
-    // Each heavy query is cancelled at its deadline with a 408.
+    // Each heavy query is cancelled at its deadline with a 504.
     for query in queries {
         let (status, _, body) = query.await.expect("query task");
-        assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
     }
     // And its CPU is free within a second.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -225,4 +225,47 @@ async fn heavy_queries_do_not_starve_health_or_lookups_and_stop_at_their_deadlin
     let (status, _, body) =
         request(address, &post("/v1/sql", r#"{"sql": "SELECT 1 AS one"}"#)).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_nobody_reads_holds_its_slot_only_until_the_write_timeout() {
+    let support::Api { state, .. } = support::api(ApiConfig {
+        pool: PoolConfig {
+            max_concurrent: 1,
+            thread_name: "sql-unread".to_string(),
+            ..PoolConfig::default()
+        },
+        connections: ConnectionLimits {
+            write_timeout: Duration::from_secs(1),
+            ..ConnectionLimits::default()
+        },
+        ..ApiConfig::default()
+    })
+    .await;
+    let address = serve(state).await;
+    // About 20 MB of answer, more than the socket buffers take: the client never reads.
+    let big = json!({"sql": "SELECT repeat('x', 1000) AS pad FROM generate_series(1, 20000)"});
+    let mut reader_that_never_reads = TcpStream::connect(address).await.expect("connect");
+    reader_that_never_reads
+        .write_all(post("/v1/sql", &big.to_string()).as_bytes())
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its answer still holds the only slot.
+    let (status, _, _) = request(address, &post("/v1/sql", r#"{"sql": "SELECT 1"}"#)).await;
+    assert_eq!(status, 429);
+    // Past the write timeout the connection is cut and the slot freed.
+    let started = Instant::now();
+    loop {
+        let (status, _, _) = request(address, &post("/v1/sql", r#"{"sql": "SELECT 1"}"#)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slot was not freed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(reader_that_never_reads);
 }

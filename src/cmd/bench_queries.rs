@@ -110,7 +110,7 @@ fn keep_querying(
             .header("content-type", "application/json")
             .send(body.as_str())
         {
-            Ok(response) if response.status().as_u16() == 408 => {
+            Ok(response) if response.status().as_u16() == 504 => {
                 cancelled.fetch_add(1, Relaxed);
             }
             Ok(_) => {}

@@ -9,7 +9,9 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::Statement;
-use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, Query, SetExpr, TableFactor, Visit, Visitor,
+};
 
 /// Why a query's text was refused before planning.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +25,14 @@ pub enum GuardError {
     TooDeep { limit: usize },
     #[error("the query chains more than {limit} set operations (UNION / INTERSECT / EXCEPT)")]
     TooManySetOperations { limit: usize },
+    #[error(
+        "the query reads more than {limit} tables or subqueries (FROM lists and JOINs); the planner nests one level per relation"
+    )]
+    TooManyRelations { limit: usize },
+    #[error(
+        "the query has more than {limit} string concatenations (||); each copies its operands: use concat(…) once"
+    )]
+    TooManyConcatenations { limit: usize },
     #[error("only queries (SELECT, WITH, VALUES, EXPLAIN) are allowed here")]
     NotAQuery,
 }
@@ -36,6 +46,10 @@ pub struct Limits {
     pub max_depth: usize,
     /// Set operations in one query body.
     pub max_set_operations: usize,
+    /// Tables, subqueries and table functions in the whole query.
+    pub max_relations: usize,
+    /// `||` operators in the whole query.
+    pub max_concatenations: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +58,8 @@ impl Default for Limits {
             max_text_bytes: 256 * 1024,
             max_depth: 1_000,
             max_set_operations: 1_000,
+            max_relations: 256,
+            max_concatenations: 16,
         }
     }
 }
@@ -72,6 +88,8 @@ pub fn check_statement(statement: &Statement, limits: &Limits) -> Result<(), Gua
     };
     let mut depth = Depth {
         current: 0,
+        relations: 0,
+        concatenations: 0,
         limits: *limits,
     };
     match inner.visit(&mut depth) {
@@ -84,6 +102,8 @@ pub fn check_statement(statement: &Statement, limits: &Limits) -> Result<(), Gua
 /// so the walk itself never recurses deeper than the limit.
 struct Depth {
     current: usize,
+    relations: usize,
+    concatenations: usize,
     limits: Limits,
 }
 
@@ -110,7 +130,32 @@ impl Visitor for Depth {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<GuardError> {
+    fn pre_visit_table_factor(&mut self, _factor: &TableFactor) -> ControlFlow<GuardError> {
+        // `FROM a, b, c, …` and JOIN chains are flat here but one plan level each.
+        self.relations += 1;
+        if self.relations > self.limits.max_relations {
+            return ControlFlow::Break(GuardError::TooManyRelations {
+                limit: self.limits.max_relations,
+            });
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<GuardError> {
+        // `||` is an operator, not a function the bounded wrappers can see (see
+        // `bounded`): each copies its operands, so their number is limited here.
+        if let Expr::BinaryOp {
+            op: BinaryOperator::StringConcat,
+            ..
+        } = expr
+        {
+            self.concatenations += 1;
+            if self.concatenations > self.limits.max_concatenations {
+                return ControlFlow::Break(GuardError::TooManyConcatenations {
+                    limit: self.limits.max_concatenations,
+                });
+            }
+        }
         self.current += 1;
         if self.current > self.limits.max_depth {
             return ControlFlow::Break(GuardError::TooDeep {
@@ -197,6 +242,33 @@ mod tests {
             check_statement(&parse(&unions), &limits),
             Err(GuardError::TooManySetOperations { .. })
         ));
+    }
+
+    #[test]
+    fn relation_lists_and_concatenation_chains_are_bounded() {
+        let limits = Limits::default();
+        let tables = (0..300).map(|i| format!("scored t{i}")).collect::<Vec<_>>();
+        let sql = format!("SELECT count(*) FROM {}", tables.join(", "));
+        assert_eq!(
+            on_big_stack(move || check_statement(&parse(&sql), &Limits::default())),
+            Err(GuardError::TooManyRelations {
+                limit: limits.max_relations
+            })
+        );
+        let joins = (0..300)
+            .map(|i| format!("JOIN scored t{i} USING (trans_num)"))
+            .collect::<Vec<_>>();
+        let sql = format!("SELECT count(*) FROM scored {}", joins.join(" "));
+        assert!(matches!(
+            on_big_stack(move || check_statement(&parse(&sql), &Limits::default())),
+            Err(GuardError::TooManyRelations { .. })
+        ));
+        let sql = chain(100, " || ");
+        assert!(matches!(
+            on_big_stack(move || check_statement(&parse(&sql), &Limits::default())),
+            Err(GuardError::TooManyConcatenations { .. })
+        ));
+        check_statement(&parse("SELECT 'a' || 'b' || 'c'"), &limits).expect("a few");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
@@ -56,7 +56,8 @@ async fn session(state: &ApiState) -> Result<SessionContext, ApiError> {
         memory_limit: Some(state.config.sql_memory_bytes),
     };
     let ctx = new_session(Some(state.model.clone()), options)?;
-    bounded::install(&ctx).map_err(|e| ApiError::internal(e.to_string()))?;
+    bounded::install(&ctx, bounded::MAX_CALL_BYTES)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let live = state
         .live
         .as_ref()
@@ -104,11 +105,12 @@ pub struct Answer {
 ///
 /// The query runs on the query pool (see [`crate::pool`]): its own threads at low
 /// priority, a bounded number at once (429 with `Retry-After` past it), cancelled at the
-/// deadline (408). The text is limited in length and the syntax tree in depth before
+/// deadline (504). The text is limited in length and the syntax tree in depth before
 /// planning; the result in rows and in bytes.
 #[utoipa::path(post, path = "/v1/sql", request_body = SqlRequest,
     responses((status = 200, body = SqlResponse), (status = 400, body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody), (status = 408, body = crate::error::ErrorBody),
+              (status = 504, body = crate::error::ErrorBody),
               (status = 413, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn query(
@@ -133,7 +135,7 @@ pub async fn query(
     state.counters.sql_queries.fetch_add(1, Relaxed);
     let deadline = state.config.sql_timeout;
     let work_state = state.clone();
-    let answer = state
+    let (answer, slot) = state
         .queries
         .run(deadline, async move {
             run(&work_state, &request.sql, format, max_rows).await
@@ -141,23 +143,62 @@ pub async fn query(
         .await
         .map_err(|error| match error {
             PoolError::Busy { .. } => ApiError::too_many_requests(error.to_string(), 1),
-            PoolError::Deadline(_) => ApiError::timeout(format!(
+            PoolError::Deadline(_) => ApiError::deadline(format!(
                 "the query ran longer than {} s and was cancelled",
                 deadline.as_secs_f64()
             )),
             PoolError::Panicked(message) => ApiError::internal(message),
-        })??;
-    let mut response = (
-        [(CONTENT_TYPE, answer.format.content_type())],
-        Body::from(answer.bytes),
-    )
-        .into_response();
+        })?;
+    let answer = answer?;
+    // The query keeps its slot in the pool until its answer is sent (or the connection
+    // fails its write timeout): slow readers cannot pile up answers in memory.
+    let body = Body::new(HeldBody {
+        bytes: Bytes::from(answer.bytes),
+        _slot: slot,
+    });
+    let mut response = ([(CONTENT_TYPE, answer.format.content_type())], body).into_response();
     if answer.truncated {
         response
             .headers_mut()
             .insert("x-risksense-truncated", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// An answer's bytes, holding the query's pool slot until the body is done. Given to
+/// hyper in chunks: hyper asks for the next one only as the socket takes the previous
+/// ones, so the slot is held until (nearly) all of the answer was sent.
+struct HeldBody {
+    bytes: Bytes,
+    _slot: crate::pool::Slot,
+}
+
+/// Bytes per frame of an answer.
+const FRAME_BYTES: usize = 64 * 1024;
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.bytes.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.bytes.len().min(FRAME_BYTES);
+        let chunk = self.bytes.split_to(take);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.len() as u64)
+    }
 }
 
 /// Parses, checks, plans and runs one query, on the query pool.

@@ -119,8 +119,39 @@ struct CardRows {
     sites: Vec<Vec<Entry>>,
     /// Recent rows, in arrival order (see [`Seen`]).
     seen: Vec<Seen>,
+    /// `seen` by hash: the first row id with it. A lookup per incoming row must not scan
+    /// the card's day of rows (a producer flooding one card would make it quadratic).
+    seen_index: HashMap<u64, i64>,
     latest_secs: i64,
 }
+
+impl CardRows {
+    fn push_seen(&mut self, seen: Seen) {
+        self.seen_index.entry(seen.hash).or_insert(seen.row_id);
+        self.seen.push(seen);
+    }
+
+    /// Keeps the rows `keep` accepts and at most [`SEEN_MAX_ROWS`] (the newest); the index
+    /// follows.
+    fn retain_seen(&mut self, mut keep: impl FnMut(usize, &Seen) -> bool) {
+        let over = self.seen.len().saturating_sub(SEEN_MAX_ROWS);
+        let mut i = 0;
+        let index = &mut self.seen_index;
+        self.seen.retain(|s| {
+            let position = i;
+            i += 1;
+            let kept = position >= over && keep(position, s);
+            if !kept && index.get(&s.hash) == Some(&s.row_id) {
+                index.remove(&s.hash);
+            }
+            kept
+        });
+    }
+}
+
+/// The most rows a card remembers for recognising repeats, whatever its last day holds: a
+/// card with more in 24 h is a flood, and its oldest rows are forgotten first.
+const SEEN_MAX_ROWS: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct PartitionHistory {
@@ -221,8 +252,7 @@ impl CardHistory {
                 partitions
                     .values()
                     .find_map(|p| p.cards.get(&card))
-                    .and_then(|rows| rows.seen.iter().find(|s| s.hash == hash))
-                    .map(|s| s.row_id)
+                    .and_then(|rows| rows.seen_index.get(&hash).copied())
             })
             .collect()
     }
@@ -237,7 +267,7 @@ impl CardHistory {
             let card_rows = history.cards.entry(card).or_default();
             card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
             history.latest_secs = history.latest_secs.max(seen.secs);
-            card_rows.seen.push(seen);
+            card_rows.push_seen(seen);
             if touched.last() != Some(&(partition, card)) {
                 touched.push((partition, card));
             }
@@ -249,11 +279,7 @@ impl CardHistory {
             {
                 let cutoff = rows.latest_secs - WINDOW_SECS;
                 let keep_from = rows.seen.len().saturating_sub(SEEN_KEEP_ROWS);
-                let mut i = 0;
-                rows.seen.retain(|s| {
-                    i += 1;
-                    i > keep_from || s.secs >= cutoff
-                });
+                rows.retain_seen(|position, s| position >= keep_from || s.secs >= cutoff);
             }
         }
     }
@@ -377,7 +403,7 @@ impl CardHistory {
                             return Err(HistoryError::Schema);
                         }
                         let rows = history.cards.entry(card).or_default();
-                        rows.seen.push(Seen {
+                        rows.push_seen(Seen {
                             hash: hashes.value(i),
                             row_id: row_ids.value(i),
                             secs: secs.value(i),
@@ -482,6 +508,21 @@ mod tests {
             row_id,
             secs,
         }
+    }
+
+    #[test]
+    fn a_flooded_card_remembers_its_newest_rows_only() {
+        let history = CardHistory::new();
+        // One event second, so the 24 h horizon keeps them all: the cap decides.
+        let flood = SEEN_MAX_ROWS as i64 + 500;
+        history.remember((0..flood).map(|i| (0, 7, seen(&format!("f{i}"), i, 1_000))));
+        let found = history.first_seen(&[
+            (7, trans_num_hash("f0")),
+            (7, trans_num_hash("f499")),
+            (7, trans_num_hash("f500")),
+            (7, trans_num_hash(&format!("f{}", flood - 1))),
+        ]);
+        assert_eq!(found, vec![None, None, Some(500), Some(flood - 1)]);
     }
 
     #[test]
