@@ -221,7 +221,8 @@ mod tests {
     #[test]
     fn deep_chains_are_refused_before_planning() {
         let limits = Limits::default();
-        for op in ["+", " AND ", " OR ", " || "] {
+        // (`||` chains meet their own, lower limit: see the next test.)
+        for op in ["+", " AND ", " OR "] {
             let deep = on_big_stack(move || {
                 let statement = parse(&chain(100_000, op));
                 check_statement(&statement, &Limits::default())
