@@ -402,6 +402,16 @@ mod tests {
         .expect("pool")
     }
 
+    async fn idle_within_a_second(pool: &QueryPool) -> bool {
+        for _ in 0..100 {
+            if pool.running() == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// Burns CPU in slices of ~1 ms, yielding between them as DataFusion's streams do.
     async fn burn(total: Duration) {
         for _ in 0..total.as_millis() {
@@ -489,15 +499,10 @@ mod tests {
         assert!(matches!(second, Err(PoolError::Busy { .. })), "{second:?}");
         assert_eq!(pool.refused.load(Relaxed), 1);
         // The aborted task gives its permit back.
-        let mut freed = false;
-        for _ in 0..100 {
-            if pool.running() == 0 {
-                freed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(freed, "the cancelled query still holds its slot");
+        assert!(
+            idle_within_a_second(&pool).await,
+            "the cancelled query still holds its slot"
+        );
         let (answer, slot) = pool
             .run(Duration::from_secs(5), async { 41 + 1 })
             .await
@@ -529,14 +534,9 @@ mod tests {
         let request = pool.run(Duration::from_secs(60), spin);
         // The client goes away after 50 ms.
         let _ = tokio::time::timeout(Duration::from_millis(50), request).await;
-        let mut freed = false;
-        for _ in 0..100 {
-            if pool.running() == 0 {
-                freed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(freed, "the abandoned query still runs");
+        assert!(
+            idle_within_a_second(&pool).await,
+            "the abandoned query still runs"
+        );
     }
 }

@@ -12,9 +12,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use risksense_api::{ApiConfig, ApiState, router};
-use risksense_store::{ResultStore, Retention, ScoredTransaction};
+use risksense_store::ScoredTransaction;
 use serde_json::{Value, json};
-use support::{Api, api, fixture, model};
+use support::{Api, api, fixture};
 use tower::ServiceExt;
 
 async fn call(state: &Arc<ApiState>, request: Request<Body>) -> (StatusCode, Vec<u8>, String) {
@@ -444,34 +444,7 @@ async fn tokens_health_and_the_openapi_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_went_away_is_a_503_not_a_500() {
-    let _ = common::redis_url();
-    let port = 21_000 + (std::process::id() % 20_000) as u16;
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server runs");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let store = ResultStore::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
-        .await
-        .expect("redis");
-    let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
-        .await
-        .expect("state");
+    let (mut redis, state) = support::private_redis_api(21_000).await;
     let (status, _) = get(&state, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     let _ = redis.kill();
@@ -735,34 +708,7 @@ async fn deep_and_wide_queries_cannot_crash_or_bloat_the_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_store_fails_readiness_and_lookups_fast() {
-    let _ = common::redis_url();
-    let port = 41_000 + (std::process::id() % 20_000) as u16;
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server runs");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let store = ResultStore::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
-        .await
-        .expect("redis");
-    let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
-        .await
-        .expect("state");
+    let (mut redis, state) = support::private_redis_api(41_000).await;
     let (status, _) = get(&state, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     // Frozen, not gone: the connection stays open and nothing answers.

@@ -103,6 +103,21 @@ pub fn transaction_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+static NULLABLE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields: Vec<Field> = SCHEMA
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(Schema::new(fields))
+});
+
+/// The transaction schema with every column nullable: a batch as read from a file, before
+/// its rows are checked (a null is a bad row, not a bad file).
+pub fn nullable_transaction_schema() -> SchemaRef {
+    NULLABLE.clone()
+}
+
 /// Column names in file order.
 pub fn column_names() -> Vec<&'static str> {
     vec![

@@ -5,11 +5,11 @@
 //! which answers true or fails the query with the first bad row and its reason, as the CSV
 //! and Parquet readers do without `--skip-bad`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::{
@@ -57,17 +57,6 @@ pub fn udf() -> ScalarUDF {
         signature: Signature::variadic_any(Volatility::Immutable),
     })
 }
-
-/// The transaction schema with every column nullable (a null is a bad row, found by the
-/// row check, not a failed batch).
-static NULLABLE: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields: Vec<_> = transaction_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(Schema::new(fields))
-});
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ValidTransaction {
@@ -127,7 +116,7 @@ impl ScalarUDFImpl for ValidTransaction {
             }
             columns[column] = cast(&array, want)?;
         }
-        let batch = RecordBatch::try_new(NULLABLE.clone(), columns)?;
+        let batch = RecordBatch::try_new(crate::schema::nullable_transaction_schema(), columns)?;
         let problems = invalid_rows(&batch)
             .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
         if let Some((row, error)) = problems.first() {

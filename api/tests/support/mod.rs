@@ -74,3 +74,37 @@ pub async fn api(config: ApiConfig) -> Api {
     .expect("state");
     Api { state, rows }
 }
+
+/// A `redis-server` of the test's own (so it can be killed or frozen) on a port from
+/// `port_base`, and an API over it with no stream.
+pub async fn private_redis_api(port_base: u16) -> (std::process::Child, Arc<ApiState>) {
+    let _ = common::redis_url();
+    let port = port_base + (std::process::id() % 20_000) as u16;
+    let redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server runs");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = ResultStore::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
+        .await
+        .expect("redis");
+    let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
+        .await
+        .expect("state");
+    (redis, state)
+}

@@ -3,11 +3,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
 
 use arrow::array::AsArray;
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -36,17 +35,6 @@ pub struct ParquetTransactionReader {
     rows_skipped: u64,
     first_skipped: Option<String>,
 }
-
-/// The transaction schema with every column nullable: a file's batch as cast, before its
-/// rows are checked (a null is a bad row, not a bad file).
-static NULLABLE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields: Vec<_> = transaction_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(Schema::new(fields))
-});
 
 impl ParquetTransactionReader {
     pub fn open(path: &Path, batch_size: usize, skip_bad: bool) -> Result<Self, EngineError> {
@@ -136,7 +124,7 @@ impl ParquetTransactionReader {
             columns.push(cast(column, field.data_type())?);
         }
         Ok((
-            RecordBatch::try_new(NULLABLE_SCHEMA.clone(), columns)?,
+            RecordBatch::try_new(crate::schema::nullable_transaction_schema(), columns)?,
             problems,
         ))
     }

@@ -153,6 +153,9 @@ pub fn drop_repeats(
     let mut repeats: Vec<(usize, i64)> = Vec::new();
     for (row, key) in keys.iter().enumerate() {
         let first = match remembered.get(row).copied().flatten() {
+            // The same message read again (a replay of its offset) is not a repeat of
+            // itself.
+            Some(first) if first == ids.value(row) => None,
             Some(first) => Some(first),
             None => match in_batch.entry(*key) {
                 Entry::Occupied(entry) => Some(*entry.get()),
@@ -499,6 +502,12 @@ mod tests {
         let decoded = decode(&messages[..2]).expect("decode");
         let kept = drop_repeats(decoded, |keys| vec![None; keys.len()]).expect("dedup");
         assert_eq!(kept.message_of_row, vec![0, 1]);
+        assert!(kept.rejected.is_empty());
+        // A message read again at its own offset (a replay) is not a repeat of itself.
+        let decoded = decode(&messages[..1]).expect("decode");
+        let kept =
+            drop_repeats(decoded, |keys| vec![Some(row_id(0, 10)); keys.len()]).expect("dedup");
+        assert_eq!(kept.message_of_row, vec![0]);
         assert!(kept.rejected.is_empty());
     }
 
