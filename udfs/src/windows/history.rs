@@ -56,6 +56,27 @@ pub fn trans_num_hash(trans_num: &str) -> u64 {
     hash
 }
 
+/// A site's name without the column positions DataFusion prints (`amt@6` → `amt`).
+///
+/// A site is named by its function and argument expressions. The positions follow the
+/// columns before them in features.sql, so adding a column there renamed every site, and a
+/// restored checkpoint no longer matched any: every card's history was silently dropped.
+/// Names by column name survive such a change.
+pub fn stable_site_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '@' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The site name under which a checkpoint stores [`Seen`] rows (no window's name starts
 /// with `#`).
 const SEEN_SITE: &str = "#seen";
@@ -185,13 +206,13 @@ impl CardHistory {
         if let Some(id) = self.sites.read().by_hash.get(&hash) {
             return *id;
         }
-        let name = format!(
+        let name = stable_site_name(&format!(
             "{function}({})",
             args.iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
         let mut sites = self.sites.write();
         let id = sites.id(&name);
         sites.by_hash.insert(hash, id);
@@ -412,7 +433,9 @@ impl CardHistory {
                         history.latest_secs = history.latest_secs.max(secs.value(i));
                         continue;
                     }
-                    let site = sites.id(names.value(i)) as usize;
+                    // Checkpoints written before site names were stable carry column
+                    // positions: the same normalisation maps them onto today's sites.
+                    let site = sites.id(&stable_site_name(names.value(i))) as usize;
                     let entry = Entry {
                         secs: secs.value(i),
                         value: values.is_valid(i).then(|| values.value(i)),
@@ -508,6 +531,90 @@ mod tests {
             row_id,
             secs,
         }
+    }
+
+    #[test]
+    fn site_names_leave_column_positions_out() {
+        assert_eq!(
+            stable_site_name("rolling_sum_24h(cc_num@2, event_secs@13, is_night@14 * amt@6)"),
+            "rolling_sum_24h(cc_num, event_secs, is_night * amt)"
+        );
+        assert_eq!(stable_site_name("f(a@b, x@)"), "f(a@b, x@)");
+    }
+
+    /// Scores one batch of `table` through `rolling_sum_24h` with `history`; the sums.
+    async fn sums(history: &Arc<CardHistory>, table: RecordBatch) -> Vec<f64> {
+        use datafusion::datasource::MemTable;
+        use datafusion::logical_expr::WindowUDF;
+        use datafusion::prelude::SessionContext;
+        let ctx = SessionContext::new();
+        for window in crate::windows::CardWindow::all_with_history(history) {
+            ctx.register_udwf(WindowUDF::new_from_impl(window));
+        }
+        // Every column is selected, so the extra one keeps its place in the plan.
+        let columns: Vec<String> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let provider = MemTable::try_new(table.schema(), vec![vec![table]]).expect("table");
+        ctx.register_table("tx", Arc::new(provider))
+            .expect("register");
+        let batches = ctx
+            .sql(&format!(
+                "SELECT {}, rolling_sum_24h(cc_num, t, amt) OVER (PARTITION BY cc_num ORDER BY t) AS s FROM tx ORDER BY t",
+                columns.join(", ")
+            ))
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        history.commit_staged(|_| Some(0)).expect("commit");
+        batches
+            .iter()
+            .flat_map(|b| {
+                let sums = b.column(b.num_columns() - 1);
+                sums.as_primitive::<Float64Type>().values().to_vec()
+            })
+            .collect()
+    }
+
+    fn table(extra_first: bool, t: &[i64], amt: &[f64]) -> RecordBatch {
+        let mut fields = vec![
+            Field::new("cc_num", DataType::Int64, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("amt", DataType::Float64, false),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![7; t.len()])),
+            Arc::new(Int64Array::from(t.to_vec())),
+            Arc::new(Float64Array::from(amt.to_vec())),
+        ];
+        if extra_first {
+            fields.insert(0, Field::new("merchant_risk", DataType::Float64, false));
+            columns.insert(0, Arc::new(Float64Array::from(vec![0.5; t.len()])));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch")
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_keeps_every_card_after_a_column_is_added_before_the_windows() {
+        let history = CardHistory::new();
+        assert_eq!(
+            sums(&history, table(false, &[0, 100], &[10.0, 20.0])).await,
+            vec![10.0, 30.0]
+        );
+        let checkpoint = history.to_ipc(0).expect("checkpoint");
+        // A new release: a column added first, every column position shifted by one.
+        let restored = CardHistory::new();
+        restored.restore(0, &checkpoint).expect("restore");
+        assert_eq!(
+            sums(&restored, table(true, &[200], &[5.0])).await,
+            vec![35.0],
+            "the card's history was lost"
+        );
     }
 
     #[test]
