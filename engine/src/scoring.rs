@@ -332,75 +332,53 @@ pub fn expand_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
     Ok(files)
 }
 
-/// Minimal glob: a directory prefix, then `**` (any depth) and/or `*` in the file name.
+/// Files matching a glob (`*`, `?`, `[…]`, `{a,b}` within a path segment, `**` across
+/// segments), walked from the pattern's literal directory prefix.
 fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, EngineError> {
-    let root: PathBuf = pattern
-        .split('/')
-        .take_while(|part| !part.contains('*'))
-        .collect::<Vec<_>>()
-        .join("/")
-        .into();
-    let root = if root.as_os_str().is_empty() {
+    let glob = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| EngineError::InvalidArgument(format!("input glob `{pattern}`: {e}")))?
+        .compile_matcher();
+    let segments: Vec<&str> = pattern.split('/').collect();
+    let literal = segments
+        .iter()
+        .take_while(|part| !part.contains(['*', '?', '[', '{']))
+        .count();
+    let root: PathBuf = segments[..literal].join("/").into();
+    let root_is_here = root.as_os_str().is_empty();
+    let root = if root_is_here {
         PathBuf::from(".")
     } else {
         root
     };
-    let recursive = pattern.contains("**");
-    let name_pattern = pattern.rsplit('/').next().unwrap_or("*").to_string();
+    let mut walker = walkdir::WalkDir::new(&root).follow_links(true);
+    if !pattern.contains("**") {
+        // Without `**`, nothing deeper than the pattern's own segments can match.
+        walker = walker.max_depth(segments.len() - literal);
+    }
     let mut found = Vec::new();
-    walk(&root, recursive, &mut |path| {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if wildcard_match(&name_pattern, &name) && FileFormat::of(path).is_ok() {
-            found.push(path.to_path_buf());
+    for entry in walker {
+        let entry = entry.map_err(|e| EngineError::Open {
+            path: e.path().map_or_else(|| root.clone(), Path::to_path_buf),
+            source: e.into(),
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
         }
-    })?;
+        let path = entry.path();
+        // Walked from ".", paths start with "./"; the pattern does not.
+        let candidate = if root_is_here {
+            path.strip_prefix(".").unwrap_or(path)
+        } else {
+            path
+        };
+        if glob.is_match(candidate) && FileFormat::of(path).is_ok() {
+            found.push(candidate.to_path_buf());
+        }
+    }
     found.sort();
     Ok(found)
-}
-
-fn walk(dir: &Path, recursive: bool, visit: &mut dyn FnMut(&Path)) -> Result<(), EngineError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::Open {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if recursive {
-                walk(&path, recursive, visit)?;
-            }
-        } else {
-            visit(&path);
-        }
-    }
-    Ok(())
-}
-
-/// `*` matches any run of characters.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            let Some(stripped) = rest.strip_prefix(part) else {
-                return false;
-            };
-            rest = stripped;
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else if let Some(at) = rest.find(part) {
-            rest = &rest[at + part.len()..];
-        } else {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -408,11 +386,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*.parquet", "a.parquet"));
-        assert!(!wildcard_match("*.parquet", "a.csv"));
-        assert!(wildcard_match("part-*-x.csv", "part-1-x.csv"));
-        assert!(wildcard_match("exact.csv", "exact.csv"));
+    fn globs_match_in_directory_segments_and_across_them() {
+        let dir = std::env::temp_dir().join(format!("risksense-glob-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for file in [
+            "y-0.csv",
+            "2019/x-1.csv",
+            "2019/x-2.parquet",
+            "2019/notes.txt",
+            "2020/x-3.csv",
+            "2020/deep/x-4.csv",
+        ] {
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(&path, b"").expect("file");
+        }
+        let root = dir.display().to_string();
+        let names = |pattern: &str| -> Vec<String> {
+            glob_files(&format!("{root}/{pattern}"))
+                .expect("glob")
+                .iter()
+                .map(|p| {
+                    p.strip_prefix(&dir)
+                        .expect("under dir")
+                        .display()
+                        .to_string()
+                })
+                .collect()
+        };
+        // A wildcard in a directory segment (the hand-written glob ignored it).
+        assert_eq!(names("20*/x-*.csv"), vec!["2019/x-1.csv", "2020/x-3.csv"]);
+        assert_eq!(
+            names("**/x-*.csv"),
+            vec!["2019/x-1.csv", "2020/deep/x-4.csv", "2020/x-3.csv"]
+        );
+        assert_eq!(
+            names("2019/x-[12].*"),
+            vec!["2019/x-1.csv", "2019/x-2.parquet"]
+        );
+        assert_eq!(names("*.csv"), vec!["y-0.csv"]);
+        assert!(names("*/nothing-*.csv").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
