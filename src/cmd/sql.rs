@@ -87,40 +87,35 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 POST over plain TCP (the service's answers carry a Content-Length).
+/// POSTs JSON and returns the status and the body, whatever the status (an error answer
+/// carries the API's JSON error). Plain HTTP: the local engine's API has no TLS.
 fn http_post_json(
     url: &str,
     path: &str,
     body: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
-    use std::io::{Read, Write};
-    let authority = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// URLs are supported"))?
-        .trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(authority)
-        .with_context(|| format!("connecting to {authority}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .context("malformed HTTP status line")?;
-    Ok((status, response[split + 4..].to_vec()))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into();
+    let target = format!("{}{path}", url.trim_end_matches('/'));
+    let mut request = agent
+        .post(&target)
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request
+        .send(body)
+        .with_context(|| format!("POST {target}"))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .with_context(|| format!("reading the answer of {target}"))?;
+    Ok((status, bytes))
 }
