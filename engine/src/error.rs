@@ -61,3 +61,44 @@ pub enum EngineError {
         source: crate::codec::builder::FieldError,
     },
 }
+
+impl EngineError {
+    /// True when the same step may succeed if tried again: a service away, busy or still
+    /// loading (Redis unreachable, LOADING, TRYAGAIN; a broker's transport or timeout).
+    /// False when it never will: Redis refusing the command (WRONGTYPE, OOM, NOAUTH),
+    /// Kafka refusing the client or the record (authorization, size), bad data, a broken
+    /// model. The stream retries the first kind with backoff and stops on the second,
+    /// committing nothing past what the sinks hold.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Store(error) => error.is_unavailable(),
+            EngineError::Kafka(error) => kafka_retryable(error),
+            // Delivery reports count messages the broker did not acknowledge in time.
+            EngineError::Delivery { .. } => true,
+            EngineError::Io(_) => true,
+            EngineError::Sink(inner) => inner.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Kafka errors no retry can fix: the client is refused, or the record itself is.
+fn kafka_retryable(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    !matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::SaslAuthenticationFailed
+                | Code::Authentication
+                | Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidRecord
+                | Code::UnknownTopic
+                | Code::InvalidConfig
+                | Code::Fatal
+        )
+    )
+}

@@ -787,3 +787,66 @@ fn rows_trans_num(rows: &RecordBatch, row: usize) -> String {
         .value(row)
         .to_string()
 }
+
+/// A Redis that refuses the engine's writes for good (a key of the wrong type): the stream
+/// stops with the error instead of retrying forever, and checkpoints nothing past it.
+#[test]
+fn a_write_redis_refuses_for_good_stops_the_stream_instead_of_retrying_forever() {
+    let url = common::redis_url();
+    let runtime = runtime();
+    let rows = generate(5, "2019-01-01", "2019-01-15", 11);
+    let topic = common::unique_topic("wrongtype");
+    produce(&runtime, &topic, 1, &rows);
+    // Every card's list is a sorted set; make one card's a string.
+    let card = rows
+        .column(idx::CC_NUM)
+        .as_primitive::<Int64Type>()
+        .value(0);
+    let mut connection = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let key = risksense_store::layout::card(&topic, card);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a sorted set")
+        .query(&mut connection)
+        .expect("set");
+
+    let archive = scratch("wrongtype");
+    let config = config(&topic, &archive);
+    let store = redis_store(&runtime, &url, &config);
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = self::runtime();
+        let result = run_stream(
+            config,
+            model(),
+            store,
+            runtime.handle(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(StreamMetrics::default()),
+            RunOptions {
+                create_topics: true,
+                stop_when_idle: Some(Duration::from_secs(3)),
+                live: None,
+            },
+        );
+        let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let result = outcome
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the stream kept retrying a write Redis refuses for good");
+    let error = result.expect_err("a refused write is an error");
+    assert!(error.contains("WRONGTYPE"), "{error}");
+    // Nothing was checkpointed past the failed batch: the partition has no checkpoint.
+    let checkpoint =
+        risksense_store::layout::checkpoint(&topic, &format!("{topic}-group"), &topic, 0);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&checkpoint)
+        .query(&mut connection)
+        .expect("exists");
+    assert!(
+        !exists,
+        "{checkpoint} was saved past a batch the sinks do not hold"
+    );
+}

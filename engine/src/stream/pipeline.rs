@@ -763,7 +763,9 @@ impl Pipeline {
 }
 
 /// Retries `step` with backoff (100 ms doubling to 5 s) until it succeeds or the engine is
-/// asked to stop: an outage pauses the stream, it never drops data.
+/// asked to stop: an outage pauses the stream, it never drops data. An error no retry can
+/// fix ([`EngineError::is_retryable`]: WRONGTYPE, OOM, NOAUTH, a refused record) is
+/// returned at once: the stream stops with it rather than retry forever.
 async fn retry<T, F, Fut>(
     metrics: &StreamMetrics,
     shutdown: &AtomicBool,
@@ -778,6 +780,10 @@ where
     loop {
         match step().await {
             Ok(value) => return Ok(value),
+            Err(error) if !error.is_retryable() => {
+                tracing::error!(%error, "{what} failed, and no retry can fix it: stopping");
+                return Err(error);
+            }
             Err(error) => {
                 StreamMetrics::add(&metrics.sink_retries, 1);
                 tracing::warn!(%error, retry_in = ?delay, "{what} failed; retrying");
