@@ -53,6 +53,16 @@ pub enum EngineError {
     History(#[from] risksense_udfs::windows::HistoryError),
     #[error("config: {0}")]
     Config(String),
+    /// Scoring a micro-batch of validated rows failed twice: a fault of the engine, its SQL
+    /// or the model, never bad input (which validation sets aside first).
+    #[error(
+        "scoring a micro-batch of {rows} validated rows failed twice (an engine or model fault, not bad input): {source}"
+    )]
+    ScoringFault {
+        rows: usize,
+        #[source]
+        source: Box<EngineError>,
+    },
     /// A row of a file that every input path would refuse (row counted from 0).
     #[error("{path}: row {row}: {source}")]
     InvalidRow {

@@ -443,7 +443,7 @@ impl Pipeline {
         StreamMetrics::add(&self.metrics.decode_ns, started.elapsed().as_nanos() as u64);
         StreamMetrics::add(&self.metrics.messages, messages.len() as u64);
 
-        let mut dead: Vec<(usize, String)> = decoded.rejected;
+        let dead: Vec<(usize, String)> = decoded.rejected;
         let mut scored: Vec<RecordBatch> = Vec::new();
         if let Some(batch) = &decoded.batch {
             let started = Instant::now();
@@ -455,15 +455,16 @@ impl Pipeline {
             match attempt {
                 Ok(batches) => scored = batches,
                 Err(error) => {
-                    // Never crash on input: the rows go to the dead-letter topic with the
-                    // reason, and the stream goes on.
-                    tracing::error!(%error, rows = batch.num_rows(), "scoring failed; dead-lettering the batch's rows");
-                    dead.extend(
-                        decoded
-                            .message_of_row
-                            .iter()
-                            .map(|&m| (m, format!("scoring failed: {error}"))),
-                    );
+                    // The rows passed validation, so this is no bad input to dead-letter
+                    // (that advanced the offsets past rows never scored): a fault of the
+                    // engine or the model. Stop, committing nothing past what the sinks
+                    // hold; a restart resumes from the last checkpoint.
+                    self.history.discard_staged();
+                    self.poisoned = true;
+                    return Err(EngineError::ScoringFault {
+                        rows: batch.num_rows(),
+                        source: Box::new(error),
+                    });
                 }
             }
             StreamMetrics::add(&self.metrics.score_ns, started.elapsed().as_nanos() as u64);
