@@ -266,7 +266,7 @@ impl ResultStore {
         match self {
             Self::Redis(store) => store.cache_put(entries, ttl_secs).await,
             Self::Memory(store) => {
-                store.cache_put(entries);
+                store.cache_put(entries, ttl_secs);
                 Ok(())
             }
         }

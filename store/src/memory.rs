@@ -1,5 +1,5 @@
 //! The in-process store for the embedded default: Redis's layout in a mutex-guarded map,
-//! bounded by count instead of TTL.
+//! bounded by count instead of TTL, except the score cache, whose entries expire as in Redis.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -18,7 +18,8 @@ struct Inner {
     alerted: HashSet<String>,
     alerts: VecDeque<Alert>,
     checkpoints: HashMap<(String, String, i32), Checkpoint>,
-    cache: HashMap<String, String>,
+    /// Cached scores with the instant they expire (the TTL Redis would give them).
+    cache: HashMap<String, (String, std::time::Instant)>,
     cache_order: VecDeque<String>,
 }
 
@@ -154,15 +155,32 @@ impl MemoryStore {
         true
     }
 
+    /// Cached answers, None for a hash never cached or past its TTL (as Redis).
     pub fn cache_get(&self, hashes: &[String]) -> Vec<Option<String>> {
         let inner = self.lock();
-        hashes.iter().map(|h| inner.cache.get(h).cloned()).collect()
+        let now = std::time::Instant::now();
+        hashes
+            .iter()
+            .map(|h| {
+                inner
+                    .cache
+                    .get(h)
+                    .filter(|(_, expires)| *expires > now)
+                    .map(|(value, _)| value.clone())
+            })
+            .collect()
     }
 
-    pub fn cache_put(&self, entries: &[(String, String)]) {
+    /// Caches answers for `ttl_secs`, like Redis's `SET … EX`.
+    pub fn cache_put(&self, entries: &[(String, String)], ttl_secs: u64) {
         let mut inner = self.lock();
+        let expires = std::time::Instant::now() + std::time::Duration::from_secs(ttl_secs.max(1));
         for (hash, value) in entries {
-            if inner.cache.insert(hash.clone(), value.clone()).is_none() {
+            if inner
+                .cache
+                .insert(hash.clone(), (value.clone(), expires))
+                .is_none()
+            {
                 inner.cache_order.push_back(hash.clone());
             }
         }
