@@ -92,6 +92,16 @@ pub struct RawMessage {
     pub headers: Vec<(String, String)>,
 }
 
+impl RawMessage {
+    /// The value of header `name`, if the message has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Reads every message of `topic` from the beginning until `expected` arrived and then
 /// `settle` passed without more (to catch extra ones), or `timeout` passed.
 pub fn read_raw(

@@ -416,25 +416,16 @@ fn bad_messages_go_to_the_dead_letter_topic_with_their_reason_and_bytes() {
             });
         let header = |name: &str| {
             letter
-                .headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+                .header(name)
                 .unwrap_or_else(|| panic!("no {name} header"))
         };
         assert!(!header(ERROR_HEADER).is_empty());
         assert!(header(SOURCE_HEADER).starts_with(&format!("{topic}/")));
         assert_eq!(letter.key.as_deref(), Some(&b"bad"[..]));
     }
-    let reasons: Vec<String> = letters
+    let reasons: Vec<&str> = letters
         .iter()
-        .map(|l| {
-            l.headers
-                .iter()
-                .find(|(k, _)| k == ERROR_HEADER)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        })
+        .map(|l| l.header(ERROR_HEADER).unwrap_or_default())
         .collect();
     assert!(reasons.iter().any(|r| r.contains("amt")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("empty")), "{reasons:?}");
@@ -738,12 +729,7 @@ fn bad_values_and_repeats_never_reach_a_cards_state() {
             .iter()
             .find(|l| l.payload == payload.as_bytes())
             .unwrap_or_else(|| panic!("{reason}: not dead-lettered intact"));
-        let header = letter
-            .headers
-            .iter()
-            .find(|(k, _)| k == ERROR_HEADER)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default();
+        let header = letter.header(ERROR_HEADER).unwrap_or_default();
         assert!(header.contains(reason), "{header} lacks {reason}");
     }
     let duplicate = letters

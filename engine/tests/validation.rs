@@ -125,6 +125,31 @@ fn parquet_with(
     path
 }
 
+/// Sets row `row` of the Float64 column `column` to `value`.
+fn set_float(columns: &mut [ArrayRef], column: usize, row: usize, value: f64) {
+    let mut values: Vec<f64> = columns[column]
+        .as_primitive::<Float64Type>()
+        .values()
+        .to_vec();
+    values[row] = value;
+    columns[column] = Arc::new(Float64Array::from(values));
+}
+
+/// Stores `cc_num` as Float64 (as some writers do), with row `row` set to `value` if given.
+fn cards_as_floats(fields: &mut [Field], columns: &mut [ArrayRef], change: Option<(usize, f64)>) {
+    let mut cards: Vec<f64> = columns[idx::CC_NUM]
+        .as_primitive::<Int64Type>()
+        .values()
+        .iter()
+        .map(|c| *c as f64)
+        .collect();
+    if let Some((row, value)) = change {
+        cards[row] = value;
+    }
+    columns[idx::CC_NUM] = Arc::new(Float64Array::from(cards));
+    fields[idx::CC_NUM] = Field::new(col::CC_NUM, DataType::Float64, false);
+}
+
 fn read(path: &std::path::Path, skip_bad: bool) -> (Result<usize, String>, u64) {
     let mut file = TransactionFile::open(path, 8192, skip_bad).expect("open");
     let mut rows = 0;
@@ -141,27 +166,9 @@ fn read(path: &std::path::Path, skip_bad: bool) -> (Result<usize, String>, u64) 
 fn parquet_rows_are_checked_and_integers_stored_as_floats_must_be_whole() {
     // lat 999 in row 3; cc_num stored as float64, fractional in row 5; amt 1e308 in row 7.
     let path = parquet_with("bad-rows", |fields, columns| {
-        let mut lat: Vec<f64> = columns[idx::LAT]
-            .as_primitive::<Float64Type>()
-            .values()
-            .to_vec();
-        lat[3] = 999.0;
-        columns[idx::LAT] = Arc::new(Float64Array::from(lat));
-        let mut cards: Vec<f64> = columns[idx::CC_NUM]
-            .as_primitive::<Int64Type>()
-            .values()
-            .iter()
-            .map(|c| *c as f64)
-            .collect();
-        cards[5] = 3_592_534_803.5;
-        columns[idx::CC_NUM] = Arc::new(Float64Array::from(cards));
-        fields[idx::CC_NUM] = Field::new(col::CC_NUM, DataType::Float64, false);
-        let mut amt: Vec<f64> = columns[idx::AMT]
-            .as_primitive::<Float64Type>()
-            .values()
-            .to_vec();
-        amt[7] = 1e308;
-        columns[idx::AMT] = Arc::new(Float64Array::from(amt));
+        set_float(columns, idx::LAT, 3, 999.0);
+        cards_as_floats(fields, columns, Some((5, 3_592_534_803.5)));
+        set_float(columns, idx::AMT, 7, 1e308);
     });
     let (outcome, _) = read(&path, false);
     let error = outcome.expect_err("a bad row stops the read");
@@ -175,14 +182,7 @@ fn parquet_rows_are_checked_and_integers_stored_as_floats_must_be_whole() {
 
     // Whole floats are fine as integers.
     let path = parquet_with("float-cards", |fields, columns| {
-        let cards: Vec<f64> = columns[idx::CC_NUM]
-            .as_primitive::<Int64Type>()
-            .values()
-            .iter()
-            .map(|c| *c as f64)
-            .collect();
-        columns[idx::CC_NUM] = Arc::new(Float64Array::from(cards));
-        fields[idx::CC_NUM] = Field::new(col::CC_NUM, DataType::Float64, false);
+        cards_as_floats(fields, columns, None)
     });
     assert_eq!(read(&path, false).0, Ok(20));
 
@@ -409,12 +409,7 @@ async fn rescoring_parquet_applies_the_same_validation() {
     let good = parquet_with("rescore-good", |_, _| {});
     assert_eq!(rescore(&good).await, Ok(20));
     let bad = parquet_with("rescore-bad-amount", |_, columns| {
-        let mut amt: Vec<f64> = columns[idx::AMT]
-            .as_primitive::<Float64Type>()
-            .values()
-            .to_vec();
-        amt[7] = 1e308;
-        columns[idx::AMT] = Arc::new(Float64Array::from(amt));
+        set_float(columns, idx::AMT, 7, 1e308)
     });
     let error = rescore(&bad).await.expect_err("refused");
     assert!(
@@ -422,15 +417,7 @@ async fn rescoring_parquet_applies_the_same_validation() {
         "{error}"
     );
     let fractional = parquet_with("rescore-fractional-card", |fields, columns| {
-        let mut cards: Vec<f64> = columns[idx::CC_NUM]
-            .as_primitive::<Int64Type>()
-            .values()
-            .iter()
-            .map(|c| *c as f64)
-            .collect();
-        cards[2] = 12.5;
-        columns[idx::CC_NUM] = Arc::new(Float64Array::from(cards));
-        fields[idx::CC_NUM] = Field::new(col::CC_NUM, DataType::Float64, false);
+        cards_as_floats(fields, columns, Some((2, 12.5)))
     });
     let error = rescore(&fractional).await.expect_err("refused");
     assert!(error.contains("12.5 is not an integer"), "{error}");

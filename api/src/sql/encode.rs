@@ -82,7 +82,7 @@ impl Encoder {
     }
 
     /// Bytes encoded so far.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         match self.format {
             Format::Json => self.json.as_ref().map_or(0, |w| w.get_ref().len()),
             Format::Arrow => self.ipc.as_ref().map_or(0, |w| w.get_ref().len()),
@@ -90,17 +90,8 @@ impl Encoder {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn rows(&self) -> usize {
         self.rows
-    }
-
-    /// True once no more rows will be taken.
-    pub fn full(&self) -> bool {
-        self.truncated
     }
 
     /// Encodes as much of `batch` as the limits allow; returns false once full.
