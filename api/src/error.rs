@@ -135,8 +135,14 @@ impl From<risksense_store::StoreError> for ApiError {
     }
 }
 
-impl From<risksense_engine::EngineError> for ApiError {
-    fn from(error: risksense_engine::EngineError) -> Self {
+impl From<risksense_query::QueryError> for ApiError {
+    fn from(error: risksense_query::QueryError) -> Self {
+        Self::internal(error.to_string())
+    }
+}
+
+impl From<risksense_formats::FormatError> for ApiError {
+    fn from(error: risksense_formats::FormatError) -> Self {
         Self::internal(error.to_string())
     }
 }

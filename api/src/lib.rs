@@ -37,7 +37,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use risksense_engine::stream::{LiveWindow, StreamMetrics};
+use risksense_common::metrics::StreamMetrics;
+use risksense_query::LiveWindow;
 use risksense_store::ResultStore;
 use risksense_udfs::Model;
 

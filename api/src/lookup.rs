@@ -94,7 +94,7 @@ pub struct AnomalyQuery {
 }
 
 fn parse_since(text: &str) -> Result<i64, ApiError> {
-    use risksense_engine::codec::time::{parse_date, parse_timestamp_micros};
+    use risksense_common::time::{parse_date, parse_timestamp_micros};
     if let Ok(secs) = text.parse::<i64>() {
         return Ok(secs);
     }

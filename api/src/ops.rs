@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use risksense_engine::stream::StreamMetrics;
+use risksense_common::metrics::StreamMetrics;
 use serde::Serialize;
 use utoipa::OpenApi;
 

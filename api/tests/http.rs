@@ -160,7 +160,7 @@ async fn lookups_answer_from_redis_and_unknown_ids_are_404() {
 /// The fixture's first `n` rows as the JSON objects `risksense produce` sends.
 fn transactions_json(n: usize) -> String {
     let batch = fixture();
-    let encoder = risksense_engine::codec::json::JsonRowEncoder::new(&batch).expect("encoder");
+    let encoder = risksense_formats::codec::json::JsonRowEncoder::new(&batch).expect("encoder");
     let mut out = Vec::new();
     let mut items = Vec::new();
     for row in 0..n {

@@ -1,58 +1,45 @@
-//! The engine's error type.
-
-use std::path::PathBuf;
+//! The stream runtime's error type: what went wrong, with the lower layer's error kept as
+//! the source, and whether a retry can fix it.
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("line {line}: {reason}")]
-    Csv { line: u64, reason: String },
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("unsupported input {path}: {reason}")]
-    UnsupportedInput { path: PathBuf, reason: String },
-    #[error("schema mismatch: {0}")]
-    Schema(String),
-    #[error("JSON decode: {0}")]
-    Decode(String),
-    #[error("SQL: {0}")]
-    Sql(String),
-    #[error("{0}")]
-    ModelMismatch(String),
     #[error(transparent)]
-    Model(#[from] risksense_udfs::model::ModelError),
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    Format(#[from] risksense_formats::FormatError),
+    #[error(transparent)]
+    Query(#[from] risksense_query::QueryError),
+    #[error(transparent)]
+    Connector(#[from] risksense_connectors::ConnectorError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("kafka delivery failed for {failed} of {attempted} messages (first error: {first})")]
-    Delivery {
-        failed: u64,
-        attempted: u64,
-        first: String,
-    },
-    #[error(transparent)]
-    Arrow(#[from] arrow::error::ArrowError),
-    #[error(transparent)]
-    Parquet(#[from] parquet::errors::ParquetError),
-    #[error(transparent)]
-    CsvWrite(#[from] csv::Error),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
     #[error("result store: {0}")]
     Store(#[from] risksense_store::StoreError),
-    #[error("stream state: {0}")]
-    State(String),
-    /// A micro-batch's Redis or Kafka writes failed for good (shared by everyone who
-    /// waited for them).
-    #[error("writing to the sinks: {0}")]
-    Sink(std::sync::Arc<EngineError>),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
     #[error(transparent)]
     History(#[from] risksense_udfs::windows::HistoryError),
     #[error("config: {0}")]
     Config(String),
+    #[error("cannot read the config file {path}: {source}")]
+    ConfigFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The pipeline's own bookkeeping refused a step (a bug, or a stop request while a
+    /// step was being retried).
+    #[error("stream state: {0}")]
+    State(String),
+    /// A background task of the pipeline (a sink's writes, a checkpoint) panicked or was
+    /// cancelled.
+    #[error("{what} failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A micro-batch's sink writes failed for good (shared by everyone who waited for
+    /// them).
+    #[error("writing to the sinks: {0}")]
+    Sink(std::sync::Arc<EngineError>),
     /// Scoring a micro-batch of validated rows failed twice: a fault of the engine, its SQL
     /// or the model, never bad input (which validation sets aside first).
     #[error(
@@ -62,13 +49,6 @@ pub enum EngineError {
         rows: usize,
         #[source]
         source: Box<EngineError>,
-    },
-    /// A row of a file that every input path would refuse (row counted from 0).
-    #[error("{path}: row {row}: {source}")]
-    InvalidRow {
-        path: PathBuf,
-        row: u64,
-        source: crate::codec::builder::FieldError,
     },
 }
 
@@ -82,33 +62,10 @@ impl EngineError {
     pub fn is_retryable(&self) -> bool {
         match self {
             EngineError::Store(error) => error.is_unavailable(),
-            EngineError::Kafka(error) => kafka_retryable(error),
-            // Delivery reports count messages the broker did not acknowledge in time.
-            EngineError::Delivery { .. } => true,
-            EngineError::Io(_) => true,
+            EngineError::Connector(error) => error.is_retryable(),
+            EngineError::Kafka(error) => risksense_connectors::error::kafka_retryable(error),
             EngineError::Sink(inner) => inner.is_retryable(),
             _ => false,
         }
     }
-}
-
-/// Kafka errors no retry can fix: the client is refused, or the record itself is.
-fn kafka_retryable(error: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    !matches!(
-        error.rdkafka_error_code(),
-        Some(
-            Code::TopicAuthorizationFailed
-                | Code::GroupAuthorizationFailed
-                | Code::ClusterAuthorizationFailed
-                | Code::SaslAuthenticationFailed
-                | Code::Authentication
-                | Code::MessageSizeTooLarge
-                | Code::InvalidMessageSize
-                | Code::InvalidRecord
-                | Code::UnknownTopic
-                | Code::InvalidConfig
-                | Code::Fatal
-        )
-    )
 }

@@ -5,10 +5,10 @@ mod common;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
-use risksense_engine::codec::csv::{CsvTransactionReader, CsvTransactionWriter};
-use risksense_engine::codec::json::{JsonRowEncoder, JsonTransactionDecoder};
-use risksense_engine::schema::{COLUMN_COUNT, col, idx, transaction_schema};
-use risksense_engine::source::{TransactionFileWriter, read_all};
+use risksense_common::schema::{COLUMN_COUNT, col, idx, transaction_schema};
+use risksense_formats::codec::csv::{CsvTransactionReader, CsvTransactionWriter};
+use risksense_formats::codec::json::{JsonRowEncoder, JsonTransactionDecoder};
+use risksense_formats::source::{TransactionFileWriter, read_all};
 
 fn fixture() -> std::path::PathBuf {
     common::repo_root().join("data/fixtures/sparkov-2019h1-head3000.csv")

@@ -47,14 +47,14 @@ pub fn unique_topic(prefix: &str) -> String {
 
 /// All rows of `batches` as one batch.
 pub fn concat(batches: &[RecordBatch]) -> RecordBatch {
-    arrow::compute::concat_batches(&risksense_engine::schema::transaction_schema(), batches)
+    arrow::compute::concat_batches(&risksense_common::schema::transaction_schema(), batches)
         .expect("batches share the transaction schema")
 }
 
 /// Rows sorted by `row_id`, so two sets of the same rows compare equal whatever their order.
 pub fn sorted_by_row_id(batch: &RecordBatch) -> RecordBatch {
     let indices = arrow::compute::sort_to_indices(
-        batch.column(risksense_engine::schema::idx::ROW_ID),
+        batch.column(risksense_common::schema::idx::ROW_ID),
         None,
         None,
     )
@@ -173,13 +173,13 @@ pub async fn batch_scored(
     model: &std::sync::Arc<risksense_udfs::Model>,
     rows: RecordBatch,
 ) -> Vec<RecordBatch> {
-    use risksense_engine::scoring;
+    use risksense_query::scoring;
     let ctx = scoring::new_session(Some(model.clone()), scoring::SessionOptions::default())
         .expect("session");
     scoring::register_batches(
         &ctx,
         scoring::TRANSACTIONS,
-        risksense_engine::schema::transaction_schema(),
+        risksense_common::schema::transaction_schema(),
         vec![rows],
     )
     .expect("table");

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
-use risksense_engine::schema::idx;
-use risksense_engine::scoring::{self, ID_COLUMNS, SessionOptions};
+use risksense_common::schema::idx;
+use risksense_query::scoring::{self, ID_COLUMNS, SessionOptions};
 use risksense_udfs::functions::haversine_km;
 
 #[derive(Clone)]
@@ -38,7 +38,7 @@ fn reference(rows: &[Row], i: usize) -> HashMap<&'static str, f64> {
     let r = &rows[i];
     let mut f = HashMap::new();
     f.insert("log_amt", (1.0 + r.amt).ln());
-    for c in risksense_engine::schema::CATEGORIES {
+    for c in risksense_common::schema::CATEGORIES {
         let name: &'static str = Box::leak(format!("cat_{c}").into_boxed_str());
         f.insert(name, if r.category == c { 1.0 } else { 0.0 });
     }
@@ -153,7 +153,7 @@ fn rows_by_card(batch: &RecordBatch) -> HashMap<i64, Vec<Row>> {
 #[tokio::test]
 async fn sql_features_equal_a_plain_rust_reference() {
     let path = common::repo_root().join("data/fixtures/sparkov-2019h1-head3000.csv");
-    let input = common::concat(&risksense_engine::source::read_all(&path).expect("fixture"));
+    let input = common::concat(&risksense_formats::source::read_all(&path).expect("fixture"));
     let cards = rows_by_card(&input);
     let mut busiest: Vec<(&i64, &Vec<Row>)> = cards.iter().collect();
     busiest.sort_by_key(|(card, rows)| (std::cmp::Reverse(rows.len()), **card));

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use arrow::array::AsArray;
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic, read_topic};
-use risksense_engine::schema::idx;
-use risksense_engine::synth::{Generator, SynthConfig};
+use risksense_common::schema::idx;
+use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic, read_topic};
+use risksense_synth::{Generator, SynthConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_generated_row_comes_back_once_and_equal() {

@@ -6,8 +6,8 @@ mod common;
 
 use std::io::Read;
 
-use risksense_engine::codec::csv::{CsvTransactionReader, CsvTransactionWriter};
-use risksense_engine::source::read_all;
+use risksense_formats::codec::csv::{CsvTransactionReader, CsvTransactionWriter};
+use risksense_formats::source::read_all;
 
 fn shared(name: &str) -> std::path::PathBuf {
     let path = common::repo_root().join("../shared/data").join(name);
@@ -30,7 +30,7 @@ fn check_file(name: &str, rows: usize, frauds: u64) {
         .iter()
         .map(|b| {
             use arrow::array::AsArray;
-            b.column(risksense_engine::schema::idx::IS_FRAUD)
+            b.column(risksense_common::schema::idx::IS_FRAUD)
                 .as_primitive::<arrow::datatypes::Int32Type>()
                 .values()
                 .iter()

@@ -11,12 +11,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch, StringArray};
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
-use risksense_engine::schema::idx;
-use risksense_engine::scoring::SQL_DIR_ENV;
+use risksense_common::schema::idx;
+use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
-use risksense_engine::synth::{Generator, SynthConfig};
+use risksense_query::scoring::SQL_DIR_ENV;
 use risksense_store::{ResultStore, Retention};
+use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::Model;
 
 #[test]

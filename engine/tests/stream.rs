@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
-use risksense_engine::schema::idx;
+use risksense_common::schema::idx;
+use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::stream::pipeline::{ERROR_HEADER, SOURCE_HEADER};
 use risksense_engine::stream::{RunOptions, RunSummary, StreamConfig, StreamMetrics, run_stream};
-use risksense_engine::synth::{Generator, SynthConfig};
 use risksense_store::{ResultStore, Retention};
+use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::Model;
 
 fn model() -> Arc<Model> {
@@ -358,7 +358,7 @@ fn bad_messages_go_to_the_dead_letter_topic_with_their_reason_and_bytes() {
     produce(&runtime, &topic, 2, &rows);
     // Then bad ones: not JSON, a missing field, a wrong type, empty.
     let good_json = {
-        let encoder = risksense_engine::codec::json::JsonRowEncoder::new(&rows).expect("encoder");
+        let encoder = risksense_formats::codec::json::JsonRowEncoder::new(&rows).expect("encoder");
         let mut out = Vec::new();
         encoder.encode_row(0, &mut out);
         String::from_utf8(out).expect("utf8")
@@ -635,7 +635,7 @@ fn bad_values_and_repeats_never_reach_a_cards_state() {
 
     // The card's messages: its valid rows in order, with the bad ones and a repeat of its
     // row 25 (after row 40, so in a later micro-batch) in between.
-    let encoder = risksense_engine::codec::json::JsonRowEncoder::new(&mine).expect("encoder");
+    let encoder = risksense_formats::codec::json::JsonRowEncoder::new(&mine).expect("encoder");
     let json_of = |row: usize| {
         let mut out = Vec::new();
         encoder.encode_row(row, &mut out);

@@ -3,8 +3,8 @@
 
 mod common;
 
-use risksense_engine::synth::profile::{DataProfile, ProfileBuilder};
-use risksense_engine::synth::{Generator, SynthConfig};
+use risksense_synth::profile::{DataProfile, ProfileBuilder};
+use risksense_synth::{Generator, SynthConfig};
 
 #[test]
 fn generated_half_year_is_close_to_the_reference() {

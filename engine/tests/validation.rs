@@ -1,4 +1,4 @@
-//! The input bounds of risksense_engine::validate on each input path (CSV, Parquet; JSON
+//! The input bounds of risksense_formats::validate on each input path (CSV, Parquet; JSON
 //! messages are in stream/decode.rs and engine/tests/stream.rs), and what they buy: no
 //! feature and no score of an accepted row is NaN or infinite, in the batch path and in
 //! the stream's micro-batches with per-card history.
@@ -9,17 +9,17 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
-use risksense_engine::codec::csv::CsvTransactionReader;
-use risksense_engine::codec::json::JsonRowEncoder;
-use risksense_engine::schema::{col, idx, transaction_schema};
-use risksense_engine::scoring::{self, ID_COLUMNS, SessionOptions};
-use risksense_engine::source::TransactionFile;
-use risksense_engine::stream::decode::{Incoming, decode};
-use risksense_engine::stream::scorer::StreamScorer;
-use risksense_engine::synth::{Generator, SynthConfig};
-use risksense_engine::validate::{
+use risksense_common::schema::{col, idx, transaction_schema};
+use risksense_formats::codec::csv::CsvTransactionReader;
+use risksense_formats::codec::json::JsonRowEncoder;
+use risksense_formats::message::{Incoming, decode};
+use risksense_formats::source::TransactionFile;
+use risksense_formats::validate::{
     EVENT_TIME_END_SECS, EVENT_TIME_MIN_SECS, MAX_AMOUNT, MAX_CITY_POP,
 };
+use risksense_query::scorer::StreamScorer;
+use risksense_query::scoring::{self, ID_COLUMNS, SessionOptions};
+use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::Model;
 use serde_json::{Value, json};
 
@@ -103,7 +103,7 @@ fn parquet_with(
     name: &str,
     change: impl FnOnce(&mut Vec<Field>, &mut Vec<ArrayRef>),
 ) -> std::path::PathBuf {
-    let batch = common::concat(&risksense_engine::source::read_all(&fixture()).expect("fixture"))
+    let batch = common::concat(&risksense_formats::source::read_all(&fixture()).expect("fixture"))
         .slice(0, 20);
     let mut fields: Vec<Field> = batch
         .schema()
@@ -119,7 +119,7 @@ fn parquet_with(
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join(format!("{name}.parquet"));
     let mut writer =
-        risksense_engine::codec::parquet::create_writer(&path, schema).expect("writer");
+        risksense_formats::codec::parquet::create_writer(&path, schema).expect("writer");
     writer.write(&batch).expect("write");
     writer.close().expect("close");
     path
@@ -225,7 +225,7 @@ fn to_json(batch: &RecordBatch) -> Vec<Value> {
 
 fn time_text(secs: i64) -> String {
     let mut out = Vec::new();
-    risksense_engine::codec::time::write_timestamp_micros(&mut out, secs * 1_000_000);
+    risksense_common::time::write_timestamp_micros(&mut out, secs * 1_000_000);
     String::from_utf8(out).expect("ascii")
 }
 
@@ -248,7 +248,7 @@ fn extreme_rows() -> RecordBatch {
         row
     };
     let t = |text: &str| {
-        risksense_engine::codec::time::parse_timestamp_micros(text).expect("time") / 1_000_000
+        risksense_common::time::parse_timestamp_micros(text).expect("time") / 1_000_000
     };
     // Card A: a ceiling amount and a zero amount among its normal rows (the scenario of
     // 1e308: its next rows' 24 h sums and 30-row means must stay finite).

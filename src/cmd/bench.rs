@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
-use risksense_engine::source::{TransactionFile, TransactionFileWriter};
+use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
+use risksense_formats::source::{TransactionFile, TransactionFileWriter};
 
 use super::generate::SynthArgs;
 
@@ -254,7 +254,7 @@ async fn rescore_history(
     validated: bool,
     expected_rows: u64,
 ) -> anyhow::Result<Duration> {
-    use risksense_engine::scoring::{self, SessionOptions};
+    use risksense_query::scoring::{self, SessionOptions};
     let ctx = scoring::new_session(Some(model.clone()), SessionOptions::rescoring())?;
     if out.exists() {
         std::fs::remove_dir_all(out)?;
@@ -283,8 +283,8 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
     use futures::StreamExt;
-    use risksense_engine::scoring::{self, SessionOptions};
-    use risksense_engine::synth::{Generator, SynthConfig};
+    use risksense_query::scoring::{self, SessionOptions};
+    use risksense_synth::{Generator, SynthConfig};
 
     let runs = args.runs.max(1);
     let model = args.model.load()?;
@@ -301,7 +301,7 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
         scoring::register_batches(
             &ctx,
             scoring::TRANSACTIONS,
-            risksense_engine::schema::transaction_schema(),
+            risksense_common::schema::transaction_schema(),
             batches,
         )?;
         scoring::install_views(&ctx, None).await?;
@@ -457,14 +457,14 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
 /// The stream's scoring plan on micro-batches of generated rows: time per batch and per row.
 fn micro_batch(args: MicroBatchArgs) -> anyhow::Result<()> {
     use risksense_engine::stream::StreamConfig;
-    use risksense_engine::stream::scorer::StreamScorer;
-    use risksense_engine::synth::{Generator, SynthConfig};
+    use risksense_query::scorer::StreamScorer;
+    use risksense_synth::{Generator, SynthConfig};
 
     let model = args.model.load()?;
     let config = SynthConfig::new(args.customers, "2019-01-01", &args.end, 42)?;
     let batches: Vec<RecordBatch> = Generator::new(config).collect::<Result<_, _>>()?;
     let all =
-        arrow::compute::concat_batches(&risksense_engine::schema::transaction_schema(), &batches)?;
+        arrow::compute::concat_batches(&risksense_common::schema::transaction_schema(), &batches)?;
     let size = args.batch_rows.max(1);
     let runtime = super::runtime()?;
     // The session `risksense run` would score these micro-batches in.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
-use risksense_engine::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
+use risksense_connectors::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
 
 use super::bench_stream::{
     EngineOptions, StreamArgs, finish_engine, produce, start_engine, unique,

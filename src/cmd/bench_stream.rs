@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, delete_topics, ensure_topic};
-use risksense_engine::scoring::{self, SessionOptions};
-use risksense_engine::source::TransactionFileWriter;
+use risksense_connectors::kafka::{
+    KafkaSettings, Pace, ReplayProducer, delete_topics, ensure_topic,
+};
+use risksense_formats::source::TransactionFileWriter;
+use risksense_query::scoring::{self, SessionOptions};
 
 use super::generate::SynthArgs;
 

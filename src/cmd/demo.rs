@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use risksense_engine::kafka::{EmbeddedBroker, KafkaSettings, Pace, ReplayProducer};
+use risksense_connectors::kafka::{EmbeddedBroker, KafkaSettings, Pace, ReplayProducer};
 use risksense_engine::stream::{LiveWindow, RunOptions, StreamConfig, StreamMetrics, run_stream};
-use risksense_engine::synth::{Generator, SynthConfig};
 use risksense_store::{ResultStore, Retention};
+use risksense_synth::{Generator, SynthConfig};
 
 use super::serve::{ApiInputs, HttpArgs, spawn_api};
 
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(brokers) => {
             println!("Kafka: {brokers}");
             runtime
-                .block_on(risksense_engine::kafka::ensure_topic(
+                .block_on(risksense_connectors::kafka::ensure_topic(
                     &KafkaSettings::new(brokers.clone()),
                     &args.topic,
                     4,

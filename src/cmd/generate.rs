@@ -2,8 +2,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use risksense_engine::source::TransactionFileWriter;
-use risksense_engine::synth::{Generator, SynthConfig};
+use risksense_formats::source::TransactionFileWriter;
+use risksense_synth::{Generator, SynthConfig};
 
 /// Synthetic data options, shared by `generate`, `produce --synthetic` and `demo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -84,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 pub fn fraud_count(batch: &arrow::record_batch::RecordBatch) -> u64 {
     use arrow::array::AsArray;
     use arrow::datatypes::Int32Type;
-    use risksense_engine::schema::idx;
+    use risksense_common::schema::idx;
     batch
         .column(idx::IS_FRAUD)
         .as_primitive::<Int32Type>()

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use risksense_engine::source::{TransactionFile, TransactionFileWriter, expand_inputs};
+use risksense_formats::source::{TransactionFile, TransactionFileWriter, expand_inputs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

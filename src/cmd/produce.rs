@@ -3,9 +3,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arrow::record_batch::RecordBatch;
-use risksense_engine::EngineError;
-use risksense_engine::kafka::{KafkaSettings, Pace, ReplayProducer, ReplayStats, ensure_topic};
-use risksense_engine::source::{TransactionFile, expand_inputs};
+use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ReplayStats, ensure_topic};
+use risksense_formats::source::{TransactionFile, expand_inputs};
 
 use super::generate::SynthArgs;
 
@@ -78,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to Kafka at {}", settings.brokers))?;
     let bar = super::progress(None, "msgs");
     let mut skipped = 0u64;
-    let mut send = |batch: Result<RecordBatch, EngineError>, what: &str| -> anyhow::Result<()> {
+    let mut send = |batch: anyhow::Result<RecordBatch>, what: &str| -> anyhow::Result<()> {
         let batch = batch.with_context(|| format!("reading {what}"))?;
         producer.send_batch(&batch).context("producing to Kafka")?;
         bar.set_position(producer.messages_sent());
@@ -87,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.synthetic {
         let (generator, _) = args.synth.generator()?;
         for batch in generator {
-            send(batch, "generated data")?;
+            send(batch.map_err(Into::into), "generated data")?;
         }
     } else {
         for path in expand_inputs(&args.input)? {
@@ -95,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut file = TransactionFile::open(&path, 8192, args.skip_bad)
                 .with_context(|| format!("opening {what}"))?;
             for batch in file.by_ref() {
-                send(batch, &what)?;
+                send(batch.map_err(Into::into), &what)?;
             }
             if file.rows_skipped() > 0 {
                 skipped += file.rows_skipped();

@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use risksense_engine::source::{TransactionFile, expand_inputs};
-use risksense_engine::synth::profile::{DataProfile, ProfileBuilder};
+use risksense_formats::source::{TransactionFile, expand_inputs};
+use risksense_synth::profile::{DataProfile, ProfileBuilder};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

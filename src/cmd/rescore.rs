@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use risksense_engine::scoring::{self, RescoreStats, SessionOptions};
+use risksense_query::scoring::{self, RescoreStats, SessionOptions};
 
 use super::model::ModelArgs;
 

@@ -180,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signal(&runtime, shutdown.clone());
     let metrics = Arc::new(StreamMetrics::default());
-    let live = Arc::new(risksense_engine::stream::LiveWindow::new(
+    let live = Arc::new(risksense_query::LiveWindow::new(
         Duration::from_secs(600),
         2_000_000,
     ));

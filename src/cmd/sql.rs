@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use risksense_engine::scoring::{self, SessionOptions, TRANSACTIONS};
+use risksense_query::scoring::{self, SessionOptions, TRANSACTIONS};
 
 use super::model::ModelArgs;
 

@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
-use risksense_engine::scoring::{self, ID_COLUMNS, SessionOptions};
+use risksense_query::scoring::{self, ID_COLUMNS, SessionOptions};
 use risksense_trainer::pipeline::{Period, RunInfo, train_and_export};
 use risksense_trainer::{Matrix, TrainConfig};
 
@@ -105,7 +105,7 @@ fn period(batches: &[RecordBatch], range: std::ops::Range<usize>) -> anyhow::Res
     let times = times.as_primitive::<TimestampMicrosecondType>();
     let text = |i: usize| {
         let mut out = Vec::new();
-        risksense_engine::codec::time::write_timestamp_micros(&mut out, times.value(i));
+        risksense_common::time::write_timestamp_micros(&mut out, times.value(i));
         String::from_utf8_lossy(&out).to_string()
     };
     let span = if rows > 0 {

@@ -28,8 +28,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
-use risksense_engine::scoring::{SessionOptions, new_session};
-use risksense_engine::stream::scorer::StreamScorer;
+use risksense_query::scorer::StreamScorer;
+use risksense_query::scoring::{SessionOptions, new_session};
 use risksense_udfs::Model;
 
 use self::encode::{Encoder, Format};

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use risksense_api::{ApiConfig, ApiState};
-use risksense_engine::source::TransactionFile;
-use risksense_engine::stream::{LiveWindow, StreamMetrics};
+use risksense_common::metrics::StreamMetrics;
+use risksense_formats::source::TransactionFile;
+use risksense_query::LiveWindow;
 use risksense_store::{ResultStore, Retention, ScoredTransaction};
 use risksense_udfs::Model;
 

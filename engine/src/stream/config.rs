@@ -82,7 +82,7 @@ impl Default for StreamConfig {
             instance: default_instance(),
             state_idle_secs: 30 * 86_400,
             http: String::new(),
-            max_message_bytes: crate::validate::DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: risksense_formats::validate::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -97,7 +97,7 @@ fn default_instance() -> String {
 impl StreamConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, EngineError> {
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Open {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::ConfigFile {
             path: path.to_path_buf(),
             source: e,
         })?;
@@ -145,8 +145,8 @@ impl StreamConfig {
     }
 
     /// The DataFusion session the stream's scoring plan runs in.
-    pub fn session_options(&self) -> crate::scoring::SessionOptions {
-        crate::scoring::SessionOptions {
+    pub fn session_options(&self) -> risksense_query::scoring::SessionOptions {
+        risksense_query::scoring::SessionOptions {
             target_partitions: self.sql_partitions.max(1),
             batch_size: self.batch_rows.max(1024),
             memory_limit: None,

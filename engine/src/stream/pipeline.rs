@@ -2,7 +2,7 @@
 //!
 //! Order of work for a micro-batch: decode and validate (bad messages → dead-letter
 //! topic) → set aside repeated transactions (→ dead-letter topic; see
-//! [`super::decode::drop_repeats`]: the first copy wins) → the scoring plan (its card windows read the cards' history and stage the batch's) → the
+//! [`risksense_formats::message::drop_repeats`]: the first copy wins) → the scoring plan (its card windows read the cards' history and stage the batch's) → the
 //! archive and live window → Redis and Kafka (alerts, dead letters) in a task that overlaps
 //! the next micro-batch, retried until they hold the data → the staged history commits.
 //! A partition's checkpoint snapshots its offset and history on the poll loop, then, in a
@@ -31,13 +31,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use risksense_store::{Alert, Checkpoint, ResultStore};
 use risksense_udfs::windows::{CardHistory, Seen, trans_num_hash};
 
-use super::archive::{ParquetArchive, UnsealedFile, complete_publish};
 use super::config::StreamConfig;
-use super::decode::{Incoming, decode_with_limit, drop_repeats, partition_of};
-use super::metrics::{StreamMetrics, ms_between, now_ms};
-use super::scorer::StreamScorer;
 use crate::error::EngineError;
-use crate::schema::idx;
+use risksense_common::metrics::{StreamMetrics, ms_between, now_ms};
+use risksense_common::schema::idx;
+use risksense_connectors::archive::{ParquetArchive, UnsealedFile, complete_publish};
+use risksense_formats::message::{Incoming, decode_with_limit, drop_repeats, partition_of};
+use risksense_query::scorer::StreamScorer;
 
 /// Header of a dead letter that says why it could not be scored.
 pub const ERROR_HEADER: &str = "risksense-error";
@@ -67,7 +67,7 @@ pub struct Pipeline {
     last_checkpoint: Instant,
     /// When each partition was last checkpointed (one not checkpointed yet goes first).
     checkpointed_at: HashMap<i32, Instant>,
-    live: Option<Arc<super::live::LiveWindow>>,
+    live: Option<Arc<risksense_query::live::LiveWindow>>,
     /// The Redis and Kafka writes of the last micro-batches, oldest first, still running
     /// while the next one is scored (at most [`MAX_SINK_TASKS`]).
     in_flight: VecDeque<SinkTask>,
@@ -223,7 +223,7 @@ impl Pipeline {
         producer: FutureProducer,
         metrics: Arc<StreamMetrics>,
         shutdown: Arc<AtomicBool>,
-        live: Option<Arc<super::live::LiveWindow>>,
+        live: Option<Arc<risksense_query::live::LiveWindow>>,
     ) -> Result<Self, EngineError> {
         let archive = if config.archive.as_os_str().is_empty() {
             None
@@ -498,7 +498,7 @@ impl Pipeline {
     async fn score(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>, EngineError> {
         // Whatever a failed attempt staged is not history.
         self.history.discard_staged();
-        self.scorer.score(vec![batch.clone()]).await
+        Ok(self.scorer.score(vec![batch.clone()]).await?)
     }
 
     /// Commits the history the batch's scoring staged, each card under the partition its
@@ -529,7 +529,7 @@ impl Pipeline {
                     row_id: id,
                     secs: times
                         .value(row)
-                        .div_euclid(crate::codec::time::MICROS_PER_SECOND),
+                        .div_euclid(risksense_common::time::MICROS_PER_SECOND),
                 },
             )
         }));
@@ -827,7 +827,7 @@ impl RemoteSinks {
         if !self.alerts_topic.is_empty() {
             for row in rows.iter().filter(|r| r.is_anomaly) {
                 let payload = serde_json::to_vec(&Alert::from(row))
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                    .map_err(risksense_connectors::ConnectorError::from)?;
                 pending.push(KafkaRecord {
                     topic: self.alerts_topic.clone(),
                     key: Some(row.cc_num.to_string().into_bytes()),
@@ -857,13 +857,13 @@ impl RemoteSinks {
                     if failed.is_empty() {
                         return Ok(());
                     }
-                    let error = EngineError::Delivery {
+                    let error = risksense_connectors::ConnectorError::Delivery {
                         failed: failed.len() as u64,
                         attempted,
                         first,
                     };
                     *pending.lock() = failed;
-                    Err(error)
+                    Err(error.into())
                 },
             )
             .await;
@@ -983,11 +983,11 @@ async fn send_all(
 }
 
 /// The rows of a stream batch (decoded or scored) grouped by the partition they came from
-/// (see [`super::decode::row_id`]).
+/// (see [`risksense_formats::message::row_id`]).
 fn split_by_partition(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, EngineError> {
     let ids = batch
         .column_by_name("row_id")
-        .ok_or_else(|| EngineError::Schema("scored rows lack row_id".to_string()))?
+        .ok_or_else(|| EngineError::State("scored rows lack row_id".to_string()))?
         .as_primitive::<Int64Type>();
     let partitions: Vec<i32> = ids.values().iter().map(|id| partition_of(*id)).collect();
     let Some(first) = partitions.first() else {

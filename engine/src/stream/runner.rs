@@ -20,12 +20,12 @@ use risksense_udfs::Model;
 use tokio::runtime::Handle;
 
 use super::config::StreamConfig;
-use super::decode::Incoming;
-use super::metrics::{StreamMetrics, ms_between, now_ms};
 use super::pipeline::Pipeline;
-use super::scorer::StreamScorer;
 use crate::error::EngineError;
-use crate::kafka::{KafkaSettings, ensure_topic};
+use risksense_common::metrics::{StreamMetrics, ms_between, now_ms};
+use risksense_connectors::kafka::{KafkaSettings, ensure_topic};
+use risksense_formats::message::Incoming;
+use risksense_query::scorer::StreamScorer;
 
 /// How a run ends, besides a stop request.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +35,7 @@ pub struct RunOptions {
     /// Stop once no message arrived for this long (benchmarks, tests, batch-like runs).
     pub stop_when_idle: Option<Duration>,
     /// Where scored micro-batches are also published for live SQL (the API's `scored`).
-    pub live: Option<Arc<super::live::LiveWindow>>,
+    pub live: Option<Arc<risksense_query::live::LiveWindow>>,
 }
 
 /// When a micro-batch whose first message was polled at `polled` closes: `wait` after that
@@ -156,10 +156,10 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut pipeline = lock(&self.pipeline);
                 for partition in &partitions {
-                    if i64::from(*partition) >= super::decode::PARTITION_SLOTS {
+                    if i64::from(*partition) >= risksense_formats::message::PARTITION_SLOTS {
                         lock(&self.failure).get_or_insert(EngineError::Config(format!(
                             "partition {partition}: topics of more than {} partitions are not supported",
-                            super::decode::PARTITION_SLOTS
+                            risksense_formats::message::PARTITION_SLOTS
                         )));
                         continue;
                     }

@@ -44,17 +44,7 @@ pub struct Seen {
     pub secs: i64,
 }
 
-/// A stable 64-bit hash of a `trans_num` (FNV-1a: checkpoints outlive the process, so it
-/// must not change with the Rust version as `DefaultHasher` may). Two of a card's few
-/// dozen remembered rows collide with odds of about 1 in 10^16.
-pub fn trans_num_hash(trans_num: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in trans_num.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
+pub use risksense_common::schema::trans_num_hash;
 
 /// A site's name without the column positions DataFusion prints (`amt@6` → `amt`).
 ///

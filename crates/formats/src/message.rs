@@ -15,9 +15,9 @@ use arrow::datatypes::Int64Type;
 
 use crate::codec::builder::TransactionBuilder;
 use crate::codec::json::TransactionMessage;
-use crate::error::EngineError;
-use crate::schema::idx;
+use crate::error::FormatError;
 use crate::validate::{DEFAULT_MAX_MESSAGE_BYTES, check_row};
+use risksense_common::schema::idx;
 
 /// A message as read from the transactions topic.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub struct Decoded {
 
 /// Decodes `messages` into one batch; bad messages are listed, never fatal. Messages over
 /// [`DEFAULT_MAX_MESSAGE_BYTES`] are refused.
-pub fn decode(messages: &[Incoming]) -> Result<Decoded, EngineError> {
+pub fn decode(messages: &[Incoming]) -> Result<Decoded, FormatError> {
     decode_with_limit(messages, DEFAULT_MAX_MESSAGE_BYTES)
 }
 
@@ -72,7 +72,7 @@ pub fn decode(messages: &[Incoming]) -> Result<Decoded, EngineError> {
 pub fn decode_with_limit(
     messages: &[Incoming],
     max_message_bytes: usize,
-) -> Result<Decoded, EngineError> {
+) -> Result<Decoded, FormatError> {
     if messages.is_empty() {
         return Ok(Decoded::default());
     }
@@ -133,7 +133,7 @@ pub fn decode_with_limit(
 pub fn drop_repeats(
     decoded: Decoded,
     earlier: impl FnOnce(&[(i64, u64)]) -> Vec<Option<i64>>,
-) -> Result<Decoded, EngineError> {
+) -> Result<Decoded, FormatError> {
     let Some(batch) = &decoded.batch else {
         return Ok(decoded);
     };
@@ -144,7 +144,7 @@ pub fn drop_repeats(
         .map(|row| {
             (
                 cards.value(row),
-                risksense_udfs::windows::trans_num_hash(trans_nums.value(row)),
+                risksense_common::schema::trans_num_hash(trans_nums.value(row)),
             )
         })
         .collect();
@@ -205,7 +205,7 @@ pub fn drop_repeats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::transaction_schema;
+    use risksense_common::schema::transaction_schema;
 
     const GOOD: &str = r#"{"trans_date_trans_time":"2019-01-01 00:00:18","cc_num":2703186189652095,"merchant":"fraud_Rippin, Kub and Mann","category":"misc_net","amt":4.97,"first":"Jennifer","last":"Banks","gender":"F","street":"561 Perry Cove","city":"Moravian Falls","state":"NC","zip":28654,"lat":36.0788,"long":-81.1781,"city_pop":3495,"job":"Psychologist, counselling","dob":"1988-03-09","trans_num":"0b242abb623afc578575680df30655b9","unix_time":1325376018,"merch_lat":36.011293,"merch_long":-82.048315,"is_fraud":0}"#;
 
@@ -259,7 +259,7 @@ mod tests {
         let theirs =
             crate::codec::json::JsonTransactionDecoder::decode_one_with(schema, GOOD.as_bytes())
                 .expect("arrow-json");
-        for column in 1..crate::schema::COLUMN_COUNT {
+        for column in 1..risksense_common::schema::COLUMN_COUNT {
             assert_eq!(
                 ours.column(column),
                 theirs.column(column),
@@ -459,7 +459,7 @@ mod tests {
             with_trans_num(15, "a", 1),   // repeats offset 10 again
         ];
         let decoded = decode(&messages).expect("decode");
-        let old = risksense_udfs::windows::trans_num_hash("old");
+        let old = risksense_common::schema::trans_num_hash("old");
         let mut asked = Vec::new();
         let kept = drop_repeats(decoded, |keys| {
             asked = keys.to_vec();
@@ -509,74 +509,5 @@ mod tests {
             drop_repeats(decoded, |keys| vec![Some(row_id(0, 10)); keys.len()]).expect("dedup");
         assert_eq!(kept.message_of_row, vec![0]);
         assert!(kept.rejected.is_empty());
-    }
-
-    /// Decode time per message, this parser against the arrow-json decoder it replaced
-    /// (`cargo test --release --workspace --lib decode_speed -- --ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn decode_speed() {
-        use crate::codec::json::{JsonRowEncoder, JsonTransactionDecoder};
-        let config =
-            crate::synth::SynthConfig::new(200, "2019-01-01", "2019-12-31", 1).expect("config");
-        let batches: Vec<RecordBatch> = crate::synth::Generator::new(config)
-            .collect::<Result<_, _>>()
-            .expect("generated");
-        let mut messages = Vec::new();
-        'outer: for batch in &batches {
-            let encoder = JsonRowEncoder::new(batch).expect("encoder");
-            for row in 0..batch.num_rows() {
-                let mut out = Vec::new();
-                encoder.encode_row(row, &mut out);
-                messages.push(Incoming {
-                    partition: 0,
-                    offset: messages.len() as i64,
-                    key: None,
-                    payload: out,
-                    timestamp_ms: None,
-                });
-                if messages.len() == 100_000 {
-                    break 'outer;
-                }
-            }
-        }
-        let n = messages.len();
-        let schema = {
-            let mut fields: Vec<_> = transaction_schema().fields().iter().cloned().collect();
-            fields[idx::ROW_ID] =
-                std::sync::Arc::new(fields[idx::ROW_ID].as_ref().clone().with_nullable(true));
-            std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
-        };
-        for round in 0..3 {
-            let started = std::time::Instant::now();
-            let mut rows = 0;
-            for chunk in messages.chunks(4096) {
-                let mut decoder =
-                    JsonTransactionDecoder::with_schema(schema.clone(), chunk.len() + 1)
-                        .expect("decoder");
-                for m in chunk {
-                    decoder.push(&m.payload).expect("push");
-                }
-                rows += decoder.flush().expect("flush").map_or(0, |b| b.num_rows());
-            }
-            let arrow_json = started.elapsed().as_secs_f64() * 1e6 / n as f64;
-            assert_eq!(rows, n);
-            let started = std::time::Instant::now();
-            let mut rows = 0;
-            for chunk in messages.chunks(4096) {
-                let decoded = decode(chunk).expect("decode");
-                assert!(
-                    decoded.rejected.is_empty(),
-                    "{:?}",
-                    decoded.rejected.first()
-                );
-                rows += decoded.batch.map_or(0, |b| b.num_rows());
-            }
-            let strict = started.elapsed().as_secs_f64() * 1e6 / n as f64;
-            assert_eq!(rows, n);
-            eprintln!(
-                "round {round}: {n} messages: arrow-json {arrow_json:.3} µs/message, strict decode + validation {strict:.3} µs/message"
-            );
-        }
     }
 }

@@ -13,25 +13,24 @@ use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use risksense_formats::codec::parquet::{
+    Dictionaries, FILE_ROW_GROUP_ROWS, SCORED_DICTIONARY_COLUMNS, writer_properties,
+};
 use risksense_udfs::Model;
 
-use crate::error::EngineError;
-use crate::source::{FileFormat, TransactionFile, expand_inputs};
+use crate::error::QueryError;
+use risksense_formats::source::{TransactionFile, expand_files};
 
 /// The feature SQL (see the file for what it computes).
-pub const FEATURES_SQL: &str = include_str!("../../sql/features.sql");
+pub const FEATURES_SQL: &str = include_str!("../../../sql/features.sql");
 /// The scoring SQL.
-pub const SCORE_SQL: &str = include_str!("../../sql/score.sql");
+pub const SCORE_SQL: &str = include_str!("../../../sql/score.sql");
 /// Columns of the `features` view before the model inputs.
 pub const ID_COLUMNS: usize = 9;
 /// Name of the table the SQL reads.
 pub const TRANSACTIONS: &str = "transactions";
-
-impl From<datafusion::error::DataFusionError> for EngineError {
-    fn from(error: datafusion::error::DataFusionError) -> Self {
-        EngineError::Sql(error.to_string())
-    }
-}
 
 /// How a session uses the machine.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +74,7 @@ impl SessionOptions {
 pub fn new_session(
     model: Option<Arc<Model>>,
     options: SessionOptions,
-) -> Result<SessionContext, EngineError> {
+) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new()
         .with_target_partitions(options.target_partitions.max(1))
         .with_batch_size(options.batch_size.max(1))
@@ -100,15 +99,15 @@ pub const SQL_DIR_ENV: &str = "RISKSENSE_SQL_DIR";
 
 /// The SQL text of `file` (features.sql or score.sql): from `RISKSENSE_SQL_DIR` when set,
 /// else the text compiled into the binary.
-pub fn sql_text(file: &str) -> Result<String, EngineError> {
+pub fn sql_text(file: &str) -> Result<String, QueryError> {
     if let Some(dir) = std::env::var_os(SQL_DIR_ENV) {
         let path = PathBuf::from(dir).join(file);
-        return std::fs::read_to_string(&path).map_err(|e| EngineError::Open { path, source: e });
+        return std::fs::read_to_string(&path).map_err(|e| QueryError::Open { path, source: e });
     }
     Ok(match file {
         "features.sql" => FEATURES_SQL,
         "score.sql" => SCORE_SQL,
-        other => return Err(EngineError::InvalidArgument(format!("no SQL file {other}"))),
+        other => return Err(QueryError::InvalidArgument(format!("no SQL file {other}"))),
     }
     .to_string())
 }
@@ -116,7 +115,7 @@ pub fn sql_text(file: &str) -> Result<String, EngineError> {
 /// Creates the `features` view and, given the session's model, the `scored` view, after
 /// checking that the model was trained on exactly the features the view computes. The
 /// `transactions` table must be registered first.
-pub async fn install_views(ctx: &SessionContext, model: Option<&Model>) -> Result<(), EngineError> {
+pub async fn install_views(ctx: &SessionContext, model: Option<&Model>) -> Result<(), QueryError> {
     ctx.sql(&sql_text("features.sql")?).await?.collect().await?;
     if let Some(model) = model {
         check_model_fits(ctx, model).await?;
@@ -126,7 +125,7 @@ pub async fn install_views(ctx: &SessionContext, model: Option<&Model>) -> Resul
 }
 
 /// The model inputs the `features` view produces, in order.
-pub async fn feature_names(ctx: &SessionContext) -> Result<Vec<String>, EngineError> {
+pub async fn feature_names(ctx: &SessionContext) -> Result<Vec<String>, QueryError> {
     let schema = ctx.table("features").await?.schema().as_arrow().clone();
     Ok(schema
         .fields()
@@ -137,10 +136,10 @@ pub async fn feature_names(ctx: &SessionContext) -> Result<Vec<String>, EngineEr
 }
 
 /// Fails with a clear message unless the model was trained on exactly these features.
-pub async fn check_model_fits(ctx: &SessionContext, model: &Model) -> Result<(), EngineError> {
+pub async fn check_model_fits(ctx: &SessionContext, model: &Model) -> Result<(), QueryError> {
     let names = feature_names(ctx).await?;
     if names != model.card.features {
-        return Err(EngineError::ModelMismatch(format!(
+        return Err(QueryError::ModelMismatch(format!(
             "model `{}` ({}) was trained on {} features [{}], but sql/features.sql computes {} [{}]",
             model.card.name,
             model.dir.display(),
@@ -159,7 +158,7 @@ pub fn register_batches(
     name: &str,
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
-) -> Result<(), EngineError> {
+) -> Result<(), QueryError> {
     let table = MemTable::try_new(schema, vec![batches])?;
     ctx.deregister_table(name)?;
     ctx.register_table(name, Arc::new(table))?;
@@ -173,7 +172,7 @@ pub async fn register_files(
     ctx: &SessionContext,
     name: &str,
     inputs: &[PathBuf],
-) -> Result<(), EngineError> {
+) -> Result<(), QueryError> {
     let all_parquet = inputs.iter().all(|p| {
         let text = p.to_string_lossy();
         text.ends_with(".parquet") || (p.is_dir() && !text.ends_with(".csv"))
@@ -211,7 +210,12 @@ pub async fn register_files(
             batches.push(batch?);
         }
     }
-    register_batches(ctx, name, crate::schema::transaction_schema(), batches)
+    register_batches(
+        ctx,
+        name,
+        risksense_common::schema::transaction_schema(),
+        batches,
+    )
 }
 
 /// What a rescoring run wrote.
@@ -223,8 +227,35 @@ pub struct RescoreStats {
     pub frauds_flagged: u64,
 }
 
-/// Columns of `scored` with few distinct values, written with a dictionary.
-pub const DICTIONARY_COLUMNS: [&str; 4] = ["cc_num", "category", "merchant", "is_fraud"];
+/// DataFusion's writer options saying what `properties` says (DataFusion's Parquet sink
+/// takes its own options, not the parquet crate's): compression, row group size, and the
+/// dictionary setting of every column in `columns` that differs from the default.
+fn table_parquet_options(
+    properties: &WriterProperties,
+    columns: &[&str],
+) -> datafusion::config::TableParquetOptions {
+    let any = ColumnPath::from("");
+    let mut options = datafusion::config::TableParquetOptions::default();
+    options.global.compression = Some(properties.compression(&any).to_string().to_lowercase());
+    options.global.max_row_group_size = properties
+        .max_row_group_row_count()
+        .unwrap_or(FILE_ROW_GROUP_ROWS);
+    let dictionary_by_default = properties.dictionary_enabled(&any);
+    options.global.dictionary_enabled = Some(dictionary_by_default);
+    for column in columns {
+        let dictionary = properties.dictionary_enabled(&ColumnPath::from(*column));
+        if dictionary != dictionary_by_default {
+            options.column_specific_options.insert(
+                (*column).to_string(),
+                datafusion::config::ParquetColumnOptions {
+                    dictionary_enabled: Some(dictionary),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    options
+}
 
 /// Runs the `scored` view and writes every row as Parquet into the folder `out_dir`, one
 /// file per partition written in parallel, then counts what was written. The folder must
@@ -232,44 +263,33 @@ pub const DICTIONARY_COLUMNS: [&str; 4] = ["cc_num", "category", "merchant", "is
 pub async fn write_scored(
     ctx: &SessionContext,
     out_dir: &Path,
-) -> Result<RescoreStats, EngineError> {
+) -> Result<RescoreStats, QueryError> {
     use arrow::array::AsArray;
     use datafusion::dataframe::DataFrameWriteOptions;
 
-    std::fs::create_dir_all(out_dir).map_err(|e| EngineError::Open {
+    std::fs::create_dir_all(out_dir).map_err(|e| QueryError::Open {
         path: out_dir.to_path_buf(),
         source: e,
     })?;
     let occupied = std::fs::read_dir(out_dir)
-        .map_err(|e| EngineError::Open {
+        .map_err(|e| QueryError::Open {
             path: out_dir.to_path_buf(),
             source: e,
         })?
         .flatten()
         .any(|entry| entry.path().extension().is_some_and(|e| e == "parquet"));
     if occupied {
-        return Err(EngineError::InvalidArgument(format!(
+        return Err(QueryError::InvalidArgument(format!(
             "{} already holds Parquet files: give an empty or new folder",
             out_dir.display()
         )));
     }
     let location = format!("{}/", out_dir.display());
-    // Snappy, as our other writers: cheaper to write and to rescore than the zstd default.
-    let mut parquet_options = datafusion::config::TableParquetOptions::default();
-    parquet_options.global.compression = Some("snappy".to_string());
-    // Dictionaries only where values repeat: for unique columns (trans_num, row_id, the
-    // scores) the writer builds a dictionary, finds it too big and falls back, per page,
-    // which was a third of rescoring's write time.
-    parquet_options.global.dictionary_enabled = Some(false);
-    for column in DICTIONARY_COLUMNS {
-        parquet_options.column_specific_options.insert(
-            column.to_string(),
-            datafusion::config::ParquetColumnOptions {
-                dictionary_enabled: Some(true),
-                ..Default::default()
-            },
-        );
-    }
+    let properties = writer_properties(
+        FILE_ROW_GROUP_ROWS,
+        Dictionaries::Only(&SCORED_DICTIONARY_COLUMNS),
+    );
+    let parquet_options = table_parquet_options(&properties, &SCORED_DICTIONARY_COLUMNS);
     ctx.table("scored")
         .await?
         .write_parquet(
@@ -294,10 +314,10 @@ pub async fn write_scored(
         .await?
         .collect()
         .await?;
-    let value = |column: usize| -> Result<u64, EngineError> {
+    let value = |column: usize| -> Result<u64, QueryError> {
         let batch = batches
             .first()
-            .ok_or_else(|| EngineError::Sql("no count returned".to_string()))?;
+            .ok_or_else(|| QueryError::Plan("no count returned".to_string()))?;
         let array = arrow::compute::cast(batch.column(column), &arrow::datatypes::DataType::Int64)?;
         Ok(array.as_primitive::<arrow::datatypes::Int64Type>().value(0) as u64)
     };
@@ -308,126 +328,9 @@ pub async fn write_scored(
     })
 }
 
-/// Expands folders and globs (`*`, `**`) into files.
-pub fn expand_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, EngineError> {
-    let mut files = Vec::new();
-    for input in inputs {
-        let text = input.to_string_lossy();
-        if text.contains('*') {
-            files.extend(glob_files(&text)?);
-        } else {
-            files.extend(expand_inputs(std::slice::from_ref(input))?);
-        }
-    }
-    if files.is_empty() {
-        return Err(EngineError::InvalidArgument(format!(
-            "no input files in {}",
-            inputs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(files)
-}
-
-/// Files matching a glob (`*`, `?`, `[…]`, `{a,b}` within a path segment, `**` across
-/// segments), walked from the pattern's literal directory prefix.
-fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, EngineError> {
-    let glob = globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| EngineError::InvalidArgument(format!("input glob `{pattern}`: {e}")))?
-        .compile_matcher();
-    let segments: Vec<&str> = pattern.split('/').collect();
-    let literal = segments
-        .iter()
-        .take_while(|part| !part.contains(['*', '?', '[', '{']))
-        .count();
-    let root: PathBuf = segments[..literal].join("/").into();
-    let root_is_here = root.as_os_str().is_empty();
-    let root = if root_is_here {
-        PathBuf::from(".")
-    } else {
-        root
-    };
-    let mut walker = walkdir::WalkDir::new(&root).follow_links(true);
-    if !pattern.contains("**") {
-        // Without `**`, nothing deeper than the pattern's own segments can match.
-        walker = walker.max_depth(segments.len() - literal);
-    }
-    let mut found = Vec::new();
-    for entry in walker {
-        let entry = entry.map_err(|e| EngineError::Open {
-            path: e.path().map_or_else(|| root.clone(), Path::to_path_buf),
-            source: e.into(),
-        })?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let path = entry.path();
-        // Walked from ".", paths start with "./"; the pattern does not.
-        let candidate = if root_is_here {
-            path.strip_prefix(".").unwrap_or(path)
-        } else {
-            path
-        };
-        if glob.is_match(candidate) && FileFormat::of(path).is_ok() {
-            found.push(candidate.to_path_buf());
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_in_directory_segments_and_across_them() {
-        let dir = std::env::temp_dir().join(format!("risksense-glob-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for file in [
-            "y-0.csv",
-            "2019/x-1.csv",
-            "2019/x-2.parquet",
-            "2019/notes.txt",
-            "2020/x-3.csv",
-            "2020/deep/x-4.csv",
-        ] {
-            let path = dir.join(file);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-            std::fs::write(&path, b"").expect("file");
-        }
-        let root = dir.display().to_string();
-        let names = |pattern: &str| -> Vec<String> {
-            glob_files(&format!("{root}/{pattern}"))
-                .expect("glob")
-                .iter()
-                .map(|p| {
-                    p.strip_prefix(&dir)
-                        .expect("under dir")
-                        .display()
-                        .to_string()
-                })
-                .collect()
-        };
-        // A wildcard in a directory segment (the hand-written glob ignored it).
-        assert_eq!(names("20*/x-*.csv"), vec!["2019/x-1.csv", "2020/x-3.csv"]);
-        assert_eq!(
-            names("**/x-*.csv"),
-            vec!["2019/x-1.csv", "2020/deep/x-4.csv", "2020/x-3.csv"]
-        );
-        assert_eq!(
-            names("2019/x-[12].*"),
-            vec!["2019/x-1.csv", "2019/x-2.parquet"]
-        );
-        assert_eq!(names("*.csv"), vec!["y-0.csv"]);
-        assert!(names("*/nothing-*.csv").is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     #[tokio::test]
     async fn score_sql_passes_the_features_in_view_order() {
@@ -447,7 +350,7 @@ mod tests {
         register_batches(
             &ctx,
             TRANSACTIONS,
-            crate::schema::transaction_schema(),
+            risksense_common::schema::transaction_schema(),
             vec![],
         )
         .expect("table");

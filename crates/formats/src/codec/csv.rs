@@ -8,9 +8,9 @@ use arrow::datatypes::{Date32Type, Float64Type, Int32Type, Int64Type, TimestampM
 use arrow::record_batch::RecordBatch;
 
 use super::builder::TransactionBuilder;
-use super::time::{write_date, write_timestamp_micros};
-use crate::error::EngineError;
-use crate::schema::{COLUMN_COUNT, col, column_names, idx};
+use crate::error::FormatError;
+use risksense_common::schema::{COLUMN_COUNT, col, column_names, idx};
+use risksense_common::time::{write_date, write_timestamp_micros};
 
 /// Header names that mean the unnamed pandas index column.
 const ROW_ID_ALIASES: [&str; 3] = ["", "Unnamed: 0", col::ROW_ID];
@@ -35,12 +35,12 @@ pub struct CsvTransactionReader<R: Read> {
 }
 
 impl<R: Read> CsvTransactionReader<R> {
-    pub fn new(input: R, batch_size: usize, skip_bad: bool) -> Result<Self, EngineError> {
+    pub fn new(input: R, batch_size: usize, skip_bad: bool) -> Result<Self, FormatError> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
             .from_reader(input);
-        let headers = reader.headers().map_err(|e| EngineError::Csv {
+        let headers = reader.headers().map_err(|e| FormatError::Csv {
             line: 1,
             reason: e.to_string(),
         })?;
@@ -53,7 +53,7 @@ impl<R: Read> CsvTransactionReader<R> {
             } else {
                 let found = headers.iter().position(|h| h.trim() == name);
                 if found.is_none() {
-                    return Err(EngineError::Csv {
+                    return Err(FormatError::Csv {
                         line: 1,
                         reason: format!("the header has no `{name}` column"),
                     });
@@ -90,10 +90,10 @@ impl<R: Read> CsvTransactionReader<R> {
         self.first_skipped.as_deref()
     }
 
-    fn read_row(&mut self) -> Result<bool, EngineError> {
+    fn read_row(&mut self) -> Result<bool, FormatError> {
         let more = self.reader.read_record(&mut self.record).map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
-            EngineError::Csv {
+            FormatError::Csv {
                 line,
                 reason: e.to_string(),
             }
@@ -128,7 +128,7 @@ impl<R: Read> CsvTransactionReader<R> {
         };
         if let Err(reason) = outcome {
             if !self.skip_bad {
-                return Err(EngineError::Csv { line, reason });
+                return Err(FormatError::Csv { line, reason });
             }
             self.rows_skipped += 1;
             if self.first_skipped.is_none() {
@@ -140,7 +140,7 @@ impl<R: Read> CsvTransactionReader<R> {
 }
 
 impl<R: Read> Iterator for CsvTransactionReader<R> {
-    type Item = Result<RecordBatch, EngineError>;
+    type Item = Result<RecordBatch, FormatError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -182,7 +182,7 @@ impl<W: Write> CsvTransactionWriter<W> {
         }
     }
 
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), FormatError> {
         if !self.header_written {
             let mut header = column_names();
             header[idx::ROW_ID] = ""; // pandas leaves its index column unnamed
@@ -201,11 +201,11 @@ impl<W: Write> CsvTransactionWriter<W> {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<W, EngineError> {
+    pub fn finish(mut self) -> Result<W, FormatError> {
         self.writer.flush()?;
         self.writer
             .into_inner()
-            .map_err(|e| EngineError::Io(e.into_error()))
+            .map_err(|e| FormatError::Io(e.into_error()))
     }
 }
 
@@ -215,7 +215,7 @@ pub(crate) struct TypedColumns<'a> {
 }
 
 impl<'a> TypedColumns<'a> {
-    pub fn new(batch: &'a RecordBatch) -> Result<Self, EngineError> {
+    pub fn new(batch: &'a RecordBatch) -> Result<Self, FormatError> {
         crate::codec::check_schema(batch)?;
         Ok(Self { batch })
     }

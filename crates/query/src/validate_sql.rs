@@ -16,8 +16,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::schema::{column_names, idx, transaction_schema};
-use crate::validate::invalid_rows;
+use risksense_common::schema::{column_names, idx, transaction_schema};
+use risksense_formats::validate::invalid_rows;
 
 /// The function's name in SQL.
 pub const NAME: &str = "valid_transaction";
@@ -116,7 +116,10 @@ impl ScalarUDFImpl for ValidTransaction {
             }
             columns[column] = cast(&array, want)?;
         }
-        let batch = RecordBatch::try_new(crate::schema::nullable_transaction_schema(), columns)?;
+        let batch = RecordBatch::try_new(
+            risksense_common::schema::nullable_transaction_schema(),
+            columns,
+        )?;
         let problems = invalid_rows(&batch)
             .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
         if let Some((row, error)) = problems.first() {

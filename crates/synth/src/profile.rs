@@ -8,7 +8,7 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::idx;
+use risksense_common::schema::idx;
 
 /// Quantiles reported per category.
 pub const QUANTILES: [f64; 5] = [0.10, 0.25, 0.50, 0.75, 0.90];

@@ -4,19 +4,18 @@ pub mod builder;
 pub mod csv;
 pub mod json;
 pub mod parquet;
-pub mod time;
 
 use arrow::record_batch::RecordBatch;
 
-use crate::error::EngineError;
-use crate::schema::transaction_schema;
+use crate::error::FormatError;
+use risksense_common::schema::transaction_schema;
 
 /// Checks that a batch has exactly the transaction schema (names and types).
-pub fn check_schema(batch: &RecordBatch) -> Result<(), EngineError> {
+pub fn check_schema(batch: &RecordBatch) -> Result<(), FormatError> {
     let expected = transaction_schema();
     let actual = batch.schema();
     if actual.fields().len() != expected.fields().len() {
-        return Err(EngineError::Schema(format!(
+        return Err(FormatError::Schema(format!(
             "expected {} columns, got {}",
             expected.fields().len(),
             actual.fields().len()
@@ -24,7 +23,7 @@ pub fn check_schema(batch: &RecordBatch) -> Result<(), EngineError> {
     }
     for (want, have) in expected.fields().iter().zip(actual.fields()) {
         if want.name() != have.name() || want.data_type() != have.data_type() {
-            return Err(EngineError::Schema(format!(
+            return Err(FormatError::Schema(format!(
                 "expected column `{}` of type {}, got `{}` of type {}",
                 want.name(),
                 want.data_type(),

@@ -14,9 +14,9 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use super::builder::FieldError;
-use crate::error::EngineError;
-use crate::schema::{column_names, transaction_schema};
+use crate::error::FormatError;
 use crate::validate::{invalid_rows, without_rows};
+use risksense_common::schema::{column_names, transaction_schema};
 
 /// Reads a Parquet file as transaction batches.
 ///
@@ -37,8 +37,8 @@ pub struct ParquetTransactionReader {
 }
 
 impl ParquetTransactionReader {
-    pub fn open(path: &Path, batch_size: usize, skip_bad: bool) -> Result<Self, EngineError> {
-        let file = File::open(path).map_err(|e| EngineError::Open {
+    pub fn open(path: &Path, batch_size: usize, skip_bad: bool) -> Result<Self, FormatError> {
+        let file = File::open(path).map_err(|e| FormatError::Open {
             path: path.to_path_buf(),
             source: e,
         })?;
@@ -47,7 +47,7 @@ impl ParquetTransactionReader {
         let mut positions = Vec::new();
         for field in transaction_schema().fields() {
             let position = file_schema.index_of(field.name()).map_err(|_| {
-                EngineError::Schema(format!(
+                FormatError::Schema(format!(
                     "{} has no `{}` column",
                     path.display(),
                     field.name()
@@ -55,7 +55,7 @@ impl ParquetTransactionReader {
             })?;
             let stored = file_schema.field(position).data_type();
             if field.data_type().is_numeric() && !stored.is_numeric() {
-                return Err(EngineError::Schema(format!(
+                return Err(FormatError::Schema(format!(
                     "{}: column `{}` is stored as {stored}: numbers must be stored as numbers",
                     path.display(),
                     field.name()
@@ -89,7 +89,7 @@ impl ParquetTransactionReader {
     fn conform(
         &self,
         batch: RecordBatch,
-    ) -> Result<(RecordBatch, Vec<(usize, FieldError)>), EngineError> {
+    ) -> Result<(RecordBatch, Vec<(usize, FieldError)>), FormatError> {
         let names = column_names();
         let mut problems = Vec::new();
         let mut columns = Vec::with_capacity(self.positions.len());
@@ -124,12 +124,15 @@ impl ParquetTransactionReader {
             columns.push(cast(column, field.data_type())?);
         }
         Ok((
-            RecordBatch::try_new(crate::schema::nullable_transaction_schema(), columns)?,
+            RecordBatch::try_new(
+                risksense_common::schema::nullable_transaction_schema(),
+                columns,
+            )?,
             problems,
         ))
     }
 
-    fn check(&mut self, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
+    fn check(&mut self, batch: RecordBatch) -> Result<RecordBatch, FormatError> {
         let first_row = self.rows_read;
         self.rows_read += batch.num_rows() as u64;
         let (batch, mut problems) = self.conform(batch)?;
@@ -140,7 +143,7 @@ impl ParquetTransactionReader {
         if let Some((row, error)) = problems.first()
             && !self.skip_bad
         {
-            return Err(EngineError::InvalidRow {
+            return Err(FormatError::InvalidRow {
                 path: self.path.clone(),
                 row: first_row + *row as u64,
                 source: error.clone(),
@@ -162,7 +165,7 @@ impl ParquetTransactionReader {
 }
 
 impl Iterator for ParquetTransactionReader {
-    type Item = Result<RecordBatch, EngineError>;
+    type Item = Result<RecordBatch, FormatError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -179,27 +182,55 @@ impl Iterator for ParquetTransactionReader {
     }
 }
 
-/// Writer properties for our files: Snappy (cheap to decode for rescoring) and row groups
-/// of about a million rows.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// Columns of scored rows with few distinct values: the only ones written with a
+/// dictionary in scored files (archive, rescoring).
+pub const SCORED_DICTIONARY_COLUMNS: [&str; 4] = ["cc_num", "category", "merchant", "is_fraud"];
+
+/// Rows per row group of transaction and rescored files.
+pub const FILE_ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Which columns a writer encodes with a dictionary.
+#[derive(Debug, Clone, Copy)]
+pub enum Dictionaries<'a> {
+    /// Every column (transaction files: names, places and jobs repeat per card).
+    All,
+    /// Only these: for unique columns (trans_num, row_id, the scores) the writer builds a
+    /// dictionary, finds it too big and falls back, per page, which was a third of
+    /// rescoring's write time.
+    Only(&'a [&'a str]),
+}
+
+/// The one definition of how RiskSense writes Parquet (transaction files, the stream's
+/// archive, and, converted to DataFusion's options, rescoring): Snappy, cheaper to write
+/// and to rescore than zstd; `row_group_rows` per row group; dictionaries as `dictionaries`.
+pub fn writer_properties(
+    row_group_rows: usize,
+    dictionaries: Dictionaries<'_>,
+) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build()
+        .set_max_row_group_row_count(Some(row_group_rows));
+    if let Dictionaries::Only(columns) = dictionaries {
+        builder = builder.set_dictionary_enabled(false);
+        for column in columns {
+            builder = builder.set_column_dictionary_enabled((*column).into(), true);
+        }
+    }
+    builder.build()
 }
 
 /// Creates a Parquet writer for batches of `schema` at `path`.
 pub fn create_writer(
     path: &Path,
     schema: arrow::datatypes::SchemaRef,
-) -> Result<ArrowWriter<File>, EngineError> {
-    let file = File::create(path).map_err(|e| EngineError::Open {
+) -> Result<ArrowWriter<File>, FormatError> {
+    let file = File::create(path).map_err(|e| FormatError::Open {
         path: path.to_path_buf(),
         source: e,
     })?;
     Ok(ArrowWriter::try_new(
         file,
         schema,
-        Some(writer_properties()),
+        Some(writer_properties(FILE_ROW_GROUP_ROWS, Dictionaries::All)),
     )?)
 }

@@ -27,9 +27,9 @@ use parking_lot::{Mutex, RwLock};
 use risksense_udfs::Model;
 use risksense_udfs::windows::{CardHistory, CardWindow, order_by_card};
 
-use crate::error::EngineError;
-use crate::schema::transaction_schema;
+use crate::error::QueryError;
 use crate::scoring::{SessionOptions, TRANSACTIONS, install_views, new_session};
+use risksense_common::schema::transaction_schema;
 
 /// The query the stream runs.
 pub const STREAM_QUERY: &str = "SELECT * FROM scored";
@@ -46,7 +46,7 @@ pub struct StreamScorer {
 impl StreamScorer {
     /// Plans the stream's scoring SQL against the model (which must fit the features),
     /// with an empty per-card history.
-    pub async fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self, EngineError> {
+    pub async fn new(model: Arc<Model>, options: SessionOptions) -> Result<Self, QueryError> {
         Self::plan(model, options, STREAM_QUERY, Some(CardHistory::new())).await
     }
 
@@ -57,7 +57,7 @@ impl StreamScorer {
         model: Arc<Model>,
         options: SessionOptions,
         query: &str,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, QueryError> {
         Self::plan(model, options, query, None).await
     }
 
@@ -66,7 +66,7 @@ impl StreamScorer {
         options: SessionOptions,
         query: &str,
         history: Option<Arc<CardHistory>>,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, QueryError> {
         let ctx = new_session(Some(model.clone()), options)?;
         if let Some(history) = &history {
             // Replaces the batch versions registered by new_session.
@@ -104,7 +104,7 @@ impl StreamScorer {
 
     /// Scores `batches` and returns their scored rows. With history, what the card windows
     /// staged waits for [`CardHistory::commit_staged`] or [`CardHistory::discard_staged`].
-    pub async fn score(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, EngineError> {
+    pub async fn score(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, QueryError> {
         *self.slot.lock() = batches;
         let plan = reset_plan_states(self.plan.clone());
         let result = match plan {

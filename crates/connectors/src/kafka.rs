@@ -13,8 +13,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
 
-use crate::codec::json::JsonRowEncoder;
-use crate::error::EngineError;
+use crate::error::ConnectorError;
+use risksense_formats::codec::json::JsonRowEncoder;
 
 /// Where the brokers are and any extra librdkafka properties (`key=value`).
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub async fn ensure_topic(
     settings: &KafkaSettings,
     topic: &str,
     partitions: i32,
-) -> Result<(), EngineError> {
+) -> Result<(), ConnectorError> {
     let admin: AdminClient<DefaultClientContext> = settings.client_config(&[]).create()?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -61,7 +61,7 @@ pub async fn ensure_topic(
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(EngineError::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
+                return Err(ConnectorError::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
                     tracing::error!(topic = %name, ?code, "could not create topic");
                 });
             }
@@ -72,7 +72,10 @@ pub async fn ensure_topic(
 
 /// Deletes `topics` (missing ones are not an error): benchmarks fill topics of a million
 /// messages each, and a broker keeps them for its retention period otherwise.
-pub async fn delete_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), EngineError> {
+pub async fn delete_topics(
+    settings: &KafkaSettings,
+    topics: &[&str],
+) -> Result<(), ConnectorError> {
     let admin: AdminClient<DefaultClientContext> = settings.client_config(&[]).create()?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.delete_topics(topics, &options).await? {
@@ -165,7 +168,7 @@ pub struct ReplayProducer {
 }
 
 impl ReplayProducer {
-    pub fn new(settings: &KafkaSettings, topic: &str, pace: Pace) -> Result<Self, EngineError> {
+    pub fn new(settings: &KafkaSettings, topic: &str, pace: Pace) -> Result<Self, ConnectorError> {
         let producer: ThreadedProducer<DeliveryCounter> =
             settings
                 .client_config(REPLAY_DEFAULTS)
@@ -189,7 +192,7 @@ impl ReplayProducer {
 
     /// Queues every row of `batch`. Blocks while librdkafka's queue is full, and to keep
     /// the pace.
-    pub fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+    pub fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let encoder = JsonRowEncoder::new(batch)?;
         if self.started.is_none()
             && matches!(self.pace, Pace::PerSecond(_))
@@ -223,7 +226,7 @@ impl ReplayProducer {
         Ok(())
     }
 
-    fn send(&mut self) -> Result<(), EngineError> {
+    fn send(&mut self) -> Result<(), ConnectorError> {
         loop {
             let record = BaseRecord::to(&self.topic)
                 .key(&self.key[..])
@@ -250,7 +253,7 @@ impl ReplayProducer {
 
     /// Waits until every queued message is acknowledged by the broker. Fails when any was
     /// not, with how many and the first reason.
-    pub fn finish(self, timeout: Duration) -> Result<ReplayStats, EngineError> {
+    pub fn finish(self, timeout: Duration) -> Result<ReplayStats, ConnectorError> {
         self.producer.flush(timeout)?;
         let context = self.producer.context();
         let failed = context.failed.load(Ordering::Relaxed);
@@ -266,7 +269,7 @@ impl ReplayProducer {
                 .unwrap_or_else(|| {
                     format!("{} messages unacknowledged", stats.messages - delivered)
                 });
-            return Err(EngineError::Delivery {
+            return Err(ConnectorError::Delivery {
                 failed: stats.messages - delivered,
                 attempted: stats.messages,
                 first,
@@ -293,7 +296,7 @@ pub fn read_topic(
     topic: &str,
     expected: u64,
     timeout: Duration,
-) -> Result<TopicContents, EngineError> {
+) -> Result<TopicContents, ConnectorError> {
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -319,16 +322,16 @@ pub fn read_topic(
     consumer.assign(&assignment)?;
 
     let mut contents = TopicContents::default();
-    let mut decoder = crate::codec::json::JsonTransactionDecoder::new(8192)?;
+    let mut decoder = risksense_formats::codec::json::JsonTransactionDecoder::new(8192)?;
     let mut keys: Vec<i64> = Vec::with_capacity(8192);
     let deadline = Instant::now() + timeout;
-    let flush = |decoder: &mut crate::codec::json::JsonTransactionDecoder,
+    let flush = |decoder: &mut risksense_formats::codec::json::JsonTransactionDecoder,
                  keys: &mut Vec<i64>,
                  contents: &mut TopicContents|
-     -> Result<(), EngineError> {
+     -> Result<(), ConnectorError> {
         if let Some(batch) = decoder.flush()? {
             let cards = batch
-                .column(crate::schema::idx::CC_NUM)
+                .column(risksense_common::schema::idx::CC_NUM)
                 .as_primitive::<Int64Type>();
             contents.key_mismatches += cards
                 .values()
@@ -371,7 +374,7 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts one in-process broker with these topics (name, partitions).
-    pub fn start(topics: &[(&str, i32)]) -> Result<Self, EngineError> {
+    pub fn start(topics: &[(&str, i32)]) -> Result<Self, ConnectorError> {
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
         for (topic, partitions) in topics {
             cluster.create_topic(topic, *partitions, 1)?;

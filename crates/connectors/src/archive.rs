@@ -23,10 +23,11 @@ use std::time::{Duration, SystemTime};
 
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use risksense_formats::codec::parquet::{
+    Dictionaries, SCORED_DICTIONARY_COLUMNS, writer_properties,
+};
 
-use crate::error::EngineError;
+use crate::error::ConnectorError;
 
 /// Hidden files older than this were left by a crashed run: removed at start.
 const ABANDONED_AFTER: Duration = Duration::from_secs(600);
@@ -62,7 +63,7 @@ pub struct SealedFile {
 
 impl SealedFile {
     /// Renames it to its visible name (after its checkpoint is saved).
-    pub fn publish(&self) -> Result<(), EngineError> {
+    pub fn publish(&self) -> Result<(), ConnectorError> {
         complete_publish(&self.dir, &self.name)
     }
 }
@@ -76,8 +77,8 @@ fn sealed(name: &str) -> String {
 }
 
 impl ParquetArchive {
-    pub fn new(dir: &Path, instance: &str) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(dir).map_err(|e| EngineError::Open {
+    pub fn new(dir: &Path, instance: &str) -> Result<Self, ConnectorError> {
+        std::fs::create_dir_all(dir).map_err(|e| ConnectorError::Open {
             path: dir.to_path_buf(),
             source: e,
         })?;
@@ -100,7 +101,7 @@ impl ParquetArchive {
     }
 
     /// Appends scored rows of `partition`.
-    pub fn append(&mut self, partition: i32, batch: &RecordBatch) -> Result<(), EngineError> {
+    pub fn append(&mut self, partition: i32, batch: &RecordBatch) -> Result<(), ConnectorError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -114,7 +115,11 @@ impl ParquetArchive {
         Ok(())
     }
 
-    fn start_file(&mut self, partition: i32, batch: &RecordBatch) -> Result<OpenFile, EngineError> {
+    fn start_file(
+        &mut self,
+        partition: i32,
+        batch: &RecordBatch,
+    ) -> Result<OpenFile, ConnectorError> {
         self.sequence += 1;
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -124,19 +129,15 @@ impl ParquetArchive {
             self.instance, self.sequence
         );
         let path = self.dir.join(in_progress(&name));
-        let file = File::create(&path).map_err(|e| EngineError::Open {
+        let file = File::create(&path).map_err(|e| ConnectorError::Open {
             path: path.clone(),
             source: e,
         })?;
         // Dictionaries only for the columns whose values repeat (as `rescore` writes).
-        let mut properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_dictionary_enabled(false);
-        for column in crate::scoring::DICTIONARY_COLUMNS {
-            properties = properties.set_column_dictionary_enabled(column.into(), true);
-        }
-        let properties = properties.build();
+        let properties = writer_properties(
+            ROW_GROUP_ROWS,
+            Dictionaries::Only(&SCORED_DICTIONARY_COLUMNS),
+        );
         let writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))?;
         Ok(OpenFile { writer, name })
     }
@@ -185,7 +186,7 @@ impl UnsealedFile {
     }
 
     /// Finishes the file (its last row group, footer, fsync) under a hidden sealed name.
-    pub fn seal(self) -> Result<SealedFile, EngineError> {
+    pub fn seal(self) -> Result<SealedFile, ConnectorError> {
         let Self { open, dir } = self;
         let file = open.writer.into_inner()?;
         file.sync_all()?;
@@ -227,7 +228,7 @@ impl Drop for DiscardOnDrop {
 
 /// Publishes the sealed file `name` in `dir` if it is still hidden (idempotent: a file
 /// already published, or never sealed, is left alone).
-pub fn complete_publish(dir: &Path, name: &str) -> Result<(), EngineError> {
+pub fn complete_publish(dir: &Path, name: &str) -> Result<(), ConnectorError> {
     let from = dir.join(sealed(name));
     if !from.exists() {
         return Ok(());

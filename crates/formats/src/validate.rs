@@ -33,9 +33,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 
 use crate::codec::builder::{FieldError, STRING_COLUMNS, TransactionRow};
-use crate::codec::time::MICROS_PER_SECOND;
-use crate::error::EngineError;
-use crate::schema::{col, idx};
+use crate::error::FormatError;
+use risksense_common::schema::{col, idx};
+use risksense_common::time::MICROS_PER_SECOND;
 
 /// The largest amount accepted, in dollars: 1,000,000.00. The reference data's largest
 /// amount is under 30,000; a card payment of a million is not one this model can judge.
@@ -189,7 +189,7 @@ const fn slot_of(column: usize) -> usize {
 
 /// Every row of `batch` (in the transaction schema) that [`check_row`] refuses, with the
 /// reason; a null in any column is a violation too.
-pub fn invalid_rows(batch: &RecordBatch) -> Result<Vec<(usize, FieldError)>, EngineError> {
+pub fn invalid_rows(batch: &RecordBatch) -> Result<Vec<(usize, FieldError)>, FormatError> {
     crate::codec::check_schema(batch)?;
     let int64 = |i: usize| batch.column(i).as_primitive::<Int64Type>();
     let int32 = |i: usize| batch.column(i).as_primitive::<Int32Type>();
@@ -216,7 +216,7 @@ pub fn invalid_rows(batch: &RecordBatch) -> Result<Vec<(usize, FieldError)>, Eng
         .iter()
         .map(|&i| batch.column(i).as_string::<i32>())
         .collect();
-    let names = crate::schema::column_names();
+    let names = risksense_common::schema::column_names();
     let mut problems = Vec::new();
     for row in 0..batch.num_rows() {
         if let Some(column) = (0..batch.num_columns()).find(|&c| batch.column(c).is_null(row)) {
@@ -260,7 +260,7 @@ pub fn invalid_rows(batch: &RecordBatch) -> Result<Vec<(usize, FieldError)>, Eng
 pub fn without_rows(
     batch: &RecordBatch,
     problems: &[(usize, FieldError)],
-) -> Result<RecordBatch, EngineError> {
+) -> Result<RecordBatch, FormatError> {
     if problems.is_empty() {
         return Ok(batch.clone());
     }
@@ -275,7 +275,7 @@ pub fn without_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::time::days_from_civil;
+    use risksense_common::time::days_from_civil;
 
     #[test]
     fn the_constants_are_the_dates_they_name() {

@@ -11,9 +11,9 @@ use arrow::array::{
 };
 use arrow::record_batch::RecordBatch;
 
-use super::time::{parse_date, parse_timestamp_micros};
-use crate::error::EngineError;
-use crate::schema::{COLUMN_COUNT, col, column_names, idx, transaction_schema};
+use crate::error::FormatError;
+use risksense_common::schema::{COLUMN_COUNT, col, column_names, idx, transaction_schema};
+use risksense_common::time::{parse_date, parse_timestamp_micros};
 
 /// Why one field of a row could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,13 +202,13 @@ impl TransactionBuilder {
     }
 
     /// The rows appended, as a batch, without reserving for another one.
-    pub fn into_batch(mut self) -> Result<RecordBatch, EngineError> {
+    pub fn into_batch(mut self) -> Result<RecordBatch, FormatError> {
         self.capacity = 0;
         self.finish()
     }
 
     /// Takes the rows appended so far as a batch and starts a new one.
-    pub fn finish(&mut self) -> Result<RecordBatch, EngineError> {
+    pub fn finish(&mut self) -> Result<RecordBatch, FormatError> {
         let mut columns: Vec<Option<ArrayRef>> = vec![None; COLUMN_COUNT];
         columns[idx::ROW_ID] = Some(Arc::new(self.row_id.finish()));
         columns[idx::TRANS_DATE_TRANS_TIME] = Some(Arc::new(self.event_time.finish()));

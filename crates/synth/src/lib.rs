@@ -14,16 +14,24 @@ pub mod params;
 pub mod profile;
 pub mod tables;
 
+/// What can go wrong generating transactions.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Format(#[from] risksense_formats::FormatError),
+}
+
 use arrow::record_batch::RecordBatch;
 use rand::distr::{Distribution, weighted::WeightedIndex};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Gamma, LogNormal, Poisson};
 
-use crate::codec::builder::{TransactionBuilder, TransactionRow};
-use crate::codec::time::{MICROS_PER_SECOND, days_from_civil};
-use crate::error::EngineError;
 use params::*;
+use risksense_common::time::{MICROS_PER_SECOND, days_from_civil};
+use risksense_formats::codec::builder::{TransactionBuilder, TransactionRow};
 use tables::TABLES;
 
 /// What to generate.
@@ -41,22 +49,22 @@ pub struct SynthConfig {
 
 impl SynthConfig {
     /// `start` and `end` as `YYYY-MM-DD`, both inclusive.
-    pub fn new(customers: u32, start: &str, end: &str, seed: u64) -> Result<Self, EngineError> {
+    pub fn new(customers: u32, start: &str, end: &str, seed: u64) -> Result<Self, SynthError> {
         let day = |text: &str| {
-            crate::codec::time::parse_date(text)
+            risksense_common::time::parse_date(text)
                 .map(i64::from)
                 .ok_or_else(|| {
-                    EngineError::InvalidArgument(format!("`{text}` is not a date like 2019-01-01"))
+                    SynthError::InvalidArgument(format!("`{text}` is not a date like 2019-01-01"))
                 })
         };
         let (start_day, end_day) = (day(start)?, day(end)?);
         if end_day < start_day {
-            return Err(EngineError::InvalidArgument(format!(
+            return Err(SynthError::InvalidArgument(format!(
                 "the end date {end} is before the start date {start}"
             )));
         }
         if customers == 0 {
-            return Err(EngineError::InvalidArgument(
+            return Err(SynthError::InvalidArgument(
                 "at least one customer is needed".to_string(),
             ));
         }
@@ -126,7 +134,7 @@ fn weekday(day: i64) -> usize {
 }
 
 fn month(day: i64) -> usize {
-    (crate::codec::time::civil_from_days(day).1 - 1) as usize
+    (risksense_common::time::civil_from_days(day).1 - 1) as usize
 }
 
 /// The fixed random distributions, built once.
@@ -308,7 +316,7 @@ impl Generator {
         }
     }
 
-    fn build_batch(&mut self, purchases: &[Purchase]) -> Result<RecordBatch, EngineError> {
+    fn build_batch(&mut self, purchases: &[Purchase]) -> Result<RecordBatch, SynthError> {
         let builder = &mut self.builder;
         let mut hex = [0u8; 32];
         for p in purchases {
@@ -348,12 +356,12 @@ impl Generator {
             });
             self.row_id += 1;
         }
-        builder.finish()
+        Ok(builder.finish()?)
     }
 }
 
 impl Iterator for Generator {
-    type Item = Result<RecordBatch, EngineError>;
+    type Item = Result<RecordBatch, SynthError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.pending_at >= self.pending.len() {
@@ -377,7 +385,7 @@ fn make_customers(config: &SynthConfig) -> Vec<Customer> {
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(config.seed, 0, 0));
     let age_band = WeightedIndex::new(AGE_BANDS.iter().map(|b| b.2)).expect("valid weights");
     let card_format = WeightedIndex::new(CARD_FORMATS.iter().map(|f| f.1)).expect("valid weights");
-    let (start_year, _, _) = crate::codec::time::civil_from_days(config.start_day);
+    let (start_year, _, _) = risksense_common::time::civil_from_days(config.start_day);
     let mut used_cards = std::collections::HashSet::new();
     let t = &*TABLES;
     (0..config.customers)
@@ -443,9 +451,9 @@ fn make_customers(config: &SynthConfig) -> Vec<Customer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::idx;
     use arrow::array::AsArray;
     use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+    use risksense_common::schema::idx;
 
     fn generate(customers: u32, start: &str, end: &str, seed: u64) -> Vec<RecordBatch> {
         let config = SynthConfig::new(customers, start, end, seed).expect("valid config");

@@ -12,9 +12,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::builder::{STRING_COLUMNS, TransactionRow};
 use super::csv::TypedColumns;
-use super::time::{parse_date, parse_timestamp_micros};
-use crate::error::EngineError;
-use crate::schema::{COLUMN_COUNT, column_names, idx, transaction_schema};
+use crate::error::FormatError;
+use risksense_common::schema::{COLUMN_COUNT, column_names, idx, transaction_schema};
+use risksense_common::time::{parse_date, parse_timestamp_micros};
 
 /// One JSON message parsed strictly into a transaction's typed values (the text borrowed
 /// from the message where it holds no escapes).
@@ -249,7 +249,7 @@ pub struct JsonRowEncoder<'a> {
 }
 
 impl<'a> JsonRowEncoder<'a> {
-    pub fn new(batch: &'a RecordBatch) -> Result<Self, EngineError> {
+    pub fn new(batch: &'a RecordBatch) -> Result<Self, FormatError> {
         let keys = column_names()
             .into_iter()
             .enumerate()
@@ -338,7 +338,7 @@ pub struct JsonTransactionDecoder {
 }
 
 impl JsonTransactionDecoder {
-    pub fn new(batch_size: usize) -> Result<Self, EngineError> {
+    pub fn new(batch_size: usize) -> Result<Self, FormatError> {
         Self::with_schema(transaction_schema(), batch_size)
     }
 
@@ -347,7 +347,7 @@ impl JsonTransactionDecoder {
     pub fn with_schema(
         schema: arrow::datatypes::SchemaRef,
         batch_size: usize,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, FormatError> {
         let decoder = ReaderBuilder::new(schema)
             .with_batch_size(batch_size.max(1))
             .with_strict_mode(false)
@@ -356,12 +356,12 @@ impl JsonTransactionDecoder {
     }
 
     /// Feeds one complete JSON message.
-    pub fn push(&mut self, message: &[u8]) -> Result<(), EngineError> {
+    pub fn push(&mut self, message: &[u8]) -> Result<(), FormatError> {
         let mut rest = message;
         while !rest.is_empty() {
             let consumed = self.decoder.decode(rest)?;
             if consumed == 0 {
-                return Err(EngineError::Decode(
+                return Err(FormatError::Decode(
                     "decoder buffer is full: flush before pushing more".to_string(),
                 ));
             }
@@ -376,12 +376,12 @@ impl JsonTransactionDecoder {
     }
 
     /// The rows pushed since the last flush, as one batch (None when there were none).
-    pub fn flush(&mut self) -> Result<Option<RecordBatch>, EngineError> {
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>, FormatError> {
         Ok(self.decoder.flush()?)
     }
 
     /// Decodes a single message on its own, to tell a bad message from its neighbours.
-    pub fn decode_one(message: &[u8]) -> Result<RecordBatch, EngineError> {
+    pub fn decode_one(message: &[u8]) -> Result<RecordBatch, FormatError> {
         Self::decode_one_with(transaction_schema(), message)
     }
 
@@ -390,14 +390,14 @@ impl JsonTransactionDecoder {
     pub fn decode_one_with(
         schema: arrow::datatypes::SchemaRef,
         message: &[u8],
-    ) -> Result<RecordBatch, EngineError> {
+    ) -> Result<RecordBatch, FormatError> {
         let mut decoder = Self::with_schema(schema, 2)?;
         decoder.push(message)?;
         let batch = decoder
             .flush()?
-            .ok_or_else(|| EngineError::Decode("the message holds no JSON object".to_string()))?;
+            .ok_or_else(|| FormatError::Decode("the message holds no JSON object".to_string()))?;
         if batch.num_rows() != 1 {
-            return Err(EngineError::Decode(format!(
+            return Err(FormatError::Decode(format!(
                 "the message holds {} JSON objects, not one",
                 batch.num_rows()
             )));

@@ -1,0 +1,70 @@
+//! What can go wrong talking to Kafka, the result store or the archive's files.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("kafka delivery failed for {failed} of {attempted} messages (first error: {first})")]
+    Delivery {
+        failed: u64,
+        attempted: u64,
+        first: String,
+    },
+    #[error("result store: {0}")]
+    Store(#[from] risksense_store::StoreError),
+    #[error(transparent)]
+    Format(#[from] risksense_formats::FormatError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl ConnectorError {
+    /// True when the same step may succeed if tried again: a service away, busy or still
+    /// loading (Redis unreachable, LOADING, TRYAGAIN; a broker's transport or timeout; a
+    /// disk hiccup). False when it never will: Redis refusing the command (WRONGTYPE, OOM,
+    /// NOAUTH), Kafka refusing the client or the record (authorization, size), bad data.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConnectorError::Store(error) => error.is_unavailable(),
+            ConnectorError::Kafka(error) => kafka_retryable(error),
+            // Delivery reports count messages the broker did not acknowledge in time.
+            ConnectorError::Delivery { .. } => true,
+            ConnectorError::Io(_) | ConnectorError::Open { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Kafka errors no retry can fix: the client is refused, or the record itself is.
+pub fn kafka_retryable(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    !matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::SaslAuthenticationFailed
+                | Code::Authentication
+                | Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidRecord
+                | Code::UnknownTopic
+                | Code::InvalidConfig
+                | Code::Fatal
+        )
+    )
+}
