@@ -12,5 +12,6 @@
 pub mod archive;
 pub mod error;
 pub mod kafka;
+pub mod sink;
 
 pub use error::ConnectorError;

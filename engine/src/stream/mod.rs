@@ -4,11 +4,15 @@
 //!
 //! - [`config`]: settings (TOML, flags, environment).
 //! - [`pipeline`]: one micro-batch through every sink; checkpoints.
+//! - [`checkpoint`]: the coordinator: owned partitions, offsets, whose turn it is.
+//! - [`sinks`]: the sinks a run writes to, and the live window's.
 //! - [`runner`]: the consumer-group loop, rebalances and shutdown.
 
+pub mod checkpoint;
 pub mod config;
 pub mod pipeline;
 pub mod runner;
+pub mod sinks;
 
 pub use config::StreamConfig;
 pub use runner::{RunOptions, RunSummary, run_stream};

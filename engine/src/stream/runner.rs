@@ -11,16 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use risksense_store::ResultStore;
+use risksense_store::Store;
 use risksense_udfs::Model;
 use tokio::runtime::Handle;
 
+use super::checkpoint::PartitionOffset;
 use super::config::StreamConfig;
 use super::pipeline::Pipeline;
+use super::sinks::stream_sinks;
 use crate::error::EngineError;
 use risksense_common::metrics::{StreamMetrics, ms_between, now_ms};
 use risksense_connectors::kafka::{KafkaSettings, ensure_topic};
@@ -189,11 +191,14 @@ impl ConsumerContext for GroupContext {
                 let mut pipeline = lock(&self.pipeline);
                 // Everything processed so far becomes durable before another member can
                 // take these partitions over.
-                if let Err(error) = self.runtime.block_on(pipeline.checkpoint(consumer)) {
-                    tracing::error!(%error, "checkpoint on revoke failed; the next owner resumes from the previous one");
-                    pipeline.abandon();
+                match self.runtime.block_on(pipeline.revoke(&partitions)) {
+                    Ok(offsets) => {
+                        commit_offsets(consumer, &self.topic, &offsets, CommitMode::Sync)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "checkpoint on revoke failed; the next owner resumes from the previous one");
+                    }
                 }
-                pipeline.forget(&partitions);
                 lock(&self.revoked).extend(partitions.iter().copied());
                 tracing::info!(?partitions, "partitions revoked");
                 if let Err(error) = consumer.unassign() {
@@ -219,7 +224,7 @@ impl ConsumerContext for GroupContext {
 pub fn run_stream(
     config: StreamConfig,
     model: Arc<Model>,
-    store: ResultStore,
+    store: Store,
     runtime: &Handle,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<StreamMetrics>,
@@ -243,14 +248,14 @@ pub fn run_stream(
     let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
+    let (sinks, archive) = stream_sinks(&config, store.clone(), producer, options.live.clone())?;
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
         config.clone(),
         scorer,
         store,
-        producer,
+        sinks,
         metrics.clone(),
         shutdown.clone(),
-        options.live.clone(),
     )?));
     let context = GroupContext {
         pipeline: pipeline.clone(),
@@ -380,7 +385,9 @@ pub fn run_stream(
                 runtime.block_on(guard.process(batch))?;
             }
             if guard.checkpoint_due() {
-                runtime.block_on(guard.checkpoint_next(&consumer))?;
+                let offsets = runtime.block_on(guard.checkpoint_next())?;
+                // Asynchronously: the store's checkpoint is what a restart resumes from.
+                commit_offsets(&consumer, &config.topic, &offsets, CommitMode::Async);
             }
             drop(guard);
             // Lag takes a broker round trip per partition: once per checkpoint interval.
@@ -394,7 +401,8 @@ pub fn run_stream(
     let mut guard = lock(&pipeline);
     match &result {
         Ok(()) => {
-            runtime.block_on(guard.checkpoint(&consumer))?;
+            let offsets = runtime.block_on(guard.checkpoint_all())?;
+            commit_offsets(&consumer, &config.topic, &offsets, CommitMode::Sync);
             tracing::info!("stream stopped after a final checkpoint");
         }
         Err(error) => {
@@ -402,7 +410,7 @@ pub fn run_stream(
             guard.abandon();
         }
     }
-    let archive_files = guard.archive_files();
+    let archive_files = archive.as_ref().map_or(0, |a| a.files_written());
     drop(guard);
     consumer.unsubscribe();
     result?;
@@ -411,6 +419,29 @@ pub fn run_stream(
         first_message.map_or(started.elapsed(), |f| last_message.max(f) - f),
         archive_files,
     ))
+}
+
+/// Commits checkpointed offsets to the group. The checkpoint in the store is what a restart
+/// resumes from; the Kafka commit only shows progress (lag) to the group, so a failed
+/// commit loses nothing.
+fn commit_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    offsets: &[PartitionOffset],
+    mode: CommitMode,
+) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(%error, partition, "cannot commit this offset");
+        }
+    }
+    if let Err(error) = consumer.commit(&list, mode) {
+        tracing::warn!(%error, "committing offsets to Kafka failed (the checkpoint holds them)");
+    }
 }
 
 fn update_lag(

@@ -1,0 +1,459 @@
+//! The sinks a stream writes each micro-batch to, behind one trait the pipeline drives
+//! without knowing which sink it is.
+//!
+//! A sink's life per micro-batch and per checkpoint (two-phase commit, as Arroyo's and
+//! Flink's sinks):
+//! 1. [`Sink::write`] the micro-batch — inline on the poll loop, or in the background
+//!    overlapping the next micro-batches ([`Placement`]); a write that fails with a
+//!    retryable error is called again with the same batch, so writes must be idempotent
+//!    (after a crash, every batch since the last checkpoint is written again too);
+//! 2. at a partition's checkpoint, once every write of the rows before its offset has
+//!    returned: [`Sink::begin_commit`] cuts the partition's output on the poll loop, and
+//!    [`PendingCommit::prepare`] makes it durable but not yet visible (in the background),
+//!    returning a token the checkpoint records;
+//! 3. the checkpoint is saved; then [`PendingCommit::commit`] makes the output visible. A
+//!    pending commit dropped without `commit` discards its output (its rows will be read
+//!    again), and a restart that finds a token in the checkpoint completes the commit with
+//!    [`Sink::recover`].
+//!
+//! Redis and Kafka hold what `write` sent as soon as it returns, so they need no commit
+//! phase; the Parquet archive ([`ArchiveSink`]) does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use risksense_formats::message::partition_of;
+use risksense_store::{Alert, ScoredTransaction, Store, WriteOutcome};
+
+use crate::archive::{ParquetArchive, SealedFile, UnsealedFile, complete_publish};
+use crate::error::ConnectorError;
+
+/// Header of a dead letter that says why it could not be scored.
+pub const ERROR_HEADER: &str = "risksense-error";
+/// Header of a dead letter that says where it came from: `topic/partition/offset`.
+pub const SOURCE_HEADER: &str = "risksense-source";
+
+/// A message the stream could not score, with its reason: it goes to the dead-letter
+/// topic with its original bytes.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub reason: String,
+    /// `topic/partition/offset`.
+    pub source: String,
+}
+
+/// One micro-batch's output, as every sink sees it.
+pub struct SinkBatch {
+    /// The micro-batch's place in the stream (0, 1, 2, …): ordered sinks write in it.
+    pub seq: u64,
+    /// The scored rows (every column of the `scored` view).
+    pub scored: Vec<RecordBatch>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// The scored rows as store records, converted once for every sink that needs them.
+    rows: OnceLock<Vec<ScoredTransaction>>,
+}
+
+impl SinkBatch {
+    pub fn new(seq: u64, scored: Vec<RecordBatch>, dead_letters: Vec<DeadLetter>) -> Self {
+        Self {
+            seq,
+            scored,
+            dead_letters,
+            rows: OnceLock::new(),
+        }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.scored.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// The scored rows as store records (converted on first use, off the poll loop when
+    /// the first user is a background sink).
+    pub fn rows(&self) -> Result<&[ScoredTransaction], ConnectorError> {
+        if let Some(rows) = self.rows.get() {
+            return Ok(rows);
+        }
+        let mut rows = Vec::with_capacity(self.num_rows());
+        for batch in &self.scored {
+            rows.extend(risksense_store::from_batch(batch)?);
+        }
+        Ok(self.rows.get_or_init(|| rows))
+    }
+}
+
+/// What a sink's write did, for the stream's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkReport {
+    /// The result store's account of the write (rows, anomalies, new alerts).
+    pub stored: Option<WriteOutcome>,
+}
+
+/// Where the pipeline runs a sink's writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the poll loop, before the next micro-batch is scored: local and cheap (encoding
+    /// into the archive's open file, the in-memory live window). Not retried.
+    Inline,
+    /// In a task that overlaps the next micro-batches, retried with backoff while the
+    /// error is retryable. `ordered`: successive batches' writes run one after another in
+    /// batch order (Kafka records keep the stream's order); otherwise they may overlap
+    /// (Redis writes commute).
+    Background { ordered: bool },
+}
+
+/// A destination of scored micro-batches. See the module documentation for the protocol.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// For logs and errors: `store`, `kafka`, `archive`, `live`.
+    fn name(&self) -> &'static str;
+
+    fn placement(&self) -> Placement;
+
+    /// Writes one micro-batch. Idempotent: the same batch may be written again (a retry,
+    /// or a replay after a restart) and readers must see it once.
+    async fn write(&self, batch: &SinkBatch) -> Result<SinkReport, ConnectorError>;
+
+    /// Phase one of `partition`'s checkpoint, on the poll loop, after every write of the
+    /// rows before the checkpoint's offset was started: cuts the partition's output so far
+    /// (later rows go to what comes next). None when `write` alone makes output durable.
+    fn begin_commit(&self, _partition: i32) -> Option<Box<dyn PendingCommit>> {
+        None
+    }
+
+    /// A restored checkpoint of `partition` names `token`, prepared by the partition's
+    /// previous owner, which may have stopped before committing it: complete the commit
+    /// (idempotent).
+    fn recover(&self, _partition: i32, _token: &str) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Drops what was written for `partition` (None: every partition) and not committed:
+    /// those rows will be read again by whoever owns the partition next.
+    fn abort(&self, _partition: Option<i32>) {}
+}
+
+/// The output of one partition's checkpoint between its two phases. Dropped without
+/// [`PendingCommit::commit`], the output is discarded.
+#[async_trait]
+pub trait PendingCommit: Send {
+    /// Makes the output durable but not visible; returns the token the checkpoint records
+    /// so that a restart can complete the commit ([`Sink::recover`]).
+    async fn prepare(&mut self) -> Result<Option<String>, ConnectorError>;
+
+    /// The checkpoint naming the token is saved: make the output visible.
+    fn commit(self: Box<Self>) -> Result<(), ConnectorError>;
+}
+
+/// The result store (Redis, or the in-process store) as a sink: transactions, per-card and
+/// anomaly indexes, the alerts stream. Its writes are idempotent and commute.
+pub struct StoreSink {
+    store: Store,
+}
+
+impl StoreSink {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl Sink for StoreSink {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::Background { ordered: false }
+    }
+
+    async fn write(&self, batch: &SinkBatch) -> Result<SinkReport, ConnectorError> {
+        let rows = batch.rows()?;
+        let stored = self.store.write(rows).await?;
+        Ok(SinkReport {
+            stored: Some(stored),
+        })
+    }
+}
+
+/// A Kafka record still to be sent.
+struct KafkaRecord {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Kafka as a sink: an alert per anomaly (JSON, keyed by card) to the alerts topic, and
+/// the dead letters (original bytes, reason and source in headers) to the dead-letter
+/// topic. At least once: a replayed batch sends its alerts again (readers dedupe by
+/// `trans_num`; the store's alerts stream never repeats).
+pub struct KafkaSink {
+    producer: FutureProducer,
+    /// Empty: no alerts topic.
+    alerts_topic: String,
+    dead_letter_topic: String,
+    /// Per micro-batch: the records a failed write did not get acknowledged, which its
+    /// retry sends (and only those).
+    unsent: Mutex<HashMap<u64, Vec<KafkaRecord>>>,
+}
+
+/// Dead letters the broker refuses as too large (over the dead-letter topic's
+/// `max.message.bytes`, 1 MiB by default) are cut to this; a header says how long the
+/// original was. Up to the broker's limit the original bytes go out intact.
+const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
+
+impl KafkaSink {
+    pub fn new(producer: FutureProducer, alerts_topic: &str, dead_letter_topic: &str) -> Self {
+        Self {
+            producer,
+            alerts_topic: alerts_topic.to_string(),
+            dead_letter_topic: dead_letter_topic.to_string(),
+            unsent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn records(&self, batch: &SinkBatch) -> Result<Vec<KafkaRecord>, ConnectorError> {
+        let mut records: Vec<KafkaRecord> = batch
+            .dead_letters
+            .iter()
+            .map(|dead| KafkaRecord {
+                topic: self.dead_letter_topic.clone(),
+                key: dead.key.clone(),
+                payload: dead.payload.clone(),
+                headers: vec![
+                    (ERROR_HEADER, dead.reason.clone()),
+                    (SOURCE_HEADER, dead.source.clone()),
+                ],
+            })
+            .collect();
+        if !self.alerts_topic.is_empty() {
+            for row in batch.rows()?.iter().filter(|r| r.is_anomaly) {
+                records.push(KafkaRecord {
+                    topic: self.alerts_topic.clone(),
+                    key: Some(row.cc_num.to_string().into_bytes()),
+                    payload: serde_json::to_vec(&Alert::from(row))?,
+                    headers: Vec::new(),
+                });
+            }
+        }
+        Ok(records)
+    }
+
+    /// Sends every record, waits for every acknowledgement, and returns the ones that
+    /// failed with the first failure's reason.
+    async fn send_all(&self, records: Vec<KafkaRecord>) -> (Vec<KafkaRecord>, String) {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut future_record = FutureRecord::to(&record.topic)
+                .payload(&record.payload)
+                .headers(headers);
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key);
+            }
+            deliveries.push(self.producer.send(future_record, Duration::from_secs(30)));
+        }
+        let results = futures::future::join_all(deliveries).await;
+        let mut failed = Vec::new();
+        let mut first = String::new();
+        for (mut record, result) in records.into_iter().zip(results) {
+            if let Err((error, _)) = result {
+                tracing::warn!(%error, topic = %record.topic, "send failed");
+                if first.is_empty() {
+                    first = error.to_string();
+                }
+                if matches!(
+                    error,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                    )
+                ) && record.payload.len() > MAX_DEAD_LETTER_BYTES
+                {
+                    record
+                        .headers
+                        .push(("risksense-truncated-from", record.payload.len().to_string()));
+                    record.payload.truncate(MAX_DEAD_LETTER_BYTES);
+                }
+                failed.push(record);
+            }
+        }
+        (failed, first)
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::Background { ordered: true }
+    }
+
+    async fn write(&self, batch: &SinkBatch) -> Result<SinkReport, ConnectorError> {
+        let retry = self.unsent.lock().remove(&batch.seq);
+        let records = match retry {
+            Some(records) => records,
+            None => self.records(batch)?,
+        };
+        let attempted = records.len() as u64;
+        let (failed, first) = self.send_all(records).await;
+        if failed.is_empty() {
+            return Ok(SinkReport::default());
+        }
+        let error = ConnectorError::Delivery {
+            failed: failed.len() as u64,
+            attempted,
+            first,
+        };
+        self.unsent.lock().insert(batch.seq, failed);
+        Err(error)
+    }
+
+    fn abort(&self, _partition: Option<i32>) {
+        // Records of batches that will be read again are sent again then.
+        self.unsent.lock().clear();
+    }
+}
+
+/// The rows of a stream batch grouped by the partition they came from (see
+/// [`risksense_formats::message::row_id`]).
+pub fn split_by_partition(batch: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, ConnectorError> {
+    let ids = batch
+        .column_by_name("row_id")
+        .ok_or_else(|| {
+            risksense_formats::FormatError::Schema("scored rows lack row_id".to_string())
+        })?
+        .as_primitive::<Int64Type>();
+    let partitions: Vec<i32> = ids.values().iter().map(|id| partition_of(*id)).collect();
+    let Some(first) = partitions.first() else {
+        return Ok(Vec::new());
+    };
+    if partitions.iter().all(|p| p == first) {
+        return Ok(vec![(*first, batch.clone())]);
+    }
+    let distinct: HashSet<i32> = partitions.iter().copied().collect();
+    let mut out = Vec::with_capacity(distinct.len());
+    for partition in distinct {
+        let mask: BooleanArray = partitions.iter().map(|p| Some(*p == partition)).collect();
+        out.push((
+            partition,
+            arrow::compute::filter_record_batch(batch, &mask)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The Parquet archive as a sink: rows are encoded into a hidden file per partition as
+/// they come (inline: it is the cheapest sink and keeps no task busy); a checkpoint seals
+/// the partition's file (footer, fsync) in the background, the checkpoint names it, and
+/// only then is it published under its visible name — so a reader of the folder sees each
+/// row once, whatever crashed when.
+pub struct ArchiveSink {
+    archive: Arc<Mutex<ParquetArchive>>,
+}
+
+impl ArchiveSink {
+    pub fn new(archive: ParquetArchive) -> Self {
+        Self {
+            archive: Arc::new(Mutex::new(archive)),
+        }
+    }
+
+    /// Files published so far.
+    pub fn files_written(&self) -> u64 {
+        self.archive.lock().files_written()
+    }
+}
+
+#[async_trait]
+impl Sink for ArchiveSink {
+    fn name(&self) -> &'static str {
+        "archive"
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::Inline
+    }
+
+    async fn write(&self, batch: &SinkBatch) -> Result<SinkReport, ConnectorError> {
+        let mut archive = self.archive.lock();
+        for scored in &batch.scored {
+            for (partition, rows) in split_by_partition(scored)? {
+                archive.append(partition, &rows)?;
+            }
+        }
+        Ok(SinkReport::default())
+    }
+
+    fn begin_commit(&self, partition: i32) -> Option<Box<dyn PendingCommit>> {
+        let file = self.archive.lock().take(partition)?;
+        Some(Box::new(ArchiveCommit {
+            // Until the checkpoint is saved, the file holds rows no checkpoint names:
+            // dropped (the checkpoint failed, was refused or aborted), the file goes too.
+            discard: file.discard_on_drop(),
+            file: Some(file),
+            sealed: None,
+            archive: self.archive.clone(),
+        }))
+    }
+
+    fn recover(&self, _partition: i32, token: &str) -> Result<(), ConnectorError> {
+        // The previous owner may have stopped between saving and publishing.
+        let dir = self.archive.lock().dir().to_path_buf();
+        complete_publish(&dir, token)
+    }
+
+    fn abort(&self, partition: Option<i32>) {
+        let mut archive = self.archive.lock();
+        match partition {
+            Some(partition) => archive.abandon(partition),
+            None => archive.abandon_all(),
+        }
+    }
+}
+
+struct ArchiveCommit {
+    discard: crate::archive::DiscardOnDrop,
+    file: Option<UnsealedFile>,
+    sealed: Option<SealedFile>,
+    archive: Arc<Mutex<ParquetArchive>>,
+}
+
+#[async_trait]
+impl PendingCommit for ArchiveCommit {
+    async fn prepare(&mut self) -> Result<Option<String>, ConnectorError> {
+        if let Some(file) = self.file.take() {
+            let sealed = tokio::task::spawn_blocking(move || file.seal())
+                .await
+                .map_err(|e| ConnectorError::Io(std::io::Error::other(e)))??;
+            self.sealed = Some(sealed);
+        }
+        Ok(self.sealed.as_ref().map(|f| f.name.clone()))
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), ConnectorError> {
+        self.discard.keep();
+        if let Some(sealed) = &self.sealed {
+            sealed.publish()?;
+            self.archive.lock().count_published();
+        }
+        Ok(())
+    }
+}
