@@ -2,7 +2,6 @@
 //! the OpenAPI document.
 
 use std::collections::VecDeque;
-use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -12,10 +11,14 @@ use arrow::array::AsArray;
 use arrow::datatypes::Float64Type;
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use risksense_common::metrics::StreamMetrics;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+use risksense_common::metrics::{StreamMetrics, encode_counter, encode_gauge};
 use serde::Serialize;
 use utoipa::OpenApi;
 
@@ -150,162 +153,131 @@ pub async fn stats(State(state): State<Arc<ApiState>>) -> Json<Stats> {
     })
 }
 
-/// Prometheus text exposition.
-pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+/// Prometheus exposition, written by `prometheus-client` from one registry: the API's own
+/// counters and query-pool figures ([`ApiCollector`]) and, when a stream runs in this
+/// process, every [`StreamMetrics`] field ([`StreamMetrics::register`]).
+///
+/// OpenMetrics text when the scraper asks for it (Prometheus does, first), else the
+/// Prometheus text format 0.0.4, as before. The metric names are the same in both.
+pub async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let registry = registry(&state);
+    let openmetrics = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
+    let (written, content_type) = if openmetrics {
+        (
+            prometheus_client::encoding::text::encode(&mut out, &registry),
+            OPENMETRICS_CONTENT_TYPE,
+        )
+    } else {
+        (
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
     };
-    let c = &state.counters;
-    counter(
-        "risksense_http_requests_total",
-        "HTTP requests served.",
-        c.requests.load(Relaxed),
-    );
-    counter(
-        "risksense_http_client_errors_total",
-        "HTTP 4xx answers.",
-        c.client_errors.load(Relaxed),
-    );
-    counter(
-        "risksense_http_server_errors_total",
-        "HTTP 5xx answers.",
-        c.server_errors.load(Relaxed),
-    );
-    counter(
-        "risksense_score_cache_hits_total",
-        "Ad-hoc scores answered from the cache.",
-        c.cache_hits.load(Relaxed),
-    );
-    counter(
-        "risksense_score_cache_misses_total",
-        "Ad-hoc scores computed by the model.",
-        c.cache_misses.load(Relaxed),
-    );
-    counter(
-        "risksense_sql_queries_total",
-        "Queries run by /v1/sql.",
-        c.sql_queries.load(Relaxed),
-    );
-    counter(
-        "risksense_sql_cancelled_total",
-        "Queries cancelled at their deadline or because their client left.",
-        state.queries.cancelled.load(Relaxed),
-    );
-    counter(
-        "risksense_sql_refused_total",
-        "Queries refused with 429 because the query pool was full.",
-        state.queries.refused.load(Relaxed),
-    );
-    counter(
-        "risksense_store_timeouts_total",
-        "API calls to the result store that did not answer within the store timeout.",
-        c.store_timeouts.load(Relaxed),
-    );
-
-    if let Some(s) = state.stream.as_deref() {
-        let get = StreamMetrics::get;
-        counter(
-            "risksense_messages_consumed_total",
-            "Messages read from the transactions topic.",
-            get(&s.messages),
-        );
-        counter(
-            "risksense_rows_scored_total",
-            "Transactions scored and written to every sink.",
-            get(&s.rows_scored),
-        );
-        counter(
-            "risksense_anomalies_total",
-            "Transactions scored at or above the threshold.",
-            get(&s.anomalies),
-        );
-        counter(
-            "risksense_alerts_total",
-            "Alerts added to the alerts stream (replays excluded).",
-            get(&s.new_alerts),
-        );
-        counter(
-            "risksense_dead_letters_total",
-            "Messages sent to the dead-letter topic.",
-            get(&s.dead_letters),
-        );
-        counter(
-            "risksense_batches_total",
-            "Micro-batches processed.",
-            get(&s.batches),
-        );
-        counter(
-            "risksense_checkpoints_total",
-            "Checkpoints completed.",
-            get(&s.checkpoints),
-        );
-        counter(
-            "risksense_sink_retries_total",
-            "Sink writes retried after a failure.",
-            get(&s.sink_retries),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP risksense_consumer_lag Messages behind the end of the assigned partitions.\n# TYPE risksense_consumer_lag gauge\nrisksense_consumer_lag {}",
-            get(&s.lag)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP risksense_stage_seconds_total Busy time per stage.\n# TYPE risksense_stage_seconds_total counter"
-        );
-        for (stage, ns) in [
-            ("decode", &s.decode_ns),
-            ("score", &s.score_ns),
-            ("sinks", &s.sink_ns),
-            ("checkpoint", &s.checkpoint_ns),
-        ] {
-            let _ = writeln!(
-                out,
-                "risksense_stage_seconds_total{{stage=\"{stage}\"}} {}",
-                get(ns) as f64 / 1e9
-            );
-        }
-        for (name, help, histogram) in [
-            (
-                "risksense_batch_latency_seconds",
-                "From a micro-batch's close to its results in every sink.",
-                &s.batch_latency,
-            ),
-            (
-                "risksense_visible_latency_seconds",
-                "From a message's produce time to its result in the store.",
-                &s.visible_latency,
-            ),
-        ] {
-            let bounds = [5u64, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (bound, count) in bounds.iter().zip(histogram.cumulative(&bounds)) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{le=\"{}\"}} {count}",
-                    *bound as f64 / 1000.0
-                );
-            }
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count());
-            let _ = writeln!(out, "{name}_sum {}", histogram.sum_ms() as f64 / 1000.0);
-            let _ = writeln!(out, "{name}_count {}", histogram.count());
-        }
+    match written {
+        Ok(()) => ([(CONTENT_TYPE, content_type)], out).into_response(),
+        Err(_) => ApiError::internal("encoding the metrics failed").into_response(),
     }
-    let _ = writeln!(
-        out,
-        "# HELP risksense_sql_running Queries running on the query pool.\n# TYPE risksense_sql_running gauge\nrisksense_sql_running {}",
-        state.queries.running()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP risksense_sql_throttled_seconds_total Time queries paused because the stream was behind.\n# TYPE risksense_sql_throttled_seconds_total counter\nrisksense_sql_throttled_seconds_total {}",
-        state.queries.throttled().as_secs_f64()
-    );
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry behind `/metrics`. Built per scrape (a few boxed collectors): the values
+/// live in the atomics the API and the stream already count into, read at encoding time.
+pub fn registry(state: &Arc<ApiState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ApiCollector(state.clone())));
+    if let Some(stream) = &state.stream {
+        StreamMetrics::register(stream.clone(), &mut registry);
+    }
+    registry
+}
+
+/// The API's own metrics: [`crate::ApiCounters`] and the query pool, read on each scrape.
+struct ApiCollector(Arc<ApiState>);
+
+impl std::fmt::Debug for ApiCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiCollector")
+    }
+}
+
+impl Collector for ApiCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &*self.0;
+        let c = &state.counters;
+        // Names before the `_total` the encoder adds to counters.
+        for (name, help, value) in [
+            (
+                "risksense_http_requests",
+                "HTTP requests served.",
+                &c.requests,
+            ),
+            (
+                "risksense_http_client_errors",
+                "HTTP 4xx answers.",
+                &c.client_errors,
+            ),
+            (
+                "risksense_http_server_errors",
+                "HTTP 5xx answers.",
+                &c.server_errors,
+            ),
+            (
+                "risksense_score_cache_hits",
+                "Ad-hoc scores answered from the cache.",
+                &c.cache_hits,
+            ),
+            (
+                "risksense_score_cache_misses",
+                "Ad-hoc scores computed by the model.",
+                &c.cache_misses,
+            ),
+            (
+                "risksense_score_rows",
+                "Transactions scored by /v1/score (cached or not).",
+                &c.scored_rows,
+            ),
+            (
+                "risksense_sql_queries",
+                "Queries run by /v1/sql.",
+                &c.sql_queries,
+            ),
+            (
+                "risksense_sql_cancelled",
+                "Queries cancelled at their deadline or because their client left.",
+                &state.queries.cancelled,
+            ),
+            (
+                "risksense_sql_refused",
+                "Queries refused with 429 because the query pool was full.",
+                &state.queries.refused,
+            ),
+            (
+                "risksense_store_timeouts",
+                "API calls to the result store that did not answer within the store timeout.",
+                &c.store_timeouts,
+            ),
+        ] {
+            encode_counter(&mut encoder, name, help, value.load(Relaxed))?;
+        }
+        encode_gauge(
+            &mut encoder,
+            "risksense_sql_running",
+            "Queries running on the query pool.",
+            state.queries.running() as u64,
+        )?;
+        encode_counter(
+            &mut encoder,
+            "risksense_sql_throttled_seconds",
+            "Time queries paused because the stream was behind.",
+            state.queries.throttled().as_secs_f64(),
+        )
+    }
 }
 
 /// The process is up.

@@ -243,7 +243,7 @@ async fn score_matches_the_batch_path_and_repeats_come_from_the_cache() {
     assert_eq!(error_code(&text), "too_large");
 
     // The metrics count the cache.
-    let (_, metrics, _) = call(
+    let (_, metrics, content_type) = call(
         &state,
         Request::get("/metrics")
             .body(Body::empty())
@@ -257,6 +257,35 @@ async fn score_matches_the_batch_path_and_repeats_come_from_the_cache() {
     );
     assert!(metrics.contains(&format!("risksense_score_cache_misses_total {n}")));
     assert!(metrics.contains("risksense_batch_latency_seconds_bucket"));
+    assert!(content_type.starts_with("text/plain; version=0.0.4"));
+    // Every stage timer, and OpenMetrics for a scraper that asks for it.
+    for stage in [
+        "decode",
+        "score",
+        "sinks",
+        "checkpoint",
+        "remote_sinks",
+        "state",
+        "poll",
+    ] {
+        let line = format!("risksense_stage_seconds_total{{stage=\"{stage}\"}} ");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    let (_, open, content_type) = call(
+        &state,
+        Request::get("/metrics")
+            .header(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    let open = String::from_utf8(open).expect("text");
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    assert!(open.contains(&format!("risksense_score_cache_hits_total {n}")));
+    assert!(open.ends_with("# EOF\n"), "{open}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
