@@ -67,7 +67,7 @@ install_build_deps() {
 install_test_tools() {
   # The dashboard test drives Debian's Chromium with playwright-core (from npm, pinned in
   # tests/browser/package-lock.json); the HTTP benchmark uses wrk.
-  apt_install chromium wrk
+  apt_install chromium wrk openssl
   command -v node >/dev/null || apt_install nodejs npm
   if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
     log "installing playwright-core (npm) for the dashboard test"

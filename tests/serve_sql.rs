@@ -111,3 +111,57 @@ fn sql_against_a_running_service_reads_its_archive() {
     assert!(stderr.contains("400") && stderr.contains("DDL"), "{stderr}");
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+/// `sql --url https://…` speaks TLS and checks the server's certificate: against a local
+/// TLS server with a self-signed certificate (OpenSSL's `s_server`), the client fails the
+/// handshake on the certificate, not on an unsupported scheme.
+#[test]
+fn sql_over_https_speaks_tls_and_checks_the_certificate() {
+    let dir = std::env::temp_dir().join(common::unique_topic("tls"));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed (scripts/services.sh test-tools)");
+    assert!(made.success(), "openssl made no certificate");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _server = support::KillOnDrop(
+        Command::new("openssl")
+            .args(["s_server", "-www", "-accept", &port.to_string(), "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts"),
+    );
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "the TLS server did not start");
+    let url = format!("https://127.0.0.1:{port}");
+    let output = risksense(&["sql", "--url", &url, "SELECT 1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.to_lowercase().contains("certificate"),
+        "the handshake must fail on the self-signed certificate: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

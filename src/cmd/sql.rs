@@ -88,7 +88,8 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<()> {
 }
 
 /// POSTs JSON and returns the status and the body, whatever the status (an error answer
-/// carries the API's JSON error). Plain HTTP: the local engine's API has no TLS.
+/// carries the API's JSON error). `https://` URLs work too (rustls, Mozilla's roots): an API
+/// published behind a TLS-terminating proxy.
 fn http_post_json(
     url: &str,
     path: &str,

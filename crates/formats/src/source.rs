@@ -151,14 +151,13 @@ pub fn expand_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, FormatError> {
         }
     }
     if files.is_empty() {
-        return Err(FormatError::NoInputs(format!(
-            "{}",
+        return Err(FormatError::NoInputs(
             inputs
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        )));
+                .join(", "),
+        ));
     }
     Ok(files)
 }

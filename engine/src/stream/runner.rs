@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 use super::checkpoint::PartitionOffset;
 use super::config::StreamConfig;
 use super::pipeline::Pipeline;
-use super::sinks::stream_sinks;
+use super::sinks::{StreamSinks, stream_sinks};
 use crate::error::EngineError;
 use risksense_common::metrics::{StreamMetrics, ms_between, now_ms};
 use risksense_connectors::kafka::{KafkaSettings, ensure_topic};
@@ -248,7 +248,8 @@ pub fn run_stream(
     let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
-    let (sinks, archive) = stream_sinks(&config, store.clone(), producer, options.live.clone())?;
+    let StreamSinks { sinks, archive } =
+        stream_sinks(&config, store.clone(), producer, options.live.clone())?;
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
         config.clone(),
         scorer,
@@ -467,7 +468,7 @@ fn update_lag(
             lag += (high - position).max(0) as u64;
         }
     }
-    metrics.lag.store(lag, Ordering::Relaxed);
+    metrics.set_lag(lag);
 }
 
 fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> RunSummary {

@@ -46,6 +46,12 @@ impl Sink for LiveSink {
     }
 }
 
+/// The sinks of a run, and the archive among them (its published files are counted).
+pub struct StreamSinks {
+    pub sinks: Vec<Arc<dyn Sink>>,
+    pub archive: Option<Arc<ArchiveSink>>,
+}
+
 /// The stream's sinks as configured: the archive (when `archive` is set) and the live
 /// window (when given) inline; the result store and Kafka (alerts, dead letters) in the
 /// background. Also returns the archive, whose published files the run summary counts.
@@ -54,7 +60,7 @@ pub fn stream_sinks(
     store: Store,
     producer: FutureProducer,
     live: Option<Arc<LiveWindow>>,
-) -> Result<(Vec<Arc<dyn Sink>>, Option<Arc<ArchiveSink>>), EngineError> {
+) -> Result<StreamSinks, EngineError> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let archive = if config.archive.as_os_str().is_empty() {
         None
@@ -75,5 +81,5 @@ pub fn stream_sinks(
         &config.alerts_topic,
         &config.dead_letter_topic,
     )));
-    Ok((sinks, archive))
+    Ok(StreamSinks { sinks, archive })
 }
