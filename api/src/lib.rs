@@ -39,7 +39,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use risksense_common::metrics::StreamMetrics;
 use risksense_query::LiveWindow;
-use risksense_store::ResultStore;
+use risksense_store::Store;
 use risksense_udfs::Model;
 
 pub use error::ApiError;
@@ -114,7 +114,7 @@ pub struct ApiCounters {
 /// Everything the handlers share.
 pub struct ApiState {
     pub config: ApiConfig,
-    pub store: ResultStore,
+    pub store: Store,
     pub model: Arc<Model>,
     /// The live window of the stream in this process, if any.
     pub live: Option<Arc<LiveWindow>>,
@@ -132,7 +132,7 @@ pub struct ApiState {
 impl ApiState {
     pub async fn new(
         config: ApiConfig,
-        store: ResultStore,
+        store: Store,
         model: Arc<Model>,
         live: Option<Arc<LiveWindow>>,
         stream: Option<Arc<StreamMetrics>>,

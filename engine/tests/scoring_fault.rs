@@ -15,7 +15,7 @@ use risksense_common::schema::idx;
 use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
 use risksense_query::scoring::SQL_DIR_ENV;
-use risksense_store::{ResultStore, Retention};
+use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::Model;
 
@@ -84,7 +84,7 @@ fn a_scoring_fault_stops_the_stream_and_commits_nothing_past_it() {
         ..StreamConfig::default()
     };
     let store = runtime
-        .block_on(ResultStore::redis(&url, config.retention.clone()))
+        .block_on(Store::redis(&url, config.retention.clone()))
         .expect("redis");
     let model = Arc::new(
         Model::load(

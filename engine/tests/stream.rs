@@ -16,7 +16,7 @@ use risksense_common::schema::idx;
 use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::stream::pipeline::{ERROR_HEADER, SOURCE_HEADER};
 use risksense_engine::stream::{RunOptions, RunSummary, StreamConfig, StreamMetrics, run_stream};
-use risksense_store::{ResultStore, Retention};
+use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::Model;
 
@@ -79,20 +79,20 @@ fn config(topic: &str, archive: &Path) -> StreamConfig {
     }
 }
 
-fn redis_store(runtime: &tokio::runtime::Runtime, url: &str, config: &StreamConfig) -> ResultStore {
+fn redis_store(runtime: &tokio::runtime::Runtime, url: &str, config: &StreamConfig) -> Store {
     runtime
-        .block_on(ResultStore::redis(url, config.retention.clone()))
+        .block_on(Store::redis(url, config.retention.clone()))
         .expect("redis store")
 }
 
 /// Runs the engine until it has been idle for `idle`.
-fn run_until_idle(config: StreamConfig, store: ResultStore, idle: Duration) -> RunSummary {
+fn run_until_idle(config: StreamConfig, store: Store, idle: Duration) -> RunSummary {
     run_with_metrics(config, store, idle, Arc::new(StreamMetrics::default()))
 }
 
 fn run_with_metrics(
     config: StreamConfig,
-    store: ResultStore,
+    store: Store,
     idle: Duration,
     metrics: Arc<StreamMetrics>,
 ) -> RunSummary {

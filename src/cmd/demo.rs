@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use risksense_connectors::kafka::{EmbeddedBroker, KafkaSettings, Pace, ReplayProducer};
 use risksense_engine::stream::{LiveWindow, RunOptions, StreamConfig, StreamMetrics, run_stream};
-use risksense_store::{ResultStore, Retention};
+use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
 
 use super::serve::{ApiInputs, HttpArgs, spawn_api};
@@ -97,9 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let store = match &args.redis {
         Some(url) => runtime
-            .block_on(ResultStore::redis(url, retention.clone()))
+            .block_on(Store::redis(url, retention.clone()))
             .with_context(|| format!("connecting to Redis at {url}"))?,
-        None => ResultStore::memory(retention),
+        None => Store::memory(retention),
     };
     println!("Results: {}", store.describe());
     let archive = args

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
-use risksense_store::ResultStore;
+use risksense_store::Store;
 
 use super::model::ModelArgs;
 
@@ -161,9 +161,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .load()?;
     let store = runtime.block_on(async {
         if config.redis.is_empty() {
-            Ok(ResultStore::memory(config.retention.clone()))
+            Ok(Store::memory(config.retention.clone()))
         } else {
-            ResultStore::redis(&config.redis, config.retention.clone())
+            Store::redis(&config.redis, config.retention.clone())
                 .await
                 .with_context(|| format!("connecting to Redis at {}", config.redis))
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use risksense_api::{ApiConfig, ApiState};
 use risksense_engine::stream::{LiveWindow, StreamMetrics};
-use risksense_store::{ResultStore, Retention};
+use risksense_store::{Retention, Store};
 use risksense_udfs::Model;
 
 use super::model::ModelArgs;
@@ -82,7 +82,7 @@ pub struct Args {
 /// What the API serves.
 pub struct ApiInputs {
     pub config: ApiConfig,
-    pub store: ResultStore,
+    pub store: Store,
     pub model: Arc<Model>,
     /// The live window of a stream in this process.
     pub live: Option<Arc<LiveWindow>>,
@@ -131,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..Retention::default()
     };
     let store = runtime
-        .block_on(ResultStore::redis(&args.redis, retention))
+        .block_on(Store::redis(&args.redis, retention))
         .with_context(|| format!("connecting to Redis at {}", args.redis))?;
     let stop = Arc::new(AtomicBool::new(false));
     super::run::stop_on_signal(&runtime, stop.clone());

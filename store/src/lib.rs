@@ -1,17 +1,24 @@
 //! The result store: where scored transactions, alerts and stream checkpoints live.
 //!
-//! [`ResultStore::Redis`] is the production store; its key layout (see [`layout`]) is the
-//! contract between the engine, which writes, and the API, which reads. Every write is
-//! idempotent: replaying a micro-batch after a crash changes nothing a reader can see.
-//! [`ResultStore::Memory`] keeps the same shape in process, for the embedded default
-//! (`risksense demo` on a machine with no Redis).
+//! [`ResultStore`] is the seam: the operations the engine (writes, checkpoints) and the API
+//! (reads, the score cache, health) need, each with the contract every implementation
+//! meets. [`RedisStore`] is the production store; its key layout (see [`layout`]) is what
+//! an operator sees in Redis. [`MemoryStore`] keeps the same shape in process, for the
+//! embedded default (`risksense demo` on a machine with no Redis). `store/tests/
+//! conformance.rs` runs one suite against both; a new implementation joins that suite.
+//!
+//! Callers hold a [`Store`]: a cheap, cloneable handle to any implementation.
 
 pub mod layout;
 mod memory;
 pub mod record;
 mod redis_store;
 
+use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
+
+use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 pub use record::{ScoredTransaction, from_batch};
@@ -130,145 +137,144 @@ impl From<&ScoredTransaction> for Alert {
     }
 }
 
-/// The store the engine writes and the API reads.
-#[derive(Clone)]
-pub enum ResultStore {
-    Redis(Arc<RedisStore>),
-    Memory(Arc<MemoryStore>),
-}
+/// What the engine and the API need from a result store. Every implementation meets the
+/// contract in these doc comments, and `store/tests/conformance.rs` checks it against each.
+///
+/// All methods may be called concurrently from many tasks (the stream writes partitions in
+/// parallel while the API reads). An `Err` means the call may or may not have taken effect
+/// (partly, for [`write`](Self::write)); callers retry, which the idempotence below makes
+/// safe. [`StoreError::is_unavailable`] tells "could not reach the store" (worth retrying)
+/// from a refusal.
+#[async_trait]
+pub trait ResultStore: Send + Sync + 'static {
+    /// Where the results go, for logs and `/ready`: one line, e.g. `Redis at redis://…`.
+    fn describe(&self) -> String;
 
-impl ResultStore {
-    /// Connects to Redis at `url` (`redis://127.0.0.1:6379/`).
-    pub async fn redis(url: &str, retention: Retention) -> Result<Self, StoreError> {
-        Ok(Self::Redis(Arc::new(
-            RedisStore::connect(url, retention).await?,
-        )))
-    }
+    /// Ok when the store answers right now (readiness). Changes nothing.
+    async fn ping(&self) -> Result<(), StoreError>;
 
-    /// An in-process store (nothing survives the process).
-    pub fn memory(retention: Retention) -> Self {
-        Self::Memory(Arc::new(MemoryStore::new(retention)))
-    }
+    /// Writes scored rows: a record per transaction (read back by
+    /// [`transaction`](Self::transaction)), the card's recent list
+    /// ([`card_transactions`](Self::card_transactions)), the anomaly index
+    /// ([`anomalies`](Self::anomalies)) and one alert per anomaly never alerted before
+    /// ([`alerts`](Self::alerts)).
+    ///
+    /// Idempotent: `trans_num` identifies a transaction, and writing the same rows again
+    /// (a replayed micro-batch) changes nothing a reader can see — no second alert, no
+    /// duplicate in a card's list or the anomaly index. The rows' `event_time` and
+    /// `event_secs` must agree (a store may keep either one and derive the other). A
+    /// different row under a `trans_num` already written is outside this contract (stores
+    /// differ: Redis keeps the old `explanation`/`is_fraud` when the new row has none).
+    ///
+    /// Retention ([`Retention`]): a card keeps its `card_history` newest transactions by
+    /// event time, the anomaly index its `anomalies_kept` newest, the alerts about the
+    /// latest `alerts_kept`. Records and card lists stay readable for at most `ttl_secs`
+    /// after their last write in a store that expires by time (Redis); a store may bound
+    /// them by count instead (the in-process store keeps the latest 2,000,000).
+    ///
+    /// Returns the rows given, the anomalies among them, and the alerts this call emitted
+    /// (0 for a replay).
+    async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError>;
 
-    /// Where the results go, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Redis(store) => format!("Redis at {}", store.url()),
-            Self::Memory(_) => "the in-process store (nothing is kept after exit)".to_string(),
-        }
-    }
+    /// The transaction written under `trans_num`, exactly as written (an empty
+    /// `explanation` may load as None); None if it never was or no longer is kept.
+    async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError>;
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Redis(store) => store.ping().await,
-            Self::Memory(_) => Ok(()),
-        }
-    }
-
-    /// Writes scored rows: a record per transaction, the card's recent list, the anomaly
-    /// index and one alert per anomaly never alerted before. Idempotent.
-    pub async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
-        match self {
-            Self::Redis(store) => store.write(rows).await,
-            Self::Memory(store) => Ok(store.write(rows)),
-        }
-    }
-
-    pub async fn transaction(
-        &self,
-        trans_num: &str,
-    ) -> Result<Option<ScoredTransaction>, StoreError> {
-        match self {
-            Self::Redis(store) => store.transaction(trans_num).await,
-            Self::Memory(store) => Ok(store.transaction(trans_num)),
-        }
-    }
-
-    /// The card's most recent scored transactions, newest first.
-    pub async fn card_transactions(
+    /// The card's most recent scored transactions, newest event time first (ties: greater
+    /// `trans_num` first), at most `limit` (none for 0 or an unknown card). Only rows still
+    /// readable by [`transaction`](Self::transaction) are returned.
+    async fn card_transactions(
         &self,
         cc_num: i64,
         limit: usize,
-    ) -> Result<Vec<ScoredTransaction>, StoreError> {
-        match self {
-            Self::Redis(store) => store.card_transactions(cc_num, limit).await,
-            Self::Memory(store) => Ok(store.card_transactions(cc_num, limit)),
-        }
-    }
+    ) -> Result<Vec<ScoredTransaction>, StoreError>;
 
-    /// Anomalies with event time at or after `since_secs`, newest first.
-    pub async fn anomalies(
+    /// Anomalies with event time at or after `since_secs` and score at least `min_score`
+    /// (each when given), newest event time first, at most `limit`: the first `limit` that
+    /// pass both filters, however many fail the score filter before them.
+    async fn anomalies(
         &self,
         since_secs: Option<i64>,
         limit: usize,
         min_score: Option<f64>,
-    ) -> Result<Vec<ScoredTransaction>, StoreError> {
-        match self {
-            Self::Redis(store) => store.anomalies(since_secs, limit, min_score).await,
-            Self::Memory(store) => Ok(store.anomalies(since_secs, limit, min_score)),
-        }
-    }
+    ) -> Result<Vec<ScoredTransaction>, StoreError>;
 
-    /// The latest alerts, newest first.
-    pub async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
-        match self {
-            Self::Redis(store) => store.alerts(limit).await,
-            Self::Memory(store) => Ok(store.alerts(limit)),
-        }
-    }
+    /// The latest alerts, most recently emitted first, at most `limit`; each is
+    /// `Alert::from` the row that raised it. Alerts emitted by one
+    /// [`write`](Self::write) may come in any order among themselves.
+    async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError>;
 
-    /// Saves a partition's checkpoint unless a newer one (a higher offset) is there already:
-    /// a consumer that lost its partitions can never roll back its successor's progress.
-    /// Returns whether it was saved.
-    pub async fn save_checkpoint(
+    /// Saves a partition's checkpoint unless one with a higher offset is there already —
+    /// compare and set in one atomic step, so the stored offset for `(group, topic,
+    /// partition)` never goes backwards, even with several savers racing: a consumer that
+    /// lost its partitions can never roll back its successor's progress.
+    ///
+    /// A save at the stored offset replaces it (a retried save succeeds). `offset`,
+    /// `state` and `archive_file` are saved together: a load never mixes two saves.
+    /// Checkpoints do not expire. Returns whether it was saved.
+    async fn save_checkpoint(
         &self,
         group: &str,
         topic: &str,
         partition: i32,
         checkpoint: &Checkpoint,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Self::Redis(store) => {
-                store
-                    .save_checkpoint(group, topic, partition, checkpoint)
-                    .await
-            }
-            Self::Memory(store) => Ok(store.save_checkpoint(group, topic, partition, checkpoint)),
-        }
-    }
+    ) -> Result<bool, StoreError>;
 
-    pub async fn load_checkpoint(
+    /// The checkpoint last saved for `(group, topic, partition)`, byte for byte (an empty
+    /// `archive_file` name loads as None); None if there never was one.
+    async fn load_checkpoint(
         &self,
         group: &str,
         topic: &str,
         partition: i32,
-    ) -> Result<Option<Checkpoint>, StoreError> {
-        match self {
-            Self::Redis(store) => store.load_checkpoint(group, topic, partition).await,
-            Self::Memory(store) => Ok(store.load_checkpoint(group, topic, partition)),
-        }
-    }
+    ) -> Result<Option<Checkpoint>, StoreError>;
 
-    /// Cached values under `hashes` (None where absent), in one round trip.
-    pub async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        match self {
-            Self::Redis(store) => store.cache_get(hashes).await,
-            Self::Memory(store) => Ok(store.cache_get(hashes)),
-        }
-    }
+    /// Cached values under `hashes`, in the same order, None where absent or past its TTL,
+    /// in one round trip.
+    async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError>;
 
-    /// Caches `(hash, value)` pairs for `ttl_secs`.
-    pub async fn cache_put(
+    /// Caches `(hash, value)` pairs for `ttl_secs` (at least 1 s), replacing what was
+    /// under those hashes. A cached value is never returned after its TTL; it may be
+    /// dropped before (a store may bound the cache by count).
+    async fn cache_put(
         &self,
         entries: &[(String, String)],
         ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        match self {
-            Self::Redis(store) => store.cache_put(entries, ttl_secs).await,
-            Self::Memory(store) => {
-                store.cache_put(entries, ttl_secs);
-                Ok(())
-            }
-        }
+    ) -> Result<(), StoreError>;
+}
+
+/// The store the engine writes and the API reads: a cheap, cloneable handle to any
+/// [`ResultStore`] (calls go through it by `Deref`).
+#[derive(Clone)]
+pub struct Store(Arc<dyn ResultStore>);
+
+impl Store {
+    /// Connects to Redis at `url` (`redis://127.0.0.1:6379/`).
+    pub async fn redis(url: &str, retention: Retention) -> Result<Self, StoreError> {
+        Ok(Self::new(RedisStore::connect(url, retention).await?))
+    }
+
+    /// An in-process store (nothing survives the process).
+    pub fn memory(retention: Retention) -> Self {
+        Self::new(MemoryStore::new(retention))
+    }
+
+    /// A handle to any implementation (a test double, a future store).
+    pub fn new(store: impl ResultStore) -> Self {
+        Self(Arc::new(store))
+    }
+}
+
+impl Deref for Store {
+    type Target = dyn ResultStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Store").field(&self.0.describe()).finish()
     }
 }

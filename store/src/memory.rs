@@ -4,7 +4,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
-use crate::{Alert, Checkpoint, Retention, ScoredTransaction, WriteOutcome};
+use async_trait::async_trait;
+
+use crate::{
+    Alert, Checkpoint, ResultStore, Retention, ScoredTransaction, StoreError, WriteOutcome,
+};
 
 /// Transactions kept before the oldest are dropped (the in-process store has no TTL).
 const MAX_TRANSACTIONS: usize = 2_000_000;
@@ -26,6 +30,7 @@ struct Inner {
 /// Cached scores kept by the in-process store before the oldest are dropped.
 const MAX_CACHED: usize = 100_000;
 
+/// The in-process [`ResultStore`]. Its writes never fail.
 pub struct MemoryStore {
     retention: Retention,
     inner: Mutex<Inner>,
@@ -43,8 +48,19 @@ impl MemoryStore {
         // A panic while holding the lock leaves plain data behind: keep using it.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    pub fn write(&self, rows: &[ScoredTransaction]) -> WriteOutcome {
+#[async_trait]
+impl ResultStore for MemoryStore {
+    fn describe(&self) -> String {
+        "the in-process store (nothing is kept after exit)".to_string()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
         let r = &self.retention;
         let mut inner = self.lock();
         let mut outcome = WriteOutcome {
@@ -87,33 +103,38 @@ impl MemoryStore {
                 inner.alerted.remove(&oldest);
             }
         }
-        outcome
+        Ok(outcome)
     }
 
-    pub fn transaction(&self, trans_num: &str) -> Option<ScoredTransaction> {
-        self.lock().transactions.get(trans_num).cloned()
+    async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
+        Ok(self.lock().transactions.get(trans_num).cloned())
     }
 
-    pub fn card_transactions(&self, cc_num: i64, limit: usize) -> Vec<ScoredTransaction> {
+    async fn card_transactions(
+        &self,
+        cc_num: i64,
+        limit: usize,
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
         let inner = self.lock();
         let Some(card) = inner.cards.get(&cc_num) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        card.iter()
+        Ok(card
+            .iter()
             .rev()
             .filter_map(|(_, t)| inner.transactions.get(t).cloned())
             .take(limit)
-            .collect()
+            .collect())
     }
 
-    pub fn anomalies(
+    async fn anomalies(
         &self,
         since_secs: Option<i64>,
         limit: usize,
         min_score: Option<f64>,
-    ) -> Vec<ScoredTransaction> {
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
         let inner = self.lock();
-        inner
+        Ok(inner
             .anomalies
             .iter()
             .rev()
@@ -122,26 +143,27 @@ impl MemoryStore {
             .filter(|row| min_score.is_none_or(|m| row.score >= m))
             .take(limit)
             .cloned()
-            .collect()
+            .collect())
     }
 
-    pub fn alerts(&self, limit: usize) -> Vec<Alert> {
-        self.lock()
+    async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        Ok(self
+            .lock()
             .alerts
             .iter()
             .rev()
             .take(limit)
             .cloned()
-            .collect()
+            .collect())
     }
 
-    pub fn save_checkpoint(
+    async fn save_checkpoint(
         &self,
         group: &str,
         topic: &str,
         partition: i32,
         checkpoint: &Checkpoint,
-    ) -> bool {
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let key = (group.to_string(), topic.to_string(), partition);
         if inner
@@ -149,17 +171,35 @@ impl MemoryStore {
             .get(&key)
             .is_some_and(|c| c.offset > checkpoint.offset)
         {
-            return false;
+            return Ok(false);
         }
-        inner.checkpoints.insert(key, checkpoint.clone());
-        true
+        // As Redis keeps it: an empty archive file name is no archive file.
+        let checkpoint = Checkpoint {
+            archive_file: checkpoint.archive_file.clone().filter(|f| !f.is_empty()),
+            ..checkpoint.clone()
+        };
+        inner.checkpoints.insert(key, checkpoint);
+        Ok(true)
+    }
+
+    async fn load_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .get(&(group.to_string(), topic.to_string(), partition))
+            .cloned())
     }
 
     /// Cached answers, None for a hash never cached or past its TTL (as Redis).
-    pub fn cache_get(&self, hashes: &[String]) -> Vec<Option<String>> {
+    async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         let inner = self.lock();
         let now = std::time::Instant::now();
-        hashes
+        Ok(hashes
             .iter()
             .map(|h| {
                 inner
@@ -168,11 +208,15 @@ impl MemoryStore {
                     .filter(|(_, expires)| *expires > now)
                     .map(|(value, _)| value.clone())
             })
-            .collect()
+            .collect())
     }
 
     /// Caches answers for `ttl_secs`, like Redis's `SET … EX`.
-    pub fn cache_put(&self, entries: &[(String, String)], ttl_secs: u64) {
+    async fn cache_put(
+        &self,
+        entries: &[(String, String)],
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let expires = std::time::Instant::now() + std::time::Duration::from_secs(ttl_secs.max(1));
         for (hash, value) in entries {
@@ -189,64 +233,6 @@ impl MemoryStore {
                 inner.cache.remove(&oldest);
             }
         }
-    }
-
-    pub fn load_checkpoint(&self, group: &str, topic: &str, partition: i32) -> Option<Checkpoint> {
-        self.lock()
-            .checkpoints
-            .get(&(group.to_string(), topic.to_string(), partition))
-            .cloned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(trans_num: &str, card: i64, secs: i64, score: f64, anomaly: bool) -> ScoredTransaction {
-        ScoredTransaction {
-            trans_num: trans_num.to_string(),
-            cc_num: card,
-            event_time: String::new(),
-            event_secs: secs,
-            category: "misc_net".to_string(),
-            merchant: "m".to_string(),
-            amt: 1.0,
-            score,
-            is_anomaly: anomaly,
-            explanation: anomaly.then(|| "log_amt".to_string()),
-            is_fraud: None,
-        }
-    }
-
-    #[test]
-    fn replaying_a_write_changes_nothing() {
-        let store = MemoryStore::new(Retention::default());
-        let rows = vec![row("a", 1, 10, 0.1, false), row("b", 1, 20, 5.0, true)];
-        let first = store.write(&rows);
-        let second = store.write(&rows);
-        assert_eq!(first.new_alerts, 1);
-        assert_eq!(second.new_alerts, 0);
-        assert_eq!(store.alerts(10).len(), 1);
-        assert_eq!(store.card_transactions(1, 10).len(), 2);
-        assert_eq!(store.card_transactions(1, 10)[0].trans_num, "b");
-        assert_eq!(store.anomalies(None, 10, None).len(), 1);
-        assert!(store.anomalies(Some(21), 10, None).is_empty());
-        assert!(store.anomalies(None, 10, Some(6.0)).is_empty());
-    }
-
-    #[test]
-    fn checkpoints_never_go_back() {
-        let store = MemoryStore::new(Retention::default());
-        let at = |offset| Checkpoint {
-            offset,
-            state: vec![offset as u8],
-            archive_file: None,
-        };
-        assert!(store.save_checkpoint("g", "t", 0, &at(10)));
-        assert!(!store.save_checkpoint("g", "t", 0, &at(5)));
-        assert!(store.save_checkpoint("g", "t", 0, &at(12)));
-        assert_eq!(store.load_checkpoint("g", "t", 0), Some(at(12)));
-        assert_eq!(store.load_checkpoint("g", "t", 1), None);
+        Ok(())
     }
 }

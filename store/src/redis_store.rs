@@ -3,11 +3,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use crate::layout;
-use crate::{Alert, Checkpoint, Retention, ScoredTransaction, StoreError, WriteOutcome};
+use crate::{
+    Alert, Checkpoint, ResultStore, Retention, ScoredTransaction, StoreError, WriteOutcome,
+};
 
 /// Emits an alert once: the marker is set only if absent, and the stream entry is added in
 /// the same atomic step, so a replayed anomaly adds nothing and a crash cannot leave a
@@ -33,6 +36,7 @@ return 1
 /// Rows per pipeline in [`RedisStore::write`].
 const WRITE_CHUNK_ROWS: usize = 512;
 
+/// The production [`ResultStore`]: one multiplexed connection that reconnects by itself.
 #[derive(Clone)]
 pub struct RedisStore {
     url: String,
@@ -81,15 +85,6 @@ impl RedisStore {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(())
-    }
-
     /// Loads the Lua scripts (again after a Redis restart, which forgets them).
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
@@ -101,30 +96,6 @@ impl RedisStore {
                 .map_err(|e| self.error(e))?;
         }
         Ok(())
-    }
-
-    pub async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
-        // Chunks go out as separate pipelines on the one multiplexed connection, all at
-        // once: Redis executes one while the next is still being encoded and sent, instead
-        // of encode, send, execute and read back happening one after the other for the
-        // whole batch (measured: about half the wall time per row at 50k rows/s).
-        // A card's rows go to one chunk, so its list is added to and trimmed once.
-        let chunk_count = rows.len().div_ceil(WRITE_CHUNK_ROWS).max(1);
-        let mut chunks: Vec<Vec<&ScoredTransaction>> = vec![Vec::new(); chunk_count];
-        for row in rows {
-            chunks[row.cc_num.unsigned_abs() as usize % chunk_count].push(row);
-        }
-        let writes = chunks
-            .iter()
-            .filter(|chunk| !chunk.is_empty())
-            .map(|chunk| self.write_chunk(chunk));
-        let mut outcome = WriteOutcome::default();
-        for done in futures::future::try_join_all(writes).await? {
-            outcome.rows += done.rows;
-            outcome.anomalies += done.anomalies;
-            outcome.new_alerts += done.new_alerts;
-        }
-        Ok(outcome)
     }
 
     async fn write_chunk(&self, rows: &[&ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
@@ -238,20 +209,6 @@ impl RedisStore {
         })
     }
 
-    pub async fn transaction(
-        &self,
-        trans_num: &str,
-    ) -> Result<Option<ScoredTransaction>, StoreError> {
-        let key = layout::transaction(&self.retention.prefix, trans_num);
-        let mut connection = self.connection.clone();
-        let fields: HashMap<String, String> =
-            connection.hgetall(&key).await.map_err(|e| self.error(e))?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        parse_transaction(&key, &fields).map(Some)
-    }
-
     /// Reads the hashes of `trans_nums` in one round trip, skipping expired ones.
     async fn transactions(
         &self,
@@ -281,8 +238,59 @@ impl RedisStore {
         }
         Ok(rows)
     }
+}
 
-    pub async fn card_transactions(
+#[async_trait]
+impl ResultStore for RedisStore {
+    fn describe(&self) -> String {
+        format!("Redis at {}", self.url)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
+        // Chunks go out as separate pipelines on the one multiplexed connection, all at
+        // once: Redis executes one while the next is still being encoded and sent, instead
+        // of encode, send, execute and read back happening one after the other for the
+        // whole batch (measured: about half the wall time per row at 50k rows/s).
+        // A card's rows go to one chunk, so its list is added to and trimmed once.
+        let chunk_count = rows.len().div_ceil(WRITE_CHUNK_ROWS).max(1);
+        let mut chunks: Vec<Vec<&ScoredTransaction>> = vec![Vec::new(); chunk_count];
+        for row in rows {
+            chunks[row.cc_num.unsigned_abs() as usize % chunk_count].push(row);
+        }
+        let writes = chunks
+            .iter()
+            .filter(|chunk| !chunk.is_empty())
+            .map(|chunk| self.write_chunk(chunk));
+        let mut outcome = WriteOutcome::default();
+        for done in futures::future::try_join_all(writes).await? {
+            outcome.rows += done.rows;
+            outcome.anomalies += done.anomalies;
+            outcome.new_alerts += done.new_alerts;
+        }
+        Ok(outcome)
+    }
+
+    async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
+        let key = layout::transaction(&self.retention.prefix, trans_num);
+        let mut connection = self.connection.clone();
+        let fields: HashMap<String, String> =
+            connection.hgetall(&key).await.map_err(|e| self.error(e))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        parse_transaction(&key, &fields).map(Some)
+    }
+
+    async fn card_transactions(
         &self,
         cc_num: i64,
         limit: usize,
@@ -299,7 +307,7 @@ impl RedisStore {
         self.transactions(&members).await
     }
 
-    pub async fn anomalies(
+    async fn anomalies(
         &self,
         since_secs: Option<i64>,
         limit: usize,
@@ -330,7 +338,7 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+    async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
         let key = layout::alerts(&self.retention.prefix);
         let mut connection = self.connection.clone();
         let reply: redis::streams::StreamRangeReply = connection
@@ -361,7 +369,7 @@ impl RedisStore {
         Ok(alerts)
     }
 
-    pub async fn save_checkpoint(
+    async fn save_checkpoint(
         &self,
         group: &str,
         topic: &str,
@@ -386,7 +394,7 @@ impl RedisStore {
         Ok(saved == 1)
     }
 
-    pub async fn load_checkpoint(
+    async fn load_checkpoint(
         &self,
         group: &str,
         topic: &str,
@@ -416,10 +424,8 @@ impl RedisStore {
             archive_file: archive_file.filter(|f| !f.is_empty()),
         }))
     }
-}
 
-impl RedisStore {
-    pub async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+    async fn cache_get(&self, hashes: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
@@ -435,7 +441,7 @@ impl RedisStore {
             .map_err(|e| self.error(e))
     }
 
-    pub async fn cache_put(
+    async fn cache_put(
         &self,
         entries: &[(String, String)],
         ttl_secs: u64,

@@ -1,9 +1,16 @@
-//! One suite run against both result stores, the real Redis (`scripts/services.sh up`) and
-//! the in-process one: what the API reads back must not depend on which one it is.
+//! One suite run against every result store, the real Redis (`scripts/services.sh up`) and
+//! the in-process one: what the engine and the API read back must not depend on which one
+//! it is. Each check below is written once against the `ResultStore` contract (its doc
+//! comments), through the `Store` handle, and `conformance!` runs it against each store,
+//! as `redis_store::<check>` and `in_process::<check>`, every run on a store (a Redis
+//! prefix) of its own. A new store joins by adding a module to the macro.
+//!
+//! The Redis checks fail, loudly, when Redis is not there; they never skip.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use risksense_store::{ResultStore, Retention, ScoredTransaction};
+use risksense_store::{Alert, Checkpoint, Retention, ScoredTransaction, Store};
 
 /// The test Redis, failing loudly when it is not there (these tests never skip).
 fn redis_url() -> String {
@@ -23,6 +30,90 @@ fn redis_url() -> String {
     url
 }
 
+/// Small limits, so that the checks see them applied.
+const CARD_HISTORY: usize = 3;
+const ANOMALIES_KEPT: usize = 4;
+/// Long enough for any check, short enough not to leave a run's rows in Redis for a week.
+const TTL_SECS: u64 = 600;
+
+/// A retention under a prefix no other run uses.
+fn retention() -> Retention {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Retention {
+        prefix: format!("conformance-{}-{stamp}", std::process::id()),
+        card_history: CARD_HISTORY,
+        anomalies_kept: ANOMALIES_KEPT,
+        ttl_secs: TTL_SECS,
+        ..Retention::default()
+    }
+}
+
+/// Deletes what a Redis run left under its prefix without a TTL: the anomaly index, the
+/// alerts stream and the checkpoints the checks save (the rest expires with `TTL_SECS`).
+/// By name, not by a `SCAN` of a shared Redis that may hold millions of keys.
+async fn forget(url: &str, prefix: &str) {
+    use risksense_store::layout;
+    let client = ::redis::Client::open(url).expect("redis url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let keys = [
+        layout::anomalies(prefix),
+        layout::alerts(prefix),
+        layout::checkpoint(prefix, "g", "t", 0),
+        layout::checkpoint(prefix, "g", "t", 1),
+    ];
+    let _: () = ::redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut connection)
+        .await
+        .expect("del");
+}
+
+/// Runs each check against each store.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let url = super::redis_url();
+                    let retention = super::retention();
+                    let store = super::Store::redis(&url, retention.clone())
+                        .await
+                        .expect("connecting to Redis");
+                    super::$check(&store).await;
+                    super::forget(&url, &retention.prefix).await;
+                }
+            )*
+        }
+
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    super::$check(&super::Store::memory(super::retention())).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    answers,
+    writes_read_back,
+    replays_change_nothing,
+    card_history,
+    anomalies,
+    alerts,
+    checkpoints,
+    checkpoints_never_go_back_under_races,
+    cache_ttl,
+);
+
 /// A row `secs` after 2019-01-01 00:00:00 (under an hour), its time text and seconds
 /// agreeing (Redis keeps the text and derives the seconds).
 fn row(trans_num: &str, card: i64, secs: i64, score: f64, anomaly: bool) -> ScoredTransaction {
@@ -41,75 +132,450 @@ fn row(trans_num: &str, card: i64, secs: i64, score: f64, anomaly: bool) -> Scor
     }
 }
 
-async fn conforms(store: ResultStore) {
-    // Writes and reads back: by transaction, by card (newest first), anomalies, alerts.
+fn names(rows: &[ScoredTransaction]) -> Vec<&str> {
+    rows.iter().map(|r| r.trans_num.as_str()).collect()
+}
+
+async fn answers(store: &Store) {
+    store.ping().await.expect("ping");
+    let describe = store.describe();
+    assert!(!describe.is_empty());
+    assert!(format!("{store:?}").contains(&describe), "{store:?}");
+}
+
+async fn writes_read_back(store: &Store) {
+    let empty = store.write(&[]).await.expect("empty write");
+    assert_eq!((empty.rows, empty.anomalies, empty.new_alerts), (0, 0, 0));
+
+    let mut odd = row("t4", 9, 300, 0.1 + 0.2, false);
+    odd.amt = 1_234.567_890_123;
+    odd.merchant = "fraud_Kirlin, Sons & Co: Ünïcode".to_string();
+    odd.cc_num = 4_000_000_000_000_000_123;
+    odd.is_fraud = None;
+    let mut labelled = row("t5", 9, 301, 7.25, true);
+    labelled.is_fraud = Some(1);
+    labelled.explanation = Some("log_amt,hour_sin,cat_misc_net".to_string());
+    let rows = vec![
+        row("t1", 7, 100, 0.5, false),
+        row("t2", 7, 200, 3.0, true),
+        row("t3", 8, 150, 2.5, true),
+        odd,
+        labelled,
+    ];
+    let outcome = store.write(&rows).await.expect("write");
+    assert_eq!(
+        (outcome.rows, outcome.anomalies, outcome.new_alerts),
+        (5, 3, 3)
+    );
+    // Every row exactly as written (floats, labels and missing fields included).
+    for written in &rows {
+        assert_eq!(
+            store.transaction(&written.trans_num).await.expect("get"),
+            Some(written.clone()),
+            "{}",
+            written.trans_num
+        );
+    }
+    assert_eq!(store.transaction("nope").await.expect("get"), None);
+}
+
+async fn replays_change_nothing(store: &Store) {
     let rows = vec![
         row("t1", 7, 100, 0.5, false),
         row("t2", 7, 200, 3.0, true),
         row("t3", 8, 150, 2.5, true),
     ];
-    let outcome = store.write(&rows).await.expect("write");
-    assert_eq!(
-        (outcome.rows, outcome.anomalies, outcome.new_alerts),
-        (3, 2, 2)
-    );
-    // Idempotent: a replay alerts nothing again.
+    let first = store.write(&rows).await.expect("write");
+    assert_eq!((first.rows, first.anomalies, first.new_alerts), (3, 2, 2));
+    let card = store.card_transactions(7, 10).await.expect("card");
+    let anomalies = store.anomalies(None, 10, None).await.expect("anomalies");
+    let alerts = store.alerts(10).await.expect("alerts");
+
+    // The same batch again: the same counts, but no alert.
     let again = store.write(&rows).await.expect("write again");
-    assert_eq!(again.new_alerts, 0);
-    assert_eq!(
-        store.transaction("t2").await.expect("get"),
-        Some(rows[1].clone())
-    );
-    assert_eq!(store.transaction("nope").await.expect("get"), None);
-    let card: Vec<String> = store
-        .card_transactions(7, 10)
-        .await
-        .expect("card")
-        .into_iter()
-        .map(|r| r.trans_num)
-        .collect();
-    assert_eq!(card, vec!["t2", "t1"]);
-    let anomalies: Vec<String> = store
-        .anomalies(None, 10, None)
-        .await
-        .expect("anomalies")
-        .into_iter()
-        .map(|r| r.trans_num)
-        .collect();
-    assert_eq!(anomalies, vec!["t2", "t3"]);
-    assert_eq!(store.alerts(10).await.expect("alerts").len(), 2);
+    assert_eq!((again.rows, again.anomalies, again.new_alerts), (3, 2, 0));
+    // A batch overlapping it alerts only what is new.
+    let overlapping = vec![rows[1].clone(), row("t6", 8, 250, 4.0, true)];
+    let third = store.write(&overlapping).await.expect("write overlapping");
+    assert_eq!((third.rows, third.anomalies, third.new_alerts), (2, 2, 1));
 
-    // The score cache keeps an answer for its TTL, then forgets it.
-    let entries = vec![("h1".to_string(), "{\"score\":1.0}".to_string())];
-    store.cache_put(&entries, 1).await.expect("put");
-    let keys = vec!["h1".to_string(), "h2".to_string()];
+    // Nothing duplicated anywhere.
+    assert_eq!(store.card_transactions(7, 10).await.expect("card"), card);
     assert_eq!(
-        store.cache_get(&keys).await.expect("get"),
-        vec![Some("{\"score\":1.0}".to_string()), None]
+        names(&store.anomalies(None, 10, None).await.expect("anomalies")),
+        vec!["t6", "t2", "t3"]
     );
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    assert_eq!(store.cache_get(&keys).await.expect("get"), vec![None, None]);
-}
-
-fn retention() -> Retention {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    Retention {
-        prefix: format!("conformance-{}-{stamp}", std::process::id()),
-        ..Retention::default()
+    let after = store.alerts(10).await.expect("alerts");
+    assert_eq!(after.len(), alerts.len() + 1);
+    assert_eq!(after[0].trans_num, "t6");
+    assert_eq!(&after[1..], &alerts[..]);
+    assert_eq!(anomalies.len(), 2);
+    for written in &rows {
+        assert_eq!(
+            store.transaction(&written.trans_num).await.expect("get"),
+            Some(written.clone())
+        );
     }
 }
 
-#[tokio::test]
-async fn redis_conforms() {
-    let store = ResultStore::redis(&redis_url(), retention())
+async fn card_history(store: &Store) {
+    // Out of event-time order, over two writes: the card keeps its newest three.
+    store
+        .write(&[
+            row("c50", 7, 50, 0.1, false),
+            row("c10", 7, 10, 0.1, false),
+            row("c40", 7, 40, 0.1, false),
+        ])
         .await
-        .expect("redis");
-    conforms(store).await;
+        .expect("write");
+    store
+        .write(&[row("c30", 7, 30, 0.1, false), row("c20", 7, 20, 0.1, false)])
+        .await
+        .expect("write");
+    // Another card, with two transactions at the same second.
+    store
+        .write(&[
+            row("a", 9, 5, 0.1, false),
+            row("b", 9, 5, 0.1, false),
+            row("x", 9, 1, 0.1, false),
+        ])
+        .await
+        .expect("write");
+
+    let card = |cc_num, limit| async move {
+        names(&store.card_transactions(cc_num, limit).await.expect("card"))
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(card(7, 10).await, vec!["c50", "c40", "c30"]);
+    assert_eq!(card(7, 2).await, vec!["c50", "c40"]);
+    assert_eq!(card(7, 0).await, Vec::<String>::new());
+    assert_eq!(card(8, 10).await, Vec::<String>::new());
+    // Ties: the greater trans_num first.
+    assert_eq!(card(9, 10).await, vec!["b", "a", "x"]);
+    // Whole rows, as written.
+    assert_eq!(
+        store.card_transactions(7, 1).await.expect("card"),
+        vec![row("c50", 7, 50, 0.1, false)]
+    );
 }
 
+async fn anomalies(store: &Store) {
+    // Five anomalies (the oldest trimmed: four are kept) and, newest of all, a
+    // non-anomaly with the highest score.
+    let scores = [5.0, 1.0, 4.0, 1.0, 1.0];
+    let mut rows: Vec<ScoredTransaction> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, &score)| {
+            let n = i as i64 + 1;
+            row(&format!("a{n}"), n, 10 * n, score, true)
+        })
+        .collect();
+    rows.push(row("n", 1, 60, 9.0, false));
+    store.write(&rows).await.expect("write");
+    let base = 1_546_300_800;
+
+    let found = |since: Option<i64>, limit, min_score| async move {
+        names(
+            &store
+                .anomalies(since, limit, min_score)
+                .await
+                .expect("anomalies"),
+        )
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(found(None, 10, None).await, vec!["a5", "a4", "a3", "a2"]);
+    assert_eq!(found(None, 2, None).await, vec!["a5", "a4"]);
+    assert_eq!(found(None, 0, None).await, Vec::<String>::new());
+    // `since` is inclusive.
+    assert_eq!(
+        found(Some(base + 30), 10, None).await,
+        vec!["a5", "a4", "a3"]
+    );
+    assert_eq!(found(Some(base + 31), 10, None).await, vec!["a5", "a4"]);
+    assert_eq!(
+        found(Some(base + 1000), 10, None).await,
+        Vec::<String>::new()
+    );
+    // `min_score` is inclusive, and the limit counts rows that pass it, however many
+    // newer ones fail it.
+    assert_eq!(found(None, 1, Some(4.0)).await, vec!["a3"]);
+    assert_eq!(found(None, 10, Some(4.0)).await, vec!["a3"]);
+    assert_eq!(found(None, 10, Some(4.5)).await, Vec::<String>::new());
+    assert_eq!(
+        found(Some(base + 31), 10, Some(4.0)).await,
+        Vec::<String>::new()
+    );
+    // Whole rows, as written.
+    assert_eq!(
+        store.anomalies(None, 1, None).await.expect("anomalies"),
+        vec![rows[4].clone()]
+    );
+}
+
+async fn alerts(store: &Store) {
+    assert_eq!(store.alerts(10).await.expect("alerts"), Vec::<Alert>::new());
+    let first = vec![
+        row("a", 1, 100, 3.5, true),
+        row("quiet", 1, 101, 0.2, false),
+        row("b", 2, 102, 2.75, true),
+    ];
+    store.write(&first).await.expect("write");
+    let mut later = row("c", 3, 50, 6.0, true);
+    later.explanation = None;
+    store
+        .write(std::slice::from_ref(&later))
+        .await
+        .expect("write");
+    store.write(&first).await.expect("replay");
+
+    // Most recently emitted first (not by event time); one write's alerts in any order.
+    let alerts = store.alerts(10).await.expect("alerts");
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    assert_eq!(alerts[0], Alert::from(&later));
+    let rest: BTreeSet<String> = alerts[1..]
+        .iter()
+        .map(|a| serde_json::to_string(a).expect("json"))
+        .collect();
+    let expected: BTreeSet<String> = [&first[0], &first[2]]
+        .into_iter()
+        .map(|r| serde_json::to_string(&Alert::from(r)).expect("json"))
+        .collect();
+    assert_eq!(rest, expected);
+    assert_eq!(
+        store.alerts(1).await.expect("alerts"),
+        vec![Alert::from(&later)]
+    );
+    assert_eq!(store.alerts(0).await.expect("alerts"), Vec::<Alert>::new());
+}
+
+fn checkpoint(offset: i64, archive_file: Option<&str>) -> Checkpoint {
+    Checkpoint {
+        offset,
+        // Binary state: every byte value survives.
+        state: (0..=255u8).chain(offset.to_le_bytes()).collect(),
+        archive_file: archive_file.map(str::to_string),
+    }
+}
+
+async fn checkpoints(store: &Store) {
+    let load = |partition| async move {
+        store
+            .load_checkpoint("g", "t", partition)
+            .await
+            .expect("load")
+    };
+    assert_eq!(load(0).await, None);
+
+    let ten = checkpoint(10, Some("p0/000010.parquet"));
+    assert!(
+        store
+            .save_checkpoint("g", "t", 0, &ten)
+            .await
+            .expect("save")
+    );
+    assert_eq!(load(0).await, Some(ten.clone()));
+
+    // An older offset is refused and changes nothing.
+    let five = checkpoint(5, None);
+    assert!(
+        !store
+            .save_checkpoint("g", "t", 0, &five)
+            .await
+            .expect("save")
+    );
+    assert_eq!(load(0).await, Some(ten.clone()));
+
+    // The same offset again replaces it (a retried save succeeds).
+    let retried = Checkpoint {
+        state: b"retried".to_vec(),
+        ..checkpoint(10, None)
+    };
+    assert!(
+        store
+            .save_checkpoint("g", "t", 0, &retried)
+            .await
+            .expect("save")
+    );
+    assert_eq!(load(0).await, Some(retried));
+
+    // A newer one replaces everything, the archive file included.
+    let twelve = checkpoint(12, None);
+    assert!(
+        store
+            .save_checkpoint("g", "t", 0, &twelve)
+            .await
+            .expect("save")
+    );
+    assert_eq!(load(0).await, Some(twelve.clone()));
+
+    // Empty state and an empty archive file name (which loads as none).
+    let empty = Checkpoint {
+        offset: 20,
+        state: Vec::new(),
+        archive_file: Some(String::new()),
+    };
+    assert!(
+        store
+            .save_checkpoint("g", "t", 0, &empty)
+            .await
+            .expect("save")
+    );
+    assert_eq!(
+        load(0).await,
+        Some(Checkpoint {
+            archive_file: None,
+            ..empty
+        })
+    );
+
+    // Partitions, topics and groups are apart.
+    assert_eq!(load(1).await, None);
+    assert_eq!(
+        store.load_checkpoint("g", "u", 0).await.expect("load"),
+        None
+    );
+    assert_eq!(
+        store.load_checkpoint("h", "t", 0).await.expect("load"),
+        None
+    );
+    assert!(
+        store
+            .save_checkpoint("g", "t", 1, &five)
+            .await
+            .expect("save")
+    );
+    assert_eq!(load(1).await, Some(five));
+    assert_eq!(load(0).await.map(|c| c.offset), Some(20));
+}
+
+/// Savers racing over one partition, offsets in scrambled order, while a reader watches:
+/// the stored offset only ever rises, a refusal means a higher one is stored, and a load
+/// never mixes two saves.
+async fn checkpoints_never_go_back_under_races(store: &Store) {
+    const SAVERS: i64 = 8;
+    const OFFSETS: i64 = 200;
+    fn with_archive(offset: i64) -> Checkpoint {
+        checkpoint(offset, Some(&format!("{offset:06}.parquet")))
+    }
+    fn consistent(c: &Checkpoint) {
+        assert_eq!(c, &with_archive(c.offset), "a load mixed two saves");
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = -1;
+            let mut loads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || loads == 0 {
+                if let Some(c) = store.load_checkpoint("g", "t", 0).await.expect("load") {
+                    consistent(&c);
+                    assert!(c.offset >= seen, "went back from {seen} to {}", c.offset);
+                    seen = c.offset;
+                }
+                loads += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let savers: Vec<_> = (0..SAVERS)
+        .map(|saver| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Each saver goes through its own scrambled share of the offsets.
+                for i in (saver..OFFSETS).step_by(SAVERS as usize) {
+                    let offset = (i * 73) % OFFSETS;
+                    let saved = store
+                        .save_checkpoint("g", "t", 0, &with_archive(offset))
+                        .await
+                        .expect("save");
+                    let now = store
+                        .load_checkpoint("g", "t", 0)
+                        .await
+                        .expect("load")
+                        .expect("a checkpoint");
+                    consistent(&now);
+                    if saved {
+                        assert!(now.offset >= offset);
+                    } else {
+                        assert!(now.offset > offset, "{offset} refused under {}", now.offset);
+                    }
+                }
+            })
+        })
+        .collect();
+    for saver in savers {
+        saver.await.expect("saver");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.await.expect("reader");
+    assert_eq!(
+        store.load_checkpoint("g", "t", 0).await.expect("load"),
+        Some(with_archive(OFFSETS - 1))
+    );
+}
+
+async fn cache_ttl(store: &Store) {
+    assert_eq!(store.cache_get(&[]).await.expect("get"), Vec::new());
+    store.cache_put(&[], 1).await.expect("empty put");
+
+    let put = |entries: &[(&str, &str)]| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .map(|(h, v)| (h.to_string(), v.to_string()))
+            .collect()
+    };
+    store
+        .cache_put(&put(&[("h1", "{\"score\":0.5}")]), 1)
+        .await
+        .expect("put");
+    // A later put replaces the value.
+    store
+        .cache_put(&put(&[("h1", "{\"score\":1.0}")]), 1)
+        .await
+        .expect("put");
+    store
+        .cache_put(&put(&[("h3", "long")]), 30)
+        .await
+        .expect("put");
+    // Answers in the order asked, None for a hash never cached.
+    let keys = vec!["h2".to_string(), "h1".to_string(), "h3".to_string()];
+    assert_eq!(
+        store.cache_get(&keys).await.expect("get"),
+        vec![
+            None,
+            Some("{\"score\":1.0}".to_string()),
+            Some("long".to_string())
+        ]
+    );
+    // Past its TTL an entry is gone; one with a longer TTL is not.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        store.cache_get(&keys).await.expect("get"),
+        vec![None, None, Some("long".to_string())]
+    );
+}
+
+/// Any implementation goes behind the handle (a test double, a future store).
 #[tokio::test]
-async fn the_in_process_store_conforms() {
-    conforms(ResultStore::memory(retention())).await;
+async fn a_handle_holds_any_store() {
+    let store = Store::new(risksense_store::MemoryStore::new(retention()));
+    let copy = store.clone();
+    store
+        .write(&[row("t1", 7, 100, 3.0, true)])
+        .await
+        .expect("write");
+    assert_eq!(
+        copy.transaction("t1").await.expect("get").map(|r| r.score),
+        Some(3.0)
+    );
+    assert_eq!(
+        format!("{store:?}"),
+        format!("Store({:?})", store.describe())
+    );
 }

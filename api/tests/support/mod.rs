@@ -11,7 +11,7 @@ use risksense_api::{ApiConfig, ApiState};
 use risksense_common::metrics::StreamMetrics;
 use risksense_formats::source::TransactionFile;
 use risksense_query::LiveWindow;
-use risksense_store::{ResultStore, Retention, ScoredTransaction};
+use risksense_store::{Retention, ScoredTransaction, Store};
 use risksense_udfs::Model;
 
 use crate::common;
@@ -49,7 +49,7 @@ pub async fn api(config: ApiConfig) -> Api {
     let url = common::redis_url();
     let model = model();
     let prefix = common::unique_topic("api");
-    let store = ResultStore::redis(
+    let store = Store::redis(
         &url,
         Retention {
             prefix,
@@ -101,7 +101,7 @@ pub async fn private_redis_api(port_base: u16) -> (std::process::Child, Arc<ApiS
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let store = ResultStore::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
+    let store = Store::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
         .await
         .expect("redis");
     let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
