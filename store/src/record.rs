@@ -95,48 +95,4 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
 }
 
 /// `2019-01-01 00:05:02` for microseconds since the epoch (UTC wall-clock, as the source).
-pub fn format_event_time(micros: i64) -> String {
-    use chrono::{Datelike, Timelike};
-    use std::fmt::Write;
-    match chrono::DateTime::from_timestamp_micros(micros) {
-        // Written field by field: chrono's `format` parses its pattern on every call, which
-        // showed in the stream's profile (one call per scored row).
-        Some(time) if (0..=9999).contains(&time.year()) => {
-            let mut text = String::with_capacity(19);
-            let _ = write!(
-                text,
-                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-                time.year(),
-                time.month(),
-                time.day(),
-                time.hour(),
-                time.minute(),
-                time.second()
-            );
-            text
-        }
-        Some(time) => time.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string(),
-        None => micros.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_event_time_like_the_source() {
-        // 2019-01-01 00:05:02 UTC.
-        assert_eq!(
-            format_event_time(1_546_301_102_000_000),
-            "2019-01-01 00:05:02"
-        );
-        // Both ways of writing it agree, over years, days and seconds.
-        for micros in (-3_000_000_000_000_000_i64..4_000_000_000_000_000).step_by(7_777_777_777_777)
-        {
-            let chrono = chrono::DateTime::from_timestamp_micros(micros)
-                .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string());
-            assert_eq!(Some(format_event_time(micros)), chrono, "{micros}");
-        }
-    }
-}
+pub use risksense_common::time::event_time_text as format_event_time;

@@ -37,6 +37,27 @@ return 1
 const WRITE_CHUNK_ROWS: usize = 512;
 
 /// The production [`ResultStore`]: one multiplexed connection that reconnects by itself.
+/// `url` with the password of its user info replaced by `***`: URLs end up in logs, error
+/// messages and the readiness answer.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let user = rest[..at]
+        .split_once(':')
+        .map_or(&rest[..at], |(user, _)| user);
+    let password = if rest[..at].contains(':') || !user.is_empty() {
+        ":***"
+    } else {
+        ""
+    };
+    format!("{scheme}://{user}{password}@{}", &rest[at + 1..])
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     url: String,
@@ -48,8 +69,9 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
+        let shown = redact(url);
         let error = |source| StoreError::Redis {
-            url: url.to_string(),
+            url: shown.clone(),
             source,
         };
         let client = redis::Client::open(url).map_err(error)?;
@@ -63,7 +85,7 @@ impl RedisStore {
             .await
             .map_err(error)?;
         let store = Self {
-            url: url.to_string(),
+            url: shown.clone(),
             connection,
             retention,
             alert_once: Script::new(ALERT_ONCE),
@@ -74,6 +96,7 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// The URL, its password replaced by `***` (what logs, errors and `/readyz` show).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -494,10 +517,13 @@ fn parse_transaction(
     let explanation = text("explanation").unwrap_or_default();
     let is_fraud = text("is_fraud").unwrap_or_default();
     let event_time = text("event_time")?;
-    let event_secs = chrono::NaiveDateTime::parse_from_str(&event_time, "%Y-%m-%d %H:%M:%S")
-        .map_err(|e| malformed(format!("event_time `{event_time}`: {e}")))?
-        .and_utc()
-        .timestamp();
+    let event_secs = risksense_common::time::parse_timestamp_micros(&event_time)
+        .ok_or_else(|| {
+            malformed(format!(
+                "event_time `{event_time}` is not YYYY-MM-DD HH:MM:SS"
+            ))
+        })?
+        .div_euclid(risksense_common::time::MICROS_PER_SECOND);
     let trans_num = key
         .rsplit_once(":tx:")
         .map(|(_, t)| t.to_string())
@@ -519,4 +545,23 @@ fn parse_transaction(
             Some(number(is_fraud, "is_fraud", &malformed)?)
         },
     })
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            redact("rediss://user:secret@host/0"),
+            "rediss://user:***@host/0"
+        );
+        assert_eq!(redact("redis://user@host"), "redis://user:***@host");
+    }
 }

@@ -130,6 +130,15 @@ pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` for microseconds since the epoch, to the whole second (below it,
+/// truncated): an event time as the source writes it and the result store keeps it.
+pub fn event_time_text(micros: i64) -> String {
+    let mut out = Vec::with_capacity(19);
+    write_timestamp_micros(&mut out, micros - micros.rem_euclid(MICROS_PER_SECOND));
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +182,28 @@ mod tests {
             write_date(&mut out, days);
             let text = String::from_utf8(out).expect("ascii");
             assert_eq!(parse_date(&text), Some(days), "{text}");
+        }
+    }
+
+    #[test]
+    fn event_time_text_is_the_sources_format_to_the_second() {
+        assert_eq!(
+            event_time_text(1_546_301_102_000_000),
+            "2019-01-01 00:05:02"
+        );
+        assert_eq!(
+            event_time_text(1_546_301_102_999_999),
+            "2019-01-01 00:05:02"
+        );
+        assert_eq!(event_time_text(-1), "1969-12-31 23:59:59");
+        for micros in (946_684_800_000_000_i64..4_102_444_800_000_000).step_by(7_777_777_777_777) {
+            let text = event_time_text(micros);
+            let back = parse_timestamp_micros(&text).expect("parses back");
+            assert_eq!(
+                back,
+                micros - micros.rem_euclid(MICROS_PER_SECOND),
+                "{text}"
+            );
         }
     }
 }
