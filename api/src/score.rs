@@ -2,31 +2,39 @@
 //!
 //! The features come from sql/features.sql over the posted transactions (their history is
 //! each other: a request with a card's last day of transactions gets its 24 h features).
-//! Each row's 30 model inputs are hashed with the model's fingerprint; rows whose hash is
-//! cached in the store skip the model, the others are scored in one ONNX Runtime run and
-//! cached. Repeated transactions (retries, re-checks, replays) are answered from Redis.
+//! Each row's model inputs (the card's features, taken by name) are hashed with the model's
+//! fingerprint; rows whose hash is cached in the store skip the model, the others are
+//! scored in one ONNX Runtime run (score and per-feature errors together) and cached.
+//! Repeated transactions (retries, re-checks, replays) are answered from Redis.
+//!
+//! Requests run at once: the features plan is re-entrant (each call runs its own copy)
+//! and the model's sessions serve concurrent callers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
 use axum::Json;
 use axum::extract::State;
 use risksense_formats::message::{Incoming, PARTITION_SLOTS, decode};
+use risksense_query::QueryError;
+use risksense_query::features::feature_matrix;
 use risksense_query::scorer::StreamScorer;
-use risksense_query::scoring::{ID_COLUMNS, SessionOptions};
+use risksense_query::scoring::SessionOptions;
 use risksense_udfs::Model;
+use risksense_udfs::model::{FEATURE_ERROR, SCORE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
 
 use crate::views::{ScoreResponse, ScoreResult};
 use crate::{ApiError, ApiState};
 
-/// The features plan (planned once) and the model's fingerprint.
+/// The features plan (planned once, run by requests at once), the model and its
+/// fingerprint.
 pub struct Scorer {
-    features: Mutex<StreamScorer>,
+    features: StreamScorer,
+    model: Arc<Model>,
     fingerprint: [u8; 32],
 }
 
@@ -54,7 +62,8 @@ impl Scorer {
         })?;
         let fingerprint: [u8; 32] = Sha256::digest(&onnx).into();
         Ok(Self {
-            features: Mutex::new(features),
+            features,
+            model,
             fingerprint,
         })
     }
@@ -126,18 +135,14 @@ pub async fn score(
     let Some(batch) = decoded.batch else {
         return Err(ApiError::bad_request("no transactions to score"));
     };
-    let features = state
-        .scorer
-        .features
-        .lock()
-        .await
-        .score(vec![batch])
-        .await?;
-    let rows = features_matrix(&features)?;
+    let scorer = &state.scorer;
+    let model = &scorer.model;
+    let features = scorer.features.score(vec![batch]).await?;
+    let rows = feature_rows(&features, &model.card.features)?;
 
-    let keys: Vec<String> = rows.iter().map(|r| state.scorer.key(&r.inputs)).collect();
+    let keys: Vec<String> = rows.iter().map(|r| scorer.key(&r.inputs)).collect();
     let cached = state.store_call(state.store.cache_get(&keys)).await?;
-    let threshold = state.model.card.threshold;
+    let threshold = model.card.threshold;
     let mut results: Vec<Option<ScoreResult>> = vec![None; rows.len()];
     let mut misses = Vec::new();
     for (i, (row, hit)) in rows.iter().zip(&cached).enumerate() {
@@ -159,17 +164,17 @@ pub async fn score(
     }
     let hits = (rows.len() - misses.len()) as u64;
     if !misses.is_empty() {
-        let width = state.model.feature_count();
+        let width = model.feature_count();
         let matrix: Vec<f32> = misses
             .iter()
-            .flat_map(|&i| rows[i].inputs.clone())
+            .flat_map(|&i| rows[i].inputs.iter().copied())
             .collect();
-        let model = state.model.clone();
         let count = misses.len();
-        let (scores, errors) = tokio::task::spawn_blocking(move || {
-            let scores = model.score(&matrix, count)?;
-            let errors = model.run(&matrix, count, risksense_udfs::model::FEATURE_ERROR)?;
-            Ok::<_, risksense_udfs::model::ModelError>((scores, errors))
+        // One run for both outputs: the scores, and the per-feature errors the
+        // explanations of anomalies rank.
+        let [scores, errors] = tokio::task::spawn_blocking({
+            let model = model.clone();
+            move || model.run_outputs(&matrix, count, [SCORE, FEATURE_ERROR])
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
@@ -179,7 +184,7 @@ pub async fn score(
             let score = f64::from(scores[j]);
             let explanation = (score >= threshold).then(|| {
                 risksense_udfs::functions::explain_row(
-                    &state.model.card.features,
+                    &model.card.features,
                     &errors[j * width..(j + 1) * width],
                     3,
                 )
@@ -224,10 +229,10 @@ struct FeatureRow {
     inputs: Vec<f32>,
 }
 
-/// The rows of the features view in request order, with their model inputs as f32.
-fn features_matrix(batches: &[RecordBatch]) -> Result<Vec<FeatureRow>, ApiError> {
+/// The rows of the features view in request order, with the model inputs `names` as f32.
+fn feature_rows(batches: &[RecordBatch], names: &[String]) -> Result<Vec<FeatureRow>, ApiError> {
+    let width = names.len().max(1);
     let mut rows: Vec<(i64, FeatureRow)> = Vec::new();
-    let mut matrix = Vec::new();
     for batch in batches {
         let ids = batch
             .column_by_name("row_id")
@@ -237,20 +242,12 @@ fn features_matrix(batches: &[RecordBatch]) -> Result<Vec<FeatureRow>, ApiError>
             .column_by_name("trans_num")
             .ok_or_else(|| ApiError::internal("features lack trans_num"))?
             .as_string::<i32>();
-        let mut columns = Vec::new();
-        for c in ID_COLUMNS..batch.num_columns() {
-            let column = arrow::compute::cast(batch.column(c), &DataType::Float32)?;
-            if column.null_count() > 0 {
-                return Err(ApiError::bad_request(format!(
-                    "feature `{}` cannot be computed for some transactions (check their values)",
-                    batch.schema().field(c).name()
-                )));
-            }
-            columns.push(column);
-        }
-        let width = columns.len();
-        risksense_udfs::functions::row_major(&columns, 0, batch.num_rows(), &mut matrix);
-        for (i, inputs) in matrix.chunks(width.max(1)).enumerate() {
+        let matrix = feature_matrix(batch, names).map_err(|error| match error {
+            // The transactions' values put a feature out of reach: the client's to fix.
+            QueryError::NullFeature { .. } => ApiError::bad_request(error.to_string()),
+            other => ApiError::from(other),
+        })?;
+        for (i, inputs) in matrix.chunks(width).enumerate() {
             rows.push((
                 ids.value(i),
                 FeatureRow {

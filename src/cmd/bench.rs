@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
 use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_formats::source::{TransactionFile, TransactionFileWriter};
@@ -279,7 +278,7 @@ async fn rescore_history(
 fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
 
-    use arrow::array::{ArrayRef, Float64Array};
+    use arrow::array::ArrayRef;
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
     use futures::StreamExt;
@@ -314,22 +313,11 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
         anyhow::Ok(arrow::compute::concat_batches(&out[0].schema(), &out)?)
     })?;
     anyhow::ensure!(sample.num_rows() > 0, "no sample rows");
-    let columns: Vec<Vec<f64>> = (0..width)
-        .map(|c| {
-            let column = arrow::compute::cast(sample.column(c), &DataType::Float64)?;
-            let values = column
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .context("f64")?;
-            Ok((0..rows).map(|r| values.value(r % values.len())).collect())
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut matrix = vec![0f32; rows * width];
-    for (c, column) in columns.iter().enumerate() {
-        for (r, v) in column.iter().enumerate() {
-            matrix[r * width + c] = *v as f32;
-        }
-    }
+    // The sample's rows cycled to fill a batch, the model inputs as Float64 columns named
+    // as the card lists them; the raw run's matrix is taken from it by those names.
+    let cycle = arrow::array::UInt32Array::from_iter_values(
+        (0..rows).map(|r| (r % sample.num_rows()) as u32),
+    );
     let fields: Vec<Field> = model
         .card
         .features
@@ -337,13 +325,18 @@ fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
         .map(|n| Field::new(n, DataType::Float64, false))
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        columns
-            .into_iter()
-            .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef)
-            .collect(),
-    )?;
+    let columns = model
+        .card
+        .features
+        .iter()
+        .map(|name| {
+            let column = sample.column_by_name(name).context("sample feature")?;
+            let column = arrow::compute::take(column, &cycle, None)?;
+            Ok(arrow::compute::cast(&column, &DataType::Float64)?)
+        })
+        .collect::<anyhow::Result<Vec<ArrayRef>>>()?;
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let matrix = risksense_query::features::feature_matrix(&batch, &model.card.features)?;
 
     // History to rescore: generated once, kept in the scratch folder.
     let history = args

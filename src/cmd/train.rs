@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use arrow::array::{Array, AsArray, RecordBatch};
+use anyhow::Context;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
-use risksense_query::scoring::{self, ID_COLUMNS, SessionOptions};
+use risksense_query::features::feature_matrix;
+use risksense_query::scoring::{self, SessionOptions};
 use risksense_trainer::pipeline::{Period, RunInfo, train_and_export};
 use risksense_trainer::{Matrix, TrainConfig};
 
@@ -60,25 +61,17 @@ async fn features_of(inputs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<Rec
     Ok((names, batches))
 }
 
-/// Rows `range` of the feature batches as a training period.
-fn period(batches: &[RecordBatch], range: std::ops::Range<usize>) -> anyhow::Result<Period> {
+/// Rows `range` of the feature batches as a training period, with the model inputs
+/// `names` (columns of the features view, taken by name) in that order.
+fn period(
+    batches: &[RecordBatch],
+    names: &[String],
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<Period> {
     let schema = batches.first().map(|b| b.schema()).context("no rows")?;
     let all = arrow::compute::concat_batches(&schema, batches)?.slice(range.start, range.len());
-    let cols = all.num_columns() - ID_COLUMNS;
     let rows = all.num_rows();
-    let mut columns = Vec::with_capacity(cols);
-    for c in 0..cols {
-        let column = cast(all.column(ID_COLUMNS + c), &DataType::Float32)?;
-        if column.null_count() > 0 {
-            bail!(
-                "feature `{}` has nulls",
-                schema.field(ID_COLUMNS + c).name()
-            );
-        }
-        columns.push(column);
-    }
-    let mut data = Vec::new();
-    risksense_udfs::functions::row_major(&columns, 0, rows, &mut data);
+    let data = feature_matrix(&all, names)?;
     let fraud = cast(
         all.column_by_name("is_fraud").context("is_fraud")?,
         &DataType::Int32,
@@ -114,7 +107,7 @@ fn period(batches: &[RecordBatch], range: std::ops::Range<usize>) -> anyhow::Res
         Default::default()
     };
     Ok(Period {
-        features: Matrix::new(rows, cols, data)?,
+        features: Matrix::new(rows, names.len(), data)?,
         labels,
         trans_nums,
         span,
@@ -130,7 +123,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let (train, validation) = if args.validation.is_empty() {
         let cut = ((total as f64) * (1.0 - args.validation_share)).round() as usize;
-        (period(&batches, 0..cut)?, period(&batches, cut..total)?)
+        (
+            period(&batches, &names, 0..cut)?,
+            period(&batches, &names, cut..total)?,
+        )
     } else {
         let (valid_names, valid_batches) = runtime
             .block_on(features_of(&args.validation))
@@ -141,8 +137,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         let valid_total = valid_batches.iter().map(|b| b.num_rows()).sum();
         (
-            period(&batches, 0..total)?,
-            period(&valid_batches, 0..valid_total)?,
+            period(&batches, &names, 0..total)?,
+            period(&valid_batches, &names, 0..valid_total)?,
         )
     };
     eprintln!(

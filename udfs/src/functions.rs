@@ -8,6 +8,9 @@
 //! - `anomaly_threshold()`: the model's alert threshold.
 //! - `rolling_sum_24h`, `mean_of_previous`, `secs_since_previous`: per-card window
 //!   functions, see [`crate::windows`].
+//!
+//! The model functions hold a [`ModelHandle`] and load its current model once per call
+//! (one Arrow batch), so a plan built once scores with whatever model the handle holds.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use crate::handle::ModelHandle;
 use crate::model::Model;
 
 const EARTH_RADIUS_KM: f64 = 6371.0088;
@@ -192,6 +196,7 @@ fn check_feature_types(name: &str, model: &Model, arg_types: &[DataType]) -> Res
     Ok(())
 }
 
+// Two instances are the same function when they read the same handle.
 macro_rules! model_udf_identity {
     ($t:ty) => {
         impl PartialEq for $t {
@@ -202,7 +207,7 @@ macro_rules! model_udf_identity {
         impl Eq for $t {}
         impl Hash for $t {
             fn hash<H: Hasher>(&self, state: &mut H) {
-                self.model.dir.hash(state);
+                Arc::as_ptr(&self.model).hash(state);
             }
         }
     };
@@ -211,13 +216,13 @@ macro_rules! model_udf_identity {
 /// `anomaly_score(features…)`: reconstruction error of each row.
 #[derive(Debug)]
 pub struct AnomalyScore {
-    model: Arc<Model>,
+    model: Arc<ModelHandle>,
     signature: Signature,
 }
 model_udf_identity!(AnomalyScore);
 
 impl AnomalyScore {
-    pub fn new(model: Arc<Model>) -> Self {
+    pub fn new(model: Arc<ModelHandle>) -> Self {
         Self {
             model,
             signature: Signature::variadic_any(Volatility::Immutable),
@@ -233,12 +238,13 @@ impl ScalarUDFImpl for AnomalyScore {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        check_feature_types(self.name(), &self.model, arg_types)?;
+        check_feature_types(self.name(), &self.model.load(), arg_types)?;
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let features = FeatureColumns::new(&self.model, self.name(), &args)?;
-        let scores = features.run(&self.model, crate::model::SCORE)?;
+        let model = self.model.load();
+        let features = FeatureColumns::new(&model, self.name(), &args)?;
+        let scores = features.run(&model, crate::model::SCORE)?;
         let out: Float64Array = scores
             .iter()
             .enumerate()
@@ -251,13 +257,13 @@ impl ScalarUDFImpl for AnomalyScore {
 /// `anomaly_explain(features…)`: the top three features by reconstruction error.
 #[derive(Debug)]
 pub struct AnomalyExplain {
-    model: Arc<Model>,
+    model: Arc<ModelHandle>,
     signature: Signature,
 }
 model_udf_identity!(AnomalyExplain);
 
 impl AnomalyExplain {
-    pub fn new(model: Arc<Model>) -> Self {
+    pub fn new(model: Arc<ModelHandle>) -> Self {
         Self {
             model,
             signature: Signature::variadic_any(Volatility::Immutable),
@@ -293,33 +299,46 @@ impl ScalarUDFImpl for AnomalyExplain {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        check_feature_types(self.name(), &self.model, arg_types)?;
+        check_feature_types(self.name(), &self.model.load(), arg_types)?;
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let features = FeatureColumns::new(&self.model, self.name(), &args)?;
-        let errors = features.run(&self.model, crate::model::FEATURE_ERROR)?;
-        let width = self.model.feature_count();
+        let model = self.model.load();
+        let features = FeatureColumns::new(&model, self.name(), &args)?;
+        let errors = features.run(&model, crate::model::FEATURE_ERROR)?;
+        let width = model.feature_count();
         let mut out = StringBuilder::with_capacity(features.rows, features.rows * 48);
         for row in 0..features.rows {
             if features.is_null(row) {
                 out.append_null();
             } else {
                 let errors = &errors[row * width..(row + 1) * width];
-                out.append_value(explain_row(&self.model.card.features, errors, 3));
+                out.append_value(explain_row(&model.card.features, errors, 3));
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 
-/// `anomaly_threshold()`: the model's alert threshold, a constant.
+/// `anomaly_threshold()`: the current model's alert threshold. Volatile, although it is a
+/// constant for a model: DataFusion folds immutable and stable calls without arguments
+/// into a literal when planning, and a plan built once must see the threshold of the
+/// model its handle holds when each batch runs.
 #[derive(Debug)]
 pub struct AnomalyThreshold {
-    model: Arc<Model>,
+    model: Arc<ModelHandle>,
     signature: Signature,
 }
 model_udf_identity!(AnomalyThreshold);
+
+impl AnomalyThreshold {
+    pub fn new(model: Arc<ModelHandle>) -> Self {
+        Self {
+            model,
+            signature: Signature::nullary(Volatility::Volatile),
+        }
+    }
+}
 
 impl ScalarUDFImpl for AnomalyThreshold {
     fn name(&self) -> &str {
@@ -333,13 +352,17 @@ impl ScalarUDFImpl for AnomalyThreshold {
     }
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(
-            self.model.card.threshold,
+            self.model.load().card.threshold,
         ))))
     }
 }
 
-/// Registers `haversine` (always) and, given a model, the model functions.
-pub fn register(registry: &mut dyn FunctionRegistry, model: Option<Arc<Model>>) -> Result<()> {
+/// Registers `haversine` and the card window functions (always) and, given a model
+/// handle, the model functions, which score with the handle's current model.
+pub fn register(
+    registry: &mut dyn FunctionRegistry,
+    model: Option<Arc<ModelHandle>>,
+) -> Result<()> {
     registry.register_udf(Arc::new(ScalarUDF::from(Haversine::default())))?;
     for window in crate::windows::CardWindow::all() {
         registry.register_udwf(Arc::new(datafusion::logical_expr::WindowUDF::from(window)))?;
@@ -349,10 +372,7 @@ pub fn register(registry: &mut dyn FunctionRegistry, model: Option<Arc<Model>>) 
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyExplain::new(
             model.clone(),
         ))))?;
-        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyThreshold {
-            model,
-            signature: Signature::nullary(Volatility::Immutable),
-        })))?;
+        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyThreshold::new(model))))?;
     }
     Ok(())
 }

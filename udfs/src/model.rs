@@ -228,6 +228,18 @@ impl Model {
     /// Runs the graph on a row-major matrix of `rows` x features and returns the named
     /// output, flattened.
     pub fn run(&self, matrix: &[f32], rows: usize, output: &str) -> Result<Vec<f32>, ModelError> {
+        let [values] = self.run_outputs(matrix, rows, [output])?;
+        Ok(values)
+    }
+
+    /// Like [`Model::run`], for several outputs of one run (e.g. [`SCORE`] and
+    /// [`FEATURE_ERROR`]): the graph runs once and computes only those.
+    pub fn run_outputs<const N: usize>(
+        &self,
+        matrix: &[f32],
+        rows: usize,
+        outputs: [&str; N],
+    ) -> Result<[Vec<f32>; N], ModelError> {
         let width = self.feature_count();
         if matrix.len() != rows * width {
             return Err(ModelError::Input(format!(
@@ -236,17 +248,26 @@ impl Model {
             )));
         }
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(std::array::from_fn(|_| Vec::new()));
         }
         let tensor = TensorRef::from_array_view(([rows, width], matrix))?;
-        let options = RunOptions::new()?.with_outputs(OutputSelector::no_default().with(output));
+        let selector = outputs
+            .iter()
+            .fold(OutputSelector::no_default(), |selector, name| {
+                selector.with(*name)
+            });
+        let options = RunOptions::new()?.with_outputs(selector);
         let mut session = self.session()?;
-        let outputs = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
-        let value = outputs
-            .get(output)
-            .ok_or_else(|| ModelError::Ort(format!("no `{output}` in the outputs")))?;
-        let (_, data) = value.try_extract_tensor::<f32>()?;
-        Ok(data.to_vec())
+        let values = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
+        let mut result: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        for (slot, name) in result.iter_mut().zip(outputs) {
+            let value = values
+                .get(name)
+                .ok_or_else(|| ModelError::Ort(format!("no `{name}` in the outputs")))?;
+            let (_, data) = value.try_extract_tensor::<f32>()?;
+            *slot = data.to_vec();
+        }
+        Ok(result)
     }
 
     /// A free session if there is one (trying each once, from a rotating start), else

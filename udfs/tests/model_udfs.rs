@@ -7,9 +7,10 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use risksense_udfs::model::ModelError;
-use risksense_udfs::{Model, ModelCard, SessionOptions};
+use risksense_udfs::{Model, ModelCard, ModelHandle, SessionOptions, SwapError};
 
 fn default_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default")
@@ -47,6 +48,18 @@ fn feature_batch(model: &Model, rows: usize) -> RecordBatch {
 }
 
 fn context(model: &Arc<Model>, batch: &RecordBatch, batch_rows: usize) -> SessionContext {
+    context_with_handle(
+        &Arc::new(ModelHandle::new(model.clone())),
+        batch,
+        batch_rows,
+    )
+}
+
+fn context_with_handle(
+    model: &Arc<ModelHandle>,
+    batch: &RecordBatch,
+    batch_rows: usize,
+) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(1)
         .with_batch_size(batch_rows);
@@ -190,4 +203,158 @@ fn a_missing_model_or_one_of_the_wrong_width_fails_at_load() {
         "{message}"
     );
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// The default model's files under `name` in a scratch folder, with its card changed by
+/// `edit`: the same graph, so a model that scores alike and differs only where the card does.
+fn variant(name: &str, edit: impl FnOnce(&mut ModelCard)) -> (PathBuf, Arc<Model>) {
+    let dir = std::env::temp_dir().join(format!(
+        "risksense-model-variant-{}-{name}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(
+        default_model_dir().join("model.onnx"),
+        dir.join("model.onnx"),
+    )
+    .expect("copy");
+    let mut card = ModelCard::read(&default_model_dir()).expect("card");
+    card.name = name.to_string();
+    edit(&mut card);
+    card.write(&dir).expect("write card");
+    let model = Model::load(&dir, SessionOptions::default()).expect("variant loads");
+    (dir, Arc::new(model))
+}
+
+#[tokio::test]
+async fn a_plan_built_once_scores_with_the_model_its_handle_holds_now() {
+    let a = model();
+    // B: the same graph and features, a threshold no row reaches.
+    let (dir, b) = variant("never-alerts", |card| card.threshold = 1e30);
+    let batch = feature_batch(&a, 64);
+    let handle = Arc::new(ModelHandle::new(a.clone()));
+    let ctx = context_with_handle(&handle, &batch, 64);
+    let args = a.card.features.join(", ");
+    let plan = ctx
+        .sql(&format!(
+            "SELECT anomaly_score({args}) AS s, anomaly_threshold() AS t, \
+             anomaly_score({args}) >= anomaly_threshold() AS flagged, \
+             CASE WHEN anomaly_score({args}) >= anomaly_threshold() THEN anomaly_explain({args}) END AS why \
+             FROM f"
+        ))
+        .await
+        .expect("plans")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+
+    // What one run of the plan says: (scores, thresholds, rows flagged, rows explained).
+    let run = || async {
+        let batches = collect(plan.clone(), ctx.task_ctx()).await.expect("runs");
+        let mut out = (Vec::new(), Vec::new(), 0, 0);
+        for batch in &batches {
+            out.0.extend(
+                batch
+                    .column(0)
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .iter()
+                    .copied(),
+            );
+            out.1.extend(
+                batch
+                    .column(1)
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .iter()
+                    .copied(),
+            );
+            out.2 += batch.column(2).as_boolean().true_count();
+            out.3 += batch.num_rows() - batch.column(3).null_count();
+        }
+        out
+    };
+    let (scores_a, thresholds_a, flagged_a, explained_a) = run().await;
+    assert_eq!(scores_a.len(), 64);
+    assert!(thresholds_a.iter().all(|&t| t == a.card.threshold));
+    let expected_a = scores_a.iter().filter(|&&s| s >= a.card.threshold).count();
+    assert_eq!((flagged_a, explained_a), (expected_a, expected_a));
+    assert!(
+        expected_a > 0,
+        "the default threshold flags no generated row"
+    );
+
+    let previous = handle.swap(b.clone()).expect("same features");
+    assert!(Arc::ptr_eq(&previous, &a));
+    let (scores_b, thresholds_b, flagged_b, explained_b) = run().await;
+    assert!(thresholds_b.iter().all(|&t| t == 1e30), "{thresholds_b:?}");
+    assert_eq!((flagged_b, explained_b), (0, 0));
+    // Same graph: the same scores.
+    assert_eq!(scores_a, scores_b);
+
+    // And back.
+    handle.swap(a.clone()).expect("same features");
+    assert_eq!(run().await.2, expected_a);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_handle_refuses_a_model_with_other_features() {
+    let a = model();
+    let handle = ModelHandle::new(a.clone());
+    // Same width (so the graph loads), one feature renamed.
+    let (renamed_dir, renamed) = variant("renamed", |card| card.features[0] = "log_amount".into());
+    // Same names, another order.
+    let (reordered_dir, reordered) = variant("reordered", |card| card.features.swap(0, 1));
+    for other in [renamed, reordered] {
+        let error = handle.swap(other.clone()).expect_err("refused");
+        let SwapError::FeaturesDiffer {
+            model,
+            expected,
+            offered,
+        } = &error;
+        assert_eq!(model, &other.card.name);
+        assert_eq!(expected, &a.card.features);
+        assert_eq!(offered, &other.card.features);
+        assert!(error.to_string().contains("needs a new plan"), "{error}");
+        // Still the model it had.
+        assert!(Arc::ptr_eq(&handle.load(), &a));
+    }
+    std::fs::remove_dir_all(&renamed_dir).ok();
+    std::fs::remove_dir_all(&reordered_dir).ok();
+}
+
+#[test]
+fn one_run_gives_several_outputs() {
+    let model = model();
+    let batch = feature_batch(&model, 20);
+    let width = model.feature_count();
+    let mut matrix = vec![0f32; 20 * width];
+    for c in 0..width {
+        for r in 0..20 {
+            matrix[r * width + c] = batch.column(c).as_primitive::<Float64Type>().value(r) as f32;
+        }
+    }
+    let [scores, errors] = model
+        .run_outputs(
+            &matrix,
+            20,
+            [
+                risksense_udfs::model::SCORE,
+                risksense_udfs::model::FEATURE_ERROR,
+            ],
+        )
+        .expect("runs");
+    assert_eq!(scores, model.score(&matrix, 20).expect("scores"));
+    assert_eq!(
+        errors,
+        model
+            .run(&matrix, 20, risksense_udfs::model::FEATURE_ERROR)
+            .expect("errors")
+    );
+    assert_eq!(errors.len(), 20 * width);
+    let [none] = model
+        .run_outputs(&[], 0, [risksense_udfs::model::SCORE])
+        .expect("no rows");
+    assert!(none.is_empty());
 }

@@ -18,7 +18,7 @@ use parquet::schema::types::ColumnPath;
 use risksense_formats::codec::parquet::{
     Dictionaries, FILE_ROW_GROUP_ROWS, SCORED_DICTIONARY_COLUMNS, writer_properties,
 };
-use risksense_udfs::Model;
+use risksense_udfs::{Model, ModelHandle};
 
 use crate::error::QueryError;
 use risksense_formats::source::{TransactionFile, expand_files};
@@ -27,7 +27,8 @@ use risksense_formats::source::{TransactionFile, expand_files};
 pub const FEATURES_SQL: &str = include_str!("../../../sql/features.sql");
 /// The scoring SQL.
 pub const SCORE_SQL: &str = include_str!("../../../sql/score.sql");
-/// Columns of the `features` view before the model inputs.
+/// Columns of the `features` view before the model inputs: what [`feature_names`] skips.
+/// Consumers take the model inputs by name ([`crate::features::feature_matrix`]).
 pub const ID_COLUMNS: usize = 9;
 /// Name of the table the SQL reads.
 pub const TRANSACTIONS: &str = "transactions";
@@ -70,9 +71,19 @@ impl SessionOptions {
     }
 }
 
-/// A session with the UDFs registered (the model ones only when a model is given).
+/// A session with the UDFs registered (the model ones only when a model is given, with a
+/// handle of their own: see [`new_session_with_handle`] for a model that may change).
 pub fn new_session(
     model: Option<Arc<Model>>,
+    options: SessionOptions,
+) -> Result<SessionContext, QueryError> {
+    new_session_with_handle(model.map(|m| Arc::new(ModelHandle::new(m))), options)
+}
+
+/// A session whose model functions score with the current model of `model`: swapping it
+/// changes what plans of this session score with, without planning them again.
+pub fn new_session_with_handle(
+    model: Option<Arc<ModelHandle>>,
     options: SessionOptions,
 ) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new()
