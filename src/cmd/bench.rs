@@ -1,16 +1,14 @@
-//! `risksense bench`: the benchmark command. Each suite runs its measurements side by side
-//! in one process, several times, and prints median figures as a Markdown table ready for
-//! BENCHMARKS.md, with the machine it ran on.
+//! `risksense bench`: the command line of the benchmark suites in `risksense-bench`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use arrow::record_batch::RecordBatch;
-use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
-use risksense_formats::source::{TransactionFile, TransactionFileWriter};
+use risksense_bench::batch::{IngestOptions, MicroBatchOptions, ScoringOptions};
+use risksense_bench::queries::QueriesOptions;
+use risksense_bench::stream::StreamOptions;
+use risksense_bench::{ModelChoice, Synth};
 
 use super::generate::SynthArgs;
+use super::model::ModelArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,19 +23,19 @@ pub enum Suite {
     /// The model: raw ONNX Runtime vs the UDF in a DataFusion plan, and Parquet rescoring.
     Scoring(ScoringArgs),
     /// The streaming engine: throughput Kafka -> Redis, latency at a steady rate, peak RSS.
-    Stream(super::bench_stream::StreamArgs),
+    Stream(StreamArgs),
     /// The stream's scoring plan alone (no Kafka, no Redis): generated rows scored in
     /// micro-batches, one after another, with the cards' history carried between them.
     MicroBatch(MicroBatchArgs),
     /// Heavy ad-hoc SQL against a running engine: stream throughput and `/healthz` latency
     /// with and without four heavy queries, side by side.
-    Queries(super::bench_queries::QueriesArgs),
+    Queries(QueriesArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct MicroBatchArgs {
     #[command(flatten)]
-    pub model: super::model::ModelArgs,
+    pub model: ModelArgs,
     /// Rows per micro-batch (20 ms at 50,000 messages/s is 1,000).
     #[arg(long, default_value_t = 1000)]
     pub batch_rows: usize,
@@ -52,7 +50,7 @@ pub struct MicroBatchArgs {
 #[derive(clap::Args, Debug)]
 pub struct ScoringArgs {
     #[command(flatten)]
-    pub model: super::model::ModelArgs,
+    pub model: ModelArgs,
     /// Rows per ONNX Runtime run / Arrow batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_rows: usize,
@@ -89,408 +87,131 @@ pub struct IngestArgs {
     pub scratch: PathBuf,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub synth: SynthArgs,
+    /// Kafka bootstrap servers (a real broker).
+    #[arg(
+        long,
+        env = "RISKSENSE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// Redis (a real one).
+    #[arg(
+        long,
+        env = "RISKSENSE_REDIS",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis: String,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Steady producer rate for the latency run, messages/s.
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+    /// Rows replayed in the latency run (at --rate).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub latency_rows: usize,
+    /// Micro-batch row bound of the engine.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_rows: usize,
+    /// Micro-batch wait bound of the engine, ms.
+    #[arg(long, default_value_t = 20)]
+    pub batch_wait_ms: u64,
+    /// Checkpoint interval of the engine, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub checkpoint_ms: u64,
+    /// Scratch folder (archives, configs).
+    #[arg(long, default_value = "target/bench")]
+    pub scratch: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueriesArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Heavy queries kept running at once in the second drain.
+    #[arg(long, default_value_t = 4)]
+    pub heavy: usize,
+    /// Port of the engine's API.
+    #[arg(long, default_value_t = 18_080)]
+    pub port: u16,
+    /// Deadline of each heavy query, seconds (the engine's --sql-timeout).
+    #[arg(long, default_value_t = 5.0)]
+    pub sql_timeout: f64,
+    /// Drains of each kind (alternated: quiet, heavy, quiet, heavy, ...).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.suite {
-        Suite::Ingest(args) => ingest(args),
-        Suite::Scoring(args) => scoring(args),
-        Suite::Stream(args) => super::bench_stream::stream(args),
-        Suite::MicroBatch(args) => micro_batch(args),
-        Suite::Queries(args) => super::bench_queries::queries(args),
+        Suite::Ingest(args) => risksense_bench::batch::ingest(IngestOptions {
+            synth: synth(&args.synth),
+            brokers: args.brokers,
+            runs: args.runs,
+            scratch: args.scratch,
+        }),
+        Suite::Scoring(args) => risksense_bench::batch::scoring(ScoringOptions {
+            model: model(&args.model),
+            batch_rows: args.batch_rows,
+            batches: args.batches,
+            customers: args.customers,
+            runs: args.runs,
+            scratch: args.scratch,
+        }),
+        Suite::Stream(args) => risksense_bench::stream::stream(stream(args)),
+        Suite::MicroBatch(args) => risksense_bench::batch::micro_batch(MicroBatchOptions {
+            model: model(&args.model),
+            batch_rows: args.batch_rows,
+            customers: args.customers,
+            end: args.end,
+        }),
+        Suite::Queries(args) => risksense_bench::queries::queries(QueriesOptions {
+            stream: stream(args.stream),
+            heavy: args.heavy,
+            port: args.port,
+            sql_timeout: args.sql_timeout,
+            rounds: args.rounds,
+        }),
     }
 }
 
-/// One measured figure: name, rows per run, durations of the runs.
-struct Figure {
-    name: &'static str,
-    rows: u64,
-    runs: Vec<Duration>,
-}
-
-impl Figure {
-    fn median_rate(&self) -> f64 {
-        let mut runs = self.runs.clone();
-        runs.sort();
-        self.rows as f64 / runs[runs.len() / 2].as_secs_f64().max(1e-9)
+fn synth(args: &SynthArgs) -> Synth {
+    Synth {
+        customers: args.customers,
+        start: args.start.clone(),
+        end: args.end.clone(),
+        seed: args.seed,
     }
 }
 
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
-}
-
-fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.scratch)?;
-    let runs = args.runs.max(1);
-    let settings = KafkaSettings::new(&args.brokers);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-
-    // The data every replay sends: generated once, kept in memory.
-    let (generator, _) = args.synth.generator()?;
-    let batches: Vec<RecordBatch> = generator.collect::<Result<_, _>>()?;
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let csv_path = args.scratch.join("ingest.csv");
-    let mut writer = TransactionFileWriter::create(&csv_path)?;
-    for batch in &batches {
-        writer.write(batch)?;
-    }
-    writer.finish()?;
-
-    let mut figures = vec![
-        Figure {
-            name: "generate (in memory)",
-            rows,
-            runs: vec![],
-        },
-        Figure {
-            name: "generate -> Parquet file",
-            rows,
-            runs: vec![],
-        },
-        Figure {
-            name: "replay in-memory batches -> Kafka",
-            rows,
-            runs: vec![],
-        },
-        Figure {
-            name: "replay CSV file -> Kafka",
-            rows,
-            runs: vec![],
-        },
-    ];
-    let bar = super::progress(Some((runs * figures.len()) as u64), "measurements");
-    for run in 0..runs {
-        // Interleaved, so that drift in the machine's state touches every figure alike.
-        let started = Instant::now();
-        let (generator, _) = args.synth.generator()?;
-        let mut count = 0;
-        for batch in generator {
-            count += batch?.num_rows();
-        }
-        anyhow::ensure!(count as u64 == rows, "generator is not deterministic");
-        figures[0].runs.push(started.elapsed());
-        bar.inc(1);
-
-        let started = Instant::now();
-        let (generator, _) = args.synth.generator()?;
-        let mut writer = TransactionFileWriter::create(&args.scratch.join("ingest.parquet"))?;
-        for batch in generator {
-            writer.write(&batch?)?;
-        }
-        writer.finish()?;
-        figures[1].runs.push(started.elapsed());
-        bar.inc(1);
-
-        let topic = format!("bench-ingest-{}-{run}", std::process::id());
-        runtime.block_on(ensure_topic(&settings, &topic, 4))?;
-        let mut producer = ReplayProducer::new(&settings, &topic, Pace::Unlimited)?;
-        for batch in &batches {
-            producer.send_batch(batch)?;
-        }
-        let stats = producer
-            .finish(Duration::from_secs(300))
-            .context("replay")?;
-        figures[2].runs.push(stats.elapsed);
-        bar.inc(1);
-
-        let topic = format!("bench-ingest-csv-{}-{run}", std::process::id());
-        runtime.block_on(ensure_topic(&settings, &topic, 4))?;
-        let mut producer = ReplayProducer::new(&settings, &topic, Pace::Unlimited)?;
-        for batch in TransactionFile::open(&csv_path, 8192, false)? {
-            producer.send_batch(&batch?)?;
-        }
-        let stats = producer
-            .finish(Duration::from_secs(300))
-            .context("replay")?;
-        figures[3].runs.push(stats.elapsed);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-
-    println!(
-        "machine: {}; {} rows ({} customers, {} .. {}), median of {runs} runs\n",
-        machine(),
-        rows,
-        args.synth.customers,
-        args.synth.start,
-        args.synth.end
-    );
-    print_table(&figures, "in-memory generate");
-    Ok(())
-}
-
-fn print_table(figures: &[Figure], base_name: &str) {
-    let base = figures[0].median_rate();
-    println!("| measurement | rows/s (median) | ratio to {base_name} |");
-    println!("|---|---:|---:|");
-    for figure in figures {
-        println!(
-            "| {} | {:.0} | {:.3} |",
-            figure.name,
-            figure.median_rate(),
-            figure.median_rate() / base
-        );
+fn model(args: &ModelArgs) -> ModelChoice {
+    ModelChoice {
+        dir: args.dir(),
+        threads: args.model_threads,
     }
 }
 
-/// Rescores `history` (Parquet) into `out` once; the time it took. `validated`: the files
-/// are registered as `rescore` does, behind the `valid_transaction` filter; else as they are.
-async fn rescore_history(
-    model: &std::sync::Arc<risksense_udfs::Model>,
-    history: &std::path::Path,
-    out: &std::path::Path,
-    validated: bool,
-    expected_rows: u64,
-) -> anyhow::Result<Duration> {
-    use risksense_query::scoring::{self, SessionOptions};
-    let ctx = scoring::new_session(Some(model.clone()), SessionOptions::rescoring())?;
-    if out.exists() {
-        std::fs::remove_dir_all(out)?;
+fn stream(args: StreamArgs) -> StreamOptions {
+    StreamOptions {
+        synth: synth(&args.synth),
+        // The rescoring comparison uses the engine's default model, one thread.
+        model: model(&ModelArgs {
+            model: None,
+            model_threads: 1,
+            no_model: false,
+        }),
+        brokers: args.brokers,
+        redis: args.redis,
+        partitions: args.partitions,
+        rate: args.rate,
+        latency_rows: args.latency_rows,
+        batch_rows: args.batch_rows,
+        batch_wait_ms: args.batch_wait_ms,
+        checkpoint_ms: args.checkpoint_ms,
+        scratch: args.scratch,
     }
-    let started = Instant::now();
-    if validated {
-        scoring::register_files(&ctx, scoring::TRANSACTIONS, &[history.to_path_buf()]).await?;
-    } else {
-        ctx.register_parquet(
-            scoring::TRANSACTIONS,
-            &history.display().to_string(),
-            datafusion::prelude::ParquetReadOptions::default(),
-        )
-        .await?;
-    }
-    scoring::install_views(&ctx, Some(model)).await?;
-    let stats = scoring::write_scored(&ctx, out).await?;
-    anyhow::ensure!(stats.rows == expected_rows);
-    Ok(started.elapsed())
-}
-
-fn scoring(args: ScoringArgs) -> anyhow::Result<()> {
-    use std::sync::Arc;
-
-    use arrow::array::ArrayRef;
-    use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::datasource::MemTable;
-    use futures::StreamExt;
-    use risksense_query::scoring::{self, SessionOptions};
-    use risksense_synth::{Generator, SynthConfig};
-
-    let runs = args.runs.max(1);
-    let model = args.model.load()?;
-    let width = model.feature_count();
-    let rows = args.batch_rows;
-    std::fs::create_dir_all(&args.scratch)?;
-
-    // Real feature rows: the features of generated transactions, cycled to fill a batch.
-    let runtime = super::runtime()?;
-    let sample = runtime.block_on(async {
-        let config = SynthConfig::new(300, "2019-01-01", "2019-02-28", 5)?;
-        let batches: Vec<RecordBatch> = Generator::new(config).collect::<Result<_, _>>()?;
-        let ctx = scoring::new_session(None, SessionOptions::default())?;
-        scoring::register_batches(
-            &ctx,
-            scoring::TRANSACTIONS,
-            risksense_common::schema::transaction_schema(),
-            batches,
-        )?;
-        scoring::install_views(&ctx, None).await?;
-        let names = model.card.features.join(", ");
-        let out = ctx
-            .sql(&format!("SELECT {names} FROM features"))
-            .await?
-            .collect()
-            .await?;
-        anyhow::Ok(arrow::compute::concat_batches(&out[0].schema(), &out)?)
-    })?;
-    anyhow::ensure!(sample.num_rows() > 0, "no sample rows");
-    // The sample's rows cycled to fill a batch, the model inputs as Float64 columns named
-    // as the card lists them; the raw run's matrix is taken from it by those names.
-    let cycle = arrow::array::UInt32Array::from_iter_values(
-        (0..rows).map(|r| (r % sample.num_rows()) as u32),
-    );
-    let fields: Vec<Field> = model
-        .card
-        .features
-        .iter()
-        .map(|n| Field::new(n, DataType::Float64, false))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let columns = model
-        .card
-        .features
-        .iter()
-        .map(|name| {
-            let column = sample.column_by_name(name).context("sample feature")?;
-            let column = arrow::compute::take(column, &cycle, None)?;
-            Ok(arrow::compute::cast(&column, &DataType::Float64)?)
-        })
-        .collect::<anyhow::Result<Vec<ArrayRef>>>()?;
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let matrix = risksense_query::features::feature_matrix(&batch, &model.card.features)?;
-
-    // History to rescore: generated once, kept in the scratch folder.
-    let history = args
-        .scratch
-        .join(format!("history-{}.parquet", args.customers));
-    if !history.exists() {
-        let config = SynthConfig::new(args.customers, "2019-01-01", "2019-12-31", 7)?;
-        let mut writer = TransactionFileWriter::create(&history)?;
-        for b in Generator::new(config) {
-            writer.write(&b?)?;
-        }
-        writer.finish()?;
-    }
-    let history_rows = parquet::file::reader::FileReader::metadata(
-        &parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&history)?)?,
-    )
-    .file_metadata()
-    .num_rows() as u64;
-
-    let total = (rows * args.batches) as u64;
-    let mut figures = vec![
-        Figure {
-            name: "raw ONNX Runtime (one run per batch)",
-            rows: total,
-            runs: vec![],
-        },
-        Figure {
-            name: "anomaly_score UDF in a DataFusion plan",
-            rows: total,
-            runs: vec![],
-        },
-        Figure {
-            name: "rescore Parquet -> features -> score -> Parquet",
-            rows: history_rows,
-            runs: vec![],
-        },
-        Figure {
-            name: "the same rescore without the input validation (what it costs)",
-            rows: history_rows,
-            runs: vec![],
-        },
-    ];
-    let bar = super::progress(Some((runs * figures.len()) as u64), "measurements");
-    for _ in 0..runs {
-        let started = Instant::now();
-        for _ in 0..args.batches {
-            let scores = model.score(&matrix, rows)?;
-            anyhow::ensure!(scores.len() == rows);
-        }
-        figures[0].runs.push(started.elapsed());
-        bar.inc(1);
-
-        let udf_time = runtime.block_on(async {
-            let ctx = scoring::new_session(
-                Some(model.clone()),
-                SessionOptions {
-                    target_partitions: 1,
-                    batch_size: rows,
-                    memory_limit: None,
-                },
-            )?;
-            let table = MemTable::try_new(schema.clone(), vec![vec![batch.clone(); args.batches]])?;
-            ctx.register_table("f", Arc::new(table))?;
-            let query = format!(
-                "SELECT anomaly_score({}) FROM f",
-                model.card.features.join(", ")
-            );
-            let frame = ctx.sql(&query).await?;
-            let started = Instant::now();
-            let mut stream = frame.execute_stream().await?;
-            let mut seen = 0;
-            while let Some(b) = stream.next().await {
-                seen += b?.num_rows();
-            }
-            anyhow::ensure!(seen as u64 == total);
-            anyhow::Ok(started.elapsed())
-        })?;
-        figures[1].runs.push(udf_time);
-        bar.inc(1);
-
-        // With the input validation over the scan, then without it (what it costs).
-        for (figure, validated) in [(2, true), (3, false)] {
-            let elapsed = runtime.block_on(rescore_history(
-                &model,
-                &history,
-                &args.scratch.join("scored"),
-                validated,
-                history_rows,
-            ))?;
-            figures[figure].runs.push(elapsed);
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-    println!(
-        "machine: {}; model {} ({} features, ONNX Runtime threads {}); batches of {rows} rows; median of {runs} runs\n",
-        machine(),
-        model.card.name,
-        width,
-        args.model.model_threads
-    );
-    print_table(&figures, "raw ONNX Runtime");
-    let overhead = 1.0 - figures[1].median_rate() / figures[0].median_rate();
-    println!(
-        "\nUDF overhead vs raw ONNX Runtime: {:.1} %",
-        overhead * 100.0
-    );
-    Ok(())
-}
-
-/// The stream's scoring plan on micro-batches of generated rows: time per batch and per row.
-fn micro_batch(args: MicroBatchArgs) -> anyhow::Result<()> {
-    use risksense_engine::stream::StreamConfig;
-    use risksense_query::scorer::StreamScorer;
-    use risksense_synth::{Generator, SynthConfig};
-
-    let model = args.model.load()?;
-    let config = SynthConfig::new(args.customers, "2019-01-01", &args.end, 42)?;
-    let batches: Vec<RecordBatch> = Generator::new(config).collect::<Result<_, _>>()?;
-    let all =
-        arrow::compute::concat_batches(&risksense_common::schema::transaction_schema(), &batches)?;
-    let size = args.batch_rows.max(1);
-    let runtime = super::runtime()?;
-    // The session `risksense run` would score these micro-batches in.
-    let session = StreamConfig {
-        batch_rows: size,
-        ..StreamConfig::default()
-    }
-    .session_options();
-    let scorer = runtime.block_on(StreamScorer::new(model, session))?;
-    let history = scorer
-        .history()
-        .context("the stream scorer keeps history")?
-        .clone();
-    let started = Instant::now();
-    let mut scored = 0usize;
-    let mut micro_batches = 0usize;
-    for start in (0..all.num_rows()).step_by(size) {
-        let batch = all.slice(start, size.min(all.num_rows() - start));
-        let out = runtime.block_on(scorer.score(vec![batch]))?;
-        history.commit_staged(|_| Some(0))?;
-        scored += out.iter().map(|b| b.num_rows()).sum::<usize>();
-        micro_batches += 1;
-    }
-    let elapsed = started.elapsed();
-    let (cards, kept) = history.size(0);
-    println!(
-        "micro-batch scoring: {scored} rows ({} cards, 2019-01-01 .. {}) in {micro_batches} batches of {size}: \
-         {:.2} ms per batch, {:.2} µs per row, {:.0} rows/s on one thread; history {cards} cards, {kept} pairs",
-        args.customers,
-        args.end,
-        elapsed.as_secs_f64() * 1e3 / micro_batches.max(1) as f64,
-        elapsed.as_secs_f64() * 1e6 / scored.max(1) as f64,
-        scored as f64 / elapsed.as_secs_f64(),
-    );
-    Ok(())
 }

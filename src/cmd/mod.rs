@@ -2,8 +2,7 @@
 //! a printed summary.
 
 mod bench;
-mod bench_queries;
-mod bench_stream;
+
 mod demo;
 mod doctor;
 mod generate;

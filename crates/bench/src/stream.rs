@@ -23,62 +23,46 @@ use risksense_connectors::kafka::{
 use risksense_formats::source::TransactionFileWriter;
 use risksense_query::scoring::{self, SessionOptions};
 
-use super::generate::SynthArgs;
+use crate::{ModelChoice, Synth, machine, runtime};
 
-#[derive(clap::Args, Debug)]
-pub struct StreamArgs {
-    #[command(flatten)]
-    pub synth: SynthArgs,
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub synth: Synth,
+    /// The model the rescoring comparison uses (the engine child uses its default).
+    pub model: ModelChoice,
     /// Kafka bootstrap servers (a real broker).
-    #[arg(
-        long,
-        env = "RISKSENSE_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
     pub brokers: String,
     /// Redis (a real one).
-    #[arg(
-        long,
-        env = "RISKSENSE_REDIS",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
     pub redis: String,
     /// Partitions of the benchmark topics.
-    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
     /// Steady producer rate for the latency run, messages/s.
-    #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
     /// Rows replayed in the latency run (at --rate).
-    #[arg(long, default_value_t = 1_000_000)]
     pub latency_rows: usize,
     /// Micro-batch row bound of the engine.
-    #[arg(long, default_value_t = 4096)]
     pub batch_rows: usize,
     /// Micro-batch wait bound of the engine, ms.
-    #[arg(long, default_value_t = 20)]
     pub batch_wait_ms: u64,
     /// Checkpoint interval of the engine, ms.
-    #[arg(long, default_value_t = 5000)]
     pub checkpoint_ms: u64,
     /// Scratch folder (archives, configs).
-    #[arg(long, default_value = "target/bench")]
     pub scratch: PathBuf,
 }
 
-pub(super) struct EngineRun {
+pub(crate) struct EngineRun {
     summary: serde_json::Value,
 }
 
 impl EngineRun {
-    pub(super) fn f(&self, key: &str) -> f64 {
+    pub(crate) fn f(&self, key: &str) -> f64 {
         self.summary[key].as_f64().unwrap_or(f64::NAN)
     }
 }
 
 /// What differs between the benchmarks' engine runs.
 #[derive(Debug, Default)]
-pub(super) struct EngineOptions {
+pub(crate) struct EngineOptions {
     /// Consumer group (default: `<topic>-bench`).
     pub group: Option<String>,
     /// Address of the engine's API (default: none).
@@ -89,8 +73,8 @@ pub(super) struct EngineOptions {
 
 /// Starts `risksense run` on `topic` with a config of its own; returns the child once its
 /// partitions are assigned.
-pub(super) fn start_engine(
-    args: &StreamArgs,
+pub(crate) fn start_engine(
+    args: &StreamOptions,
     topic: &str,
     dir: &Path,
     options: &EngineOptions,
@@ -149,7 +133,7 @@ pub(super) fn start_engine(
     Ok(child)
 }
 
-pub(super) fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
+pub(crate) fn finish_engine(child: std::process::Child) -> anyhow::Result<EngineRun> {
     let output = child.wait_with_output()?;
     anyhow::ensure!(output.status.success(), "`risksense run` failed");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -165,12 +149,12 @@ pub(super) fn finish_engine(child: std::process::Child) -> anyhow::Result<Engine
 /// shows in the latency tail of whichever run it lands in. Each measurement starts from a
 /// freshly compacted file, so a run's own writes (a few hundred MB) do not trigger one, and
 /// the report says how many happened anyway.
-pub(super) struct RedisAof {
+pub(crate) struct RedisAof {
     connection: redis::Connection,
 }
 
 impl RedisAof {
-    pub(super) fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) fn connect(url: &str) -> anyhow::Result<Self> {
         let connection = redis::Client::open(url)
             .and_then(|client| client.get_connection())
             .with_context(|| format!("connecting to Redis at {url}"))?;
@@ -192,7 +176,7 @@ impl RedisAof {
 
     /// Gets the machine quiet for a measurement: the AOF compacted, then everything
     /// written so far on disk (see `settle_disk`). Returns the AOF rewrites so far.
-    pub(super) fn prepare_measurement(&mut self) -> anyhow::Result<u64> {
+    pub(crate) fn prepare_measurement(&mut self) -> anyhow::Result<u64> {
         self.compact()?;
         settle_disk()?;
         self.rewrites()
@@ -252,14 +236,14 @@ fn settle_disk() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn unique(name: &str) -> String {
+pub(crate) fn unique(name: &str) -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("bench-{name}-{stamp}")
 }
 
-pub(super) fn produce(
+pub(crate) fn produce(
     settings: &KafkaSettings,
     topic: &str,
     batches: &[RecordBatch],
@@ -280,8 +264,8 @@ pub(super) fn produce(
     Ok(stats.messages_per_second())
 }
 
-pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
-    let runtime = super::runtime()?;
+pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
+    let runtime = runtime()?;
     let settings = KafkaSettings::new(&args.brokers);
     std::fs::create_dir_all(&args.scratch)?;
     let (generator, _) = args.synth.generator()?;
@@ -354,12 +338,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
     }
     writer.finish()?;
     let out = args.scratch.join(unique("rescored"));
-    let model = super::model::ModelArgs {
-        model: None,
-        model_threads: 1,
-        no_model: false,
-    }
-    .load()?;
+    let model = args.model.load()?;
     let batch_secs = runtime.block_on(async {
         let ctx = scoring::new_session(Some(model.clone()), SessionOptions::rescoring())?;
         scoring::register_files(&ctx, scoring::TRANSACTIONS, std::slice::from_ref(&parquet))
@@ -376,7 +355,7 @@ pub fn stream(args: StreamArgs) -> anyhow::Result<()> {
         + drained.f("sink_secs")
         + drained.f("checkpoint_secs");
     let share = |key: &str| 100.0 * drained.f(key) / busy.max(1e-9);
-    println!("Machine: {}", super::bench::machine());
+    println!("Machine: {}", machine());
     println!(
         "Data: {rows} generated rows ({} customers, {} .. {}), topics of {} partitions; engine batches of {} rows / {} ms; broker, Redis and engine on this machine.\n",
         args.synth.customers,

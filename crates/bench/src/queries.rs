@@ -16,25 +16,18 @@ use anyhow::Context;
 use arrow::record_batch::RecordBatch;
 use risksense_connectors::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
 
-use super::bench_stream::{
-    EngineOptions, StreamArgs, finish_engine, produce, start_engine, unique,
-};
+use crate::stream::{EngineOptions, StreamOptions, finish_engine, produce, start_engine, unique};
 
-#[derive(clap::Args, Debug)]
-pub struct QueriesArgs {
-    #[command(flatten)]
-    pub stream: StreamArgs,
+#[derive(Debug, Clone)]
+pub struct QueriesOptions {
+    pub stream: StreamOptions,
     /// Heavy queries kept running at once in the second drain.
-    #[arg(long, default_value_t = 4)]
     pub heavy: usize,
     /// Port of the engine's API.
-    #[arg(long, default_value_t = 18_080)]
     pub port: u16,
     /// Deadline of each heavy query, seconds (the engine's --sql-timeout).
-    #[arg(long, default_value_t = 5.0)]
     pub sql_timeout: f64,
     /// Drains of each kind (alternated: quiet, heavy, quiet, heavy, ...).
-    #[arg(long, default_value_t = 2)]
     pub rounds: usize,
 }
 
@@ -157,7 +150,7 @@ impl Drain {
     }
 }
 
-fn drain(args: &QueriesArgs, topic: &str, group: &str, heavy: usize) -> anyhow::Result<Drain> {
+fn drain(args: &QueriesOptions, topic: &str, group: &str, heavy: usize) -> anyhow::Result<Drain> {
     let http = format!("127.0.0.1:{}", args.port);
     let base = format!("http://{http}");
     let options = EngineOptions {
@@ -201,8 +194,8 @@ fn drain(args: &QueriesArgs, topic: &str, group: &str, heavy: usize) -> anyhow::
     })
 }
 
-pub fn queries(args: QueriesArgs) -> anyhow::Result<()> {
-    let runtime = super::runtime()?;
+pub fn queries(args: QueriesOptions) -> anyhow::Result<()> {
+    let runtime = crate::runtime()?;
     let settings = KafkaSettings::new(&args.stream.brokers);
     std::fs::create_dir_all(&args.stream.scratch)?;
     let (generator, _) = args.stream.synth.generator()?;
@@ -213,7 +206,7 @@ pub fn queries(args: QueriesArgs) -> anyhow::Result<()> {
     let rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("bench queries: filled {topic} with {rows} rows at {rate:.0} msg/s");
 
-    let mut redis = super::bench_stream::RedisAof::connect(&args.stream.redis)?;
+    let mut redis = crate::stream::RedisAof::connect(&args.stream.redis)?;
     let mut quiet = Vec::new();
     let mut busy = Vec::new();
     for round in 0..args.rounds.max(1) {
@@ -239,7 +232,7 @@ pub fn queries(args: QueriesArgs) -> anyhow::Result<()> {
     let quiet = Drain::combine(quiet);
     let busy = Drain::combine(busy);
 
-    println!("Machine: {}", super::bench::machine());
+    println!("Machine: {}", crate::machine());
     println!(
         "Data: {rows} generated rows ({} customers), one topic of {} partitions drained {} times of each kind, alternating, by `risksense run --http` (a consumer group each; throughput: the median drain); broker, Redis and engine on this machine; heavy queries cancelled at {} s and resubmitted.\n",
         args.stream.synth.customers,
