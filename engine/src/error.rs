@@ -39,7 +39,7 @@ pub enum EngineError {
     /// A micro-batch's sink writes failed for good (shared by everyone who waited for
     /// them).
     #[error("writing to the sinks: {0}")]
-    Sink(std::sync::Arc<EngineError>),
+    Sink(#[source] std::sync::Arc<EngineError>),
     /// Scoring a micro-batch of validated rows failed twice: a fault of the engine, its SQL
     /// or the model, never bad input (which validation sets aside first).
     #[error(

@@ -185,9 +185,14 @@ impl PendingCommit for TwoPhaseCommit {
     }
 
     fn commit(self: Box<Self>) -> Result<(), ConnectorError> {
-        self.events
-            .lock()
-            .push(format!("commit {}", self.partition));
+        // The in-process store answers at once (no I/O), so it can be asked from here.
+        let saved =
+            futures::executor::block_on(self.store.load_checkpoint(GROUP, TOPIC, self.partition))?;
+        self.events.lock().push(format!(
+            "commit {} (checkpoint saved: {})",
+            self.partition,
+            saved.is_some()
+        ));
         Ok(())
     }
 }
@@ -202,7 +207,14 @@ fn config() -> StreamConfig {
 }
 
 async fn pipeline(store: &Store, sinks: Vec<Arc<dyn Sink>>) -> (Pipeline, Arc<StreamMetrics>) {
-    let config = config();
+    pipeline_with(config(), store, sinks).await
+}
+
+async fn pipeline_with(
+    config: StreamConfig,
+    store: &Store,
+    sinks: Vec<Arc<dyn Sink>>,
+) -> (Pipeline, Arc<StreamMetrics>) {
     let scorer = StreamScorer::new(model(), config.session_options())
         .await
         .expect("scorer");
@@ -360,7 +372,7 @@ async fn a_two_phase_sink_is_prepared_before_and_committed_after_the_checkpoint_
             "write 50".to_string(),
             "begin 0".to_string(),
             "prepare 0 (checkpoint saved: false)".to_string(),
-            "commit 0".to_string(),
+            "commit 0 (checkpoint saved: true)".to_string(),
         ]
     );
     let checkpoint = store
@@ -373,4 +385,52 @@ async fn a_two_phase_sink_is_prepared_before_and_committed_after_the_checkpoint_
         Some("token-0"),
         "the prepared commit's token is saved with the checkpoint, for a restart to finish"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_checkpoints_take_turns_and_return_their_offsets_once_saved() {
+    let store = Store::memory(Retention::default());
+    let sink = TestSink::new(Failing::Retryable(2), &store);
+    let config = StreamConfig {
+        checkpoint_interval_ms: 0,
+        ..config()
+    };
+    let (mut pipeline, metrics) = pipeline_with(config, &store, vec![sink.clone()]).await;
+    for partition in [0, 1] {
+        pipeline.restore(partition).await.expect("restore");
+    }
+    pipeline
+        .process(messages(&fixture(120), 2))
+        .await
+        .expect("processed");
+    // The poll loop's calls: each starts one partition's checkpoint in the background or
+    // collects a finished one's offset.
+    let mut committed = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while committed.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoints never finished"
+        );
+        if pipeline.checkpoint_due() {
+            committed.extend(pipeline.checkpoint_next().await.expect("checkpoint"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    committed.sort();
+    assert_eq!(committed, vec![(0, 60), (1, 60)]);
+    assert!(
+        !sink.committed_before_held.load(Ordering::SeqCst),
+        "a background checkpoint was saved before the sink held its rows"
+    );
+    assert_eq!(*sink.rows.lock(), 120);
+    assert_eq!(StreamMetrics::get(&metrics.checkpoints), 2);
+    for partition in [0, 1] {
+        let saved = store
+            .load_checkpoint(GROUP, TOPIC, partition)
+            .await
+            .expect("load")
+            .expect("saved");
+        assert_eq!(saved.offset, 60);
+    }
 }

@@ -836,3 +836,69 @@ fn a_write_redis_refuses_for_good_stops_the_stream_instead_of_retrying_forever()
         "{checkpoint} was saved past a batch the sinks do not hold"
     );
 }
+
+/// The alerts topic refuses every record as too large (its `max.message.bytes` is smaller
+/// than any record): no retry can fix that, so the stream stops with the broker's reason
+/// instead of retrying forever, and checkpoints nothing past the batch.
+#[test]
+fn kafka_refusing_alerts_for_good_stops_the_stream_instead_of_retrying_forever() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let url = common::redis_url();
+    let runtime = runtime();
+    // Enough rows that some are anomalies (about 1 %), alerted to the refusing topic.
+    let rows = generate(20, "2019-01-01", "2019-02-28", 12);
+    let topic = common::unique_topic("toolarge");
+    produce(&runtime, &topic, 1, &rows);
+    let archive = scratch("toolarge");
+    let config = config(&topic, &archive);
+    let admin: AdminClient<DefaultClientContext> = KafkaSettings::new(common::kafka_brokers())
+        .client_config(&[])
+        .create()
+        .expect("admin client");
+    let alerts = NewTopic::new(&config.alerts_topic, 1, TopicReplication::Fixed(1))
+        .set("max.message.bytes", "64");
+    let created = runtime
+        .block_on(admin.create_topics([&alerts], &AdminOptions::new()))
+        .expect("create topics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let store = redis_store(&runtime, &url, &config);
+    let (done, outcome) = std::sync::mpsc::channel();
+    let group = config.group.clone();
+    std::thread::spawn(move || {
+        let runtime = self::runtime();
+        let result = run_stream(
+            config,
+            model(),
+            store,
+            runtime.handle(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(StreamMetrics::default()),
+            RunOptions {
+                create_topics: true,
+                stop_when_idle: Some(Duration::from_secs(3)),
+                live: None,
+            },
+        );
+        let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let result = outcome
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the stream kept retrying records the broker refuses for good");
+    let error = result.expect_err("refused alerts are an error");
+    assert!(error.to_lowercase().contains("too large"), "{error}");
+    let checkpoint = risksense_store::layout::checkpoint(&topic, &group, &topic, 0);
+    let mut connection = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&checkpoint)
+        .query(&mut connection)
+        .expect("exists");
+    assert!(
+        !exists,
+        "{checkpoint} was saved past a batch the sinks do not hold"
+    );
+}

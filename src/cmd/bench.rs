@@ -126,6 +126,10 @@ pub struct StreamArgs {
     /// Scratch folder (archives, configs).
     #[arg(long, default_value = "target/bench")]
     pub scratch: PathBuf,
+    /// The `risksense` executable to run as the engine [default: this one]: another build,
+    /// to compare two builds with the same harness.
+    #[arg(long)]
+    pub engine: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -213,5 +217,6 @@ fn stream(args: StreamArgs) -> StreamOptions {
         batch_wait_ms: args.batch_wait_ms,
         checkpoint_ms: args.checkpoint_ms,
         scratch: args.scratch,
+        engine: args.engine,
     }
 }

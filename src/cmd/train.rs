@@ -96,11 +96,7 @@ fn period(
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
     )?;
     let times = times.as_primitive::<TimestampMicrosecondType>();
-    let text = |i: usize| {
-        let mut out = Vec::new();
-        risksense_common::time::write_timestamp_micros(&mut out, times.value(i));
-        String::from_utf8_lossy(&out).to_string()
-    };
+    let text = |i: usize| risksense_common::time::event_time_text(times.value(i));
     let span = if rows > 0 {
         (text(0), text(rows - 1))
     } else {

@@ -34,15 +34,30 @@ pub enum ModelError {
     Mismatch { path: PathBuf, reason: String },
     #[error(transparent)]
     Runtime(#[from] onnx_runtime::RuntimeError),
+    /// ONNX Runtime refused or failed a call (its error kept as the source).
+    #[error("ONNX Runtime: {source}")]
+    Session {
+        #[source]
+        source: ort::Error,
+    },
     #[error("ONNX Runtime: {0}")]
     Ort(String),
     #[error("scoring input: {0}")]
     Input(String),
 }
 
-impl<T> From<ort::Error<T>> for ModelError {
-    fn from(error: ort::Error<T>) -> Self {
-        Self::Ort(error.to_string())
+impl From<ort::Error> for ModelError {
+    fn from(source: ort::Error) -> Self {
+        Self::Session { source }
+    }
+}
+
+/// A session builder's error, without the builder it hands back for a retry.
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for ModelError {
+    fn from(error: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        Self::Session {
+            source: error.into(),
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub struct StreamOptions {
     pub synth: Synth,
     /// The model the rescoring comparison uses (the engine child uses its default).
     pub model: ModelChoice,
+    /// The `risksense` executable run as the engine (None: this one). Another build of it
+    /// makes a side-by-side comparison with the same harness.
+    pub engine: Option<PathBuf>,
     /// Kafka bootstrap servers (a real broker).
     pub brokers: String,
     /// Redis (a real one).
@@ -101,7 +104,11 @@ pub(crate) fn start_engine(
             args.checkpoint_ms
         ),
     )?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let engine = match &args.engine {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut child = Command::new(engine)
         .args(["run", "--config"])
         .arg(&config)
         .args(["--stop-when-idle", "3", "--summary-json"])
@@ -182,6 +189,21 @@ impl RedisAof {
         self.rewrites()
     }
 
+    /// CPU seconds Redis has used since it started (user + system, all its threads).
+    pub(crate) fn cpu_secs(&mut self) -> anyhow::Result<f64> {
+        let info = redis::cmd("INFO")
+            .arg("cpu")
+            .query::<String>(&mut self.connection)
+            .context("reading Redis's INFO cpu")?;
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        Ok(field("used_cpu_user") + field("used_cpu_sys"))
+    }
+
     /// AOF rewrites since Redis started (0 without AOF).
     fn rewrites(&mut self) -> anyhow::Result<u64> {
         Ok(Self::field(&self.persistence()?, "aof_rewrites").unwrap_or(0))
@@ -225,6 +247,42 @@ impl RedisAof {
             );
         }
     }
+}
+
+/// CPU seconds the Kafka broker on this machine has used (user + system), from /proc: the
+/// JVM whose command line runs `kafka.Kafka`. NaN when none runs here (a remote broker).
+pub(crate) fn broker_cpu_secs() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let is_broker = cmdline
+            .split(|b| *b == 0)
+            .any(|argument| argument == b"kafka.Kafka");
+        if !is_broker {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // After the command name (in parentheses, which may hold spaces): field 3 onwards;
+        // utime and stime are fields 14 and 15, in clock ticks.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(user), Some(system)) = (ticks(14), ticks(15)) {
+            // SAFETY: sysconf only reads a configuration value.
+            let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            return (user + system) / per_sec.max(1.0);
+        }
+    }
+    f64::NAN
 }
 
 /// Writes what earlier phases left in the page cache (the filled topic's log segments,
@@ -284,6 +342,7 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
     let mut redis = RedisAof::connect(&args.redis)?;
     let rewrites_before = redis.prepare_measurement()?;
+    let (redis_cpu, broker_cpu) = (redis.cpu_secs()?, broker_cpu_secs());
     let engine = start_engine(
         &args,
         &topic,
@@ -291,6 +350,11 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
         &EngineOptions::default(),
     )?;
     let drained = finish_engine(engine)?;
+    // Per transaction: what carries to other machines (totals on these cores do not).
+    let per_tx = |cpu_secs: f64| cpu_secs * 1e6 / drained.f("messages").max(1.0);
+    let engine_us = per_tx(drained.f("cpu_secs"));
+    let redis_us = per_tx(redis.cpu_secs()? - redis_cpu);
+    let broker_us = per_tx(broker_cpu_secs() - broker_cpu);
     let drain_rewrites = redis.rewrites()? - rewrites_before;
 
     // 2. Latency at a steady rate.
@@ -397,6 +461,9 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
     );
     println!(
         "| Redis AOF rewrites during the drain / the steady run (each forks Redis; the child takes a core for about a second) | {drain_rewrites} / {steady_rewrites} | |"
+    );
+    println!(
+        "| CPU per transaction in the drain: engine (whole process) / Redis / broker | {engine_us:.1} / {redis_us:.1} / {broker_us:.1} µs | |"
     );
     println!(
         "| engine peak RSS (drain / steady) | {:.0} / {:.0} MiB | <= 300 MiB |",

@@ -11,11 +11,25 @@ pub enum ConnectorError {
     },
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("kafka delivery failed for {failed} of {attempted} messages (first error: {first})")]
+    /// Some records were not acknowledged. Retryable only when every failure was (a
+    /// broker away or slow, a dead letter cut to the topic's size limit for its resend).
+    #[error("kafka delivery failed for {failed} of {attempted} messages (first error: {source})")]
     Delivery {
         failed: u64,
         attempted: u64,
-        first: String,
+        retryable: bool,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Records neither acknowledged nor failed within the flush timeout.
+    #[error("kafka acknowledged {} of {attempted} messages in time", attempted - missing)]
+    Unacknowledged { missing: u64, attempted: u64 },
+    /// A blocking task (sealing an archive file) panicked or was cancelled.
+    #[error("{what} failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("result store: {0}")]
     Store(#[from] risksense_store::StoreError),
@@ -40,8 +54,8 @@ impl ConnectorError {
         match self {
             ConnectorError::Store(error) => error.is_unavailable(),
             ConnectorError::Kafka(error) => kafka_retryable(error),
-            // Delivery reports count messages the broker did not acknowledge in time.
-            ConnectorError::Delivery { .. } => true,
+            ConnectorError::Delivery { retryable, .. } => *retryable,
+            ConnectorError::Unacknowledged { .. } => true,
             ConnectorError::Io(_) | ConnectorError::Open { .. } => true,
             _ => false,
         }

@@ -13,7 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
 
-use crate::error::ConnectorError;
+use crate::error::{ConnectorError, kafka_retryable};
 use risksense_formats::codec::json::JsonRowEncoder;
 
 /// Where the brokers are and any extra librdkafka properties (`key=value`).
@@ -94,7 +94,7 @@ pub async fn delete_topics(
 pub struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    first_error: Mutex<Option<KafkaError>>,
 }
 
 impl ClientContext for DeliveryCounter {}
@@ -109,10 +109,9 @@ impl ProducerContext for DeliveryCounter {
             }
             Err((error, message)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, partition = message.partition(), "replay delivery failed");
                 if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| {
-                        format!("{error} (partition {})", message.partition())
-                    });
+                    first.get_or_insert_with(|| error.clone());
                 }
             }
         }
@@ -261,18 +260,19 @@ impl ReplayProducer {
         let mut stats = self.stats;
         stats.elapsed = self.started.map_or(Duration::ZERO, |s| s.elapsed());
         if failed > 0 || delivered != stats.messages {
-            let first = context
-                .first_error
-                .lock()
-                .ok()
-                .and_then(|e| e.clone())
-                .unwrap_or_else(|| {
-                    format!("{} messages unacknowledged", stats.messages - delivered)
-                });
-            return Err(ConnectorError::Delivery {
-                failed: stats.messages - delivered,
-                attempted: stats.messages,
-                first,
+            let first = context.first_error.lock().ok().and_then(|e| e.clone());
+            let missing = stats.messages - delivered;
+            return Err(match first {
+                Some(source) => ConnectorError::Delivery {
+                    failed: missing,
+                    attempted: stats.messages,
+                    retryable: kafka_retryable(&source),
+                    source,
+                },
+                None => ConnectorError::Unacknowledged {
+                    missing,
+                    attempted: stats.messages,
+                },
             });
         }
         Ok(stats)

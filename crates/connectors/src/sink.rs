@@ -33,7 +33,7 @@ use risksense_formats::message::partition_of;
 use risksense_store::{Alert, ScoredTransaction, Store, WriteOutcome};
 
 use crate::archive::{ParquetArchive, SealedFile, UnsealedFile, complete_publish};
-use crate::error::ConnectorError;
+use crate::error::{ConnectorError, kafka_retryable};
 
 /// Header of a dead letter that says why it could not be scored.
 pub const ERROR_HEADER: &str = "risksense-error";
@@ -249,8 +249,8 @@ impl KafkaSink {
     }
 
     /// Sends every record, waits for every acknowledgement, and returns the ones that
-    /// failed with the first failure's reason.
-    async fn send_all(&self, records: Vec<KafkaRecord>) -> (Vec<KafkaRecord>, String) {
+    /// failed: None when all were acknowledged.
+    async fn send_all(&self, records: Vec<KafkaRecord>) -> Option<Unsent> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut headers = OwnedHeaders::new();
@@ -268,32 +268,50 @@ impl KafkaSink {
             }
             deliveries.push(self.producer.send(future_record, Duration::from_secs(30)));
         }
+        let attempted = records.len() as u64;
         let results = futures::future::join_all(deliveries).await;
-        let mut failed = Vec::new();
-        let mut first = String::new();
+        let mut unsent: Option<Unsent> = None;
         for (mut record, result) in records.into_iter().zip(results) {
-            if let Err((error, _)) = result {
-                tracing::warn!(%error, topic = %record.topic, "send failed");
-                if first.is_empty() {
-                    first = error.to_string();
-                }
-                if matches!(
-                    error,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
-                    )
-                ) && record.payload.len() > MAX_DEAD_LETTER_BYTES
-                {
-                    record
-                        .headers
-                        .push(("risksense-truncated-from", record.payload.len().to_string()));
-                    record.payload.truncate(MAX_DEAD_LETTER_BYTES);
-                }
-                failed.push(record);
+            let Err((error, _)) = result else {
+                continue;
+            };
+            tracing::warn!(%error, topic = %record.topic, "send failed");
+            let mut retryable = kafka_retryable(&error);
+            if matches!(
+                error,
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                )
+            ) && record.topic == self.dead_letter_topic
+                && record.payload.len() > MAX_DEAD_LETTER_BYTES
+            {
+                // A dead letter larger than the topic takes: resent cut, saying so.
+                record
+                    .headers
+                    .push(("risksense-truncated-from", record.payload.len().to_string()));
+                record.payload.truncate(MAX_DEAD_LETTER_BYTES);
+                retryable = true;
             }
+            let unsent = unsent.get_or_insert_with(|| Unsent {
+                records: Vec::new(),
+                attempted,
+                retryable: true,
+                first: error,
+            });
+            unsent.retryable &= retryable;
+            unsent.records.push(record);
         }
-        (failed, first)
+        unsent
     }
+}
+
+/// The records of a send that were not acknowledged, and why.
+struct Unsent {
+    records: Vec<KafkaRecord>,
+    attempted: u64,
+    /// Whether every failure may succeed when tried again.
+    retryable: bool,
+    first: rdkafka::error::KafkaError,
 }
 
 #[async_trait]
@@ -312,23 +330,26 @@ impl Sink for KafkaSink {
             Some(records) => records,
             None => self.records(batch)?,
         };
-        let attempted = records.len() as u64;
-        let (failed, first) = self.send_all(records).await;
-        if failed.is_empty() {
+        let Some(unsent) = self.send_all(records).await else {
             return Ok(SinkReport::default());
-        }
-        let error = ConnectorError::Delivery {
-            failed: failed.len() as u64,
-            attempted,
-            first,
         };
-        self.unsent.lock().insert(batch.seq, failed);
+        let error = ConnectorError::Delivery {
+            failed: unsent.records.len() as u64,
+            attempted: unsent.attempted,
+            retryable: unsent.retryable,
+            source: unsent.first,
+        };
+        self.unsent.lock().insert(batch.seq, unsent.records);
         Err(error)
     }
 
-    fn abort(&self, _partition: Option<i32>) {
-        // Records of batches that will be read again are sent again then.
-        self.unsent.lock().clear();
+    fn abort(&self, partition: Option<i32>) {
+        // After an error every batch since the last checkpoint is read (and sent) again.
+        // A single partition let go leaves the batches in flight alone: they hold other
+        // partitions' records too, which must not be sent twice.
+        if partition.is_none() {
+            self.unsent.lock().clear();
+        }
     }
 }
 
@@ -442,7 +463,10 @@ impl PendingCommit for ArchiveCommit {
         if let Some(file) = self.file.take() {
             let sealed = tokio::task::spawn_blocking(move || file.seal())
                 .await
-                .map_err(|e| ConnectorError::Io(std::io::Error::other(e)))??;
+                .map_err(|source| ConnectorError::Task {
+                    what: "sealing an archive file",
+                    source,
+                })??;
             self.sealed = Some(sealed);
         }
         Ok(self.sealed.as_ref().map(|f| f.name.clone()))

@@ -577,10 +577,24 @@ impl Pipeline {
             return Err(error);
         }
         for partition in self.coordinator.dirty() {
-            let job = self.checkpoint_job(partition, Vec::new())?;
-            let offset = job.offset;
-            let outcome = job.run().await?;
-            self.record_outcome(partition, offset, outcome);
+            let checkpointed = match self.checkpoint_job(partition, Vec::new()) {
+                Ok(job) => {
+                    let offset = job.offset;
+                    job.run().await.map(|outcome| (offset, outcome))
+                }
+                Err(error) => Err(error),
+            };
+            match checkpointed {
+                Ok((offset, outcome)) => {
+                    self.record_outcome(partition, offset, outcome);
+                }
+                Err(error) => {
+                    // The partition was marked clean when its snapshot was taken: give up
+                    // everything, so that no later checkpoint or commit goes past it.
+                    self.abandon();
+                    return Err(error);
+                }
+            }
         }
         self.coordinator.all_done();
         StreamMetrics::add(

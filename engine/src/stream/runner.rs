@@ -197,6 +197,8 @@ impl ConsumerContext for GroupContext {
                     }
                     Err(error) => {
                         tracing::error!(%error, "checkpoint on revoke failed; the next owner resumes from the previous one");
+                        // The loop stops with this error, not a later generic one.
+                        lock(&self.failure).get_or_insert(error);
                     }
                 }
                 lock(&self.revoked).extend(partitions.iter().copied());
