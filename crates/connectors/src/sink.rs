@@ -73,7 +73,19 @@ impl SinkBatch {
     }
 
     pub fn num_rows(&self) -> usize {
-        self.scored.iter().map(RecordBatch::num_rows).sum()
+        match self.rows.get() {
+            Some(rows) if self.scored.is_empty() => rows.len(),
+            _ => self.scored.iter().map(RecordBatch::num_rows).sum(),
+        }
+    }
+
+    /// Converts the rows to store records, then frees the columns (every column of
+    /// `scored`, ~20 times the records' size): what the background sinks hold while they
+    /// retry is then the records alone. Called when no sink left reads the columns.
+    pub fn release_columns(&mut self) -> Result<(), ConnectorError> {
+        self.rows()?;
+        self.scored = Vec::new();
+        Ok(())
     }
 
     /// The scored rows as store records (converted on first use, off the poll loop when
@@ -117,6 +129,13 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
 
     fn placement(&self) -> Placement;
+
+    /// Whether `write` reads [`SinkBatch::scored`] (the columns) rather than only
+    /// [`SinkBatch::rows`] and the dead letters. When no background sink does, the
+    /// columns are freed before the background writes start.
+    fn reads_columns(&self) -> bool {
+        true
+    }
 
     /// Writes one micro-batch. Idempotent: the same batch may be written again (a retry,
     /// or a replay after a restart) and readers must see it once.
@@ -169,6 +188,10 @@ impl StoreSink {
 impl Sink for StoreSink {
     fn name(&self) -> &'static str {
         "store"
+    }
+
+    fn reads_columns(&self) -> bool {
+        false
     }
 
     fn placement(&self) -> Placement {
@@ -318,6 +341,10 @@ struct Unsent {
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
+    }
+
+    fn reads_columns(&self) -> bool {
+        false
     }
 
     fn placement(&self) -> Placement {

@@ -546,8 +546,10 @@ impl Pipeline {
                 turn,
             });
         }
+        let release_columns = !writes.iter().any(|write| write.sink.reads_columns());
         let task = background_writes(
-            Arc::new(batch),
+            batch,
+            release_columns,
             writes,
             self.metrics.clone(),
             self.shutdown.clone(),
@@ -759,7 +761,8 @@ struct BackgroundWrite {
 /// A micro-batch's background writes, all sinks at once, each retried until it holds the
 /// data; then the batch's latencies and the store's counts go to the metrics.
 async fn background_writes(
-    batch: Arc<SinkBatch>,
+    mut batch: SinkBatch,
+    release_columns: bool,
     writes: Vec<BackgroundWrite>,
     metrics: Arc<StreamMetrics>,
     shutdown: Arc<AtomicBool>,
@@ -767,6 +770,11 @@ async fn background_writes(
     closed_at: Instant,
 ) -> Result<(), EngineError> {
     let started = Instant::now();
+    if release_columns {
+        // Off the poll loop, as the writes: the records are all they need.
+        batch.release_columns()?;
+    }
+    let batch = Arc::new(batch);
     let waited_ms = started.duration_since(closed_at).as_millis() as u64;
     let results = futures::future::join_all(writes.into_iter().map(|write| {
         let batch = batch.clone();
