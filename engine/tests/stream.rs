@@ -85,6 +85,33 @@ fn redis_store(runtime: &tokio::runtime::Runtime, url: &str, config: &StreamConf
         .expect("redis store")
 }
 
+/// Runs the engine, which must stop with an error within 90 s (it must not retry `what`
+/// forever), and returns the error's text.
+fn stream_error(config: StreamConfig, store: Store, what: &str) -> String {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = self::runtime();
+        let result = run_stream(
+            config,
+            model(),
+            store,
+            runtime.handle(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(StreamMetrics::default()),
+            RunOptions {
+                create_topics: true,
+                stop_when_idle: Some(Duration::from_secs(3)),
+                live: None,
+            },
+        );
+        let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let result = outcome
+        .recv_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|_| panic!("the stream kept retrying {what}"));
+    result.expect_err("the stream must stop with an error")
+}
+
 /// Runs the engine until it has been idle for `idle`.
 fn run_until_idle(config: StreamConfig, store: Store, idle: Duration) -> RunSummary {
     run_with_metrics(config, store, idle, Arc::new(StreamMetrics::default()))
@@ -801,28 +828,7 @@ fn a_write_redis_refuses_for_good_stops_the_stream_instead_of_retrying_forever()
     let archive = scratch("wrongtype");
     let config = config(&topic, &archive);
     let store = redis_store(&runtime, &url, &config);
-    let (done, outcome) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = self::runtime();
-        let result = run_stream(
-            config,
-            model(),
-            store,
-            runtime.handle(),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(StreamMetrics::default()),
-            RunOptions {
-                create_topics: true,
-                stop_when_idle: Some(Duration::from_secs(3)),
-                live: None,
-            },
-        );
-        let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
-    });
-    let result = outcome
-        .recv_timeout(Duration::from_secs(90))
-        .expect("the stream kept retrying a write Redis refuses for good");
-    let error = result.expect_err("a refused write is an error");
+    let error = stream_error(config, store, "a write Redis refuses for good");
     assert!(error.contains("WRONGTYPE"), "{error}");
     // Nothing was checkpointed past the failed batch: the partition has no checkpoint.
     let checkpoint =
@@ -865,29 +871,8 @@ fn kafka_refusing_alerts_for_good_stops_the_stream_instead_of_retrying_forever()
     assert!(created.iter().all(Result::is_ok), "{created:?}");
 
     let store = redis_store(&runtime, &url, &config);
-    let (done, outcome) = std::sync::mpsc::channel();
     let group = config.group.clone();
-    std::thread::spawn(move || {
-        let runtime = self::runtime();
-        let result = run_stream(
-            config,
-            model(),
-            store,
-            runtime.handle(),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(StreamMetrics::default()),
-            RunOptions {
-                create_topics: true,
-                stop_when_idle: Some(Duration::from_secs(3)),
-                live: None,
-            },
-        );
-        let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
-    });
-    let result = outcome
-        .recv_timeout(Duration::from_secs(90))
-        .expect("the stream kept retrying records the broker refuses for good");
-    let error = result.expect_err("refused alerts are an error");
+    let error = stream_error(config, store, "records the broker refuses for good");
     assert!(error.to_lowercase().contains("too large"), "{error}");
     let checkpoint = risksense_store::layout::checkpoint(&topic, &group, &topic, 0);
     let mut connection = redis::Client::open(url.as_str())
