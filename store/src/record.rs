@@ -80,7 +80,7 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
         rows.push(ScoredTransaction {
             trans_num: trans_num.value(i).to_string(),
             cc_num: cc_num.value(i),
-            event_time: format_event_time(micros),
+            event_time: risksense_common::time::event_time_text(micros),
             event_secs: micros.div_euclid(1_000_000),
             category: category.value(i).to_string(),
             merchant: merchant.value(i).to_string(),
@@ -93,6 +93,3 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
     }
     Ok(rows)
 }
-
-/// `2019-01-01 00:05:02` for microseconds since the epoch (UTC wall-clock, as the source).
-pub use risksense_common::time::event_time_text as format_event_time;

@@ -135,8 +135,9 @@ pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
 pub fn event_time_text(micros: i64) -> String {
     let mut out = Vec::with_capacity(19);
     write_timestamp_micros(&mut out, micros - micros.rem_euclid(MICROS_PER_SECOND));
-    // Only ASCII digits and separators were written.
-    String::from_utf8_lossy(&out).into_owned()
+    // Only ASCII digits and separators were written: the buffer becomes the string as it
+    // is (one allocation per row; this runs for every scored row the sinks write).
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]

@@ -56,7 +56,9 @@ impl ConnectorError {
             ConnectorError::Kafka(error) => kafka_retryable(error),
             ConnectorError::Delivery { retryable, .. } => *retryable,
             ConnectorError::Unacknowledged { .. } => true,
-            ConnectorError::Io(_) | ConnectorError::Open { .. } => true,
+            // A read or write cut short may go through next time; a file that cannot be
+            // opened (missing folder, permissions) will not.
+            ConnectorError::Io(_) => true,
             _ => false,
         }
     }

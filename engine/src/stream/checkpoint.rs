@@ -118,10 +118,6 @@ impl CheckpointCoordinator {
         offsets
     }
 
-    pub fn owns(&self, partition: i32) -> bool {
-        self.owned.contains(&partition)
-    }
-
     pub fn partitions(&self) -> Vec<i32> {
         let mut partitions: Vec<i32> = self.owned.iter().copied().collect();
         partitions.sort();

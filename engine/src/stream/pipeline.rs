@@ -375,7 +375,7 @@ impl Pipeline {
     }
 
     /// Scores one micro-batch and writes it to every sink.
-    pub async fn process(&mut self, messages: Vec<Incoming>) -> Result<(), EngineError> {
+    pub async fn process(&mut self, mut messages: Vec<Incoming>) -> Result<(), EngineError> {
         if messages.is_empty() {
             return Ok(());
         }
@@ -422,15 +422,16 @@ impl Pipeline {
             StreamMetrics::add(&self.metrics.score_ns, started.elapsed().as_nanos() as u64);
         }
 
+        // Decoded: a rejected message's bytes move into its dead letter (no copy).
         let dead_letters: Vec<DeadLetter> = decoded
             .rejected
-            .iter()
+            .into_iter()
             .map(|(m, reason)| {
-                let message = &messages[*m];
+                let message = &mut messages[m];
                 DeadLetter {
-                    key: message.key.clone(),
-                    payload: message.payload.clone(),
-                    reason: reason.clone(),
+                    key: message.key.take(),
+                    payload: std::mem::take(&mut message.payload),
+                    reason,
                     source: format!(
                         "{}/{}/{}",
                         self.config.topic, message.partition, message.offset
@@ -579,23 +580,11 @@ impl Pipeline {
             return Err(error);
         }
         for partition in self.coordinator.dirty() {
-            let checkpointed = match self.checkpoint_job(partition, Vec::new()) {
-                Ok(job) => {
-                    let offset = job.offset;
-                    job.run().await.map(|outcome| (offset, outcome))
-                }
-                Err(error) => Err(error),
-            };
-            match checkpointed {
-                Ok((offset, outcome)) => {
-                    self.record_outcome(partition, offset, outcome);
-                }
-                Err(error) => {
-                    // The partition was marked clean when its snapshot was taken: give up
-                    // everything, so that no later checkpoint or commit goes past it.
-                    self.abandon();
-                    return Err(error);
-                }
+            if let Err(error) = self.checkpoint_now(partition).await {
+                // The partition was marked clean when its snapshot was taken: give up
+                // everything, so that no later checkpoint or commit goes past it.
+                self.abandon();
+                return Err(error);
             }
         }
         self.coordinator.all_done();
@@ -606,6 +595,15 @@ impl Pipeline {
         Ok(self.coordinator.offsets())
     }
 
+    /// Checkpoints `partition` here and now, after every sink task it waits for is done.
+    async fn checkpoint_now(&mut self, partition: i32) -> Result<(), EngineError> {
+        let job = self.checkpoint_job(partition, Vec::new())?;
+        let offset = job.offset;
+        let outcome = job.run().await?;
+        self.record_outcome(partition, offset, outcome);
+        Ok(())
+    }
+
     /// Hands `partitions` over to another instance: checkpoints everything first (so the
     /// next owner resumes exactly where this one stopped), then lets them go. Returns the
     /// offsets to commit. On a failed checkpoint everything since the last one is given
@@ -614,10 +612,8 @@ impl Pipeline {
         &mut self,
         partitions: &[i32],
     ) -> Result<Vec<PartitionOffset>, EngineError> {
+        // A failed checkpoint_all has already given everything up.
         let checkpointed = self.checkpoint_all().await;
-        if checkpointed.is_err() {
-            self.abandon();
-        }
         self.forget(partitions);
         checkpointed
     }
