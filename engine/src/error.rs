@@ -11,6 +11,8 @@ pub enum EngineError {
     Connector(#[from] risksense_connectors::ConnectorError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("standing queries: {0}")]
+    Queries(#[from] risksense_continuous::ContinuousError),
     #[error("result store: {0}")]
     Store(#[from] risksense_store::StoreError),
     #[error(transparent)]

@@ -102,6 +102,7 @@ fn stream_error(config: StreamConfig, store: Store, what: &str) -> String {
                 create_topics: true,
                 stop_when_idle: Some(Duration::from_secs(3)),
                 live: None,
+                queries: None,
             },
         );
         let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
@@ -135,6 +136,7 @@ fn run_with_metrics(
             create_topics: true,
             stop_when_idle: Some(idle),
             live: None,
+            queries: None,
         },
     )
     .expect("stream ran")

@@ -10,6 +10,10 @@
 //! | `{p}:alerted:{trans_num}`            | string | marks an alert as emitted, so replays add none    |
 //! | `{p}:checkpoint:{group}:{topic}:{n}` | hash   | a partition's next offset and per-card state      |
 //! | `{p}:score:{hash}`                   | string | a cached `/v1/score` answer for one input (TTL)   |
+//! | `{p}:queries`                        | hash   | standing queries' definitions: name → SQL         |
+//!
+//! Continuous queries' outputs (`OutputRecord`) go under the keys their definitions name,
+//! verbatim: the user chooses them, so they are not under the prefix.
 
 pub fn transaction(prefix: &str, trans_num: &str) -> String {
     format!("{prefix}:tx:{trans_num}")
@@ -37,4 +41,8 @@ pub fn checkpoint(prefix: &str, group: &str, topic: &str, partition: i32) -> Str
 
 pub fn score_cache(prefix: &str, hash: &str) -> String {
     format!("{prefix}:score:{hash}")
+}
+
+pub fn queries(prefix: &str) -> String {
+    format!("{prefix}:queries")
 }

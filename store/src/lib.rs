@@ -1,4 +1,6 @@
-//! The result store: where scored transactions, alerts and stream checkpoints live.
+//! The result store: where scored transactions, alerts and stream checkpoints live, and
+//! what continuous queries write (their outputs, under keys the user chooses, and their
+//! definitions).
 //!
 //! [`ResultStore`] is the seam: the operations the engine (writes, checkpoints) and the API
 //! (reads, the score cache, health) need, each with the contract every implementation
@@ -11,6 +13,7 @@
 
 pub mod layout;
 mod memory;
+mod output;
 pub mod record;
 mod redis_store;
 
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use output::OutputRecord;
 pub use record::{ScoredTransaction, from_batch};
 pub use redis_store::RedisStore;
 
@@ -37,6 +41,10 @@ pub enum StoreError {
     Schema(String),
     #[error("stored value under `{key}` is malformed: {reason}")]
     Malformed { key: String, reason: String },
+    /// The store refused the call as asked (a malformed stream entry id, an output key that
+    /// holds the other kind of output): the same call fails again.
+    #[error("`{key}`: {reason}")]
+    Rejected { key: String, reason: String },
 }
 
 impl StoreError {
@@ -241,6 +249,51 @@ pub trait ResultStore: Send + Sync + 'static {
         entries: &[(String, String)],
         ttl_secs: u64,
     ) -> Result<(), StoreError>;
+
+    /// Writes continuous queries' output rows, in order, each as its [`OutputRecord`] says,
+    /// in one round trip and as one transaction: a reader sees all of them or none (never
+    /// half a window, never a half-replaced hash). Keys are used verbatim (no prefix: the
+    /// user chooses them).
+    ///
+    /// Safe to retry: hashes are replaced and stream entries with an id are appended once;
+    /// only entries without one may repeat. Every record is checked first, and a malformed
+    /// one (a stream entry without fields or with an id not `<ms>-<seq>`) fails the call
+    /// with [`StoreError::Rejected`] before anything is written. A record meeting a key
+    /// that holds the other kind of output (a stream entry for a hash) fails the call, but
+    /// the others are written, as in a Redis transaction.
+    async fn write_outputs(&self, records: &[OutputRecord]) -> Result<(), StoreError>;
+
+    /// The output hash under `key`, fields sorted by name; None if there is none (or it
+    /// expired). An error if `key` holds a stream.
+    async fn read_output_hash(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError>;
+
+    /// The output stream under `key` as `(entry id, fields in written order)`, oldest first,
+    /// at most `count`; none if there is no stream. An error if `key` holds a hash.
+    async fn read_output_stream(
+        &self,
+        key: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError>;
+
+    /// Keys matching the Redis glob `pattern` (`*`, `?`, `[abc]`, `[^a-z]`, `\` escapes),
+    /// sorted, at most `limit` (the first ones in that order). Expired hashes are not
+    /// listed. In Redis every key of the database is a candidate, the store's own and other
+    /// deployments' included, and listing costs a pass over the whole keyspace (`SCAN`):
+    /// give outputs a prefix of their own and match under it.
+    async fn output_keys(&self, pattern: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Saves the definition of the standing query `name` (replacing one of that name), so
+    /// that it runs again after a restart. Definitions do not expire.
+    async fn save_query(&self, name: &str, sql: &str) -> Result<(), StoreError>;
+
+    /// Forgets the standing query `name`; whether there was one.
+    async fn delete_query(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every saved standing query as `(name, sql)`, sorted by name.
+    async fn load_queries(&self) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// The store the engine writes and the API reads: a cheap, cloneable handle to any

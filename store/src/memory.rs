@@ -1,13 +1,17 @@
 //! The in-process store for the embedded default: Redis's layout in a mutex-guarded map,
-//! bounded by count instead of TTL, except the score cache, whose entries expire as in Redis.
+//! bounded by count instead of TTL, except the score cache and output hashes, whose entries
+//! expire as in Redis. Saved standing queries, like everything else, end with the process.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::output::{self, StreamId};
 use crate::{
-    Alert, Checkpoint, ResultStore, Retention, ScoredTransaction, StoreError, WriteOutcome,
+    Alert, Checkpoint, OutputRecord, ResultStore, Retention, ScoredTransaction, StoreError,
+    WriteOutcome,
 };
 
 /// Transactions kept before the oldest are dropped (the in-process store has no TTL).
@@ -25,6 +29,157 @@ struct Inner {
     /// Cached scores with the instant they expire (the TTL Redis would give them).
     cache: HashMap<String, (String, std::time::Instant)>,
     cache_order: VecDeque<String>,
+    /// Continuous queries' outputs: one key holds one kind, as in Redis (sorted, for
+    /// `output_keys`).
+    outputs: BTreeMap<String, Output>,
+    /// Output hashes with a TTL, by the instant they expire, so that writes drop them.
+    expiring: BTreeSet<(Instant, String)>,
+    queries: BTreeMap<String, String>,
+}
+
+enum Output {
+    Hash {
+        fields: BTreeMap<String, String>,
+        expires: Option<Instant>,
+    },
+    Stream {
+        entries: VecDeque<(StreamId, Vec<(String, String)>)>,
+        /// The last id given out, which stays when trimming removes its entry: Redis's
+        /// `last-generated-id`, the one a new id must exceed.
+        last: StreamId,
+    },
+}
+
+impl Output {
+    /// An expired hash is no output (Redis would have dropped it).
+    fn live(&self, now: Instant) -> bool {
+        match self {
+            Output::Hash { expires, .. } => expires.is_none_or(|e| e > now),
+            Output::Stream { .. } => true,
+        }
+    }
+}
+
+fn wrong_type(key: &str, holds: &str, wanted: &str) -> StoreError {
+    StoreError::Rejected {
+        key: key.to_string(),
+        reason: format!("holds {holds}, not {wanted}"),
+    }
+}
+
+impl Inner {
+    /// Drops output hashes past their TTL (reads skip them anyway; this bounds memory).
+    fn drop_expired(&mut self, now: Instant) {
+        while let Some((at, key)) = self.expiring.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiring.pop_first();
+            // Unless rewritten since, with another TTL or none.
+            if let Some(Output::Hash { expires, .. }) = self.outputs.get(&key)
+                && *expires == Some(at)
+            {
+                self.outputs.remove(&key);
+            }
+        }
+    }
+
+    fn remove_output(&mut self, key: &str) {
+        if let Some(Output::Hash {
+            expires: Some(at), ..
+        }) = self.outputs.remove(key)
+        {
+            self.expiring.remove(&(at, key.to_string()));
+        }
+    }
+
+    fn write_output(
+        &mut self,
+        record: &OutputRecord,
+        id: Option<StreamId>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        match record {
+            OutputRecord::Hash {
+                key,
+                fields,
+                ttl_secs,
+            } => {
+                // As DEL, HSET, EXPIRE: whatever was there goes, and no fields is no hash.
+                self.remove_output(key);
+                if fields.is_empty() {
+                    return Ok(());
+                }
+                let expires = ttl_secs.map(|t| now + Duration::from_secs(t.max(1)));
+                if let Some(at) = expires {
+                    self.expiring.insert((at, key.clone()));
+                }
+                let fields = fields.iter().cloned().collect();
+                self.outputs
+                    .insert(key.clone(), Output::Hash { fields, expires });
+                Ok(())
+            }
+            OutputRecord::StreamEntry {
+                key,
+                fields,
+                max_len,
+                ..
+            } => {
+                if self.outputs.get(key).is_some_and(|o| !o.live(now)) {
+                    self.remove_output(key);
+                }
+                let last = match self.outputs.get(key) {
+                    Some(Output::Hash { .. }) => {
+                        return Err(wrong_type(key, "a hash", "a stream"));
+                    }
+                    Some(Output::Stream { last, .. }) => *last,
+                    None => (0, 0),
+                };
+                let id = match id {
+                    // At or below the last id (0-0 for a new stream): a replay, skipped,
+                    // and a stream is not created for it.
+                    Some(id) if id <= last => return Ok(()),
+                    Some(id) => id,
+                    None => next_id(last).ok_or_else(|| StoreError::Rejected {
+                        key: key.clone(),
+                        reason: "the stream has used up its ids".to_string(),
+                    })?,
+                };
+                let stream = self
+                    .outputs
+                    .entry(key.clone())
+                    .or_insert_with(|| Output::Stream {
+                        entries: VecDeque::new(),
+                        last: (0, 0),
+                    });
+                if let Output::Stream { entries, last } = stream {
+                    entries.push_back((id, fields.clone()));
+                    *last = id;
+                    if let Some(n) = max_len {
+                        while entries.len() as u64 > *n {
+                            entries.pop_front();
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The id Redis's `*` gives: the clock in ms, or the last id's next when the clock is not
+/// past it.
+fn next_id(last: StreamId) -> Option<StreamId> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if now_ms > last.0 {
+        Some((now_ms, 0))
+    } else if last.1 < u64::MAX {
+        Some((last.0, last.1 + 1))
+    } else {
+        last.0.checked_add(1).map(|ms| (ms, 0))
+    }
 }
 
 /// Cached scores kept by the in-process store before the oldest are dropped.
@@ -234,5 +389,83 @@ impl ResultStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn write_outputs(&self, records: &[OutputRecord]) -> Result<(), StoreError> {
+        let ids = output::check(records)?;
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.drop_expired(now);
+        // Like a Redis transaction: a record that fails does not stop the others.
+        let mut first_error = None;
+        for (record, id) in records.iter().zip(ids) {
+            if let Err(error) = inner.write_output(record, id, now) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn read_output_hash(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let now = Instant::now();
+        match self.lock().outputs.get(key) {
+            Some(Output::Hash { fields, expires }) if expires.is_none_or(|e| e > now) => Ok(Some(
+                fields.iter().map(|(f, v)| (f.clone(), v.clone())).collect(),
+            )),
+            Some(Output::Stream { .. }) => Err(wrong_type(key, "a stream", "a hash")),
+            _ => Ok(None),
+        }
+    }
+
+    async fn read_output_stream(
+        &self,
+        key: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+        let now = Instant::now();
+        match self.lock().outputs.get(key) {
+            Some(Output::Stream { entries, .. }) => Ok(entries
+                .iter()
+                .take(count)
+                .map(|(id, fields)| (output::format_stream_id(*id), fields.clone()))
+                .collect()),
+            Some(hash) if hash.live(now) => Err(wrong_type(key, "a hash", "a stream")),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    async fn output_keys(&self, pattern: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .outputs
+            .iter()
+            .filter(|(key, value)| value.live(now) && output::glob_matches(pattern, key))
+            .map(|(key, _)| key.clone())
+            .take(limit)
+            .collect())
+    }
+
+    async fn save_query(&self, name: &str, sql: &str) -> Result<(), StoreError> {
+        self.lock()
+            .queries
+            .insert(name.to_string(), sql.to_string());
+        Ok(())
+    }
+
+    async fn delete_query(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().queries.remove(name).is_some())
+    }
+
+    async fn load_queries(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .queries
+            .iter()
+            .map(|(name, sql)| (name.clone(), sql.clone()))
+            .collect())
     }
 }

@@ -1,6 +1,6 @@
 //! The Redis store: a micro-batch's writes as pipelines sent back to back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,6 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use crate::layout;
+use crate::output::{self, OutputRecord};
 use crate::{
     Alert, Checkpoint, ResultStore, Retention, ScoredTransaction, StoreError, WriteOutcome,
 };
@@ -32,6 +33,36 @@ end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3], 'archive_file', ARGV[4])
 return 1
 ";
+
+/// Appends a stream entry with an explicit id unless the stream is past it: XADD refuses an
+/// id at or below the stream's last one (which is exactly a replay), and that refusal
+/// becomes "skipped" (0) instead of an error that would fail the whole batch.
+/// KEYS[1]: the stream; ARGV[1]: the id; ARGV[2]: MAXLEN ~ ('' for none); ARGV[3..]: fields
+/// and values.
+const APPEND_ONCE: &str = r"
+local xadd = {'XADD', KEYS[1]}
+if ARGV[2] ~= '' then
+  xadd[#xadd + 1] = 'MAXLEN'
+  xadd[#xadd + 1] = '~'
+  xadd[#xadd + 1] = ARGV[2]
+end
+xadd[#xadd + 1] = ARGV[1]
+for i = 3, #ARGV do
+  xadd[#xadd + 1] = ARGV[i]
+end
+local added = redis.pcall(unpack(xadd))
+if type(added) == 'table' and added.err then
+  if string.find(added.err, 'equal or smaller', 1, true)
+      or string.find(added.err, 'greater than 0-0', 1, true) then
+    return 0
+  end
+  return added
+end
+return 1
+";
+
+/// Keys asked for per `SCAN` call when listing output keys.
+const SCAN_COUNT: usize = 1000;
 
 /// Rows per pipeline in [`RedisStore::write`].
 const WRITE_CHUNK_ROWS: usize = 512;
@@ -65,6 +96,7 @@ pub struct RedisStore {
     retention: Retention,
     alert_once: Script,
     save_checkpoint: Script,
+    append_once: Script,
 }
 
 impl RedisStore {
@@ -90,6 +122,7 @@ impl RedisStore {
             retention,
             alert_once: Script::new(ALERT_ONCE),
             save_checkpoint: Script::new(SAVE_CHECKPOINT),
+            append_once: Script::new(APPEND_ONCE),
         };
         store.load_scripts().await?;
         store.ping().await?;
@@ -485,6 +518,182 @@ impl ResultStore for RedisStore {
         pipe.query_async::<()>(&mut connection)
             .await
             .map_err(|e| self.error(e))
+    }
+
+    async fn write_outputs(&self, records: &[OutputRecord]) -> Result<(), StoreError> {
+        let ids = output::check(records)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        // One transaction: readers see the whole batch or none of it, and a hash is never
+        // seen between its DEL and its HSET.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if ids.iter().any(Option::is_some) {
+            // Loaded in the same transaction as its first use, so a Redis restart (which
+            // forgets scripts) can never fail the entries that need it after others were
+            // applied.
+            pipe.cmd("SCRIPT").arg("LOAD").arg(APPEND_ONCE).ignore();
+        }
+        for (record, id) in records.iter().zip(ids) {
+            match record {
+                OutputRecord::Hash {
+                    key,
+                    fields,
+                    ttl_secs,
+                } => {
+                    pipe.del(key).ignore();
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    let command = pipe.cmd("HSET").arg(key);
+                    for (field, value) in fields {
+                        command.arg(field).arg(value);
+                    }
+                    command.ignore();
+                    if let Some(ttl) = ttl_secs {
+                        pipe.expire(key, (*ttl).max(1) as i64).ignore();
+                    }
+                }
+                OutputRecord::StreamEntry {
+                    key,
+                    fields,
+                    max_len,
+                    ..
+                } => {
+                    let command = match id {
+                        Some(id) => pipe
+                            .cmd("EVALSHA")
+                            .arg(self.append_once.get_hash())
+                            .arg(1)
+                            .arg(key)
+                            .arg(output::format_stream_id(id))
+                            .arg(max_len.map_or(String::new(), |n| n.to_string())),
+                        None => {
+                            let command = pipe.cmd("XADD").arg(key);
+                            if let Some(n) = max_len {
+                                command.arg("MAXLEN").arg("~").arg(n);
+                            }
+                            command.arg("*")
+                        }
+                    };
+                    for (field, value) in fields {
+                        command.arg(field).arg(value);
+                    }
+                    command.ignore();
+                }
+            }
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn read_output_hash(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let mut connection = self.connection.clone();
+        let fields: BTreeMap<String, String> =
+            connection.hgetall(key).await.map_err(|e| self.error(e))?;
+        Ok((!fields.is_empty()).then(|| fields.into_iter().collect()))
+    }
+
+    async fn read_output_stream(
+        &self,
+        key: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<(String, String)>)>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        // Read as flat lists, not `StreamRangeReply`, whose map would lose the fields' order.
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        entries
+            .into_iter()
+            .map(|(id, flat)| {
+                if flat.len() % 2 != 0 {
+                    return Err(StoreError::Malformed {
+                        key: key.to_string(),
+                        reason: format!("entry {id} has a field without a value"),
+                    });
+                }
+                let mut flat = flat.into_iter();
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+                    fields.push((field, value));
+                }
+                Ok((id, fields))
+            })
+            .collect()
+    }
+
+    async fn output_keys(&self, pattern: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        // The first `limit` in order can be anywhere in the keyspace: scan all of it, keeping
+        // only the `limit` smallest so far (SCAN may also return a key twice).
+        let mut found = BTreeSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+            // A key that is not UTF-8 was not written through this store: not an output.
+            found.extend(keys.into_iter().filter_map(|k| String::from_utf8(k).ok()));
+            while found.len() > limit {
+                found.pop_last();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    async fn save_query(&self, name: &str, sql: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .hset::<_, _, _, ()>(layout::queries(&self.retention.prefix), name, sql)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn delete_query(&self, name: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let removed: i64 = connection
+            .hdel(layout::queries(&self.retention.prefix), name)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(removed == 1)
+    }
+
+    async fn load_queries(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut connection = self.connection.clone();
+        let queries: BTreeMap<String, String> = connection
+            .hgetall(layout::queries(&self.retention.prefix))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(queries.into_iter().collect())
     }
 }
 

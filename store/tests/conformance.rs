@@ -10,7 +10,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use risksense_store::{Alert, Checkpoint, Retention, ScoredTransaction, Store};
+use risksense_store::{
+    Alert, Checkpoint, OutputRecord, Retention, ScoredTransaction, Store, StoreError,
+};
 
 /// The test Redis, failing loudly when it is not there (these tests never skip).
 fn redis_url() -> String {
@@ -51,7 +53,8 @@ fn retention() -> Retention {
 }
 
 /// Deletes what a Redis run left under its prefix without a TTL: the anomaly index, the
-/// alerts stream and the checkpoints the checks save (the rest expires with `TTL_SECS`).
+/// alerts stream, the checkpoints and the standing queries the checks save (the rest
+/// expires with `TTL_SECS`; the output checks delete their own keys).
 /// By name, not by a `SCAN` of a shared Redis that may hold millions of keys.
 async fn forget(url: &str, prefix: &str) {
     use risksense_store::layout;
@@ -65,6 +68,7 @@ async fn forget(url: &str, prefix: &str) {
         layout::alerts(prefix),
         layout::checkpoint(prefix, "g", "t", 0),
         layout::checkpoint(prefix, "g", "t", 1),
+        layout::queries(prefix),
     ];
     let _: () = ::redis::cmd("DEL")
         .arg(&keys)
@@ -112,6 +116,11 @@ conformance!(
     checkpoints,
     checkpoints_never_go_back_under_races,
     cache_ttl,
+    output_hashes,
+    output_streams_with_ids,
+    output_streams_without_ids,
+    output_key_patterns,
+    standing_queries,
 );
 
 /// A row `secs` after 2019-01-01 00:00:00 (under an hour), its time text and seconds
@@ -578,4 +587,421 @@ async fn a_handle_holds_any_store() {
         format!("{store:?}"),
         format!("Store({:?})", store.describe())
     );
+}
+
+/// An output key no other run uses (outputs are not under the store's prefix).
+fn unique(what: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("conformance-out-{}-{stamp}:{what}", std::process::id())
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(f, v)| (f.to_string(), v.to_string()))
+        .collect()
+}
+
+fn hash(key: &str, pairs: &[(&str, &str)], ttl_secs: Option<u64>) -> OutputRecord {
+    OutputRecord::Hash {
+        key: key.to_string(),
+        fields: fields(pairs),
+        ttl_secs,
+    }
+}
+
+fn entry(
+    key: &str,
+    id: Option<&str>,
+    pairs: &[(&str, &str)],
+    max_len: Option<u64>,
+) -> OutputRecord {
+    OutputRecord::StreamEntry {
+        key: key.to_string(),
+        id: id.map(str::to_string),
+        fields: fields(pairs),
+        max_len,
+    }
+}
+
+/// Deletes the outputs a check wrote (a hash without fields deletes its key, whatever it
+/// holds), so that a shared Redis keeps none of them.
+async fn delete_outputs(store: &Store, keys: &[&str]) {
+    let records: Vec<OutputRecord> = keys.iter().map(|k| hash(k, &[], None)).collect();
+    store.write_outputs(&records).await.expect("delete outputs");
+    for key in keys {
+        assert_eq!(store.read_output_hash(key).await.expect("read"), None);
+        assert_eq!(
+            store.read_output_stream(key, 1).await.expect("read"),
+            Vec::new()
+        );
+    }
+}
+
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("<ms>-<seq>");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
+async fn output_hashes(store: &Store) {
+    let (window, other, brief, kept) = (
+        unique("window"),
+        unique("other"),
+        unique("brief"),
+        unique("kept"),
+    );
+    let read = |key: String| async move { store.read_output_hash(&key).await.expect("read") };
+    assert_eq!(read(window.clone()).await, None);
+    store.write_outputs(&[]).await.expect("empty write");
+
+    // Fields come back sorted by name.
+    store
+        .write_outputs(&[hash(
+            &window,
+            &[("n", "3"), ("avg", "2.5"), ("card", "7")],
+            None,
+        )])
+        .await
+        .expect("write");
+    assert_eq!(
+        read(window.clone()).await,
+        Some(fields(&[("avg", "2.5"), ("card", "7"), ("n", "3")]))
+    );
+    // A rewrite replaces the hash (a field it no longer has is gone, not merged), and
+    // writing it twice, in one call and again in another (a replayed window), leaves one
+    // copy.
+    let replaced = hash(&window, &[("n", "4"), ("card", "7")], None);
+    store
+        .write_outputs(&[replaced.clone(), replaced.clone()])
+        .await
+        .expect("write twice");
+    store.write_outputs(&[replaced]).await.expect("replay");
+    assert_eq!(
+        read(window.clone()).await,
+        Some(fields(&[("card", "7"), ("n", "4")]))
+    );
+    // A field named twice in one record: the last value.
+    store
+        .write_outputs(&[hash(&other, &[("a", "1"), ("a", "2")], None)])
+        .await
+        .expect("write");
+    assert_eq!(read(other.clone()).await, Some(fields(&[("a", "2")])));
+
+    // Past its TTL a hash is gone (and not listed); a rewrite without a TTL keeps it.
+    store
+        .write_outputs(&[
+            hash(&brief, &[("x", "1")], Some(1)),
+            hash(&kept, &[("x", "1")], Some(1)),
+            hash(&kept, &[("x", "2")], None),
+        ])
+        .await
+        .expect("write");
+    assert_eq!(read(brief.clone()).await, Some(fields(&[("x", "1")])));
+    assert_eq!(
+        store.output_keys(&brief, 10).await.expect("keys"),
+        vec![brief.clone()]
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(read(brief.clone()).await, None);
+    assert_eq!(
+        store.output_keys(&brief, 10).await.expect("keys"),
+        Vec::<String>::new()
+    );
+    assert_eq!(read(kept.clone()).await, Some(fields(&[("x", "2")])));
+
+    // No fields: no hash.
+    store
+        .write_outputs(&[hash(&other, &[], None)])
+        .await
+        .expect("write");
+    assert_eq!(read(other.clone()).await, None);
+    delete_outputs(store, &[&window, &kept]).await;
+}
+
+async fn output_streams_with_ids(store: &Store) {
+    let (windows, fresh) = (unique("windows"), unique("fresh"));
+    let read = |key: String, count| async move {
+        store
+            .read_output_stream(&key, count)
+            .await
+            .expect("read stream")
+    };
+    assert_eq!(read(windows.clone(), 10).await, Entries::new());
+
+    store
+        .write_outputs(&[
+            entry(
+                &windows,
+                Some("60000-0"),
+                &[("card", "7"), ("n", "2")],
+                None,
+            ),
+            entry(
+                &windows,
+                Some("60000-1"),
+                &[("card", "9"), ("n", "1")],
+                None,
+            ),
+            entry(
+                &windows,
+                Some("120000-0"),
+                &[("card", "7"), ("n", "5")],
+                None,
+            ),
+        ])
+        .await
+        .expect("write");
+    // The windows replayed (with other values: the first write stands) and an id below the
+    // last one are skipped, without an error; the next window is appended, its fields in
+    // written order.
+    store
+        .write_outputs(&[
+            entry(
+                &windows,
+                Some("60000-1"),
+                &[("card", "9"), ("n", "99")],
+                None,
+            ),
+            entry(
+                &windows,
+                Some("120000-0"),
+                &[("card", "7"), ("n", "99")],
+                None,
+            ),
+            entry(&windows, Some("90000-0"), &[("late", "1")], None),
+            entry(
+                &windows,
+                Some("180000-0"),
+                &[("z", "last"), ("a", "first")],
+                Some(100),
+            ),
+            entry(&windows, Some("180000-0"), &[("z", "again")], None),
+        ])
+        .await
+        .expect("replay");
+    let all = read(windows.clone(), 10).await;
+    let expected: Entries = vec![
+        ("60000-0".to_string(), fields(&[("card", "7"), ("n", "2")])),
+        ("60000-1".to_string(), fields(&[("card", "9"), ("n", "1")])),
+        ("120000-0".to_string(), fields(&[("card", "7"), ("n", "5")])),
+        (
+            "180000-0".to_string(),
+            fields(&[("z", "last"), ("a", "first")]),
+        ),
+    ];
+    assert_eq!(all, expected);
+    // Oldest first, at most `count`.
+    assert_eq!(read(windows.clone(), 2).await, expected[..2].to_vec());
+    assert_eq!(read(windows.clone(), 0).await, Entries::new());
+
+    // 0-0 is at or below a new stream's last id: skipped, and no stream is made for it.
+    store
+        .write_outputs(&[entry(&fresh, Some("0-0"), &[("a", "1")], None)])
+        .await
+        .expect("write");
+    assert_eq!(read(fresh.clone(), 10).await, Entries::new());
+    assert_eq!(
+        store.output_keys(&fresh, 10).await.expect("keys"),
+        Vec::<String>::new()
+    );
+
+    // A malformed record fails the call before anything in it is written.
+    for bad in [
+        entry(&fresh, Some("5"), &[("a", "1")], None),
+        entry(&fresh, Some("x-1"), &[("a", "1")], None),
+        entry(&fresh, Some("2-0"), &[], None),
+    ] {
+        let error = store
+            .write_outputs(&[entry(&fresh, Some("1-0"), &[("a", "1")], None), bad])
+            .await
+            .expect_err("a malformed record");
+        assert!(matches!(error, StoreError::Rejected { .. }), "{error}");
+    }
+    assert_eq!(read(fresh.clone(), 10).await, Entries::new());
+
+    // One key holds one kind: a stream entry for a hash, and reading one kind as the other,
+    // fail (and change nothing).
+    store
+        .write_outputs(&[hash(&fresh, &[("a", "1")], None)])
+        .await
+        .expect("write");
+    assert!(
+        store
+            .write_outputs(&[entry(&fresh, Some("1-0"), &[("b", "2")], None)])
+            .await
+            .is_err()
+    );
+    assert!(store.read_output_stream(&fresh, 10).await.is_err());
+    assert!(store.read_output_hash(&windows).await.is_err());
+    assert_eq!(
+        store.read_output_hash(&fresh).await.expect("read"),
+        Some(fields(&[("a", "1")]))
+    );
+    assert_eq!(read(windows.clone(), 10).await, expected);
+    delete_outputs(store, &[&windows, &fresh]).await;
+}
+
+async fn output_streams_without_ids(store: &Store) {
+    let (events, mixed, capped) = (unique("events"), unique("mixed"), unique("capped"));
+    let read = |key: String, count| async move {
+        store
+            .read_output_stream(&key, count)
+            .await
+            .expect("read stream")
+    };
+
+    // Without an id every write appends, the same record again too (at least once), in
+    // order, under rising ids taken from the clock.
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    store
+        .write_outputs(&[
+            entry(&events, None, &[("i", "0")], None),
+            entry(&events, None, &[("i", "1")], None),
+        ])
+        .await
+        .expect("write");
+    store
+        .write_outputs(&[entry(&events, None, &[("i", "1")], None)])
+        .await
+        .expect("write again");
+    let entries = read(events.clone(), 10).await;
+    let values: Vec<Vec<(String, String)>> = entries.iter().map(|(_, f)| f.clone()).collect();
+    assert_eq!(
+        values,
+        vec![
+            fields(&[("i", "0")]),
+            fields(&[("i", "1")]),
+            fields(&[("i", "1")])
+        ]
+    );
+    let ids: Vec<(u64, u64)> = entries.iter().map(|(id, _)| stream_id(id)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // (Redis's clock and ours, on one machine: a minute's leeway.)
+    assert!(
+        ids.iter()
+            .all(|(ms, _)| *ms + 60_000 >= before_ms && *ms <= before_ms + 60_000),
+        "{ids:?} vs {before_ms}"
+    );
+
+    // After an explicit id ahead of the clock, "*" appends after it.
+    let ahead = before_ms + 3_600_000;
+    let explicit = format!("{ahead}-5");
+    store
+        .write_outputs(&[
+            entry(&mixed, Some(&explicit), &[("k", "explicit")], None),
+            entry(&mixed, None, &[("k", "auto")], None),
+            entry(&mixed, Some(&explicit), &[("k", "replayed")], None),
+        ])
+        .await
+        .expect("write");
+    assert_eq!(
+        read(mixed.clone(), 10).await,
+        vec![
+            (explicit.clone(), fields(&[("k", "explicit")])),
+            (format!("{ahead}-6"), fields(&[("k", "auto")])),
+        ]
+    );
+
+    // An approximate trim keeps at least the newest `max_len` entries, in order, and far
+    // fewer than were written (Redis trims whole nodes, 100 entries each by default).
+    const WRITTEN: usize = 300;
+    let numbers: Vec<String> = (0..WRITTEN).map(|i| i.to_string()).collect();
+    let records: Vec<OutputRecord> = numbers
+        .iter()
+        .map(|i| entry(&capped, None, &[("i", i)], Some(10)))
+        .collect();
+    store.write_outputs(&records).await.expect("write");
+    let kept: Vec<usize> = read(capped.clone(), 1_000)
+        .await
+        .iter()
+        .map(|(_, f)| f[0].1.parse().expect("a number"))
+        .collect();
+    assert!(
+        kept.len() >= 10 && kept.len() < WRITTEN,
+        "kept {}",
+        kept.len()
+    );
+    assert_eq!(kept, (WRITTEN - kept.len()..WRITTEN).collect::<Vec<_>>());
+    delete_outputs(store, &[&events, &mixed, &capped]).await;
+}
+
+async fn output_key_patterns(store: &Store) {
+    let base = unique("keys");
+    let names = ["a1", "a2", "b1", "ab:1", "*lit"];
+    let key = |name: &str| format!("{base}:{name}");
+    let mut records: Vec<OutputRecord> = names
+        .iter()
+        .filter(|n| **n != "ab:1")
+        .map(|n| hash(&key(n), &[("v", "1")], None))
+        .collect();
+    // Streams are listed too.
+    records.push(entry(&key("ab:1"), None, &[("v", "1")], None));
+    store.write_outputs(&records).await.expect("write");
+
+    let under = format!("{base}:");
+    let keys = |pattern: &str, limit| {
+        let pattern = format!("{under}{pattern}");
+        let under = &under;
+        async move {
+            store
+                .output_keys(&pattern, limit)
+                .await
+                .expect("keys")
+                .into_iter()
+                .map(|k| {
+                    k.strip_prefix(under.as_str())
+                        .expect("under the pattern's prefix")
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Sorted (bytewise: `*` before letters), at most `limit`: the first ones.
+    assert_eq!(keys("*", 10).await, vec!["*lit", "a1", "a2", "ab:1", "b1"]);
+    assert_eq!(keys("*", 2).await, vec!["*lit", "a1"]);
+    assert_eq!(keys("*", 0).await, Vec::<String>::new());
+    assert_eq!(keys("a?", 10).await, vec!["a1", "a2"]);
+    assert_eq!(keys("a*", 10).await, vec!["a1", "a2", "ab:1"]);
+    assert_eq!(keys("*:1", 10).await, vec!["ab:1"]);
+    assert_eq!(keys("[ab]1", 10).await, vec!["a1", "b1"]);
+    assert_eq!(keys("[^a]*", 10).await, vec!["*lit", "b1"]);
+    assert_eq!(keys("\\*lit", 10).await, vec!["*lit"]);
+    // The whole key must match, not a prefix of it.
+    assert_eq!(keys("a", 10).await, Vec::<String>::new());
+    assert_eq!(keys("c*", 10).await, Vec::<String>::new());
+    let all: Vec<String> = names.iter().map(|n| key(n)).collect();
+    delete_outputs(store, &all.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(keys("*", 10).await, Vec::<String>::new());
+}
+
+async fn standing_queries(store: &Store) {
+    let load = || async { store.load_queries().await.expect("load") };
+    let pairs = |pairs: &[(&str, &str)]| fields(pairs);
+    assert_eq!(load().await, Vec::new());
+
+    let windowed = "SELECT cc_num, count(*) AS n\nFROM scored\n\
+                    GROUP BY cc_num, tumble(event_time, '1 minute') -- «ünï»";
+    store.save_query("spend", "SELECT 1").await.expect("save");
+    store.save_query("by_card", windowed).await.expect("save");
+    // Sorted by name, the SQL exactly as saved.
+    assert_eq!(
+        load().await,
+        pairs(&[("by_card", windowed), ("spend", "SELECT 1")])
+    );
+    // Saving under a name replaces its definition.
+    store.save_query("spend", "SELECT 2").await.expect("save");
+    assert_eq!(
+        load().await,
+        pairs(&[("by_card", windowed), ("spend", "SELECT 2")])
+    );
+    assert!(store.delete_query("spend").await.expect("delete"));
+    assert!(!store.delete_query("spend").await.expect("delete"));
+    assert!(!store.delete_query("never").await.expect("delete"));
+    assert_eq!(load().await, pairs(&[("by_card", windowed)]));
 }

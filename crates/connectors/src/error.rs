@@ -43,6 +43,14 @@ pub enum ConnectorError {
     Io(#[from] std::io::Error),
     #[error("encoding a record: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A sink defined outside this crate (the continuous queries) failed.
+    #[error("{what}: {source}")]
+    Sink {
+        what: String,
+        retryable: bool,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ConnectorError {
@@ -56,6 +64,7 @@ impl ConnectorError {
             ConnectorError::Kafka(error) => kafka_retryable(error),
             ConnectorError::Delivery { retryable, .. } => *retryable,
             ConnectorError::Unacknowledged { .. } => true,
+            ConnectorError::Sink { retryable, .. } => *retryable,
             // A read or write cut short may go through next time; a file that cannot be
             // opened (missing folder, permissions) will not.
             ConnectorError::Io(_) => true,

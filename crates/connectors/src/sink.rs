@@ -58,6 +58,11 @@ pub struct SinkBatch {
     /// The scored rows (every column of the `scored` view).
     pub scored: Vec<RecordBatch>,
     pub dead_letters: Vec<DeadLetter>,
+    /// The decoded transactions the scored rows came from (for sinks that read the stream
+    /// before scoring: the continuous queries over `transactions`).
+    pub transactions: Vec<RecordBatch>,
+    /// When the micro-batch's earliest message was produced (ms since the epoch).
+    pub first_produced_ms: Option<i64>,
     /// The scored rows as store records, converted once for every sink that needs them.
     rows: OnceLock<Vec<ScoredTransaction>>,
 }
@@ -68,8 +73,21 @@ impl SinkBatch {
             seq,
             scored,
             dead_letters,
+            transactions: Vec::new(),
+            first_produced_ms: None,
             rows: OnceLock::new(),
         }
+    }
+
+    /// The batch with the transactions it scored and when its first message was produced.
+    pub fn with_input(
+        mut self,
+        transactions: Vec<RecordBatch>,
+        first_produced_ms: Option<i64>,
+    ) -> Self {
+        self.transactions = transactions;
+        self.first_produced_ms = first_produced_ms;
+        self
     }
 
     pub fn num_rows(&self) -> usize {
@@ -85,6 +103,7 @@ impl SinkBatch {
     pub fn release_columns(&mut self) -> Result<(), ConnectorError> {
         self.rows()?;
         self.scored = Vec::new();
+        self.transactions = Vec::new();
         Ok(())
     }
 
@@ -158,6 +177,77 @@ pub trait Sink: Send + Sync {
     /// Drops what was written for `partition` (None: every partition) and not committed:
     /// those rows will be read again by whoever owns the partition next.
     fn abort(&self, _partition: Option<i32>) {}
+
+    /// State the sink keeps for `partition` (a standing query's open windows) that must be
+    /// saved with the partition's offset; taken on the poll loop at the checkpoint's cut.
+    fn snapshot(&self, _partition: i32) -> Result<Option<Vec<u8>>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Takes over `partition` with the state its checkpoint saved (None: none was).
+    fn restore_state(&self, _partition: i32, _state: Option<&[u8]>) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+/// A checkpoint's state: the scoring plan's per-card history and each sink's state, in one
+/// value (the store saves one state per partition). Marked, so a checkpoint written before
+/// sinks had state (history alone) still loads.
+const PACKED_STATE: &[u8; 8] = b"RSCKPT01";
+
+/// Packs the history and the sinks' states (by sink name) into one checkpoint state.
+pub fn pack_state(history: Vec<u8>, sinks: Vec<(&'static str, Vec<u8>)>) -> Vec<u8> {
+    if sinks.is_empty() {
+        return history;
+    }
+    let mut out = Vec::with_capacity(history.len() + 64);
+    out.extend_from_slice(PACKED_STATE);
+    let mut part = |name: &[u8], bytes: &[u8]| {
+        out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    part(b"history", &history);
+    for (name, bytes) in &sinks {
+        part(name.as_bytes(), bytes);
+    }
+    out
+}
+
+/// What [`pack_state`] packed: the history, and the sinks' states by name.
+pub fn unpack_state(state: &[u8]) -> Result<(Vec<u8>, HashMap<String, Vec<u8>>), ConnectorError> {
+    let Some(mut rest) = state.strip_prefix(PACKED_STATE.as_slice()) else {
+        return Ok((state.to_vec(), HashMap::new()));
+    };
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "checkpoint state cut short",
+        )
+    };
+    let take = |rest: &mut &[u8]| -> Result<Vec<u8>, std::io::Error> {
+        let len: [u8; 8] = rest
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?;
+        let len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| bad())?;
+        let bytes = rest.get(8..8 + len).ok_or_else(bad)?.to_vec();
+        *rest = &rest[8 + len..];
+        Ok(bytes)
+    };
+    let mut history = Vec::new();
+    let mut sinks = HashMap::new();
+    while !rest.is_empty() {
+        let name = String::from_utf8_lossy(&take(&mut rest)?).into_owned();
+        let bytes = take(&mut rest)?;
+        if name == "history" {
+            history = bytes;
+        } else {
+            sinks.insert(name, bytes);
+        }
+    }
+    Ok((history, sinks))
 }
 
 /// The output of one partition's checkpoint between its two phases. Dropped without

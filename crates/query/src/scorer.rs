@@ -148,7 +148,9 @@ impl StreamScorer {
 
 /// A copy of `plan` ready to run over `input`: one walk up the tree that gives every
 /// operator fresh state (as `reset_plan_states` does) and every micro-batch leaf `input`.
-fn bind(
+/// Any plan over [`MicroBatchTable`]s can be run again this way (the continuous queries
+/// run theirs per micro-batch).
+pub fn bind(
     plan: &Arc<dyn ExecutionPlan>,
     input: Arc<[RecordBatch]>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -166,8 +168,15 @@ fn bind(
 /// The stream session's `transactions`: scanned as a [`MicroBatchExec`] without rows, which
 /// each call of [`StreamScorer::score`] replaces by one with its batches.
 #[derive(Debug)]
-struct MicroBatchTable {
+pub struct MicroBatchTable {
     schema: SchemaRef,
+}
+
+impl MicroBatchTable {
+    /// A table of `schema` whose scan holds no rows until [`bind`] gives it some.
+    pub fn new(schema: SchemaRef) -> Self {
+        Self { schema }
+    }
 }
 
 #[async_trait::async_trait]
@@ -199,7 +208,7 @@ impl TableProvider for MicroBatchTable {
 /// batches. Its properties are those of DataFusion's `LazyMemoryExec`, which it replaces,
 /// so the plan around it is the one the stream always had.
 #[derive(Debug, Clone)]
-struct MicroBatchExec {
+pub struct MicroBatchExec {
     /// Columns of the table's batches this scan yields (None: all).
     projection: Option<Vec<usize>>,
     /// Shared by every copy: the projected schema and how the output is laid out.
@@ -209,7 +218,7 @@ struct MicroBatchExec {
 }
 
 impl MicroBatchExec {
-    fn try_new(table: &SchemaRef, projection: Option<Vec<usize>>) -> DfResult<Self> {
+    pub fn try_new(table: &SchemaRef, projection: Option<Vec<usize>>) -> DfResult<Self> {
         let schema = match &projection {
             Some(columns) => Arc::new(table.project(columns)?),
             None => Arc::clone(table),

@@ -55,6 +55,19 @@ pub struct StreamConfig {
     pub http: String,
     /// Messages larger than this (bytes) go to the dead-letter topic unparsed.
     pub max_message_bytes: usize,
+    /// Folder of `*.sql` files declaring standing queries (empty: none but the API's).
+    pub queries: PathBuf,
+    /// Static tables standing queries may join with (CSV or Parquet, read at start).
+    pub lookups: Vec<LookupTable>,
+}
+
+/// A static table for standing queries: `[[lookups]] name = "watchlist"`,
+/// `path = "data/watchlist.csv"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LookupTable {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 impl Default for StreamConfig {
@@ -83,6 +96,8 @@ impl Default for StreamConfig {
             state_idle_secs: 30 * 86_400,
             http: String::new(),
             max_message_bytes: risksense_formats::validate::DEFAULT_MAX_MESSAGE_BYTES,
+            queries: PathBuf::new(),
+            lookups: Vec::new(),
         }
     }
 }

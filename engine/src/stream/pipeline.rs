@@ -293,7 +293,14 @@ impl Pipeline {
         let offset = self.coordinator.begin(partition)?;
         self.history
             .evict_idle(partition, self.config.state_idle_secs);
-        let state = self.history.to_ipc(partition)?;
+        let history = self.history.to_ipc(partition)?;
+        let mut sink_states = Vec::new();
+        for sink in &self.sinks {
+            if let Some(state) = sink.snapshot(partition)? {
+                sink_states.push((sink.name(), state));
+            }
+        }
+        let state = risksense_connectors::sink::pack_state(history, sink_states);
         let commits = self
             .sinks
             .iter()
@@ -443,7 +450,10 @@ impl Pipeline {
         let produced_ms: Vec<i64> = messages.iter().filter_map(|m| m.timestamp_ms).collect();
         let started = Instant::now();
         let was_scored = !scored.is_empty();
-        let batch = SinkBatch::new(self.seq, scored, dead_letters);
+        let batch = SinkBatch::new(self.seq, scored, dead_letters).with_input(
+            decoded.batch.iter().cloned().collect(),
+            produced_ms.iter().min().copied(),
+        );
         self.seq += 1;
         self.write_sinks(batch, produced_ms, closed_at).await?;
         StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
@@ -636,7 +646,12 @@ impl Pipeline {
                         sink.recover(partition, token)?;
                     }
                 }
-                if let Err(error) = self.history.restore(partition, &checkpoint.state) {
+                let (history, sink_states) =
+                    risksense_connectors::sink::unpack_state(&checkpoint.state)?;
+                for sink in &self.sinks {
+                    sink.restore_state(partition, sink_states.get(sink.name()).map(Vec::as_slice))?;
+                }
+                if let Err(error) = self.history.restore(partition, &history) {
                     // Resume at the offset anyway: refusing would stop the stream for good.
                     // Features lack history until the cards are seen again.
                     tracing::error!(partition, %error, "checkpointed state unreadable; resuming with empty state");
@@ -655,6 +670,9 @@ impl Pipeline {
             }
             None => {
                 tracing::info!(partition, "no checkpoint for partition: starting fresh");
+                for sink in &self.sinks {
+                    sink.restore_state(partition, None)?;
+                }
                 self.history.restore(partition, &[])?;
                 self.coordinator.assign(partition, None);
                 Ok(None)

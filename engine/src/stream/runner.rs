@@ -38,6 +38,35 @@ pub struct RunOptions {
     pub stop_when_idle: Option<Duration>,
     /// Where scored micro-batches are also published for live SQL (the API's `scored`).
     pub live: Option<Arc<risksense_query::live::LiveWindow>>,
+    /// The standing queries (shared with the API): the stream attaches its tables, loads
+    /// `config.queries` and the saved ones, and runs each micro-batch through them.
+    pub queries: Option<Arc<risksense_continuous::Registry>>,
+}
+
+/// Gives the standing queries the stream's tables and producer, then starts the queries of
+/// `config.queries` and those created through the API before.
+async fn start_queries(
+    queries: &risksense_continuous::Registry,
+    config: &StreamConfig,
+    scored: arrow::datatypes::SchemaRef,
+    producer: FutureProducer,
+    settings: KafkaSettings,
+) -> Result<(), EngineError> {
+    queries.attach(
+        scored,
+        risksense_common::schema::transaction_schema(),
+        Some(producer),
+        Some(settings),
+    );
+    let mut names = Vec::new();
+    if !config.queries.as_os_str().is_empty() {
+        names.extend(queries.load_dir(&config.queries).await?);
+    }
+    names.extend(queries.load_saved().await?);
+    if !names.is_empty() {
+        tracing::info!(queries = ?names, "standing queries running");
+    }
+    Ok(())
 }
 
 /// When a micro-batch whose first message was polled at `polled` closes: `wait` after that
@@ -250,8 +279,22 @@ pub fn run_stream(
     let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
-    let StreamSinks { sinks, archive } =
-        stream_sinks(&config, store.clone(), producer, options.live.clone())?;
+    if let Some(queries) = &options.queries {
+        runtime.block_on(start_queries(
+            queries,
+            &config,
+            scorer.output_schema(),
+            producer.clone(),
+            settings.clone(),
+        ))?;
+    }
+    let StreamSinks { sinks, archive } = stream_sinks(
+        &config,
+        store.clone(),
+        producer,
+        options.live.clone(),
+        options.queries.clone(),
+    )?;
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
         config.clone(),
         scorer,

@@ -52,14 +52,15 @@ pub struct StreamSinks {
     pub archive: Option<Arc<ArchiveSink>>,
 }
 
-/// The stream's sinks as configured: the archive (when `archive` is set) and the live
-/// window (when given) inline; the result store and Kafka (alerts, dead letters) in the
+/// The stream's sinks as configured: the archive (when `archive` is set), the live
+/// window and the standing queries (when given) inline; the result store and Kafka (alerts, dead letters) in the
 /// background. Also returns the archive, whose published files the run summary counts.
 pub fn stream_sinks(
     config: &StreamConfig,
     store: Store,
     producer: FutureProducer,
     live: Option<Arc<LiveWindow>>,
+    queries: Option<Arc<risksense_continuous::Registry>>,
 ) -> Result<StreamSinks, EngineError> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     let archive = if config.archive.as_os_str().is_empty() {
@@ -74,6 +75,9 @@ pub fn stream_sinks(
     };
     if let Some(live) = live {
         sinks.push(Arc::new(LiveSink::new(live)));
+    }
+    if let Some(queries) = queries {
+        sinks.push(Arc::new(risksense_continuous::ContinuousSink::new(queries)));
     }
     sinks.push(Arc::new(StoreSink::new(store)));
     sinks.push(Arc::new(KafkaSink::new(
