@@ -48,6 +48,10 @@ pub struct Args {
     /// Parquet archive folder [default: a folder under the system's temp dir].
     #[arg(long)]
     pub archive: Option<PathBuf>,
+    /// Folder of standing queries (`*.sql`) [default: sql/queries, the shipped examples,
+    /// when it exists; "" for none].
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<f64>,
@@ -113,6 +117,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(StreamMetrics::default());
     let live = Arc::new(LiveWindow::new(Duration::from_secs(600), 2_000_000));
 
+    // Standing queries, shared by the engine (which loads --queries) and the API.
+    let queries = risksense_continuous::Registry::pending(
+        std::collections::BTreeMap::new(),
+        Some(store.clone()),
+        &args.prefix,
+    );
+
     // The API first, so the dashboard is up before traffic starts.
     let inputs = ApiInputs {
         config: args.api.config(Some(archive.clone())),
@@ -134,15 +145,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         archive: archive.clone(),
         model: model.dir.clone(),
         start_from: "earliest".to_string(),
+        queries: args.queries.clone().unwrap_or_else(default_queries),
         ..StreamConfig::default()
     };
+    if !config.queries.as_os_str().is_empty() {
+        println!("Standing queries: {}", config.queries.display());
+    }
+
     let engine = {
-        let (model, store, stop, metrics, live) = (
+        let (model, store, stop, metrics, live, queries) = (
             model.clone(),
             store.clone(),
             stop.clone(),
             metrics.clone(),
             live.clone(),
+            queries.clone(),
         );
         let handle = runtime.handle().clone();
         let create_topics = args.kafka.is_some();
@@ -160,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         create_topics,
                         stop_when_idle: None,
                         live: Some(live),
+                        queries: Some(queries),
                     },
                 )
             })?
@@ -242,4 +260,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::thousands(summary.dead_letters)
     );
     Ok(())
+}
+
+/// The shipped example queries: ./sql/queries, else the source tree's; none if neither.
+fn default_queries() -> PathBuf {
+    let local = PathBuf::from("sql/queries");
+    if local.is_dir() {
+        return local;
+    }
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/queries");
+    if source.is_dir() {
+        source
+    } else {
+        PathBuf::new()
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use risksense_continuous::Registry;
 use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
 use risksense_store::Store;
 
@@ -66,6 +67,9 @@ pub struct Args {
     pub http: Option<String>,
     #[command(flatten)]
     pub api: super::serve::HttpArgs,
+    /// Folder of `*.sql` files declaring standing queries (see sql/queries/).
+    #[arg(long, env = "RISKSENSE_QUERIES")]
+    pub queries: Option<PathBuf>,
     /// Stop after this many seconds without a message (benchmarks, catch-up runs).
     #[arg(long)]
     pub stop_when_idle: Option<f64>,
@@ -98,6 +102,9 @@ impl Args {
         if let Some(archive) = &self.archive {
             config.archive.clone_from(archive);
         }
+        if let Some(queries) = &self.queries {
+            config.queries.clone_from(queries);
+        }
         if let Some(rows) = self.batch_rows {
             config.batch_rows = rows;
         }
@@ -123,6 +130,28 @@ impl Args {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The standing queries of a stream in this process, shared by the engine (which attaches
+/// its tables and loads `config.queries` when it starts) and the API; with the lookup
+/// tables of the config read into memory.
+pub fn standing_queries(
+    runtime: &tokio::runtime::Runtime,
+    config: &StreamConfig,
+    store: &Store,
+) -> anyhow::Result<Arc<Registry>> {
+    let mut lookups = std::collections::BTreeMap::new();
+    for lookup in &config.lookups {
+        let table = runtime
+            .block_on(Registry::load_lookup(&lookup.path))
+            .with_context(|| format!("lookup table {}", lookup.name))?;
+        lookups.insert(lookup.name.clone(), table);
+    }
+    Ok(Registry::pending(
+        lookups,
+        Some(store.clone()),
+        &config.retention.prefix,
+    ))
 }
 
 /// Sets `flag` on SIGTERM or Ctrl-C: the engine finishes its micro-batch and checkpoints.
@@ -184,6 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(600),
         2_000_000,
     ));
+    let queries = standing_queries(&runtime, &config, &store)?;
     let api = if config.http.is_empty() {
         None
     } else {
@@ -211,6 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         create_topics: true,
         stop_when_idle: args.stop_when_idle.map(Duration::from_secs_f64),
         live: api.is_some().then_some(live),
+        queries: Some(queries),
     };
     let summary = run_stream(
         config,

@@ -14,6 +14,7 @@
 
 pub mod ddl;
 pub mod error;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod query;

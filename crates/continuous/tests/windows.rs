@@ -399,3 +399,71 @@ async fn a_restore_from_a_checkpoint_in_open_windows_emits_every_window_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_shipped_example_queries_plan_and_refusals_say_what_is_supported() {
+    let (_, catalog) = scored_rows().await;
+    let dir = root().join("sql/queries");
+    let mut planned = 0;
+    for entry in std::fs::read_dir(&dir).expect("sql/queries") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        for definition in risksense_continuous::ddl::parse(&text).expect("parses") {
+            let plan = risksense_continuous::plan::StandingPlan::new(&definition.select, &catalog)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                matches!(plan.kind, risksense_continuous::plan::PlanKind::Windowed(_)),
+                "{} is windowed",
+                definition.name
+            );
+            assert!(plan.key_columns.contains(&"window_start".to_string()));
+            planned += 1;
+        }
+    }
+    assert_eq!(planned, 3);
+    let registry = registry(&catalog);
+    for (sql, says) in [
+        (
+            "CREATE VIEW a AS SELECT cc_num, count(*) FROM scored GROUP BY cc_num",
+            "tumble(",
+        ),
+        (
+            "CREATE VIEW a AS SELECT * FROM scored ORDER BY amt",
+            "ORDER BY is not supported",
+        ),
+        (
+            "CREATE VIEW a AS SELECT * FROM scored LIMIT 5",
+            "LIMIT is not supported",
+        ),
+        (
+            "CREATE VIEW a AS SELECT s.cc_num FROM scored s JOIN transactions t ON s.trans_num = t.trans_num",
+            "stream–stream join",
+        ),
+        (
+            "CREATE VIEW a AS SELECT cc_num, sum(amt) OVER (PARTITION BY cc_num) FROM scored",
+            "window function",
+        ),
+        (
+            "CREATE VIEW a AS SELECT count(*) FROM scored GROUP BY tumble(trans_date_trans_time, INTERVAL '1' MINUTE)",
+            "must select its window",
+        ),
+        ("CREATE VIEW a AS SELECT nope FROM scored", "nope"),
+        (
+            "CREATE VIEW a AS SELECT 1",
+            "neither scored nor transactions",
+        ),
+    ] {
+        let error = registry
+            .create(sql, Origin::Api)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sql} was accepted"));
+        assert!(error.is_user_error(), "{sql}: {error:?}");
+        assert!(error.to_string().contains(says), "{sql}: {error}");
+    }
+    assert!(
+        registry.list(true).is_empty(),
+        "nothing refused was started"
+    );
+}

@@ -50,13 +50,13 @@ async fn start_queries(
     config: &StreamConfig,
     scored: arrow::datatypes::SchemaRef,
     producer: FutureProducer,
-    settings: KafkaSettings,
+    settings: Option<KafkaSettings>,
 ) -> Result<(), EngineError> {
     queries.attach(
         scored,
         risksense_common::schema::transaction_schema(),
         Some(producer),
-        Some(settings),
+        settings,
     );
     let mut names = Vec::new();
     if !config.queries.as_os_str().is_empty() {
@@ -115,6 +115,8 @@ pub struct RunSummary {
     pub peak_rss_mib: f64,
     /// CPU time of this whole process (user + system) since it started, in seconds.
     pub cpu_secs: f64,
+    /// The standing queries' totals.
+    pub queries: Vec<risksense_continuous::metrics::QuerySummary>,
 }
 
 /// Consumer settings: manual commits only (after checkpoints), bounded prefetch so that
@@ -285,7 +287,7 @@ pub fn run_stream(
             &config,
             scorer.output_schema(),
             producer.clone(),
-            settings.clone(),
+            options.create_topics.then(|| settings.clone()),
         ))?;
     }
     let StreamSinks { sinks, archive } = stream_sinks(
@@ -460,11 +462,15 @@ pub fn run_stream(
     drop(guard);
     consumer.unsubscribe();
     result?;
-    Ok(summarize(
+    let mut summary = summarize(
         &metrics,
         first_message.map_or(started.elapsed(), |f| last_message.max(f) - f),
         archive_files,
-    ))
+    );
+    if let Some(queries) = &options.queries {
+        summary.queries = queries.summary();
+    }
+    Ok(summary)
 }
 
 /// Commits checkpointed offsets to the group. The checkpoint in the store is what a restart
@@ -546,6 +552,7 @@ fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> Run
         remote_sink_secs: secs(&metrics.remote_sink_ns),
         peak_rss_mib: peak_rss_mib(),
         cpu_secs: process_cpu_secs(),
+        queries: Vec::new(),
     }
 }
 
