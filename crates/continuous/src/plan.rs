@@ -411,11 +411,6 @@ fn window_of(
     };
     let _ = source;
     let name = expr.schema_name().to_string();
-    let group_names: Vec<String> = aggregate
-        .group_expr
-        .iter()
-        .map(|e| e.schema_name().to_string())
-        .collect();
     // The SELECT list on top (through HAVING): which outputs are the window and the groups.
     let mut top = plan;
     let projection = loop {
@@ -448,7 +443,10 @@ fn window_of(
             if column.name == name {
                 output.get_or_insert(i);
                 key_outputs.insert(0, field.name().clone());
-            } else if group_names.contains(&column.name) {
+            } else if aggregate.group_expr.iter().any(|g| match g {
+                Expr::Column(group) => group == column,
+                other => other.schema_name().to_string() == column.name,
+            }) {
                 key_outputs.push(field.name().clone());
             }
         }

@@ -296,6 +296,7 @@ impl RunningQuery {
                 let max = arrow::compute::max(times);
                 let state = window.partitions.entry(partition).or_default();
                 state.max_event_us = state.max_event_us.max(max);
+                state.last_row_at = Some(Instant::now());
                 self.stats.late_rows.fetch_add(late, Ordering::Relaxed);
                 let rows = if late > 0 {
                     arrow::compute::filter_record_batch(&rows, &keep)?
@@ -421,6 +422,14 @@ impl RunningQuery {
     ) -> Result<(), ContinuousError> {
         if let Some(mut window) = self.window_now()? {
             window.restore(partition, snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// A partition assigned without a checkpoint.
+    pub fn assign(&self, partition: i32) -> Result<(), ContinuousError> {
+        if let Some(mut window) = self.window_now()? {
+            window.assign(partition);
         }
         Ok(())
     }

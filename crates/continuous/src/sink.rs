@@ -82,6 +82,10 @@ impl Sink for ContinuousSink {
     }
 
     fn restore_state(&self, partition: i32, bytes: Option<&[u8]>) -> Result<(), ConnectorError> {
+        // Every query reads the partition from now on (a checkpointed state replaces this).
+        for query in self.registry.running() {
+            query.assign(partition)?;
+        }
         let Some(bytes) = bytes else {
             return Ok(());
         };

@@ -20,10 +20,16 @@ use crate::window::WindowSpec;
 /// eight micro-batches.
 pub const MERGE_AFTER_BATCHES: usize = 8;
 
+/// A partition with no row for this long (processing time) no longer holds the watermark
+/// back (Flink's idleness): a quiet partition must not stop every window from closing.
+pub const IDLE_PARTITION: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Default)]
 pub struct PartitionState {
     /// Highest event time seen on the partition (µs).
     pub max_event_us: Option<i64>,
+    /// When the partition last had a row (or was restored).
+    pub last_row_at: Option<std::time::Instant>,
     pub batches: Vec<RecordBatch>,
 }
 
@@ -56,13 +62,46 @@ impl WindowState {
         }
     }
 
-    /// The highest event time seen on any partition, minus the allowed lateness.
+    /// The watermark: the highest event time seen, minus the allowed lateness — per
+    /// partition, and the lowest of the partitions that are not idle. A partition's rows
+    /// come in order, so a partition behind the others (a replay fetching one partition
+    /// ahead, a slower producer) holds windows open rather than having its rows dropped
+    /// as late; the result is then the same in any interleaving of the partitions.
     pub fn watermark(&self) -> Option<i64> {
-        self.partitions
+        let active: Vec<&PartitionState> = self
+            .partitions
             .values()
+            .filter(|p| {
+                p.last_row_at
+                    .is_some_and(|at| at.elapsed() < IDLE_PARTITION)
+            })
+            .collect();
+        if active.iter().any(|p| p.max_event_us.is_none()) {
+            // An assigned partition has not delivered yet: its rows may be the oldest.
+            return None;
+        }
+        active
+            .iter()
             .filter_map(|p| p.max_event_us)
-            .max()
+            .min()
+            .or_else(|| {
+                self.partitions
+                    .values()
+                    .filter_map(|p| p.max_event_us)
+                    .max()
+            })
             .map(|t| t.saturating_sub(self.lateness_us))
+    }
+
+    /// A partition now read here (assigned without a checkpoint): it holds the watermark
+    /// back until it delivers or idles.
+    pub fn assign(&mut self, partition: i32) {
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                last_row_at: Some(std::time::Instant::now()),
+                ..PartitionState::default()
+            });
     }
 
     /// Whether a row at `ts` comes too late: every window holding it was emitted.
@@ -187,6 +226,7 @@ impl WindowState {
             partition,
             PartitionState {
                 max_event_us: snapshot.max_event_us,
+                last_row_at: Some(std::time::Instant::now()),
                 batches,
             },
         );
