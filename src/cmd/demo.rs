@@ -132,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model: args.model.load()?,
         live: Some(live.clone()),
         stream: Some(metrics.clone()),
+        queries: Some(queries.clone()),
     };
     let (address, api) = spawn_api(&runtime, &args.http, inputs, stop.clone())?;
 

@@ -21,9 +21,19 @@ pub struct Args {
     /// Parallel partitions (default: 8 per core; see `SessionOptions::rescoring`).
     #[arg(long)]
     pub partitions: Option<usize>,
+    /// Run the standing queries of this SQL file over the history instead (the same text
+    /// as `run --queries`: windows close as the stream closes them, and those still open at
+    /// the end of the history close then). The input may be the stream's Parquet archive
+    /// (already scored) or transactions (scored first). Each query's results go to
+    /// OUT/<query>.parquet.
+    #[arg(long, value_name = "FILE")]
+    pub query: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(query) = &args.query {
+        return run_queries(&args, query);
+    }
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let model = args.model.load()?;
@@ -53,6 +63,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             100.0 * anomalies as f64 / rows.max(1) as f64,
             super::thousands(frauds_caught),
             path.display()
+        );
+        Ok(())
+    })
+}
+
+/// `rescore --query`: the standing queries of a file over the history, in event-time order.
+fn run_queries(args: &Args, query: &std::path::Path) -> anyhow::Result<()> {
+    let script =
+        std::fs::read_to_string(query).with_context(|| format!("reading {}", query.display()))?;
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let mut options = SessionOptions::rescoring();
+        if let Some(p) = args.partitions {
+            options.target_partitions = p;
+        }
+        // The archive is scored already; transactions are scored here first.
+        let probe = scoring::new_session(None, options)?;
+        scoring::register_files(&probe, "input", &args.input)
+            .await
+            .context("registering the input")?;
+        let scored_input = probe
+            .table("input")
+            .await?
+            .schema()
+            .field_with_unqualified_name("score")
+            .is_ok();
+        let ctx = if scored_input {
+            probe
+                .sql("CREATE VIEW scored AS SELECT * FROM input")
+                .await?;
+            probe
+        } else {
+            let model = args.model.load()?;
+            let ctx = scoring::new_session(Some(model.clone()), options)?;
+            scoring::register_files(&ctx, scoring::TRANSACTIONS, &args.input)
+                .await
+                .context("registering the input")?;
+            scoring::install_views(&ctx, Some(&model)).await?;
+            ctx
+        };
+        let frame = ctx
+            .sql("SELECT * FROM scored ORDER BY trans_date_trans_time, row_id")
+            .await?;
+        let started = Instant::now();
+        let bar = super::progress(None, "rows");
+        bar.set_message(format!("running {}", query.display()));
+        let mut rows = 0u64;
+        let results = risksense_continuous::bounded::run_over(&script, frame, |n| {
+            rows += n as u64;
+            bar.inc(n as u64);
+        })
+        .await?;
+        bar.finish_and_clear();
+        for (name, count, path) in
+            risksense_continuous::bounded::write_parquet(&results, &args.out)?
+        {
+            println!(
+                "{name}: {} rows -> {}",
+                super::thousands(count as u64),
+                path.display()
+            );
+        }
+        println!(
+            "ran {} standing queries over {} rows in {:.2} s",
+            results.len(),
+            super::thousands(rows),
+            started.elapsed().as_secs_f64()
         );
         Ok(())
     })

@@ -231,6 +231,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model: api_model,
             live: Some(live.clone()),
             stream: Some(metrics.clone()),
+            queries: Some(queries.clone()),
         };
         let (address, handle) =
             super::serve::spawn_api(&runtime, &config.http, inputs, shutdown.clone())?;

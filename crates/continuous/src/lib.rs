@@ -8,10 +8,12 @@
 //! - [`query`]: a running query: state, counters, subscribers, its output task.
 //! - [`output`]: Kafka, Redis and Parquet outputs.
 //! - [`registry`]: the run's queries (files, API, subscriptions).
+//! - [`bounded`]: the same queries over a bounded input (history), for batch parity.
 //! - [`sink`]: all of them as one stream sink (behind `risksense_connectors::sink::Sink`).
 //!
 //! Depends on the SQL layer and the connectors; the engine only adds the sink.
 
+pub mod bounded;
 pub mod ddl;
 pub mod error;
 pub mod metrics;

@@ -361,6 +361,32 @@ impl RunningQuery {
         Ok((out, Some(through)))
     }
 
+    /// Closes every open window now (the end of a bounded input): returns their results.
+    pub async fn close_all(&self) -> Result<Vec<RecordBatch>, ContinuousError> {
+        let (PlanKind::Windowed(windowed), Some(window)) = (&self.plan.kind, &self.window) else {
+            return Ok(Vec::new());
+        };
+        let mut window = window.lock().await;
+        let closing = window.closing(i64::MAX)?;
+        let mut out = Vec::new();
+        if !closing.is_empty() {
+            for batch in self.plan.finish(windowed, closing).await? {
+                if batch.num_rows() > 0 {
+                    out.push(with_window_end(
+                        &batch,
+                        windowed.window_output,
+                        window.spec.width_us,
+                        &self.plan.output_schema,
+                    )?);
+                }
+            }
+        }
+        window.emitted_through = i64::MAX;
+        window.partitions.clear();
+        self.publish(&out);
+        Ok(out)
+    }
+
     fn publish(&self, rows: &[RecordBatch]) {
         for batch in rows {
             // No receiver is fine; a lagging one is told so when it next reads.

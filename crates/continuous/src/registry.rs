@@ -23,6 +23,8 @@ pub enum Origin {
     File,
     Api,
     Subscription,
+    /// Over a bounded input (`rescore --query`): results are collected, not delivered.
+    Batch,
 }
 
 /// A query as `GET /v1/queries` shows it.
@@ -221,9 +223,13 @@ impl Registry {
         {
             risksense_connectors::kafka::ensure_topic(kafka, topic, 4).await?;
         }
-        let output = output::build(&name, &definition.output, &plan.key_columns, &connections)?;
+        let output = if origin == Origin::Batch {
+            None
+        } else {
+            output::build(&name, &definition.output, &plan.key_columns, &connections)?
+        };
         let windowed = matches!(plan.kind, PlanKind::Windowed(_));
-        let temporary = origin == Origin::Subscription;
+        let temporary = matches!(origin, Origin::Subscription | Origin::Batch);
         let progress = match (connections.store, windowed && !temporary) {
             (Some(store), true) => Some((store, progress_key(&self.prefix, &name))),
             _ => None,
