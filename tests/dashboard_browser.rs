@@ -1,5 +1,7 @@
 //! The dashboard in headless Chromium: `risksense demo` against the real broker and Redis,
-//! driven by tests/browser/dashboard.mjs (playwright-core). Needs Kafka, Redis, Node and
+//! driven by tests/browser/dashboard.mjs (playwright-core): alerts, SQL, lookups, and live
+//! queries (a standing query created from the page streams its rows into the live table;
+//! a windowed one draws its chart). Needs Kafka, Redis, Node and
 //! Debian's chromium (`scripts/services.sh install`; `scripts/test.sh` sets all of it up);
 //! fails loudly without them.
 
@@ -13,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
-fn the_dashboard_shows_live_alerts_and_answers_sql() {
+fn the_dashboard_shows_live_alerts_answers_sql_and_streams_live_queries() {
     let brokers = common::kafka_brokers();
     let redis = common::redis_url();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -23,9 +23,9 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, not_found,
-    /// method_not_allowed, timeout (the request did not arrive in time), too_large,
-    /// uri_too_long, too_many_requests, unavailable, deadline_exceeded (a query ran past
-    /// its deadline), internal.
+    /// method_not_allowed, conflict (a name that exists already), timeout (the request did
+    /// not arrive in time), too_large, uri_too_long, too_many_requests, unavailable,
+    /// deadline_exceeded (a query ran past its deadline), internal.
     pub code: String,
     /// What was wrong, for a person.
     pub message: String,
@@ -48,6 +48,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
             StatusCode::REQUEST_TIMEOUT => "timeout",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::URI_TOO_LONG => "uri_too_long",
@@ -89,6 +90,11 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// What the request would create exists already.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
     pub fn unauthorized() -> Self {
@@ -144,6 +150,27 @@ impl From<risksense_query::QueryError> for ApiError {
 impl From<risksense_formats::FormatError> for ApiError {
     fn from(error: risksense_formats::FormatError) -> Self {
         Self::internal(error.to_string())
+    }
+}
+
+/// A standing query refused or failed: the user's SQL is a 400 (with what is supported),
+/// a name in use a 409, an unknown one a 404, a stream still starting or a store that does
+/// not answer a 503 (with Retry-After).
+impl From<risksense_continuous::ContinuousError> for ApiError {
+    fn from(error: risksense_continuous::ContinuousError) -> Self {
+        use risksense_continuous::ContinuousError;
+        match error {
+            ContinuousError::Exists(_) => Self::conflict(error.to_string()),
+            ContinuousError::NotFound(_) => Self::not_found(error.to_string()),
+            ContinuousError::Store(store) => store.into(),
+            ContinuousError::Unavailable(_) => {
+                let mut error = Self::unavailable(error.to_string());
+                error.retry_after = Some(1);
+                error
+            }
+            error if error.is_user_error() => Self::bad_request(error.to_string()),
+            error => Self::internal(error.to_string()),
+        }
     }
 }
 

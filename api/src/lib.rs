@@ -3,16 +3,19 @@
 //! - [`lookup`]: transactions, cards, anomalies and alerts from the result store.
 //! - [`score`]: ad-hoc scoring with the stream's SQL and model, cached in the store.
 //! - [`sql`]: read-only SQL over the live window (`scored`) and the archive (`history`).
+//! - [`queries`]: standing queries over the stream (created in SQL DDL) and push
+//!   subscriptions to their results as Server-Sent Events.
 //! - [`ops`]: Prometheus metrics, health, readiness, dashboard stats, OpenAPI.
 //! - [`dashboard`]: the single-page dashboard and its bundled chart library.
 //!
 //! Every error is a JSON body `{"error": {"code", "message"}}` with a fitting status: 400
 //! for bad input (with what was wrong), 401 without the token, 404 for unknown ids and
 //! routes, 405 for a wrong method, 408 for a body that does not arrive or a query past its
-//! deadline, 413 for oversized bodies, 414 for long URIs, 429 when the query pool is full
-//! and 503 when the store does not answer (both with `Retry-After`). Bad input never
-//! yields a 500. Rejections by axum's own extractors are turned into the same shape
-//! ([`extract`]).
+//! deadline, 409 for a standing query's name in use, 413 for oversized bodies, 414 for long
+//! URIs, 429 when the query pool is full and 503 when the store does not answer (both with
+//! `Retry-After`; 503 also when no stream runs in the process for `/v1/queries`). Bad
+//! input never yields a 500. Rejections by axum's own extractors are turned into the same
+//! shape ([`extract`]).
 
 pub mod dashboard;
 pub mod error;
@@ -20,6 +23,7 @@ pub mod extract;
 pub mod lookup;
 pub mod ops;
 pub mod pool;
+pub mod queries;
 pub mod score;
 pub mod server;
 pub mod sql;
@@ -38,6 +42,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use risksense_common::metrics::StreamMetrics;
+use risksense_continuous::Registry;
 use risksense_query::LiveWindow;
 use risksense_store::Store;
 use risksense_udfs::Model;
@@ -47,7 +52,8 @@ pub use error::ApiError;
 /// How the API behaves.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Bearer token required by `/v1/score` and `/v1/sql` (None: open).
+    /// Bearer token required by `/v1/score`, `/v1/sql`, `/v1/queries…` and
+    /// `/v1/subscribe` (None: open). The streams also take it as `?token=`.
     pub token: Option<String>,
     /// Largest request body, in bytes.
     pub body_limit: usize,
@@ -127,6 +133,8 @@ pub struct ApiState {
     pub series: ops::Series,
     /// Schema of `scored` rows (for an empty live window or archive).
     pub scored_schema: arrow::datatypes::SchemaRef,
+    /// The standing queries of the stream in this process, if any.
+    pub standing: Option<Arc<Registry>>,
 }
 
 impl ApiState {
@@ -136,6 +144,7 @@ impl ApiState {
         model: Arc<Model>,
         live: Option<Arc<LiveWindow>>,
         stream: Option<Arc<StreamMetrics>>,
+        standing: Option<Arc<Registry>>,
     ) -> Result<Arc<Self>, ApiError> {
         let scorer = score::Scorer::new(model.clone()).await?;
         let scored_schema = sql::scored_schema(model.clone()).await?;
@@ -157,6 +166,7 @@ impl ApiState {
             scorer,
             series: ops::Series::default(),
             scored_schema,
+            standing,
         }))
     }
 
@@ -188,7 +198,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let guarded = Router::new()
         .route("/v1/score", post(score::score))
         .route("/v1/sql", post(sql::query))
+        .route("/v1/queries", get(queries::list).post(queries::create))
+        .route(
+            "/v1/queries/{name}",
+            get(queries::detail).delete(queries::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Browsers' EventSource sends no headers: the streams take the token in the URL too.
+    let streams = Router::new()
+        .route("/v1/queries/{name}/stream", get(queries::stream))
+        .route("/v1/subscribe", post(queries::subscribe))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_token_or_parameter,
+        ));
     Router::new()
         .route("/v1/transactions/{trans_num}", get(lookup::transaction))
         .route(
@@ -205,6 +228,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .merge(guarded)
+        .merge(streams)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|request: Request| async move {
             ApiError::method_not_allowed(format!(
@@ -231,17 +255,45 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.config.token {
-        let given = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return Err(ApiError::unauthorized());
+    check_token(&state, &request, false)?;
+    Ok(next.run(request).await)
+}
+
+/// As [`require_token`], also taking the token as the `token` query parameter.
+async fn require_token_or_parameter(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check_token(&state, &request, true)?;
+    Ok(next.run(request).await)
+}
+
+fn check_token(state: &ApiState, request: &Request, parameter: bool) -> Result<(), ApiError> {
+    let Some(token) = &state.config.token else {
+        return Ok(());
+    };
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if header == Some(token.as_str()) {
+        return Ok(());
+    }
+    if parameter {
+        #[derive(serde::Deserialize)]
+        struct TokenParameter {
+            token: Option<String>,
+        }
+        let given = axum::extract::Query::<TokenParameter>::try_from_uri(request.uri())
+            .ok()
+            .and_then(|q| q.0.token);
+        if given.as_deref() == Some(token.as_str()) {
+            return Ok(());
         }
     }
-    Ok(next.run(request).await)
+    Err(ApiError::unauthorized())
 }
 
 async fn count_requests(

@@ -302,7 +302,7 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoRespo
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "RiskSense API", description = "Scored transactions, anomalies, ad-hoc scoring and live SQL"),
+    info(title = "RiskSense API", description = "Scored transactions, anomalies, ad-hoc scoring, live SQL, and standing queries over the stream with push subscriptions (Server-Sent Events)"),
     paths(
         crate::lookup::transaction,
         crate::lookup::card_transactions,
@@ -310,6 +310,12 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoRespo
         crate::lookup::alerts,
         crate::score::score,
         crate::sql::query,
+        crate::queries::create,
+        crate::queries::list,
+        crate::queries::detail,
+        crate::queries::delete,
+        crate::queries::stream,
+        crate::queries::subscribe,
         stats,
     ),
     modifiers(&BearerAuth, &CommonErrors)

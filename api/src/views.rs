@@ -116,3 +116,107 @@ pub struct SqlResponse {
     pub truncated: bool,
     pub elapsed_ms: u64,
 }
+
+/// SQL sent as JSON (`/v1/queries` and `/v1/subscribe` take plain text too).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueryRequest {
+    /// `/v1/queries`: `CREATE VIEW name AS SELECT …`, or `CREATE TABLE name WITH
+    /// (connector = …); INSERT INTO name SELECT …`. `/v1/subscribe`: one `SELECT … FROM
+    /// scored` (or `transactions`).
+    pub sql: String,
+}
+
+/// The standing queries a script created.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueryCreated {
+    pub created: Vec<String>,
+}
+
+/// Whether a standing query runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryStatusView {
+    /// `running` or `failed`.
+    pub state: String,
+    /// Why it failed (it stays listed, stopped, until deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A standing query with its counters.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryView {
+    pub name: String,
+    /// The statements that declared it.
+    pub sql: String,
+    /// `api` (created through the API, saved in the store), `file` or `subscription`.
+    pub origin: String,
+    /// The stream it reads: `scored` or `transactions`.
+    pub source: String,
+    /// `windowed` (an aggregate over `tumble`/`hop` windows) or `stateless`.
+    pub kind: String,
+    /// Where its rows go besides subscribers: `{"connector": "view"}`, or a Kafka topic,
+    /// Redis keys or a Parquet folder with their options.
+    #[schema(value_type = Object)]
+    pub output: serde_json::Value,
+    /// Its result columns (a windowed query's end with `window_end`).
+    pub columns: Vec<String>,
+    pub status: QueryStatusView,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_in_per_s: f64,
+    pub rows_out_per_s: f64,
+    /// Rows that came after every window holding them was emitted (counted, dropped).
+    pub late_rows: u64,
+    pub windows_emitted: u64,
+    /// Clients streaming its rows now.
+    pub subscribers: usize,
+}
+
+impl From<risksense_continuous::QueryInfo> for QueryView {
+    fn from(info: risksense_continuous::QueryInfo) -> Self {
+        // The registry's enums serialise to the names shown here.
+        let name_of = |value: serde_json::Result<serde_json::Value>| match value {
+            Ok(serde_json::Value::String(text)) => text,
+            Ok(other) => other.to_string(),
+            Err(error) => error.to_string(),
+        };
+        let (state, reason) = match info.status {
+            risksense_continuous::query::Status::Running => ("running".to_string(), None),
+            risksense_continuous::query::Status::Failed { reason } => {
+                ("failed".to_string(), Some(reason))
+            }
+        };
+        Self {
+            name: info.name,
+            sql: info.sql,
+            origin: name_of(serde_json::to_value(info.origin)),
+            source: name_of(serde_json::to_value(info.source)),
+            kind: info.kind.to_string(),
+            output: serde_json::to_value(&info.output).unwrap_or(serde_json::Value::Null),
+            columns: info.columns,
+            status: QueryStatusView { state, reason },
+            rows_in: info.rows_in,
+            rows_out: info.rows_out,
+            rows_in_per_s: info.rows_in_per_s,
+            rows_out_per_s: info.rows_out_per_s,
+            late_rows: info.late_rows,
+            windows_emitted: info.windows_emitted,
+            subscribers: info.subscribers,
+        }
+    }
+}
+
+/// The standing queries of the stream in this process.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueryList {
+    pub queries: Vec<QueryView>,
+}
+
+/// A standing query and its latest results.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueryDetail {
+    #[serde(flatten)]
+    pub query: QueryView,
+    /// Its latest result rows (at most 1,000), oldest first, one JSON object per row.
+    pub recent: Vec<serde_json::Value>,
+}

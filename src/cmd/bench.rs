@@ -30,6 +30,19 @@ pub enum Suite {
     /// Heavy ad-hoc SQL against a running engine: stream throughput and `/healthz` latency
     /// with and without four heavy queries, side by side.
     Queries(QueriesArgs),
+    /// Standing queries against a running engine: engine CPU per transaction at the drain
+    /// with none and with ten (alternated), and each windowed query's emit latency at a
+    /// steady rate.
+    Continuous(ContinuousArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ContinuousArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Drains of each kind (alternated: none, ten, none, ten, ...).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,6 +193,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             sql_timeout: args.sql_timeout,
             rounds: args.rounds,
         }),
+        Suite::Continuous(args) => risksense_bench::continuous::continuous(
+            risksense_bench::continuous::ContinuousOptions {
+                stream: stream(args.stream),
+                rounds: args.rounds,
+            },
+        ),
     }
 }
 

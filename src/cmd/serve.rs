@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use risksense_api::{ApiConfig, ApiState};
+use risksense_continuous::Registry;
 use risksense_engine::stream::{LiveWindow, StreamMetrics};
 use risksense_store::{Retention, Store};
 use risksense_udfs::Model;
@@ -17,7 +18,8 @@ use super::model::ModelArgs;
 /// HTTP settings shared by `serve`, `run` and `demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
-    /// Bearer token required by /v1/score and /v1/sql (none: open).
+    /// Bearer token required by /v1/score, /v1/sql, /v1/queries and /v1/subscribe (none:
+    /// open).
     #[arg(long, env = "RISKSENSE_API_TOKEN")]
     pub token: Option<String>,
     /// Wall-clock limit of a /v1/sql query, seconds.
@@ -88,6 +90,8 @@ pub struct ApiInputs {
     pub live: Option<Arc<LiveWindow>>,
     /// The metrics of a stream in this process.
     pub stream: Option<Arc<StreamMetrics>>,
+    /// The standing queries of a stream in this process (`/v1/queries`, `/v1/subscribe`).
+    pub queries: Option<Arc<Registry>>,
 }
 
 /// Starts the API on the runtime; it stops when `stop` is set. Returns its address.
@@ -106,9 +110,10 @@ pub fn spawn_api(
         model,
         live,
         stream,
+        queries,
     } = inputs;
     let state = runtime
-        .block_on(ApiState::new(config, store, model, live, stream))
+        .block_on(ApiState::new(config, store, model, live, stream, queries))
         .context("starting the API")?;
     let handle = runtime.spawn(async move {
         let shutdown = async move {
@@ -141,6 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model,
         live: None,
         stream: None,
+        // No stream here: /v1/queries answers 503.
+        queries: None,
     };
     let (address, handle) = spawn_api(&runtime, &args.http, inputs, stop)?;
     println!("RiskSense API on http://{address}/ (dashboard at /, OpenAPI at /openapi.json)");

@@ -1,3 +1,4 @@
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -5,7 +6,18 @@ use risksense_query::scoring::{self, SessionOptions, TRANSACTIONS};
 
 use super::model::ModelArgs;
 
+const EXAMPLES: &str = "\
+Examples:
+  risksense sql \"SELECT category, count(*) FROM scored WHERE is_anomaly GROUP BY 1\" --table scored=scored/
+  risksense sql --url http://127.0.0.1:8080 \"SELECT count(*) FROM scored WHERE is_anomaly\"
+  # follow the live stream: each result row as it is scored, until Ctrl-C
+  risksense sql --url http://127.0.0.1:8080 --follow \"SELECT trans_num, cc_num, amt, score FROM scored WHERE is_anomaly\"
+  # windowed: one row per category and minute of event time, when the minute closes
+  risksense sql --url http://127.0.0.1:8080 --follow --format csv \\
+    \"SELECT tumble(trans_date_trans_time, INTERVAL '1' MINUTE) AS window_start, category, count(*) AS n FROM scored GROUP BY 1, 2\"";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// The query. Tables come from --table; with a `transactions` table the `features`
     /// view (and `scored`, given a model) is there too.
@@ -28,6 +40,12 @@ pub struct Args {
     /// Bearer token for --url.
     #[arg(long, env = "RISKSENSE_API_TOKEN")]
     pub token: Option<String>,
+    /// With --url: run the SELECT over the live stream from now on (`/v1/subscribe`) and
+    /// print each result row as it is produced, until Ctrl-C or the server ends the stream.
+    /// Rows are printed one per line: JSON objects (json), CSV (csv) or `|`-separated
+    /// values under a header (table); --max-rows does not apply.
+    #[arg(long, requires = "url")]
+    pub follow: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -39,6 +57,9 @@ pub enum Format {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.url {
+        if args.follow {
+            return follow(url, &args);
+        }
         return remote(url, &args);
     }
     let runtime = super::runtime()?;
@@ -69,11 +90,7 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<()> {
     let body = serde_json::json!({"sql": args.query, "format": "arrow", "max_rows": args.max_rows});
     let (status, bytes) = http_post_json(url, "/v1/sql", &body.to_string(), args.token.as_deref())?;
     if status != 200 {
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).to_string());
-        anyhow::bail!("{url} answered {status}: {message}");
+        anyhow::bail!("{url} answered {status}: {}", error_message(&bytes));
     }
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .context("reading the Arrow answer")?;
@@ -85,6 +102,189 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Subscribes to the query on a service's `/v1/subscribe` and prints its rows as the
+/// Server-Sent Events bring them.
+fn follow(url: &str, args: &Args) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(std::time::Duration::from_secs(10)))
+        .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
+        // The server sends a comment every 15 s on an idle stream: a minute of silence is
+        // a server or network gone.
+        .timeout_per_read(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let target = format!("{}/v1/subscribe", url.trim_end_matches('/'));
+    let mut request = agent
+        .post(&target)
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream");
+    if let Some(token) = &args.token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let body = serde_json::json!({ "sql": args.query }).to_string();
+    let mut response = request
+        .send(&body)
+        .with_context(|| format!("POST {target}"))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .unwrap_or_default();
+        anyhow::bail!("{url} answered {status}: {}", error_message(&bytes));
+    }
+    let reader = std::io::BufReader::new(response.into_body().into_reader());
+    let mut printer = RowPrinter::new(args.format);
+    let (mut event, mut data) = (String::new(), String::new());
+    for line in reader.lines() {
+        let line = line.with_context(|| format!("reading the stream of {target}"))?;
+        if line.is_empty() {
+            let done = match printer.event(&event, &data) {
+                Ok(done) => done,
+                // The reader of our output went (`| head`): stop quietly.
+                Err(error)
+                    if error
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
+            event.clear();
+            data.clear();
+            if done {
+                break;
+            }
+            continue;
+        }
+        if line.starts_with(':') {
+            continue; // a keep-alive comment
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event = value.to_string(),
+            "data" => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    eprintln!("{} rows (from {url}); the stream ended", printer.rows);
+    Ok(())
+}
+
+/// The message of the API's JSON error (`{"error": {"message"}}`, or a stream's
+/// `{"error": "…"}`), or the body as text.
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            let error = &v["error"];
+            error["message"]
+                .as_str()
+                .or_else(|| error.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).to_string())
+}
+
+/// Prints a subscription's rows as they come.
+struct RowPrinter {
+    format: Format,
+    columns: Vec<String>,
+    rows: u64,
+}
+
+impl RowPrinter {
+    fn new(format: Format) -> Self {
+        Self {
+            format,
+            columns: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Handles one event; true when the stream is over.
+    fn event(&mut self, event: &str, data: &str) -> anyhow::Result<bool> {
+        let mut out = std::io::stdout().lock();
+        match event {
+            "columns" => {
+                self.columns = serde_json::from_str(data).context("reading the columns")?;
+                let header = match self.format {
+                    Format::Json => None,
+                    Format::Csv => Some(
+                        self.columns
+                            .iter()
+                            .map(|c| csv_field(c))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    Format::Table => Some(self.columns.join(" | ")),
+                };
+                if let Some(header) = header {
+                    writeln!(out, "{header}")?;
+                }
+            }
+            "row" => {
+                self.rows += 1;
+                match self.format {
+                    Format::Json => writeln!(out, "{data}")?,
+                    Format::Csv | Format::Table => {
+                        let row: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(data).context("reading a row")?;
+                        let text = |c: &String| match row.get(c) {
+                            None | Some(serde_json::Value::Null) => String::new(),
+                            Some(serde_json::Value::String(s)) => s.clone(),
+                            Some(other) => other.to_string(),
+                        };
+                        let line = match self.format {
+                            Format::Csv => self
+                                .columns
+                                .iter()
+                                .map(|c| csv_field(&text(c)))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            _ => self
+                                .columns
+                                .iter()
+                                .map(text)
+                                .collect::<Vec<_>>()
+                                .join(" | "),
+                        };
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                out.flush()?;
+            }
+            "end" => return Ok(true),
+            "dropped" | "error" => {
+                anyhow::bail!(
+                    "the server ended the subscription: {}",
+                    error_message(data.as_bytes())
+                )
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// POSTs JSON and returns the status and the body, whatever the status (an error answer

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, Query, SetExpr, TableFactor, Visit, Visitor,
+    BinaryOperator, Expr, Query, SetExpr, Statement as SqlStatement, TableFactor, Visit, Visitor,
 };
 
 /// Why a query's text was refused before planning.
@@ -86,13 +86,19 @@ pub fn check_statement(statement: &Statement, limits: &Limits) -> Result<(), Gua
         },
         _ => return Err(GuardError::NotAQuery),
     };
+    check_tree(inner, limits)
+}
+
+/// Refuses a parsed statement of any kind (a standing query's DDL too) whose tree is
+/// deeper or wider than the limits.
+pub fn check_tree(statement: &SqlStatement, limits: &Limits) -> Result<(), GuardError> {
     let mut depth = Depth {
         current: 0,
         relations: 0,
         concatenations: 0,
         limits: *limits,
     };
-    match inner.visit(&mut depth) {
+    match statement.visit(&mut depth) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(error) => Err(error),
     }

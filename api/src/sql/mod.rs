@@ -141,14 +141,7 @@ pub async fn query(
             run(&work_state, &request.sql, format, max_rows).await
         })
         .await
-        .map_err(|error| match error {
-            PoolError::Busy { .. } => ApiError::too_many_requests(error.to_string(), 1),
-            PoolError::Deadline(_) => ApiError::deadline(format!(
-                "the query ran longer than {} s and was cancelled",
-                deadline.as_secs_f64()
-            )),
-            PoolError::Panicked(message) => ApiError::internal(message),
-        })?;
+        .map_err(|error| pool_error(error, deadline))?;
     let answer = answer?;
     // The query keeps its slot in the pool until its answer is sent (or the connection
     // fails its write timeout): slow readers cannot pile up answers in memory.
@@ -163,6 +156,18 @@ pub async fn query(
             .insert("x-risksense-truncated", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Why the query pool gave no result, as the API's error.
+pub(crate) fn pool_error(error: PoolError, deadline: std::time::Duration) -> ApiError {
+    match error {
+        PoolError::Busy { .. } => ApiError::too_many_requests(error.to_string(), 1),
+        PoolError::Deadline(_) => ApiError::deadline(format!(
+            "the query ran longer than {} s and was cancelled",
+            deadline.as_secs_f64()
+        )),
+        PoolError::Panicked(message) => ApiError::internal(message),
+    }
 }
 
 /// An answer's bytes, holding the query's pool slot until the body is done. Given to

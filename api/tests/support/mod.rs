@@ -70,6 +70,7 @@ pub async fn api(config: ApiConfig) -> Api {
         model,
         Some(live),
         Some(Arc::new(StreamMetrics::default())),
+        None,
     )
     .await
     .expect("state");
@@ -104,7 +105,7 @@ pub async fn private_redis_api(port_base: u16) -> (std::process::Child, Arc<ApiS
     let store = Store::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
         .await
         .expect("redis");
-    let state = ApiState::new(ApiConfig::default(), store, model(), None, None)
+    let state = ApiState::new(ApiConfig::default(), store, model(), None, None, None)
         .await
         .expect("state");
     (redis, state)

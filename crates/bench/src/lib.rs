@@ -14,6 +14,7 @@
 //! Micro-benchmarks of single functions are criterion benches in `benches/`.
 
 pub mod batch;
+pub mod continuous;
 pub mod queries;
 pub mod stream;
 

@@ -54,7 +54,7 @@ pub struct StreamOptions {
 }
 
 pub(crate) struct EngineRun {
-    summary: serde_json::Value,
+    pub(crate) summary: serde_json::Value,
 }
 
 impl EngineRun {

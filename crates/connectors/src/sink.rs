@@ -215,8 +215,11 @@ pub fn pack_state(history: Vec<u8>, sinks: Vec<(&'static str, Vec<u8>)>) -> Vec<
     out
 }
 
+/// A checkpoint state unpacked: the history, and the sinks' states by sink name.
+pub type UnpackedState = (Vec<u8>, HashMap<String, Vec<u8>>);
+
 /// What [`pack_state`] packed: the history, and the sinks' states by name.
-pub fn unpack_state(state: &[u8]) -> Result<(Vec<u8>, HashMap<String, Vec<u8>>), ConnectorError> {
+pub fn unpack_state(state: &[u8]) -> Result<UnpackedState, ConnectorError> {
     let Some(mut rest) = state.strip_prefix(PACKED_STATE.as_slice()) else {
         return Ok((state.to_vec(), HashMap::new()));
     };
@@ -596,5 +599,29 @@ impl PendingCommit for ArchiveCommit {
             self.archive.lock().count_published();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_checkpoint_state_unpacks_and_a_bare_history_still_loads() {
+        let packed = pack_state(b"history".to_vec(), vec![("queries", b"windows".to_vec())]);
+        let (history, sinks) = unpack_state(&packed).expect("unpacks");
+        assert_eq!(history, b"history");
+        assert_eq!(
+            sinks.get("queries").map(Vec::as_slice),
+            Some(&b"windows"[..])
+        );
+        // Written before sinks had state: the whole value is the history.
+        let (history, sinks) = unpack_state(b"ARROW1...").expect("bare");
+        assert_eq!(history, b"ARROW1...");
+        assert!(sinks.is_empty());
+        // No sink state: nothing is added around the history.
+        assert_eq!(pack_state(b"h".to_vec(), Vec::new()), b"h");
+        // Cut short: an error, not a panic.
+        assert!(unpack_state(&packed[..packed.len() - 3]).is_err());
     }
 }

@@ -169,12 +169,14 @@ fn object_name(name: &ObjectName) -> Result<String, ContinuousError> {
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !text.starts_with('-');
+        && !text.starts_with('-')
+        // `_…` names are the engine's (subscriptions).
+        && !text.starts_with('_');
     if valid {
         Ok(text)
     } else {
         Err(ContinuousError::Unsupported(format!(
-            "query name {text:?}: use letters, digits, '_' and '-' (at most 64)"
+            "query name {text:?}: use letters, digits, '_' and '-' (at most 64), not starting with '_' or '-'"
         )))
     }
 }

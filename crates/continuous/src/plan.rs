@@ -214,8 +214,18 @@ fn session(catalog: &Catalog) -> Result<SessionContext, ContinuousError> {
         .filter(|rule| rule.name() != "CombinePartialFinalAggregate")
         .cloned()
         .collect();
+    // count(DISTINCT x) stays one aggregate with a distinct accumulator (its state merges
+    // across micro-batches); rewritten into two GROUP BYs it would count a value once per
+    // micro-batch.
+    let logical_rules = state
+        .optimizers()
+        .iter()
+        .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
+        .cloned()
+        .collect();
     let state = SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rules(rules)
+        .with_optimizer_rules(logical_rules)
         .build();
     let ctx = SessionContext::new_with_state(state);
     for udf in udfs() {
@@ -467,23 +477,24 @@ fn cut(
     window: &LogicalWindow,
     output: &SchemaRef,
 ) -> Result<WindowedPlan, ContinuousError> {
-    let mut partial: Option<Arc<dyn ExecutionPlan>> = None;
+    let mut partials: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
     physical
         .apply(|node| {
             if let Some(aggregate) = node.downcast_ref::<AggregateExec>()
                 && *aggregate.mode() == AggregateMode::Partial
             {
-                partial = Some(Arc::clone(node));
-                return Ok(TreeNodeRecursion::Stop);
+                partials.push(Arc::clone(node));
             }
             Ok(TreeNodeRecursion::Continue)
         })
         .map_err(ContinuousError::plan("cutting the plan"))?;
-    let partial = partial.ok_or_else(|| {
-        ContinuousError::Unsupported(
-            "this aggregate cannot be split into partial and final steps".to_string(),
-        )
-    })?;
+    let [partial] = partials.as_slice() else {
+        return Err(ContinuousError::Unsupported(format!(
+            "this aggregate plans as {} aggregation steps; a windowed query needs one (one GROUP BY with plain aggregates)",
+            partials.len()
+        )));
+    };
+    let partial = Arc::clone(partial);
     let aggregate = partial
         .downcast_ref::<AggregateExec>()
         .ok_or_else(|| ContinuousError::State("not an aggregate".to_string()))?;

@@ -395,6 +395,20 @@ impl Registry {
         self: &Arc<Self>,
         select: &str,
     ) -> Result<Subscription, ContinuousError> {
+        // One SELECT, nothing else: planning runs the statement in a session of its own.
+        let statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+            select,
+        )
+        .map_err(|error| ContinuousError::Parse(error.to_string()))?;
+        if !matches!(
+            statements.as_slice(),
+            [datafusion::sql::sqlparser::ast::Statement::Query(_)]
+        ) {
+            return Err(ContinuousError::Unsupported(
+                "a subscription is one SELECT … FROM scored (or transactions)".to_string(),
+            ));
+        }
         let n = self.next_subscription.fetch_add(1, Ordering::Relaxed);
         let name = format!("_subscription_{n}");
         let definition = Definition {

@@ -145,7 +145,7 @@ async fn run(
 const QUERIES: &str = "
 CREATE VIEW per_category WITH (allowed_lateness = '0') AS
 SELECT tumble(trans_date_trans_time, INTERVAL '1' HOUR) AS window_start, category,
-       count(*) AS n, sum(amt) AS spend, max(score) AS top_score
+       count(*) AS n, sum(amt) AS spend, max(score) AS top_score, count(DISTINCT cc_num) AS cards
 FROM scored GROUP BY 1, 2;
 
 CREATE VIEW busy_cards WITH (allowed_lateness = '0') AS
@@ -179,7 +179,7 @@ async fn expected(
     };
     let per_category = collect(format!(
         "SELECT date_bin(INTERVAL '1' HOUR, trans_date_trans_time) AS window_start, category,
-                count(*) AS n, sum(amt) AS spend, max(score) AS top_score
+                count(*) AS n, sum(amt) AS spend, max(score) AS top_score, count(DISTINCT cc_num) AS cards
          FROM scored
          WHERE date_bin(INTERVAL '1' HOUR, trans_date_trans_time) + INTERVAL '1' HOUR <= to_timestamp_micros({hour_through})
          GROUP BY 1, 2"
@@ -214,7 +214,14 @@ async fn expected(
 
 fn columns(name: &str) -> &'static [&'static str] {
     match name {
-        "per_category" => &["window_start", "category", "n", "spend", "top_score"],
+        "per_category" => &[
+            "window_start",
+            "category",
+            "n",
+            "spend",
+            "top_score",
+            "cards",
+        ],
         "busy_cards" => &["window_start", "cc_num", "n", "mean_amt"],
         _ => &["trans_num", "cc_num", "amt"],
     }

@@ -1,0 +1,305 @@
+//! `risksense bench continuous`: what standing queries cost the stream, and how soon a
+//! window's result is out once the watermark passes its end.
+//!
+//! One topic is filled once; `risksense run` drains it again and again, each time with a
+//! consumer group of its own, alternating: with no standing query, then with ten (filters
+//! and windowed aggregates mixed, writing to Kafka, Redis or only to subscribers). Each
+//! drain reports the engine's CPU per transaction (the whole process, so the queries'
+//! output tasks count too); the table puts the medians side by side. Then the engine runs
+//! with the ten queries while the producer replays at a steady rate, and the run summary
+//! gives each windowed query's emit latency: from the produce time of the earliest message
+//! of the micro-batch that moved the watermark past a window's end to that window's result
+//! acknowledged by its output.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use arrow::record_batch::RecordBatch;
+use risksense_connectors::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
+
+use crate::machine;
+use crate::stream::{EngineOptions, StreamOptions, finish_engine, produce, start_engine, unique};
+
+#[derive(Debug, Clone)]
+pub struct ContinuousOptions {
+    pub stream: StreamOptions,
+    /// Drains of each kind (alternated: none, ten, none, ten, ...).
+    pub rounds: usize,
+}
+
+/// The ten standing queries: three filters and seven windowed aggregates, with Kafka,
+/// Redis and subscriber-only outputs; `{t}` is the benchmark topic (outputs of their own).
+const QUERIES: &str = "
+CREATE VIEW big_amounts AS
+SELECT trans_num, cc_num, amt, score FROM scored WHERE amt > 1000;
+
+CREATE VIEW anomalies_explained AS
+SELECT trans_num, cc_num, merchant, score, explanation FROM scored WHERE is_anomaly;
+
+CREATE VIEW online_shopping_spikes AS
+SELECT cc_num, merchant, amt FROM transactions WHERE category = 'shopping_net' AND amt > 500;
+
+CREATE TABLE anomalies_per_merchant WITH (connector = 'kafka', topic = '{t}.merchants');
+INSERT INTO anomalies_per_merchant
+SELECT tumble(trans_date_trans_time, INTERVAL '1' MINUTE) AS window_start, merchant,
+       count(*) AS anomalies, round(sum(amt), 2) AS amount, round(max(score), 4) AS top_score
+FROM scored WHERE is_anomaly GROUP BY 1, 2;
+
+CREATE TABLE card_velocity WITH (connector = 'kafka', topic = '{t}.velocity');
+INSERT INTO card_velocity
+SELECT hop(trans_date_trans_time, INTERVAL '5' MINUTE, INTERVAL '1' HOUR) AS window_start,
+       cc_num, count(*) AS anomalies
+FROM scored WHERE is_anomaly GROUP BY 1, 2 HAVING count(*) >= 3;
+
+CREATE TABLE fraud_rate_by_category WITH (connector = 'redis',
+  key = '{t}:fraud_rate:{category}:{window_start}', ttl = '3600');
+INSERT INTO fraud_rate_by_category
+SELECT tumble(trans_date_trans_time, INTERVAL '1' HOUR) AS window_start, category,
+       count(*) AS transactions, avg(CAST(is_fraud AS DOUBLE)) AS fraud_rate,
+       avg(CASE WHEN is_anomaly THEN 1.0 ELSE 0.0 END) AS anomaly_rate
+FROM scored GROUP BY 1, 2;
+
+CREATE VIEW volume_per_minute AS
+SELECT tumble(trans_date_trans_time, INTERVAL '1' MINUTE) AS window_start,
+       count(*) AS transactions, sum(amt) AS amount, avg(score) AS mean_score
+FROM scored GROUP BY 1;
+
+CREATE VIEW amount_percentiles AS
+SELECT tumble(trans_date_trans_time, INTERVAL '10' MINUTE) AS window_start, category,
+       approx_percentile_cont(amt, 0.99) AS p99_amount, max(amt) AS max_amount
+FROM scored GROUP BY 1, 2;
+
+CREATE VIEW card_spend_bursts AS
+SELECT hop(trans_date_trans_time, INTERVAL '1' MINUTE, INTERVAL '10' MINUTE) AS window_start,
+       cc_num, sum(amt) AS spend, count(*) AS transactions
+FROM scored GROUP BY 1, 2 HAVING sum(amt) > 2000;
+
+CREATE TABLE merchant_reach WITH (connector = 'redis', format = 'stream',
+  key = '{t}:merchant_reach', max_len = '10000');
+INSERT INTO merchant_reach
+SELECT tumble(trans_date_trans_time, INTERVAL '1' HOUR) AS window_start, merchant,
+       count(DISTINCT cc_num) AS cards
+FROM scored GROUP BY 1, 2;
+";
+
+/// Writes the ten queries for `topic` into `dir`.
+fn write_queries(dir: &Path, topic: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // `{t}` only: the Redis key templates keep their `{category}` and `{window_start}`.
+    std::fs::write(dir.join("ten.sql"), QUERIES.replace("{t}", topic))?;
+    Ok(())
+}
+
+struct Drain {
+    tx_per_sec: f64,
+    engine_us: f64,
+    redis_us: f64,
+    late_rows: u64,
+    windows: u64,
+}
+
+fn drain(
+    args: &ContinuousOptions,
+    topic: &str,
+    group: &str,
+    queries: Option<&Path>,
+    redis: &mut crate::stream::RedisAof,
+) -> anyhow::Result<Drain> {
+    let mut extra_args = Vec::new();
+    if let Some(dir) = queries {
+        extra_args.extend(["--queries".to_string(), dir.display().to_string()]);
+    }
+    let options = EngineOptions {
+        group: Some(group.to_string()),
+        http: None,
+        extra_args,
+    };
+    redis.prepare_measurement()?;
+    let redis_before = redis.cpu_secs()?;
+    let engine = start_engine(
+        &args.stream,
+        topic,
+        &args.stream.scratch.join(group),
+        &options,
+    )?;
+    let run = finish_engine(engine)?;
+    let messages = run.f("messages").max(1.0);
+    let queries = run.summary["queries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for query in &queries {
+        anyhow::ensure!(
+            query["failed"].is_null(),
+            "a standing query failed: {query}"
+        );
+    }
+    Ok(Drain {
+        tx_per_sec: run.f("messages_per_sec"),
+        engine_us: run.f("cpu_secs") * 1e6 / messages,
+        redis_us: (redis.cpu_secs()? - redis_before) * 1e6 / messages,
+        late_rows: queries.iter().filter_map(|q| q["late_rows"].as_u64()).sum(),
+        windows: queries
+            .iter()
+            .filter_map(|q| q["windows_emitted"].as_u64())
+            .sum(),
+    })
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
+    let runtime = crate::runtime()?;
+    let settings = KafkaSettings::new(&args.stream.brokers);
+    std::fs::create_dir_all(&args.stream.scratch)?;
+    let (generator, _) = args.stream.synth.generator()?;
+    let batches: Vec<RecordBatch> = generator.collect::<Result<_, _>>()?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let topic = unique("continuous");
+    runtime.block_on(ensure_topic(&settings, &topic, args.stream.partitions))?;
+    let rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
+    eprintln!("bench continuous: filled {topic} with {rows} rows at {rate:.0} msg/s");
+    let queries = args.stream.scratch.join(format!("{topic}-queries"));
+    write_queries(&queries, &topic)?;
+
+    // 1. CPU per transaction at the drain, without and with the ten queries.
+    let mut redis = crate::stream::RedisAof::connect(&args.stream.redis)?;
+    let (mut none, mut ten) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        for (with, runs) in [(false, &mut none), (true, &mut ten)] {
+            let group = format!("{topic}-{round}-{}", if with { "ten" } else { "none" });
+            let run = drain(
+                &args,
+                &topic,
+                &group,
+                with.then_some(queries.as_path()),
+                &mut redis,
+            )
+            .with_context(|| format!("drain {group}"))?;
+            eprintln!(
+                "  round {round}, {} queries: {:.0} tx/s, engine {:.2} µs/tx",
+                if with { 10 } else { 0 },
+                run.tx_per_sec,
+                run.engine_us
+            );
+            runs.push(run);
+        }
+    }
+
+    // 2. Emit latency at a steady rate, with the ten queries.
+    let steady_topic = unique("continuous-steady");
+    runtime.block_on(ensure_topic(
+        &settings,
+        &steady_topic,
+        args.stream.partitions,
+    ))?;
+    let steady_queries = args.stream.scratch.join(format!("{steady_topic}-queries"));
+    write_queries(&steady_queries, &steady_topic)?;
+    redis.prepare_measurement()?;
+    let options = EngineOptions {
+        group: None,
+        http: None,
+        extra_args: vec![
+            "--queries".to_string(),
+            steady_queries.display().to_string(),
+        ],
+    };
+    let engine = start_engine(
+        &args.stream,
+        &steady_topic,
+        &args.stream.scratch.join(&steady_topic),
+        &options,
+    )?;
+    let started = Instant::now();
+    let sent_rate = produce(
+        &settings,
+        &steady_topic,
+        &batches,
+        Pace::PerSecond(args.stream.rate),
+        args.stream.latency_rows,
+    )?;
+    eprintln!(
+        "  replayed {} rows at {sent_rate:.0} msg/s in {:.1} s",
+        args.stream.latency_rows.min(rows),
+        started.elapsed().as_secs_f64()
+    );
+    let steady = finish_engine(engine)?;
+    let steady_queries_summary = steady.summary["queries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+
+    let mut created = Vec::new();
+    for base in [&topic, &steady_topic] {
+        for suffix in ["", ".alerts", ".dlq", ".merchants", ".velocity"] {
+            created.push(format!("{base}{suffix}"));
+        }
+    }
+    let created: Vec<&str> = created.iter().map(String::as_str).collect();
+    runtime.block_on(delete_topics(&settings, &created))?;
+
+    let cpu_none = median(none.iter().map(|r| r.engine_us));
+    let cpu_ten = median(ten.iter().map(|r| r.engine_us));
+    println!("Machine: {}", machine());
+    println!(
+        "Data: {rows} generated rows ({} customers, {} .. {}), topics of {} partitions; engine batches of {} rows / {} ms; {} drains of each kind, alternated; broker, Redis and engine on this machine.\n",
+        args.stream.synth.customers,
+        args.stream.synth.start,
+        args.stream.synth.end,
+        args.stream.partitions,
+        args.stream.batch_rows,
+        args.stream.batch_wait_ms,
+        args.rounds.max(1),
+    );
+    println!("| measurement | no standing query | ten standing queries | target |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| drain throughput (median) | {:.0} tx/s | {:.0} tx/s | |",
+        median(none.iter().map(|r| r.tx_per_sec)),
+        median(ten.iter().map(|r| r.tx_per_sec))
+    );
+    println!(
+        "| engine CPU per transaction at the drain (median) | {cpu_none:.2} µs | {cpu_ten:.2} µs ({:+.1} %) | <= +20 % |",
+        100.0 * (cpu_ten / cpu_none - 1.0)
+    );
+    println!(
+        "| Redis CPU per transaction at the drain (median) | {:.2} µs | {:.2} µs | |",
+        median(none.iter().map(|r| r.redis_us)),
+        median(ten.iter().map(|r| r.redis_us))
+    );
+    println!(
+        "| windows emitted / late rows per drain | | {} / {} | |",
+        ten.first().map_or(0, |r| r.windows),
+        ten.iter().map(|r| r.late_rows).max().unwrap_or(0)
+    );
+    println!(
+        "\nAt {} msg/s ({} rows replayed), produce time of the message that closed a window -> its result acknowledged by the output:\n",
+        args.stream.rate,
+        args.stream.latency_rows.min(rows)
+    );
+    println!("| query | windows emitted | emits | p50 | p99 | target |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for query in steady_queries_summary
+        .iter()
+        .filter(|q| q["emits"].as_u64().unwrap_or(0) > 0)
+    {
+        println!(
+            "| {} | {} | {} | {} ms | {} ms | p99 <= 100 ms |",
+            query["name"].as_str().unwrap_or("?"),
+            query["windows_emitted"],
+            query["emits"],
+            query["emit_p50_ms"],
+            query["emit_p99_ms"]
+        );
+    }
+    println!(
+        "\nThe stream itself in that run: produce -> visible in Redis p50 / p99 {} / {} ms.",
+        steady.summary["visible_p50_ms"], steady.summary["visible_p99_ms"]
+    );
+    Ok(())
+}
