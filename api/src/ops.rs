@@ -194,6 +194,11 @@ pub fn registry(state: &Arc<ApiState>) -> Registry {
     if let Some(stream) = &state.stream {
         StreamMetrics::register(stream.clone(), &mut registry);
     }
+    if let Some(standing) = &state.standing {
+        registry.register_collector(Box::new(risksense_continuous::metrics::QueriesCollector(
+            standing.clone(),
+        )));
+    }
     registry
 }
 

@@ -596,6 +596,24 @@ async fn a_view_streams_its_rows_keeps_recent_ones_and_its_streams_end_when_dele
     );
     assert_eq!(body["rows_in"], 400);
     assert_eq!(body["rows_out"], expected.len());
+    // And in Prometheus, labelled by query.
+    let response = router(state.clone())
+        .oneshot(get("/metrics"))
+        .await
+        .expect("response");
+    let text = response.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("risksense_query_rows_in_total{query=\"big\"} 400"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "risksense_query_rows_out_total{{query=\"big\"}} {}",
+            expected.len()
+        )),
+        "{text}"
+    );
 
     let (status, _) = call(
         &state,

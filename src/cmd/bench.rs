@@ -43,6 +43,10 @@ pub struct ContinuousArgs {
     /// Drains of each kind (alternated: none, ten, none, ten, ...).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Keep the generated year of event times (every micro-batch then closes thousands of
+    /// windows) instead of spacing them as a live stream at --rate.
+    #[arg(long)]
+    pub history_time: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -197,6 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             risksense_bench::continuous::ContinuousOptions {
                 stream: stream(args.stream),
                 rounds: args.rounds,
+                history_time: args.history_time,
             },
         ),
     }

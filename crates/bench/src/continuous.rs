@@ -26,6 +26,44 @@ pub struct ContinuousOptions {
     pub stream: StreamOptions,
     /// Drains of each kind (alternated: none, ten, none, ten, ...).
     pub rounds: usize,
+    /// Keep the generated history's event times (a year of history in the replay: every
+    /// micro-batch closes thousands of windows) instead of spacing them as a live stream
+    /// at `--rate` would (an event-time second per wall-clock second at the steady rate).
+    pub history_time: bool,
+}
+
+/// The rows with event times spaced as a live stream at `per_sec` transactions per second
+/// produces them, from the first row's time on, in the rows' order.
+fn live_event_times(batches: &[RecordBatch], per_sec: u64) -> anyhow::Result<Vec<RecordBatch>> {
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use risksense_common::schema::idx;
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let start = first
+        .column(idx::TRANS_DATE_TRANS_TIME)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .context("event time column")?
+        .value(0);
+    let mut out = Vec::with_capacity(batches.len());
+    let mut n: i64 = 0;
+    for batch in batches {
+        let times: Vec<i64> = (0..batch.num_rows() as i64)
+            .map(|i| start + (n + i) * 1_000_000 / per_sec.max(1) as i64)
+            .collect();
+        n += batch.num_rows() as i64;
+        let mut columns = batch.columns().to_vec();
+        columns[idx::UNIX_TIME] = std::sync::Arc::new(
+            times.iter().map(|t| t.div_euclid(1_000_000)).collect::<Int64Array>(),
+        );
+        columns[idx::TRANS_DATE_TRANS_TIME] = std::sync::Arc::new(
+            TimestampMicrosecondArray::from(times)
+                .with_data_type(batch.column(idx::TRANS_DATE_TRANS_TIME).data_type().clone()),
+        );
+        out.push(RecordBatch::try_new(batch.schema(), columns)?);
+    }
+    Ok(out)
 }
 
 /// The ten standing queries: three filters and seven windowed aggregates, with Kafka,
@@ -60,25 +98,26 @@ SELECT tumble(trans_date_trans_time, INTERVAL '1' HOUR) AS window_start, categor
        avg(CASE WHEN is_anomaly THEN 1.0 ELSE 0.0 END) AS anomaly_rate
 FROM scored GROUP BY 1, 2;
 
-CREATE VIEW volume_per_minute AS
-SELECT tumble(trans_date_trans_time, INTERVAL '1' MINUTE) AS window_start,
+CREATE TABLE volume_per_second WITH (connector = 'kafka', topic = '{t}.volume');
+INSERT INTO volume_per_second
+SELECT tumble(trans_date_trans_time, INTERVAL '1' SECOND) AS window_start,
        count(*) AS transactions, sum(amt) AS amount, avg(score) AS mean_score
 FROM scored GROUP BY 1;
 
 CREATE VIEW amount_percentiles AS
-SELECT tumble(trans_date_trans_time, INTERVAL '10' MINUTE) AS window_start, category,
+SELECT tumble(trans_date_trans_time, INTERVAL '10' SECOND) AS window_start, category,
        approx_percentile_cont(amt, 0.99) AS p99_amount, max(amt) AS max_amount
 FROM scored GROUP BY 1, 2;
 
-CREATE VIEW card_spend_bursts AS
-SELECT hop(trans_date_trans_time, INTERVAL '1' MINUTE, INTERVAL '10' MINUTE) AS window_start,
+CREATE TABLE card_spend_bursts WITH (connector = 'redis', format = 'stream',
+  key = '{t}:card_spend_bursts', max_len = '10000');
+INSERT INTO card_spend_bursts
+SELECT hop(trans_date_trans_time, INTERVAL '5' SECOND, INTERVAL '1' MINUTE) AS window_start,
        cc_num, sum(amt) AS spend, count(*) AS transactions
 FROM scored GROUP BY 1, 2 HAVING sum(amt) > 2000;
 
-CREATE TABLE merchant_reach WITH (connector = 'redis', format = 'stream',
-  key = '{t}:merchant_reach', max_len = '10000');
-INSERT INTO merchant_reach
-SELECT tumble(trans_date_trans_time, INTERVAL '1' HOUR) AS window_start, merchant,
+CREATE VIEW merchant_reach AS
+SELECT tumble(trans_date_trans_time, INTERVAL '1' MINUTE) AS window_start, merchant,
        count(DISTINCT cc_num) AS cards
 FROM scored GROUP BY 1, 2;
 ";
@@ -159,6 +198,11 @@ pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.stream.scratch)?;
     let (generator, _) = args.stream.synth.generator()?;
     let batches: Vec<RecordBatch> = generator.collect::<Result<_, _>>()?;
+    let batches = if args.history_time {
+        batches
+    } else {
+        live_event_times(&batches, args.stream.rate)?
+    };
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let topic = unique("continuous");
     runtime.block_on(ensure_topic(&settings, &topic, args.stream.partitions))?;
@@ -236,7 +280,7 @@ pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
 
     let mut created = Vec::new();
     for base in [&topic, &steady_topic] {
-        for suffix in ["", ".alerts", ".dlq", ".merchants", ".velocity"] {
+        for suffix in ["", ".alerts", ".dlq", ".merchants", ".velocity", ".volume"] {
             created.push(format!("{base}{suffix}"));
         }
     }
@@ -247,10 +291,15 @@ pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
     let cpu_ten = median(ten.iter().map(|r| r.engine_us));
     println!("Machine: {}", machine());
     println!(
-        "Data: {rows} generated rows ({} customers, {} .. {}), topics of {} partitions; engine batches of {} rows / {} ms; {} drains of each kind, alternated; broker, Redis and engine on this machine.\n",
+        "Data: {rows} generated rows ({} customers, {} .. {}{}), topics of {} partitions; engine batches of {} rows / {} ms; {} drains of each kind, alternated; broker, Redis and engine on this machine.\n",
         args.stream.synth.customers,
         args.stream.synth.start,
         args.stream.synth.end,
+        if args.history_time {
+            ", the generated event times: a year in the replay".to_string()
+        } else {
+            format!(", event times re-spaced as a live stream at {} tx/s produces them", args.stream.rate)
+        },
         args.stream.partitions,
         args.stream.batch_rows,
         args.stream.batch_wait_ms,

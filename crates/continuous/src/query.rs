@@ -134,8 +134,39 @@ pub struct RunningQuery {
 }
 
 /// Where a windowed query saves the end of the last window it delivered.
-pub fn progress_key(prefix: &str, name: &str) -> String {
-    format!("{prefix}:continuous:{name}:progress")
+pub fn progress_key(prefix: &str, scope: &str, name: &str) -> String {
+    format!("{prefix}:continuous:{scope}:{name}:progress")
+}
+
+/// One micro-batch of a query's source, split by Kafka partition once for every windowed
+/// query that reads it (the split copies the rows).
+pub struct Input<'a> {
+    pub batches: &'a [RecordBatch],
+    by_partition: std::sync::OnceLock<Vec<(i32, RecordBatch)>>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(batches: &'a [RecordBatch]) -> Self {
+        Self {
+            batches,
+            by_partition: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    fn by_partition(&self) -> Result<&[(i32, RecordBatch)], ContinuousError> {
+        if let Some(split) = self.by_partition.get() {
+            return Ok(split);
+        }
+        let mut split = Vec::new();
+        for batch in self.batches {
+            split.extend(split_by_partition(batch)?);
+        }
+        Ok(self.by_partition.get_or_init(|| split))
+    }
 }
 
 impl RunningQuery {
@@ -230,19 +261,19 @@ impl RunningQuery {
     /// subscribers at once and to the output in order.
     pub async fn process(
         &self,
-        input: &[RecordBatch],
+        input: &Input<'_>,
         produced_ms: Option<i64>,
     ) -> Result<(), ContinuousError> {
         if !matches!(self.status(), Status::Running) {
             return Ok(());
         }
-        let rows_in: usize = input.iter().map(RecordBatch::num_rows).sum();
+        let rows_in = input.rows();
         let (out, progress) = match &self.plan.kind {
             PlanKind::Stateless { plan } => {
                 if rows_in == 0 {
                     return Ok(());
                 }
-                (self.plan.run_stateless(plan, input.to_vec()).await?, None)
+                (self.plan.run_stateless(plan, input.batches.to_vec()).await?, None)
             }
             PlanKind::Windowed(_) => self.process_windowed(input).await?,
         };
@@ -268,7 +299,7 @@ impl RunningQuery {
 
     async fn process_windowed(
         &self,
-        input: &[RecordBatch],
+        input: &Input<'_>,
     ) -> Result<(Vec<RecordBatch>, Option<i64>), ContinuousError> {
         let PlanKind::Windowed(windowed) = &self.plan.kind else {
             return Ok((Vec::new(), None));
@@ -277,8 +308,9 @@ impl RunningQuery {
             return Ok((Vec::new(), None));
         };
         let mut window = window.lock().await;
-        for batch in input {
-            for (partition, rows) in split_by_partition(batch)? {
+        {
+            for (partition, rows) in input.by_partition()? {
+                let (partition, rows) = (*partition, rows.clone());
                 let times = rows
                     .column_by_name(&windowed.time_column)
                     .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
@@ -294,6 +326,21 @@ impl RunningQuery {
                     })
                     .collect();
                 let max = arrow::compute::max(times);
+                if late > 0 {
+                    tracing::debug!(
+                        query = self.name(),
+                        partition,
+                        late,
+                        first = ?arrow::compute::min(times),
+                        emitted_through = window.emitted_through,
+                        partitions = ?window
+                            .partitions
+                            .iter()
+                            .map(|(p, s)| (*p, s.max_event_us, s.last_row_at.map(|t| t.elapsed().as_millis())))
+                            .collect::<Vec<_>>(),
+                        "late rows dropped"
+                    );
+                }
                 let state = window.partitions.entry(partition).or_default();
                 state.max_event_us = state.max_event_us.max(max);
                 state.last_row_at = Some(Instant::now());

@@ -62,6 +62,9 @@ pub struct Registry {
     queries: RwLock<BTreeMap<String, Entry>>,
     next_subscription: AtomicU64,
     attached: std::sync::atomic::AtomicBool,
+    /// Whose progress the queries save: the stream's consumer group and topic (two groups
+    /// reading one topic each emit every window).
+    scope: RwLock<String>,
 }
 
 impl Registry {
@@ -73,6 +76,7 @@ impl Registry {
             queries: RwLock::new(BTreeMap::new()),
             next_subscription: AtomicU64::new(0),
             attached: std::sync::atomic::AtomicBool::new(true),
+            scope: RwLock::new("default".to_string()),
         })
     }
 
@@ -107,7 +111,9 @@ impl Registry {
         transactions: arrow::datatypes::SchemaRef,
         producer: Option<rdkafka::producer::FutureProducer>,
         kafka: Option<risksense_connectors::kafka::KafkaSettings>,
+        scope: &str,
     ) {
+        *self.scope.write() = scope.to_string();
         self.connections.write().kafka = kafka;
         if let Some(catalog) = self.catalog.write().as_mut() {
             catalog.scored = scored;
@@ -231,7 +237,10 @@ impl Registry {
         let windowed = matches!(plan.kind, PlanKind::Windowed(_));
         let temporary = matches!(origin, Origin::Subscription | Origin::Batch);
         let progress = match (connections.store, windowed && !temporary) {
-            (Some(store), true) => Some((store, progress_key(&self.prefix, &name))),
+            (Some(store), true) => {
+                let scope = self.scope.read().clone();
+                Some((store, progress_key(&self.prefix, &scope, &name)))
+            }
             _ => None,
         };
         let saved = match &progress {

@@ -10,7 +10,7 @@ use risksense_connectors::ConnectorError;
 use risksense_connectors::sink::{PendingCommit, Placement, Sink, SinkBatch, SinkReport};
 
 use crate::plan::Source;
-use crate::query::RunningQuery;
+use crate::query::{Input, RunningQuery};
 use crate::registry::Registry;
 use crate::state;
 
@@ -35,10 +35,11 @@ impl Sink for ContinuousSink {
     }
 
     async fn write(&self, batch: &SinkBatch) -> Result<SinkReport, ConnectorError> {
+        let (scored, transactions) = (Input::new(&batch.scored), Input::new(&batch.transactions));
         for query in self.registry.running() {
             let input = match query.plan.source {
-                Source::Scored => &batch.scored,
-                Source::Transactions => &batch.transactions,
+                Source::Scored => &scored,
+                Source::Transactions => &transactions,
             };
             if let Err(error) = query.process(input, batch.first_produced_ms).await {
                 // One user's query failing must not stop the stream (nor the others).

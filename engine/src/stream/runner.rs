@@ -57,6 +57,7 @@ async fn start_queries(
         risksense_common::schema::transaction_schema(),
         Some(producer),
         settings,
+        &format!("{}:{}", config.group, config.topic),
     );
     let mut names = Vec::new();
     if !config.queries.as_os_str().is_empty() {
