@@ -43,10 +43,10 @@ pub struct ContinuousArgs {
     /// Drains of each kind (alternated: none, ten, none, ten, ...).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Keep the generated year of event times (every micro-batch then closes thousands of
-    /// windows) instead of spacing them as a live stream at --rate.
+    /// Space event times as a live stream at --rate produces them instead of keeping the
+    /// generated year (every card then makes hundreds of transactions a minute).
     #[arg(long)]
-    pub history_time: bool,
+    pub live_event_time: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,7 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             risksense_bench::continuous::ContinuousOptions {
                 stream: stream(args.stream),
                 rounds: args.rounds,
-                history_time: args.history_time,
+                live_event_time: args.live_event_time,
             },
         ),
     }

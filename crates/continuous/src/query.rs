@@ -273,7 +273,12 @@ impl RunningQuery {
                 if rows_in == 0 {
                     return Ok(());
                 }
-                (self.plan.run_stateless(plan, input.batches.to_vec()).await?, None)
+                (
+                    self.plan
+                        .run_stateless(plan, input.batches.to_vec())
+                        .await?,
+                    None,
+                )
             }
             PlanKind::Windowed(_) => self.process_windowed(input).await?,
         };
@@ -390,19 +395,23 @@ impl RunningQuery {
                 }
             }
         }
-        let windows: std::collections::HashSet<i64> = out
+        // Windows emitted: distinct starts among the results (sorted, then counted).
+        let mut starts: Vec<i64> = out
             .iter()
             .flat_map(|b| {
                 b.column(windowed.window_output)
                     .as_primitive::<TimestampMicrosecondType>()
+                    .values()
                     .iter()
-                    .flatten()
+                    .copied()
                     .collect::<Vec<_>>()
             })
             .collect();
+        starts.sort_unstable();
+        starts.dedup();
         self.stats
             .windows_emitted
-            .fetch_add(windows.len() as u64, Ordering::Relaxed);
+            .fetch_add(starts.len() as u64, Ordering::Relaxed);
         window.prune(through)?;
         window.emitted_through = through;
         Ok((out, Some(through)))
