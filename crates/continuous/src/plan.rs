@@ -313,15 +313,14 @@ fn analyse(plan: &LogicalPlan) -> Result<Shape, ContinuousError> {
             LogicalPlan::Union(_) => Some(unsupported("UNION")),
             LogicalPlan::Unnest(_) => Some(unsupported("UNNEST")),
             LogicalPlan::RecursiveQuery(_) => Some(unsupported("a recursive query")),
-            other => Some(unsupported(&format!(
-                "{}",
+            other => Some(unsupported(
                 other
                     .display()
                     .to_string()
                     .split(':')
                     .next()
-                    .unwrap_or("this statement")
-            ))),
+                    .unwrap_or("this statement"),
+            )),
         };
         if let Some(error) = refuse {
             refusal = Some(error);
