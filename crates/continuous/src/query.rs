@@ -380,21 +380,7 @@ impl RunningQuery {
         if through <= window.emitted_through {
             return Ok((Vec::new(), None));
         }
-        let closing = window.closing(through)?;
-        let mut out = Vec::new();
-        if !closing.is_empty() {
-            let finished = self.plan.finish(windowed, closing).await?;
-            for batch in finished {
-                if batch.num_rows() > 0 {
-                    out.push(with_window_end(
-                        &batch,
-                        windowed.window_output,
-                        window.spec.width_us,
-                        &self.plan.output_schema,
-                    )?);
-                }
-            }
-        }
+        let out = self.finish_windows(windowed, &window, through).await?;
         // Windows emitted: distinct starts among the results (sorted, then counted).
         let mut starts: Vec<i64> = out
             .iter()
@@ -417,26 +403,39 @@ impl RunningQuery {
         Ok((out, Some(through)))
     }
 
+    /// The results of the windows ending after what was emitted and at or before
+    /// `through`, with their `window_end`.
+    async fn finish_windows(
+        &self,
+        windowed: &crate::plan::WindowedPlan,
+        window: &WindowState,
+        through: i64,
+    ) -> Result<Vec<RecordBatch>, ContinuousError> {
+        let closing = window.closing(through)?;
+        let mut out = Vec::new();
+        if closing.is_empty() {
+            return Ok(out);
+        }
+        for batch in self.plan.finish(windowed, closing).await? {
+            if batch.num_rows() > 0 {
+                out.push(with_window_end(
+                    &batch,
+                    windowed.window_output,
+                    window.spec.width_us,
+                    &self.plan.output_schema,
+                )?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Closes every open window now (the end of a bounded input): returns their results.
     pub async fn close_all(&self) -> Result<Vec<RecordBatch>, ContinuousError> {
         let (PlanKind::Windowed(windowed), Some(window)) = (&self.plan.kind, &self.window) else {
             return Ok(Vec::new());
         };
         let mut window = window.lock().await;
-        let closing = window.closing(i64::MAX)?;
-        let mut out = Vec::new();
-        if !closing.is_empty() {
-            for batch in self.plan.finish(windowed, closing).await? {
-                if batch.num_rows() > 0 {
-                    out.push(with_window_end(
-                        &batch,
-                        windowed.window_output,
-                        window.spec.width_us,
-                        &self.plan.output_schema,
-                    )?);
-                }
-            }
-        }
+        let out = self.finish_windows(windowed, &window, i64::MAX).await?;
         window.emitted_through = i64::MAX;
         window.partitions.clear();
         self.publish(&out);
