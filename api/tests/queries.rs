@@ -601,7 +601,12 @@ async fn a_view_streams_its_rows_keeps_recent_ones_and_its_streams_end_when_dele
         .oneshot(get("/metrics"))
         .await
         .expect("response");
-    let text = response.into_body().collect().await.expect("body").to_bytes();
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     let text = String::from_utf8_lossy(&text);
     assert!(
         text.contains("risksense_query_rows_in_total{query=\"big\"} 400"),
