@@ -24,7 +24,7 @@ use crate::state::{MERGE_AFTER_BATCHES, PartitionSnapshot, WindowState};
 /// Result batches a subscriber may fall behind by before it is dropped: a slow client
 /// never slows the stream.
 pub const SUBSCRIBER_BUFFER: usize = 256;
-/// Rows of a query's latest results kept for `GET /v1/queries/{name}/rows`.
+/// Rows of a query's latest results kept for `GET /v1/queries/{name}` (`recent`).
 pub const RECENT_ROWS: usize = 1000;
 /// Emissions waiting for the output task before the stream waits for it.
 const EMIT_QUEUE: usize = 64;
@@ -47,7 +47,7 @@ pub struct QueryStats {
     /// Rows that came after every window holding them was emitted (dropped, counted).
     pub late_rows: AtomicU64,
     pub windows_emitted: AtomicU64,
-    /// Result rows a subscriber was too slow to take (it was dropped).
+    /// Subscribers disconnected for falling too far behind.
     pub subscribers_dropped: AtomicU64,
     /// From the produce time of the earliest message of the micro-batch that closed a
     /// window to its output acknowledged (ms).
@@ -86,11 +86,9 @@ impl QueryStats {
         let elapsed = rate.since.elapsed();
         if elapsed >= Duration::from_secs(2) {
             let secs = elapsed.as_secs_f64();
-            rate.in_per_s = rate.rows_in as f64 / secs;
-            rate.out_per_s = rate.rows_out as f64 / secs;
             *rate = RateMeter {
-                in_per_s: rate.in_per_s,
-                out_per_s: rate.out_per_s,
+                in_per_s: rate.rows_in as f64 / secs,
+                out_per_s: rate.rows_out as f64 / secs,
                 ..RateMeter::default()
             };
         }
@@ -126,11 +124,11 @@ pub struct RunningQuery {
     pub stats: QueryStats,
     results: broadcast::Sender<Arc<RecordBatch>>,
     recent: Mutex<VecDeque<RecordBatch>>,
-    status: Arc<Mutex<Status>>,
+    status: Mutex<Status>,
     emitter: mpsc::Sender<Emission>,
     sent: AtomicU64,
     acked: watch::Receiver<u64>,
-    stopped: Arc<AtomicBool>,
+    stopped: AtomicBool,
 }
 
 /// Where a windowed query saves the end of the last window it delivered.
@@ -190,8 +188,6 @@ impl RunningQuery {
         };
         let (emitter, queue) = mpsc::channel(EMIT_QUEUE);
         let (acked_tx, acked) = watch::channel(0);
-        let status = Arc::new(Mutex::new(Status::Running));
-        let stopped = Arc::new(AtomicBool::new(false));
         let query = Arc::new(Self {
             definition,
             plan,
@@ -201,21 +197,18 @@ impl RunningQuery {
             stats: QueryStats::default(),
             results: broadcast::channel(SUBSCRIBER_BUFFER).0,
             recent: Mutex::new(VecDeque::new()),
-            status: status.clone(),
+            status: Mutex::new(Status::Running),
             emitter,
             sent: AtomicU64::new(0),
             acked,
-            stopped: stopped.clone(),
+            stopped: AtomicBool::new(false),
         });
         tokio::spawn(deliver(
-            query.definition.name.clone(),
+            Arc::downgrade(&query),
             queue,
             output,
             progress,
             acked_tx,
-            status,
-            stopped,
-            Arc::downgrade(&query),
         ));
         query
     }
@@ -249,12 +242,6 @@ impl RunningQuery {
     /// The latest result rows, oldest first.
     pub fn recent(&self) -> Vec<RecordBatch> {
         self.recent.lock().iter().cloned().collect()
-    }
-
-    /// The watermark and the end of the last window emitted (µs), for windowed queries.
-    pub async fn progress(&self) -> Option<(Option<i64>, i64)> {
-        let window = self.window.as_ref()?.lock().await;
-        Some((window.watermark(), window.emitted_through))
     }
 
     /// Runs the query over one micro-batch of its source's rows; results go to the
@@ -313,64 +300,59 @@ impl RunningQuery {
             return Ok((Vec::new(), None));
         };
         let mut window = window.lock().await;
-        {
-            for (partition, rows) in input.by_partition()? {
-                let (partition, rows) = (*partition, rows.clone());
-                let times = rows
-                    .column_by_name(&windowed.time_column)
-                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-                    .ok_or_else(|| {
-                        ContinuousError::State(format!("no event time {}", windowed.time_column))
-                    })?;
-                let mut late = 0u64;
-                let keep: BooleanArray = (0..rows.num_rows())
-                    .map(|row| {
-                        let on_time = times.is_valid(row) && !window.is_late(times.value(row));
-                        late += u64::from(!on_time);
-                        Some(on_time)
-                    })
-                    .collect();
-                let max = arrow::compute::max(times);
-                if late > 0 {
-                    tracing::debug!(
-                        query = self.name(),
-                        partition,
-                        late,
-                        first = ?arrow::compute::min(times),
-                        emitted_through = window.emitted_through,
-                        partitions = ?window
-                            .partitions
-                            .iter()
-                            .map(|(p, s)| (*p, s.max_event_us, s.last_row_at.map(|t| t.elapsed().as_millis())))
-                            .collect::<Vec<_>>(),
-                        "late rows dropped"
-                    );
-                }
-                let state = window.partitions.entry(partition).or_default();
-                state.max_event_us = state.max_event_us.max(max);
-                state.last_row_at = Some(Instant::now());
-                self.stats.late_rows.fetch_add(late, Ordering::Relaxed);
-                let rows = if late > 0 {
-                    arrow::compute::filter_record_batch(&rows, &keep)?
-                } else {
-                    rows
-                };
-                if rows.num_rows() == 0 {
-                    continue;
-                }
-                let partial = self.plan.partial(windowed, vec![rows]).await?;
-                let state = window.partitions.entry(partition).or_default();
-                state
-                    .batches
-                    .extend(partial.into_iter().filter(|b| b.num_rows() > 0));
-                if state.batches.len() > MERGE_AFTER_BATCHES {
-                    let merged = self
-                        .plan
-                        .reduce(windowed, std::mem::take(&mut state.batches))
-                        .await?;
-                    let state = window.partitions.entry(partition).or_default();
-                    state.batches = merged.into_iter().filter(|b| b.num_rows() > 0).collect();
-                }
+        for (partition, rows) in input.by_partition()? {
+            let times = rows
+                .column_by_name(&windowed.time_column)
+                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+                .ok_or_else(|| {
+                    ContinuousError::State(format!("no event time {}", windowed.time_column))
+                })?;
+            let mut late = 0u64;
+            let keep: BooleanArray = (0..rows.num_rows())
+                .map(|row| {
+                    let on_time = times.is_valid(row) && !window.is_late(times.value(row));
+                    late += u64::from(!on_time);
+                    Some(on_time)
+                })
+                .collect();
+            if late > 0 {
+                tracing::debug!(
+                    query = self.name(),
+                    partition,
+                    late,
+                    first = ?arrow::compute::min(times),
+                    emitted_through = window.emitted_through,
+                    partitions = ?window
+                        .partitions
+                        .iter()
+                        .map(|(p, s)| (*p, s.max_event_us, s.last_row_at.map(|t| t.elapsed().as_millis())))
+                        .collect::<Vec<_>>(),
+                    "late rows dropped"
+                );
+            }
+            self.stats.late_rows.fetch_add(late, Ordering::Relaxed);
+            let on_time = if late > 0 {
+                arrow::compute::filter_record_batch(rows, &keep)?
+            } else {
+                rows.clone()
+            };
+            let partial = if on_time.num_rows() > 0 {
+                self.plan.partial(windowed, vec![on_time]).await?
+            } else {
+                Vec::new()
+            };
+            let state = window.partitions.entry(*partition).or_default();
+            state.max_event_us = state.max_event_us.max(arrow::compute::max(times));
+            state.last_row_at = Some(Instant::now());
+            state
+                .batches
+                .extend(partial.into_iter().filter(|b| b.num_rows() > 0));
+            if state.batches.len() > MERGE_AFTER_BATCHES {
+                let merged = self
+                    .plan
+                    .reduce(windowed, std::mem::take(&mut state.batches))
+                    .await?;
+                state.batches = merged.into_iter().filter(|b| b.num_rows() > 0).collect();
             }
         }
         let Some(watermark) = window.watermark() else {
@@ -382,17 +364,15 @@ impl RunningQuery {
         }
         let out = self.finish_windows(windowed, &window, through).await?;
         // Windows emitted: distinct starts among the results (sorted, then counted).
-        let mut starts: Vec<i64> = out
-            .iter()
-            .flat_map(|b| {
-                b.column(windowed.window_output)
+        let mut starts: Vec<i64> = Vec::new();
+        for batch in &out {
+            starts.extend_from_slice(
+                batch
+                    .column(windowed.window_output)
                     .as_primitive::<TimestampMicrosecondType>()
-                    .values()
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+                    .values(),
+            );
+        }
         starts.sort_unstable();
         starts.dedup();
         self.stats
@@ -584,66 +564,75 @@ fn fingerprint(definition: &Definition) -> String {
 }
 
 /// The output task: delivers emissions in order, retrying while the error is retryable,
-/// then saves the query's progress and acknowledges.
-#[allow(clippy::too_many_arguments)]
+/// then saves the query's progress and acknowledges. It holds the query weakly (the query
+/// holds the queue's sender): once the query is gone, what is left is acknowledged
+/// undelivered.
 async fn deliver(
-    name: String,
+    query: std::sync::Weak<RunningQuery>,
     mut queue: mpsc::Receiver<Emission>,
     output: Option<Box<dyn Output>>,
     progress: Option<(Store, String)>,
     acked: watch::Sender<u64>,
-    status: Arc<Mutex<Status>>,
-    stopped: Arc<AtomicBool>,
-    query: std::sync::Weak<RunningQuery>,
 ) {
     while let Some(emission) = queue.recv().await {
-        let running = matches!(*status.lock(), Status::Running);
-        if running && !stopped.load(Ordering::Relaxed) {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                let mut result = match &output {
-                    Some(output) if !emission.rows.is_empty() => output.write(&emission.rows).await,
-                    _ => Ok(()),
-                };
-                if result.is_ok()
-                    && let (Some(through), Some((store, key))) = (emission.progress, &progress)
-                {
-                    result = store
-                        .write_outputs(&[OutputRecord::Hash {
-                            key: key.clone(),
-                            fields: vec![("emitted_through".to_string(), through.to_string())],
-                            ttl_secs: None,
-                        }])
-                        .await
-                        .map_err(ContinuousError::from);
-                }
-                match result {
-                    Ok(()) => break,
-                    Err(error) if error.is_retryable() && !stopped.load(Ordering::Relaxed) => {
-                        tracing::warn!(query = %name, %error, retry_in = ?delay, "delivering results failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(error) => {
-                        tracing::error!(query = %name, %error, "delivering results failed for good: the query stops");
-                        *status.lock() = Status::Failed {
-                            reason: error.to_string(),
-                        };
-                        break;
-                    }
-                }
-            }
-            if let (Some(produced), Some(query)) = (emission.produced_ms, query.upgrade())
-                && emission.progress.is_some()
-                && !emission.rows.is_empty()
-            {
-                query
-                    .stats
-                    .emit_latency
-                    .record(ms_between(produced, now_ms()), 1);
-            }
+        if let Some(query) = query.upgrade() {
+            deliver_one(&query, &emission, output.as_deref(), progress.as_ref()).await;
         }
         let _ = acked.send(emission.seq);
     }
     let _ = acked.send(u64::MAX);
+}
+
+/// One emission to the output (and the progress it makes), unless the query stopped or
+/// failed.
+async fn deliver_one(
+    query: &RunningQuery,
+    emission: &Emission,
+    output: Option<&dyn Output>,
+    progress: Option<&(Store, String)>,
+) {
+    let stopped = || query.stopped.load(Ordering::Relaxed);
+    if !matches!(query.status(), Status::Running) || stopped() {
+        return;
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut result = match output {
+            Some(output) if !emission.rows.is_empty() => output.write(&emission.rows).await,
+            _ => Ok(()),
+        };
+        if result.is_ok()
+            && let (Some(through), Some((store, key))) = (emission.progress, progress)
+        {
+            result = store
+                .write_outputs(&[OutputRecord::Hash {
+                    key: key.clone(),
+                    fields: vec![("emitted_through".to_string(), through.to_string())],
+                    ttl_secs: None,
+                }])
+                .await
+                .map_err(ContinuousError::from);
+        }
+        match result {
+            Ok(()) => break,
+            Err(error) if error.is_retryable() && !stopped() => {
+                tracing::warn!(query = query.name(), %error, retry_in = ?delay, "delivering results failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                query.fail(error.to_string());
+                return;
+            }
+        }
+    }
+    if let Some(produced) = emission.produced_ms
+        && emission.progress.is_some()
+        && !emission.rows.is_empty()
+    {
+        query
+            .stats
+            .emit_latency
+            .record(ms_between(produced, now_ms()), 1);
+    }
 }
