@@ -73,7 +73,7 @@ impl BoundedRun {
             .write(&SinkBatch::new(self.seq, vec![batch], Vec::new()))
             .await?;
         self.seq += 1;
-        self.drain();
+        self.drain()?;
         for query in self.registry.running() {
             if let crate::query::Status::Failed { reason } = query.status() {
                 return Err(ContinuousError::Unsupported(format!(
@@ -85,19 +85,34 @@ impl BoundedRun {
         Ok(())
     }
 
-    fn drain(&mut self) {
+    /// Takes the results emitted so far. The channel holds 256 result batches, far more
+    /// than one pushed batch yields; should a push ever yield more, that is an error, not
+    /// results silently missing.
+    fn drain(&mut self) -> Result<(), ContinuousError> {
+        use tokio::sync::broadcast::error::TryRecvError;
         for (name, receiver) in &mut self.receivers {
-            while let Ok(batch) = receiver.try_recv() {
-                if let Some(out) = self.results.get_mut(name) {
-                    out.push((*batch).clone());
+            loop {
+                match receiver.try_recv() {
+                    Ok(batch) => {
+                        if let Some(out) = self.results.get_mut(name) {
+                            out.push((*batch).clone());
+                        }
+                    }
+                    Err(TryRecvError::Lagged(n)) => {
+                        return Err(ContinuousError::State(format!(
+                            "{name}: {n} result batches of one input batch were not collected"
+                        )));
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 }
             }
         }
+        Ok(())
     }
 
     /// Closes every open window; returns each query's results.
     pub async fn finish(mut self) -> Result<BTreeMap<String, Vec<RecordBatch>>, ContinuousError> {
-        self.drain();
+        self.drain()?;
         for query in self.registry.running() {
             let closed = query.close_all().await?;
             if let Some(out) = self.results.get_mut(query.name()) {

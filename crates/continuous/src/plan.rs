@@ -45,6 +45,13 @@ pub enum Source {
 }
 
 impl Source {
+    /// The stream table named `table`, if it is one.
+    pub fn of_table(table: &str) -> Option<Self> {
+        [Source::Scored, Source::Transactions]
+            .into_iter()
+            .find(|source| source.table() == table)
+    }
+
     pub fn table(self) -> &'static str {
         match self {
             Source::Scored => "scored",
@@ -287,25 +294,16 @@ fn analyse(plan: &LogicalPlan) -> Result<Shape, ContinuousError> {
             | LogicalPlan::EmptyRelation(_)
             | LogicalPlan::Values(_) => None,
             LogicalPlan::TableScan(scan) => {
-                match scan.table_name.table() {
-                    "scored" => sources.push(Source::Scored),
-                    "transactions" => sources.push(Source::Transactions),
-                    _ => {}
-                }
+                sources.extend(Source::of_table(scan.table_name.table()));
                 None
             }
             LogicalPlan::Aggregate(aggregate) => {
                 aggregates.push(aggregate.clone());
                 None
             }
-            LogicalPlan::Join(join) => {
-                let streams = [&join.left, &join.right]
-                    .iter()
-                    .filter(|side| reads_stream(side))
-                    .count();
-                (streams > 1)
-                    .then(|| unsupported("a join of the stream with itself (a stream–stream join)"))
-            }
+            // A join with a lookup table; the stream on both sides is refused below (it
+            // is read twice).
+            LogicalPlan::Join(_) => None,
             LogicalPlan::Sort(_) => Some(unsupported("ORDER BY")),
             LogicalPlan::Limit(_) => Some(unsupported("LIMIT")),
             LogicalPlan::Window(_) => Some(unsupported("a window function (OVER …)")),
@@ -351,20 +349,6 @@ fn analyse(plan: &LogicalPlan) -> Result<Shape, ContinuousError> {
         _ => return Err(unsupported("more than one GROUP BY")),
     };
     Ok(Shape { source, window })
-}
-
-fn reads_stream(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && matches!(scan.table_name.table(), "scored" | "transactions")
-        {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
 }
 
 fn window_of(

@@ -55,7 +55,7 @@ struct Entry {
 
 pub struct Registry {
     /// Set once the stream knows its scored schema ([`Registry::attach`]).
-    catalog: RwLock<Option<Catalog>>,
+    catalog: RwLock<Catalog>,
     connections: RwLock<Connections>,
     /// Key prefix for what the queries keep in the store (their progress).
     prefix: String,
@@ -70,7 +70,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(catalog: Catalog, connections: Connections, prefix: &str) -> Arc<Self> {
         Arc::new(Self {
-            catalog: RwLock::new(Some(catalog)),
+            catalog: RwLock::new(catalog),
             connections: RwLock::new(connections),
             prefix: prefix.to_string(),
             queries: RwLock::new(BTreeMap::new()),
@@ -115,7 +115,8 @@ impl Registry {
     ) {
         *self.scope.write() = scope.to_string();
         self.connections.write().kafka = kafka;
-        if let Some(catalog) = self.catalog.write().as_mut() {
+        {
+            let mut catalog = self.catalog.write();
             catalog.scored = scored;
             catalog.transactions = transactions;
         }
@@ -129,10 +130,7 @@ impl Registry {
                 "the stream is still starting; try again in a moment".to_string(),
             ));
         }
-        self.catalog
-            .read()
-            .clone()
-            .ok_or_else(|| ContinuousError::Unavailable("no stream".to_string()))
+        Ok(self.catalog.read().clone())
     }
 
     fn store(&self) -> Option<risksense_store::Store> {
@@ -145,6 +143,17 @@ impl Registry {
         &self,
         script: &str,
         origin: Origin,
+    ) -> Result<Vec<String>, ContinuousError> {
+        self.create_saving(script, origin, origin == Origin::Api)
+            .await
+    }
+
+    /// [`create`](Self::create), saving the definitions in the store when `save`.
+    async fn create_saving(
+        &self,
+        script: &str,
+        origin: Origin,
+        save: bool,
     ) -> Result<Vec<String>, ContinuousError> {
         let definitions = ddl::parse(script)?;
         let mut planned = Vec::new();
@@ -165,9 +174,7 @@ impl Registry {
         let mut names = Vec::new();
         for (definition, plan) in planned {
             let name = definition.name.clone();
-            if origin == Origin::Api
-                && let Some(store) = self.store()
-            {
+            if save && let Some(store) = self.store() {
                 store.save_query(&name, &definition.sql).await?;
             }
             self.start(definition, plan, origin).await?;
@@ -335,16 +342,9 @@ impl Registry {
             if self.queries.read().contains_key(&name) {
                 continue;
             }
-            match self.create(&sql, Origin::File).await {
-                Ok(created) => {
-                    // Still the API's: deleting it forgets it for good.
-                    for n in &created {
-                        if let Some(entry) = self.queries.write().get_mut(n) {
-                            entry.origin = Origin::Api;
-                        }
-                    }
-                    names.extend(created);
-                }
+            // Still the API's (deleting it forgets it for good), and saved already.
+            match self.create_saving(&sql, Origin::Api, false).await {
+                Ok(created) => names.extend(created),
                 Err(error) => {
                     tracing::error!(query = %name, %error, "a saved query no longer plans; skipped")
                 }
