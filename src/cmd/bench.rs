@@ -40,11 +40,12 @@ pub enum Suite {
 pub struct ContinuousArgs {
     #[command(flatten)]
     pub stream: StreamArgs,
-    /// Drains of each kind (alternated: none, ten, none, ten, ...).
+    /// Drains of each kind (alternated: none, ten, none, ten, ...); 0: only the steady run.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
     /// Space event times as a live stream at --rate produces them instead of keeping the
-    /// generated year (every card then makes hundreds of transactions a minute).
+    /// generated days. Give many customers and few days with it (e.g. --customers 100000
+    /// --end 2019-01-10): with 1,000, every card makes hundreds of transactions a minute.
     #[arg(long)]
     pub live_event_time: bool,
 }

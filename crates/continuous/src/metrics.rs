@@ -77,6 +77,16 @@ impl Collector for QueriesCollector {
             let p99 = query.stats.emit_latency.quantile_ms(0.99) as f64 / 1000.0;
             ConstGauge::new(p99).encode(latency.encode_family(&[("query", query.name())])?)?;
         }
+        let mut close = encoder.encode_descriptor(
+            "risksense_query_close_latency_p99_seconds",
+            "99th percentile, from the watermark passing a window's end (the query taking the micro-batch that moved it) to its result delivered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for query in queries.iter().filter(|q| q.is_windowed() && !q.temporary) {
+            let p99 = query.stats.close_latency.quantile_ms(0.99) as f64 / 1000.0;
+            ConstGauge::new(p99).encode(close.encode_family(&[("query", query.name())])?)?;
+        }
         Ok(())
     }
 }
@@ -93,6 +103,9 @@ pub struct QuerySummary {
     pub emit_p50_ms: u64,
     pub emit_p99_ms: u64,
     pub emits: u64,
+    /// The watermark passing a window's end → its result delivered (ms).
+    pub close_p50_ms: u64,
+    pub close_p99_ms: u64,
     pub failed: Option<String>,
 }
 
@@ -110,6 +123,8 @@ impl Registry {
                 emit_p50_ms: q.stats.emit_latency.quantile_ms(0.5),
                 emit_p99_ms: q.stats.emit_latency.quantile_ms(0.99),
                 emits: q.stats.emit_latency.count(),
+                close_p50_ms: q.stats.close_latency.quantile_ms(0.5),
+                close_p99_ms: q.stats.close_latency.quantile_ms(0.99),
                 failed: match q.status() {
                     Status::Failed { reason } => Some(reason),
                     Status::Running => None,

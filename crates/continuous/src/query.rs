@@ -52,6 +52,10 @@ pub struct QueryStats {
     /// From the produce time of the earliest message of the micro-batch that closed a
     /// window to its output acknowledged (ms).
     pub emit_latency: LatencyHistogram,
+    /// From the watermark passing a window's end (the query taking the micro-batch that
+    /// moved it) to the window's output acknowledged (ms): the query's own part of
+    /// `emit_latency`, without the stream's queueing before it.
+    pub close_latency: LatencyHistogram,
     rate: Mutex<RateMeter>,
 }
 
@@ -111,6 +115,8 @@ struct Emission {
     /// After it is delivered, every window ending at or before this is emitted.
     progress: Option<i64>,
     produced_ms: Option<i64>,
+    /// When the query took the micro-batch that produced it.
+    taken_at: Instant,
 }
 
 pub struct RunningQuery {
@@ -254,6 +260,7 @@ impl RunningQuery {
         if !matches!(self.status(), Status::Running) {
             return Ok(());
         }
+        let taken_at = Instant::now();
         let rows_in = input.rows();
         let (out, progress) = match &self.plan.kind {
             PlanKind::Stateless { plan } => {
@@ -282,6 +289,7 @@ impl RunningQuery {
             rows: out,
             progress,
             produced_ms,
+            taken_at,
         };
         if self.emitter.send(emission).await.is_err() {
             self.fail("its output task stopped".to_string());
@@ -626,13 +634,17 @@ async fn deliver_one(
             }
         }
     }
-    if let Some(produced) = emission.produced_ms
-        && emission.progress.is_some()
-        && !emission.rows.is_empty()
-    {
+    if emission.progress.is_some() && !emission.rows.is_empty() {
+        if let Some(produced) = emission.produced_ms {
+            query
+                .stats
+                .emit_latency
+                .record(ms_between(produced, now_ms()), 1);
+        }
+        let taken_ms = emission.taken_at.elapsed().as_millis();
         query
             .stats
-            .emit_latency
-            .record(ms_between(produced, now_ms()), 1);
+            .close_latency
+            .record(u64::try_from(taken_ms).unwrap_or(u64::MAX), 1);
     }
 }

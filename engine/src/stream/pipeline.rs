@@ -39,7 +39,7 @@ use risksense_connectors::sink::{
 use risksense_formats::message::{Incoming, decode_with_limit, drop_repeats, partition_of};
 use risksense_query::scorer::StreamScorer;
 use risksense_store::{Checkpoint, Store};
-use risksense_udfs::windows::{CardHistory, Seen, trans_num_hash};
+use risksense_udfs::windows::{CardHistory, HistorySnapshot, Seen, trans_num_hash};
 
 use super::checkpoint::{CheckpointCoordinator, PartitionOffset};
 use super::config::StreamConfig;
@@ -140,7 +140,10 @@ enum CheckpointOutcome {
 struct CheckpointJob {
     partition: i32,
     offset: i64,
-    state: Vec<u8>,
+    /// The partition's history and sinks' states at the cut, encoded by the job: a big
+    /// history (many cards) takes long to encode, and the stream does not wait for it.
+    history: HistorySnapshot,
+    sink_states: Vec<(&'static str, Vec<u8>)>,
     in_flight: Vec<SinkTask>,
     commits: Vec<Box<dyn PendingCommit>>,
     store: Store,
@@ -168,9 +171,17 @@ impl CheckpointJob {
                 token = Some(prepared);
             }
         }
+        let (history, sink_states) = (self.history, self.sink_states);
+        let state = tokio::task::spawn_blocking(move || {
+            history
+                .to_ipc()
+                .map(|history| risksense_connectors::sink::pack_state(history, sink_states))
+        })
+        .await
+        .map_err(|e| EngineError::State(format!("encoding a checkpoint: {e}")))??;
         let checkpoint = Checkpoint {
             offset: self.offset,
-            state: self.state,
+            state,
             archive_file: token,
         };
         let saved = retry(
@@ -293,14 +304,13 @@ impl Pipeline {
         let offset = self.coordinator.begin(partition)?;
         self.history
             .evict_idle(partition, self.config.state_idle_secs);
-        let history = self.history.to_ipc(partition)?;
+        let history = self.history.snapshot(partition);
         let mut sink_states = Vec::new();
         for sink in &self.sinks {
             if let Some(state) = sink.snapshot(partition)? {
                 sink_states.push((sink.name(), state));
             }
         }
-        let state = risksense_connectors::sink::pack_state(history, sink_states);
         let commits = self
             .sinks
             .iter()
@@ -309,7 +319,8 @@ impl Pipeline {
         Ok(CheckpointJob {
             partition,
             offset,
-            state,
+            history,
+            sink_states,
             in_flight,
             commits,
             store: self.store.clone(),

@@ -124,7 +124,7 @@ impl Sites {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct CardRows {
     /// By site id (missing or empty: nothing kept).
     sites: Vec<Vec<Entry>>,
@@ -166,7 +166,10 @@ const SEEN_MAX_ROWS: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct PartitionHistory {
-    cards: HashMap<i64, CardRows>,
+    /// Shared with checkpoint snapshots still being written: a card changed meanwhile is
+    /// copied first (`Arc::make_mut`), so taking a snapshot costs a pointer per card on
+    /// the stream's thread, not a copy of every card's history.
+    cards: HashMap<i64, Arc<CardRows>>,
     /// Latest event time seen in the partition: the clock idle cards age by.
     latest_secs: i64,
 }
@@ -240,7 +243,7 @@ impl CardHistory {
         for (card, site, entries) in staged {
             let partition = partition_of(card).ok_or(HistoryError::NoPartition(card))?;
             let history = partitions.entry(partition).or_default();
-            let rows = history.cards.entry(card).or_default();
+            let rows = Arc::make_mut(history.cards.entry(card).or_default());
             if let Some(last) = entries.last() {
                 rows.latest_secs = rows.latest_secs.max(last.secs);
                 history.latest_secs = history.latest_secs.max(last.secs);
@@ -275,7 +278,7 @@ impl CardHistory {
         let mut touched: Vec<(i32, i64)> = Vec::new();
         for (partition, card, seen) in rows {
             let history = partitions.entry(partition).or_default();
-            let card_rows = history.cards.entry(card).or_default();
+            let card_rows = Arc::make_mut(history.cards.entry(card).or_default());
             card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
             history.latest_secs = history.latest_secs.max(seen.secs);
             card_rows.push_seen(seen);
@@ -288,6 +291,7 @@ impl CardHistory {
                 .get_mut(&partition)
                 .and_then(|p| p.cards.get_mut(&card))
             {
+                let rows = Arc::make_mut(rows);
                 let cutoff = rows.latest_secs - WINDOW_SECS;
                 let keep_from = rows.seen.len().saturating_sub(SEEN_KEEP_ROWS);
                 rows.retain_seen(|position, s| position >= keep_from || s.secs >= cutoff);
@@ -335,50 +339,26 @@ impl CardHistory {
 
     /// `partition`'s history as Arrow IPC (a checkpoint's state).
     pub fn to_ipc(&self, partition: i32) -> Result<Vec<u8>, HistoryError> {
-        let batch = {
-            let sites = self.sites.read();
-            let partitions = self.partitions.read();
-            let (mut site_names, mut cards, mut secs, mut values) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut hashes, mut row_ids) = (Vec::new(), Vec::new());
-            if let Some(history) = partitions.get(&partition) {
-                for (card, rows) in &history.cards {
-                    for (site, entries) in rows.sites.iter().enumerate() {
-                        for entry in entries {
-                            site_names.push(sites.names[site].as_str());
-                            cards.push(*card);
-                            secs.push(entry.secs);
-                            values.push(entry.value);
-                            hashes.push(None);
-                            row_ids.push(None);
-                        }
-                    }
-                    for seen in &rows.seen {
-                        site_names.push(SEEN_SITE);
-                        cards.push(*card);
-                        secs.push(seen.secs);
-                        values.push(None);
-                        hashes.push(Some(seen.hash));
-                        row_ids.push(Some(seen.row_id));
-                    }
-                }
-            }
-            let columns: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from(site_names)),
-                Arc::new(Int64Array::from(cards)),
-                Arc::new(Int64Array::from(secs)),
-                Arc::new(Float64Array::from(values)),
-                Arc::new(UInt64Array::from(hashes)),
-                Arc::new(Int64Array::from(row_ids)),
-            ];
-            RecordBatch::try_new(SCHEMA.clone(), columns)?
-        };
-        let mut out = Vec::new();
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &SCHEMA)?;
-        writer.write(&batch)?;
-        writer.finish()?;
-        drop(writer);
-        Ok(out)
+        self.snapshot(partition).to_ipc()
+    }
+
+    /// `partition`'s history as it is now, to encode later (off the stream's thread):
+    /// cheap to take, and unchanged by what the stream does after.
+    pub fn snapshot(&self, partition: i32) -> HistorySnapshot {
+        let site_names = self.sites.read().names.clone();
+        let cards = self
+            .partitions
+            .read()
+            .get(&partition)
+            .map(|history| {
+                history
+                    .cards
+                    .iter()
+                    .map(|(card, rows)| (*card, Arc::clone(rows)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        HistorySnapshot { site_names, cards }
     }
 
     /// Takes over `partition` with the history of [`Self::to_ipc`] bytes (empty bytes:
@@ -413,7 +393,7 @@ impl CardHistory {
                         if hashes.is_null(i) || row_ids.is_null(i) {
                             return Err(HistoryError::Schema);
                         }
-                        let rows = history.cards.entry(card).or_default();
+                        let rows = Arc::make_mut(history.cards.entry(card).or_default());
                         rows.push_seen(Seen {
                             hash: hashes.value(i),
                             row_id: row_ids.value(i),
@@ -430,7 +410,7 @@ impl CardHistory {
                         secs: secs.value(i),
                         value: values.is_valid(i).then(|| values.value(i)),
                     };
-                    let rows = history.cards.entry(card).or_default();
+                    let rows = Arc::make_mut(history.cards.entry(card).or_default());
                     if rows.sites.len() <= site {
                         rows.sites.resize_with(site + 1, Vec::new);
                     }
@@ -442,6 +422,60 @@ impl CardHistory {
         }
         self.partitions.write().insert(partition, history);
         Ok(())
+    }
+}
+
+/// One partition's history at a checkpoint's cut ([`CardHistory::snapshot`]).
+pub struct HistorySnapshot {
+    site_names: Vec<String>,
+    cards: Vec<(i64, Arc<CardRows>)>,
+}
+
+impl HistorySnapshot {
+    /// The history as Arrow IPC (a checkpoint's state).
+    pub fn to_ipc(&self) -> Result<Vec<u8>, HistoryError> {
+        let batch = {
+            let (mut site_names, mut cards, mut secs, mut values) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut hashes, mut row_ids) = (Vec::new(), Vec::new());
+            {
+                for (card, rows) in &self.cards {
+                    for (site, entries) in rows.sites.iter().enumerate() {
+                        for entry in entries {
+                            site_names.push(self.site_names[site].as_str());
+                            cards.push(*card);
+                            secs.push(entry.secs);
+                            values.push(entry.value);
+                            hashes.push(None);
+                            row_ids.push(None);
+                        }
+                    }
+                    for seen in &rows.seen {
+                        site_names.push(SEEN_SITE);
+                        cards.push(*card);
+                        secs.push(seen.secs);
+                        values.push(None);
+                        hashes.push(Some(seen.hash));
+                        row_ids.push(Some(seen.row_id));
+                    }
+                }
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(site_names)),
+                Arc::new(Int64Array::from(cards)),
+                Arc::new(Int64Array::from(secs)),
+                Arc::new(Float64Array::from(values)),
+                Arc::new(UInt64Array::from(hashes)),
+                Arc::new(Int64Array::from(row_ids)),
+            ];
+            RecordBatch::try_new(SCHEMA.clone(), columns)?
+        };
+        let mut out = Vec::new();
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &SCHEMA)?;
+        writer.write(&batch)?;
+        writer.finish()?;
+        drop(writer);
+        Ok(out)
     }
 }
 

@@ -40,7 +40,9 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
 
-pub use history::{CardHistory, HistoryError, SEEN_KEEP_ROWS, Seen, SiteId, trans_num_hash};
+pub use history::{
+    CardHistory, HistoryError, HistorySnapshot, SEEN_KEEP_ROWS, Seen, SiteId, trans_num_hash,
+};
 pub use plan::order_by_card;
 
 /// Width of the window, in seconds, both ends included: 24 hours.
