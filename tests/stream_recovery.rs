@@ -201,7 +201,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
     for chunk in sent.chunks(5000) {
         let mut pipe = redis::pipe();
         for t in chunk {
-            pipe.exists(format!("{topic}:tx:{t}"));
+            pipe.exists(risksense_store::layout::transaction(&topic, t));
         }
         let found: Vec<bool> = pipe.query(&mut connection).expect("exists");
         assert!(
@@ -209,18 +209,22 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
             "a transaction is missing from Redis"
         );
     }
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{topic}:alerts"))
-        .arg("-")
-        .arg("+")
-        .query(&mut connection)
-        .expect("xrange");
-    let alerted: Vec<String> = reply
-        .ids
-        .iter()
-        .filter_map(|e| e.map.get("trans_num"))
-        .filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok())
-        .collect();
+    let mut alerted: Vec<String> = Vec::new();
+    for shard in 0..risksense_store::layout::SHARDS {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(risksense_store::layout::alerts(&topic, shard))
+            .arg("-")
+            .arg("+")
+            .query(&mut connection)
+            .expect("xrange");
+        alerted.extend(
+            reply
+                .ids
+                .iter()
+                .filter_map(|e| e.map.get("trans_num"))
+                .filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok()),
+        );
+    }
     assert_eq!(alerted.len(), anomalies.len(), "alerts stream length");
     assert_eq!(alerted.into_iter().collect::<HashSet<_>>(), anomalies);
     let _ = std::fs::remove_dir_all(&dir);

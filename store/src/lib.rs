@@ -15,6 +15,7 @@ pub mod layout;
 mod memory;
 mod output;
 pub mod record;
+mod redis_connection;
 mod redis_store;
 
 use std::fmt;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 pub use memory::MemoryStore;
 pub use output::OutputRecord;
 pub use record::{ScoredTransaction, from_batch};
+pub use redis_connection::Connection as RedisConnection;
 pub use redis_store::RedisStore;
 
 /// What can go wrong talking to the store.
@@ -302,7 +304,8 @@ pub trait ResultStore: Send + Sync + 'static {
 pub struct Store(Arc<dyn ResultStore>);
 
 impl Store {
-    /// Connects to Redis at `url` (`redis://127.0.0.1:6379/`).
+    /// Connects to Redis at `url`: one Redis (`redis://127.0.0.1:6379/`) or a Redis
+    /// Cluster by some of its nodes (`redis+cluster://127.0.0.1:7001,127.0.0.1:7002/`).
     pub async fn redis(url: &str, retention: Retention) -> Result<Self, StoreError> {
         Ok(Self::new(RedisStore::connect(url, retention).await?))
     }

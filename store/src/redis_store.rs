@@ -1,24 +1,29 @@
 //! The Redis store: a micro-batch's writes as pipelines sent back to back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use parking_lot::Mutex;
 use redis::{AsyncCommands, Script};
 
 use crate::layout;
 use crate::output::{self, OutputRecord};
+use crate::redis_connection::Connection;
 use crate::{
     Alert, Checkpoint, ResultStore, Retention, ScoredTransaction, StoreError, WriteOutcome,
 };
 
-/// Emits an alert once: the marker is set only if absent, and the stream entry is added in
-/// the same atomic step, so a replayed anomaly adds nothing and a crash cannot leave a
-/// marker without its alert.
+/// Emits an alert once: an anomaly is alerted when it enters its shard's index (ZADD NX
+/// answers 1 only then), in the same atomic step, so a replayed anomaly adds nothing and a
+/// crash cannot index an anomaly without its alert. The entry carries the server's time in
+/// microseconds (`us`), which orders alerts across shards.
+/// KEYS[1]: the shard's anomaly index; KEYS[2]: its alerts stream; ARGV[1]: event seconds;
+/// ARGV[2]: trans_num; ARGV[3]: the stream's MAXLEN ~; ARGV[4..]: the alert's fields.
 const ALERT_ONCE: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2]) == 1 then
+  local now = redis.call('TIME')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'us', now[1] .. string.format('%06d', now[2]), unpack(ARGV, 4))
   return 1
 end
 return 0
@@ -64,10 +69,31 @@ return 1
 /// Keys asked for per `SCAN` call when listing output keys.
 const SCAN_COUNT: usize = 1000;
 
-/// Rows per pipeline in [`RedisStore::write`].
-const WRITE_CHUNK_ROWS: usize = 512;
+/// A card's list is trimmed to `card_history` and its TTL renewed at its first write seen
+/// by this store, then after this many of its transactions or [`CARD_RENEW_SECS`]: doing
+/// both at every write was two of the four commands a transaction cost Redis. Readers take
+/// at most `card_history` of a list, so a list not trimmed yet reads the same.
+const CARD_TRIM_EVERY: u32 = 16;
+/// At most this long between renewals of a card list's TTL (and less than a sixteenth of
+/// the TTL): a list lives at least its TTL less this after its last write.
+const CARD_RENEW_SECS: u64 = 3600;
+/// Cards whose last upkeep this store remembers; past it, it forgets them all (each is
+/// then trimmed and renewed at its next write, which is always safe).
+const CARD_MARKS_MAX: usize = 2_000_000;
 
-/// The production [`ResultStore`]: one multiplexed connection that reconnects by itself.
+/// When this store last trimmed and renewed a card's list.
+#[derive(Clone, Copy)]
+struct CardMark {
+    at_secs: u64,
+    adds: u32,
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `url` with the password of its user info replaced by `***`: URLs end up in logs, error
 /// messages and the readiness answer.
 pub fn redact(url: &str) -> String {
@@ -89,42 +115,57 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{user}{password}@{}", &rest[at + 1..])
 }
 
+/// The production [`ResultStore`]: one Redis or a Redis Cluster (see [`layout`]), over one
+/// multiplexed connection that reconnects by itself.
 #[derive(Clone)]
 pub struct RedisStore {
     url: String,
-    connection: ConnectionManager,
+    connection: Connection,
     retention: Retention,
-    alert_once: Script,
     save_checkpoint: Script,
     append_once: Script,
+    card_marks: Arc<Mutex<HashMap<i64, CardMark>>>,
 }
+
+/// One pipeline per hash tag (a cluster pipeline must stay in one slot).
+#[derive(Default)]
+struct Pipelines {
+    by_tag: BTreeMap<(u8, usize), redis::Pipeline>,
+}
+
+impl Pipelines {
+    fn get(&mut self, kind: u8, tag: usize) -> &mut redis::Pipeline {
+        self.by_tag.entry((kind, tag)).or_insert_with(redis::pipe)
+    }
+}
+
+const TRANSACTIONS: u8 = 0;
+const ALERTS: u8 = 1;
 
 impl RedisStore {
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
         let shown = redact(url);
-        let error = |source| StoreError::Redis {
-            url: shown.clone(),
-            source,
-        };
-        let client = redis::Client::open(url).map_err(error)?;
-        // Reconnects by itself after Redis restarts; callers retry failed writes.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_with_config(client, config)
+        if retention.prefix.contains(['{', '}']) {
+            return Err(StoreError::Rejected {
+                key: retention.prefix.clone(),
+                reason: "a key prefix must not hold `{` or `}` (they make Redis Cluster hash tags)"
+                    .to_string(),
+            });
+        }
+        let connection = Connection::open(url)
             .await
-            .map_err(error)?;
+            .map_err(|source| StoreError::Redis {
+                url: shown.clone(),
+                source,
+            })?;
         let store = Self {
-            url: shown.clone(),
+            url: shown,
             connection,
             retention,
-            alert_once: Script::new(ALERT_ONCE),
             save_checkpoint: Script::new(SAVE_CHECKPOINT),
             append_once: Script::new(APPEND_ONCE),
+            card_marks: Arc::new(Mutex::new(HashMap::new())),
         };
-        store.load_scripts().await?;
         store.ping().await?;
         Ok(store)
     }
@@ -141,131 +182,47 @@ impl RedisStore {
         }
     }
 
-    /// Loads the Lua scripts (again after a Redis restart, which forgets them).
-    async fn load_scripts(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        for script in [&self.alert_once, &self.save_checkpoint] {
-            script
-                .prepare_invoke()
-                .load_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
-        }
-        Ok(())
+    /// The cards among `cards` whose list is due for upkeep (trim and TTL), given how many
+    /// transactions each gets now; the marks change only once the write succeeded
+    /// ([`Self::kept_up`]).
+    fn due_cards(&self, cards: &HashMap<i64, u32>) -> HashSet<i64> {
+        let now = unix_secs();
+        let renew = CARD_RENEW_SECS.min(self.retention.ttl_secs / 16);
+        let marks = self.card_marks.lock();
+        cards
+            .iter()
+            .filter(|(card, adds)| {
+                marks.get(card).is_none_or(|mark| {
+                    mark.adds + **adds >= CARD_TRIM_EVERY || now >= mark.at_secs + renew
+                })
+            })
+            .map(|(card, _)| *card)
+            .collect()
     }
 
-    async fn write_chunk(&self, rows: &[&ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
-        let r = &self.retention;
-        let prefix = r.prefix.as_str();
-        let ttl = r.ttl_secs.max(1);
-        let mut pipe = redis::pipe();
-        let mut anomalies: Vec<(i64, &str)> = Vec::new();
-        // Per transaction: its hash and TTL. (Measured: plain pipelined commands cost Redis
-        // less than the same work in a Lua loop, and fewer fields cost less: trans_num is in
-        // the key, event seconds are read back from event_time, and a missing explanation
-        // or fraud label is a missing field, not an empty one.)
-        let mut by_card: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
-        for row in rows {
-            let key = layout::transaction(prefix, &row.trans_num);
-            let command = pipe.cmd("HSET");
-            command
-                .arg(&key)
-                .arg("cc_num")
-                .arg(row.cc_num)
-                .arg("event_time")
-                .arg(&row.event_time)
-                .arg("category")
-                .arg(&row.category)
-                .arg("merchant")
-                .arg(&row.merchant)
-                .arg("amt")
-                .arg(row.amt)
-                .arg("score")
-                .arg(row.score)
-                .arg("is_anomaly")
-                .arg(u8::from(row.is_anomaly));
-            if let Some(explanation) = &row.explanation {
-                command.arg("explanation").arg(explanation);
-            }
-            if let Some(is_fraud) = row.is_fraud {
-                command.arg("is_fraud").arg(is_fraud);
-            }
-            command.ignore();
-            pipe.expire(&key, ttl as i64).ignore();
-            by_card
-                .entry(row.cc_num)
-                .or_default()
-                .push((row.event_secs, &row.trans_num));
-            if row.is_anomaly {
-                anomalies.push((row.event_secs, &row.trans_num));
+    fn kept_up(&self, cards: &HashMap<i64, u32>, due: &HashSet<i64>) {
+        let now = unix_secs();
+        let mut marks = self.card_marks.lock();
+        if marks.len() > CARD_MARKS_MAX {
+            marks.clear();
+        }
+        for (card, adds) in cards {
+            if due.contains(card) {
+                marks.insert(
+                    *card,
+                    CardMark {
+                        at_secs: now,
+                        adds: 0,
+                    },
+                );
+            } else if let Some(mark) = marks.get_mut(card) {
+                mark.adds += adds;
             }
         }
-        // Per card, once per chunk: its recent transactions by event time (ZADD is
-        // idempotent: a replayed batch adds nothing), trimmed to the newest ones.
-        for (card, members) in &by_card {
-            let key = layout::card(prefix, *card);
-            pipe.zadd_multiple(&key, members).ignore();
-            pipe.zremrangebyrank(&key, 0, -(r.card_history.max(1) as isize) - 1)
-                .ignore();
-            pipe.expire(&key, ttl as i64).ignore();
-        }
-        if !anomalies.is_empty() {
-            let key = layout::anomalies(prefix);
-            pipe.zadd_multiple(&key, &anomalies).ignore();
-            pipe.zremrangebyrank(&key, 0, -(r.anomalies_kept.max(1) as isize) - 1)
-                .ignore();
-        }
-        let alerts_key = layout::alerts(prefix);
-        let alert_rows: Vec<&ScoredTransaction> =
-            rows.iter().copied().filter(|r| r.is_anomaly).collect();
-        for row in &alert_rows {
-            let mut invocation = self.alert_once.prepare_invoke();
-            invocation
-                .key(layout::alerted(prefix, &row.trans_num))
-                .key(&alerts_key)
-                .arg(ttl)
-                .arg(r.alerts_kept.max(1))
-                .arg("trans_num")
-                .arg(&row.trans_num)
-                .arg("cc_num")
-                .arg(row.cc_num)
-                .arg("event_time")
-                .arg(&row.event_time)
-                .arg("amt")
-                .arg(row.amt)
-                .arg("category")
-                .arg(&row.category)
-                .arg("score")
-                .arg(row.score)
-                .arg("explanation")
-                .arg(row.explanation.as_deref().unwrap_or(""));
-            pipe.invoke_script(&invocation);
-        }
-
-        let mut connection = self.connection.clone();
-        let result: Result<Vec<i64>, _> = pipe.query_async(&mut connection).await;
-        let added = match result {
-            Ok(added) => added,
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                // Redis restarted and forgot the script: load it and send the batch again
-                // (everything in it is idempotent).
-                self.load_scripts().await?;
-                pipe.query_async(&mut connection)
-                    .await
-                    .map_err(|e| self.error(e))?
-            }
-            Err(error) => return Err(self.error(error)),
-        };
-        Ok(WriteOutcome {
-            rows: rows.len() as u64,
-            anomalies: alert_rows.len() as u64,
-            new_alerts: added.iter().filter(|&&a| a == 1).count() as u64,
-        })
     }
 
-    /// Reads the hashes of `trans_nums` in one round trip, skipping expired ones.
+    /// Reads the transactions of `trans_nums` in one round trip (a cluster's `MGET` is
+    /// split by slot), skipping expired ones.
     async fn transactions(
         &self,
         trans_nums: &[String],
@@ -273,33 +230,150 @@ impl RedisStore {
         if trans_nums.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
         let keys: Vec<String> = trans_nums
             .iter()
             .map(|t| layout::transaction(&self.retention.prefix, t))
             .collect();
-        for key in &keys {
-            pipe.hgetall(key);
-        }
         let mut connection = self.connection.clone();
-        let found: Vec<HashMap<String, String>> = pipe
+        let found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
             .query_async(&mut connection)
             .await
             .map_err(|e| self.error(e))?;
         let mut rows = Vec::with_capacity(found.len());
-        for (key, fields) in keys.iter().zip(found) {
-            if !fields.is_empty() {
-                rows.push(parse_transaction(key, &fields)?);
+        for ((key, trans_num), value) in keys.iter().zip(trans_nums).zip(found) {
+            if let Some(value) = value {
+                rows.push(decode_transaction(key, trans_num, &value)?);
             }
         }
         Ok(rows)
     }
+
+    /// Members of a sorted set with their scores, highest first, from `offset` on.
+    async fn newest(
+        &self,
+        key: &str,
+        min: &str,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("ZREVRANGEBYSCORE")
+            .arg(key)
+            .arg("+inf")
+            .arg(min)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(count)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
+    }
+}
+
+/// A transaction's value: `[cc_num, event_time, category, merchant, amt, score, is_anomaly
+/// (0/1), explanation or null, is_fraud or null]`. Non-finite numbers are null.
+fn encode_transaction(row: &ScoredTransaction) -> String {
+    let number = |x: f64| {
+        if x.is_finite() {
+            serde_json::json!(x)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    serde_json::json!([
+        row.cc_num,
+        row.event_time,
+        row.category,
+        row.merchant,
+        number(row.amt),
+        number(row.score),
+        u8::from(row.is_anomaly),
+        row.explanation,
+        row.is_fraud,
+    ])
+    .to_string()
+}
+
+type Encoded = (
+    i64,
+    String,
+    String,
+    String,
+    Option<f64>,
+    Option<f64>,
+    u8,
+    Option<String>,
+    Option<i32>,
+);
+
+fn decode_transaction(
+    key: &str,
+    trans_num: &str,
+    value: &str,
+) -> Result<ScoredTransaction, StoreError> {
+    let malformed = |reason: String| StoreError::Malformed {
+        key: key.to_string(),
+        reason,
+    };
+    let (cc_num, event_time, category, merchant, amt, score, is_anomaly, explanation, is_fraud): Encoded =
+        serde_json::from_str(value).map_err(|e| malformed(e.to_string()))?;
+    let event_secs = risksense_common::time::parse_timestamp_micros(&event_time)
+        .ok_or_else(|| {
+            malformed(format!(
+                "event_time `{event_time}` is not YYYY-MM-DD HH:MM:SS"
+            ))
+        })?
+        .div_euclid(risksense_common::time::MICROS_PER_SECOND);
+    Ok(ScoredTransaction {
+        trans_num: trans_num.to_string(),
+        cc_num,
+        event_time,
+        event_secs,
+        category,
+        merchant,
+        amt: amt.unwrap_or(f64::NAN),
+        score: score.unwrap_or(f64::NAN),
+        is_anomaly: is_anomaly == 1,
+        explanation: explanation.filter(|e| !e.is_empty()),
+        is_fraud,
+    })
+}
+
+/// An alert as its stream entry holds it, with the server time it was emitted at.
+fn parse_alert(entry: &redis::streams::StreamId) -> (u64, Alert) {
+    let text = |name: &str| -> String {
+        entry
+            .map
+            .get(name)
+            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let number = |name: &str| text(name).parse::<f64>().unwrap_or(f64::NAN);
+    let explanation = text("explanation");
+    (
+        text("us").parse().unwrap_or_default(),
+        Alert {
+            trans_num: text("trans_num"),
+            cc_num: text("cc_num").parse().unwrap_or_default(),
+            event_time: text("event_time"),
+            amt: number("amt"),
+            category: text("category"),
+            score: number("score"),
+            explanation: (!explanation.is_empty()).then_some(explanation),
+        },
+    )
 }
 
 #[async_trait]
 impl ResultStore for RedisStore {
     fn describe(&self) -> String {
-        format!("Redis at {}", self.url)
+        if self.connection.is_cluster() {
+            format!("Redis Cluster at {}", self.url)
+        } else {
+            format!("Redis at {}", self.url)
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -312,38 +386,124 @@ impl ResultStore for RedisStore {
     }
 
     async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
-        // Chunks go out as separate pipelines on the one multiplexed connection, all at
-        // once: Redis executes one while the next is still being encoded and sent, instead
-        // of encode, send, execute and read back happening one after the other for the
-        // whole batch (measured: about half the wall time per row at 50k rows/s).
-        // A card's rows go to one chunk, so its list is added to and trimmed once.
-        let chunk_count = rows.len().div_ceil(WRITE_CHUNK_ROWS).max(1);
-        let mut chunks: Vec<Vec<&ScoredTransaction>> = vec![Vec::new(); chunk_count];
+        let r = &self.retention;
+        let prefix = r.prefix.as_str();
+        let ttl = r.ttl_secs.max(1);
+        let mut pipes = Pipelines::default();
+        let mut cards: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
+        let mut anomalies = 0u64;
         for row in rows {
-            chunks[row.cc_num.unsigned_abs() as usize % chunk_count].push(row);
+            // One command per transaction.
+            pipes
+                .get(TRANSACTIONS, layout::bucket_of(&row.trans_num))
+                .set_ex(
+                    layout::transaction(prefix, &row.trans_num),
+                    encode_transaction(row),
+                    ttl,
+                )
+                .ignore();
+            cards
+                .entry(row.cc_num)
+                .or_default()
+                .push((row.event_secs, &row.trans_num));
+            if row.is_anomaly {
+                anomalies += 1;
+                let shard = layout::shard_of(&row.trans_num);
+                let pipe = pipes.get(ALERTS, shard);
+                if pipe.cmd_iter().next().is_none() {
+                    // Loaded in the pipeline that uses it: a restarted node (which forgot
+                    // its scripts) never fails the batch.
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(ALERT_ONCE).ignore();
+                }
+                pipe.cmd("EVALSHA")
+                    .arg(Script::new(ALERT_ONCE).get_hash())
+                    .arg(2)
+                    .arg(layout::anomalies(prefix, shard))
+                    .arg(layout::alerts(prefix, shard))
+                    .arg(row.event_secs)
+                    .arg(&row.trans_num)
+                    .arg(r.alerts_kept.max(1))
+                    .arg("trans_num")
+                    .arg(&row.trans_num)
+                    .arg("cc_num")
+                    .arg(row.cc_num)
+                    .arg("event_time")
+                    .arg(&row.event_time)
+                    .arg("amt")
+                    .arg(row.amt)
+                    .arg("category")
+                    .arg(&row.category)
+                    .arg("score")
+                    .arg(row.score)
+                    .arg("explanation")
+                    .arg(row.explanation.as_deref().unwrap_or(""));
+            }
         }
-        let writes = chunks
+        // Per card, once per write: its recent transactions by event time (ZADD is
+        // idempotent: a replayed batch adds nothing); trimmed and renewed when due.
+        let adds: HashMap<i64, u32> = cards
             .iter()
-            .filter(|chunk| !chunk.is_empty())
-            .map(|chunk| self.write_chunk(chunk));
-        let mut outcome = WriteOutcome::default();
-        for done in futures::future::try_join_all(writes).await? {
-            outcome.rows += done.rows;
-            outcome.anomalies += done.anomalies;
-            outcome.new_alerts += done.new_alerts;
+            .map(|(card, members)| (*card, members.len() as u32))
+            .collect();
+        let due = self.due_cards(&adds);
+        for (card, members) in &cards {
+            let key = layout::card(prefix, *card);
+            let pipe = pipes.get(TRANSACTIONS, layout::card_bucket(*card));
+            pipe.zadd_multiple(&key, members).ignore();
+            if due.contains(card) {
+                pipe.zremrangebyrank(&key, 0, -(r.card_history.max(1) as isize) - 1)
+                    .ignore();
+                pipe.expire(&key, ttl as i64).ignore();
+            }
         }
-        Ok(outcome)
+        // Trimmed once per shard and write; the index is what marks an anomaly alerted.
+        for ((kind, shard), pipe) in &mut pipes.by_tag {
+            if *kind == ALERTS {
+                pipe.zremrangebyrank(
+                    layout::anomalies(prefix, *shard),
+                    0,
+                    -(r.anomalies_kept.max(1) as isize) - 1,
+                )
+                .ignore();
+            }
+        }
+        // All pipelines at once on the multiplexed connection: Redis executes one while the
+        // next is still being sent (a cluster's go to their nodes in parallel).
+        let sends = pipes.by_tag.iter().map(|((kind, _), pipe)| {
+            let mut connection = self.connection.clone();
+            async move {
+                let replies: Vec<i64> = pipe.query_async(&mut connection).await?;
+                Ok::<_, redis::RedisError>(if *kind == ALERTS {
+                    replies.iter().filter(|&&added| added == 1).count() as u64
+                } else {
+                    0
+                })
+            }
+        });
+        let new_alerts: u64 = futures::future::try_join_all(sends)
+            .await
+            .map_err(|e| self.error(e))?
+            .into_iter()
+            .sum();
+        self.kept_up(&adds, &due);
+        Ok(WriteOutcome {
+            rows: rows.len() as u64,
+            anomalies,
+            new_alerts,
+        })
     }
 
     async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
         let key = layout::transaction(&self.retention.prefix, trans_num);
         let mut connection = self.connection.clone();
-        let fields: HashMap<String, String> =
-            connection.hgetall(&key).await.map_err(|e| self.error(e))?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        parse_transaction(&key, &fields).map(Some)
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        value
+            .map(|value| decode_transaction(&key, trans_num, &value))
+            .transpose()
     }
 
     async fn card_transactions(
@@ -351,13 +511,18 @@ impl ResultStore for RedisStore {
         cc_num: i64,
         limit: usize,
     ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        // A list may hold more than `card_history` until its next trim.
+        let limit = limit.min(self.retention.card_history.max(1));
         if limit == 0 {
             return Ok(Vec::new());
         }
         let key = layout::card(&self.retention.prefix, cc_num);
         let mut connection = self.connection.clone();
-        let members: Vec<String> = connection
-            .zrevrange(&key, 0, limit as isize - 1)
+        let members: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(limit - 1)
+            .query_async(&mut connection)
             .await
             .map_err(|e| self.error(e))?;
         self.transactions(&members).await
@@ -369,23 +534,60 @@ impl ResultStore for RedisStore {
         limit: usize,
         min_score: Option<f64>,
     ) -> Result<Vec<ScoredTransaction>, StoreError> {
-        let key = layout::anomalies(&self.retention.prefix);
-        let mut connection = self.connection.clone();
-        let mut out = Vec::new();
+        let prefix = &self.retention.prefix;
         let min = since_secs.map_or("-inf".to_string(), |s| s.to_string());
-        let mut offset = 0isize;
-        // Page through the index newest first until `limit` rows pass the score filter.
-        let page = (limit.max(1) * 2).min(5000) as isize;
-        while out.len() < limit {
-            let members: Vec<String> = connection
-                .zrevrangebyscore_limit(&key, "+inf", &min, offset, page)
-                .await
-                .map_err(|e| self.error(e))?;
-            if members.is_empty() {
-                break;
+        // The shards merged newest first (ties: greater trans_num first, as one sorted set
+        // orders them), a page at a time from each; at most `anomalies_kept` in all, which
+        // every shard keeps of its own, so the merge sees the newest ones of the whole index.
+        let page = (limit.max(1) * 2).min(5000);
+        let mut heads: Vec<std::collections::VecDeque<(String, f64)>> =
+            vec![Default::default(); layout::SHARDS];
+        let mut offsets = [0usize; layout::SHARDS];
+        let mut done = [false; layout::SHARDS];
+        let mut seen = 0usize;
+        let kept = self.retention.anomalies_kept.max(1);
+        let mut out = Vec::new();
+        while out.len() < limit && seen < kept {
+            let refills = (0..layout::SHARDS)
+                .filter(|&s| heads[s].is_empty() && !done[s])
+                .map(|s| {
+                    let key = layout::anomalies(prefix, s);
+                    let (min, offset) = (&min, offsets[s]);
+                    async move { (s, self.newest(&key, min, offset, page).await) }
+                })
+                .collect::<Vec<_>>();
+            for (s, found) in futures::future::join_all(refills).await {
+                let found = found?;
+                done[s] = found.len() < page;
+                offsets[s] += found.len();
+                heads[s].extend(found);
             }
-            offset += members.len() as isize;
-            for row in self.transactions(&members).await? {
+            // Take in order while every shard that may hold more has a head to compare.
+            let mut batch = Vec::new();
+            while batch.len() < page && seen < kept {
+                if (0..layout::SHARDS).any(|s| heads[s].is_empty() && !done[s]) {
+                    break;
+                }
+                let best = (0..layout::SHARDS)
+                    .filter(|&s| !heads[s].is_empty())
+                    .max_by(|&a, &b| {
+                        let (ma, sa) = &heads[a][0];
+                        let (mb, sb) = &heads[b][0];
+                        sa.total_cmp(sb).then_with(|| ma.cmp(mb))
+                    });
+                let Some(best) = best else { break };
+                if let Some((member, _)) = heads[best].pop_front() {
+                    batch.push(member);
+                    seen += 1;
+                }
+            }
+            if batch.is_empty() {
+                if (0..layout::SHARDS).all(|s| heads[s].is_empty() && done[s]) {
+                    break;
+                }
+                continue;
+            }
+            for row in self.transactions(&batch).await? {
                 if min_score.is_none_or(|m| row.score >= m) && out.len() < limit {
                     out.push(row);
                 }
@@ -395,34 +597,46 @@ impl ResultStore for RedisStore {
     }
 
     async fn alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
-        let key = layout::alerts(&self.retention.prefix);
-        let mut connection = self.connection.clone();
-        let reply: redis::streams::StreamRangeReply = connection
-            .xrevrange_count(&key, "+", "-", limit)
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut alerts = Vec::with_capacity(reply.ids.len());
-        for entry in reply.ids {
-            let text = |name: &str| -> String {
-                entry
-                    .map
-                    .get(name)
-                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-                    .unwrap_or_default()
-            };
-            let number = |name: &str| text(name).parse::<f64>().unwrap_or(f64::NAN);
-            let explanation = text("explanation");
-            alerts.push(Alert {
-                trans_num: text("trans_num"),
-                cc_num: text("cc_num").parse().unwrap_or_default(),
-                event_time: text("event_time"),
-                amt: number("amt"),
-                category: text("category"),
-                score: number("score"),
-                explanation: (!explanation.is_empty()).then_some(explanation),
-            });
+        let limit = limit.min(self.retention.alerts_kept.max(1));
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        Ok(alerts)
+        let reads = (0..layout::SHARDS).map(|shard| {
+            let key = layout::alerts(&self.retention.prefix, shard);
+            let mut connection = self.connection.clone();
+            async move {
+                redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async::<redis::streams::StreamRangeReply>(&mut connection)
+                    .await
+            }
+        });
+        let mut alerts: Vec<(u64, (u64, u64), Alert)> = Vec::new();
+        for reply in futures::future::try_join_all(reads)
+            .await
+            .map_err(|e| self.error(e))?
+        {
+            for entry in &reply.ids {
+                let (us, alert) = parse_alert(entry);
+                let id = entry
+                    .id
+                    .split_once('-')
+                    .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+                    .unwrap_or_default();
+                alerts.push((us, id, alert));
+            }
+        }
+        // Newest first by the server's time of each (ids order only within a shard).
+        alerts.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+        Ok(alerts
+            .into_iter()
+            .take(limit)
+            .map(|(_, _, alert)| alert)
+            .collect())
     }
 
     async fn save_checkpoint(
@@ -490,6 +704,7 @@ impl ResultStore for RedisStore {
             .map(|h| layout::score_cache(&self.retention.prefix, h))
             .collect();
         let mut connection = self.connection.clone();
+        // A cluster splits MGET by slot and puts the answers back in order.
         redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut connection)
@@ -502,22 +717,24 @@ impl ResultStore for RedisStore {
         entries: &[(String, String)],
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for (hash, value) in entries {
-            pipe.set_ex(
-                layout::score_cache(&self.retention.prefix, hash),
-                value,
-                ttl_secs.max(1),
-            )
-            .ignore();
-        }
-        let mut connection = self.connection.clone();
-        pipe.query_async::<()>(&mut connection)
+        // One command each, all at once: the keys are in any slots.
+        let puts = entries.iter().map(|(hash, value)| {
+            let mut connection = self.connection.clone();
+            let key = layout::score_cache(&self.retention.prefix, hash);
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("EX")
+                    .arg(ttl_secs.max(1))
+                    .query_async::<()>(&mut connection)
+                    .await
+            }
+        });
+        futures::future::try_join_all(puts)
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     async fn write_outputs(&self, records: &[OutputRecord]) -> Result<(), StoreError> {
@@ -525,69 +742,86 @@ impl ResultStore for RedisStore {
         if records.is_empty() {
             return Ok(());
         }
-        // One transaction: readers see the whole batch or none of it, and a hash is never
-        // seen between its DEL and its HSET.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if ids.iter().any(Option::is_some) {
-            // Loaded in the same transaction as its first use, so a Redis restart (which
-            // forgets scripts) can never fail the entries that need it after others were
-            // applied.
-            pipe.cmd("SCRIPT").arg("LOAD").arg(APPEND_ONCE).ignore();
-        }
+        // One transaction per slot (one Redis: one slot for all): readers see all of a
+        // slot's records or none, and a hash is never seen between its DEL and its HSET.
+        // A cluster cannot run one transaction over several slots, so there a window's
+        // records are atomic per slot (a key template with a hash tag keeps them in one).
+        let cluster = self.connection.is_cluster();
+        let mut groups: BTreeMap<u16, Vec<(&OutputRecord, Option<output::StreamId>)>> =
+            BTreeMap::new();
         for (record, id) in records.iter().zip(ids) {
-            match record {
-                OutputRecord::Hash {
-                    key,
-                    fields,
-                    ttl_secs,
-                } => {
-                    pipe.del(key).ignore();
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    let command = pipe.cmd("HSET").arg(key);
-                    for (field, value) in fields {
-                        command.arg(field).arg(value);
-                    }
-                    command.ignore();
-                    if let Some(ttl) = ttl_secs {
-                        pipe.expire(key, (*ttl).max(1) as i64).ignore();
-                    }
-                }
-                OutputRecord::StreamEntry {
-                    key,
-                    fields,
-                    max_len,
-                    ..
-                } => {
-                    let command = match id {
-                        Some(id) => pipe
-                            .cmd("EVALSHA")
-                            .arg(self.append_once.get_hash())
-                            .arg(1)
-                            .arg(key)
-                            .arg(output::format_stream_id(id))
-                            .arg(max_len.map_or(String::new(), |n| n.to_string())),
-                        None => {
-                            let command = pipe.cmd("XADD").arg(key);
-                            if let Some(n) = max_len {
-                                command.arg("MAXLEN").arg("~").arg(n);
-                            }
-                            command.arg("*")
+            let slot = if cluster {
+                layout::slot(record.key())
+            } else {
+                0
+            };
+            groups.entry(slot).or_default().push((record, id));
+        }
+        let sends = groups.into_values().map(|group| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            if group.iter().any(|(_, id)| id.is_some()) {
+                // Loaded in the same transaction as its first use, so a Redis restart
+                // (which forgets scripts) can never fail the entries that need it after
+                // others were applied.
+                pipe.cmd("SCRIPT").arg("LOAD").arg(APPEND_ONCE).ignore();
+            }
+            for (record, id) in group {
+                match record {
+                    OutputRecord::Hash {
+                        key,
+                        fields,
+                        ttl_secs,
+                    } => {
+                        pipe.del(key).ignore();
+                        if fields.is_empty() {
+                            continue;
                         }
-                    };
-                    for (field, value) in fields {
-                        command.arg(field).arg(value);
+                        let command = pipe.cmd("HSET").arg(key);
+                        for (field, value) in fields {
+                            command.arg(field).arg(value);
+                        }
+                        command.ignore();
+                        if let Some(ttl) = ttl_secs {
+                            pipe.expire(key, (*ttl).max(1) as i64).ignore();
+                        }
                     }
-                    command.ignore();
+                    OutputRecord::StreamEntry {
+                        key,
+                        fields,
+                        max_len,
+                        ..
+                    } => {
+                        let command = match id {
+                            Some(id) => pipe
+                                .cmd("EVALSHA")
+                                .arg(self.append_once.get_hash())
+                                .arg(1)
+                                .arg(key)
+                                .arg(output::format_stream_id(id))
+                                .arg(max_len.map_or(String::new(), |n| n.to_string())),
+                            None => {
+                                let command = pipe.cmd("XADD").arg(key);
+                                if let Some(n) = max_len {
+                                    command.arg("MAXLEN").arg("~").arg(n);
+                                }
+                                command.arg("*")
+                            }
+                        };
+                        for (field, value) in fields {
+                            command.arg(field).arg(value);
+                        }
+                        command.ignore();
+                    }
                 }
             }
-        }
-        let mut connection = self.connection.clone();
-        pipe.query_async::<()>(&mut connection)
+            let mut connection = self.connection.clone();
+            async move { pipe.query_async::<()>(&mut connection).await }
+        });
+        futures::future::try_join_all(sends)
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     async fn read_output_hash(
@@ -643,29 +877,44 @@ impl ResultStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut connection = self.connection.clone();
+        // A cluster's keys are on its primaries, each scanned on its own; one Redis is one
+        // "node" (None).
+        let primaries = connection.primaries().await.map_err(|e| self.error(e))?;
+        let nodes: Vec<Option<&(String, u16)>> = if primaries.is_empty() {
+            vec![None]
+        } else {
+            primaries.iter().map(Some).collect()
+        };
         // The first `limit` in order can be anywhere in the keyspace: scan all of it, keeping
         // only the `limit` smallest so far (SCAN may also return a key twice).
         let mut found = BTreeSet::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
-            // A key that is not UTF-8 was not written through this store: not an output.
-            found.extend(keys.into_iter().filter_map(|k| String::from_utf8(k).ok()));
-            while found.len() > limit {
-                found.pop_last();
+        for node in nodes {
+            let mut cursor = 0u64;
+            loop {
+                let reply = connection
+                    .on_node(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(SCAN_COUNT),
+                        node,
+                    )
+                    .await
+                    .map_err(|e| self.error(e))?;
+                let (next, keys): (u64, Vec<Vec<u8>>) =
+                    redis::from_redis_value(reply).map_err(|e| self.error(e.into()))?;
+                // A key that is not UTF-8 was not written through this store: not an output.
+                found.extend(keys.into_iter().filter_map(|k| String::from_utf8(k).ok()));
+                while found.len() > limit {
+                    found.pop_last();
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         Ok(found.into_iter().collect())
     }
@@ -695,65 +944,6 @@ impl ResultStore for RedisStore {
             .map_err(|e| self.error(e))?;
         Ok(queries.into_iter().collect())
     }
-}
-
-fn parse_transaction(
-    key: &str,
-    fields: &HashMap<String, String>,
-) -> Result<ScoredTransaction, StoreError> {
-    let malformed = |reason: String| StoreError::Malformed {
-        key: key.to_string(),
-        reason,
-    };
-    let text = |name: &str| -> Result<String, StoreError> {
-        fields
-            .get(name)
-            .cloned()
-            .ok_or_else(|| malformed(format!("no field `{name}`")))
-    };
-    fn number<T: std::str::FromStr>(
-        value: String,
-        name: &str,
-        malformed: &dyn Fn(String) -> StoreError,
-    ) -> Result<T, StoreError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        value
-            .parse::<T>()
-            .map_err(|e| malformed(format!("field `{name}`: {e}")))
-    }
-    let explanation = text("explanation").unwrap_or_default();
-    let is_fraud = text("is_fraud").unwrap_or_default();
-    let event_time = text("event_time")?;
-    let event_secs = risksense_common::time::parse_timestamp_micros(&event_time)
-        .ok_or_else(|| {
-            malformed(format!(
-                "event_time `{event_time}` is not YYYY-MM-DD HH:MM:SS"
-            ))
-        })?
-        .div_euclid(risksense_common::time::MICROS_PER_SECOND);
-    let trans_num = key
-        .rsplit_once(":tx:")
-        .map(|(_, t)| t.to_string())
-        .ok_or_else(|| malformed("not a transaction key".to_string()))?;
-    Ok(ScoredTransaction {
-        trans_num,
-        cc_num: number(text("cc_num")?, "cc_num", &malformed)?,
-        event_time,
-        event_secs,
-        category: text("category")?,
-        merchant: text("merchant")?,
-        amt: number(text("amt")?, "amt", &malformed)?,
-        score: number(text("score")?, "score", &malformed)?,
-        is_anomaly: text("is_anomaly")? == "1",
-        explanation: (!explanation.is_empty()).then_some(explanation),
-        is_fraud: if is_fraud.is_empty() {
-            None
-        } else {
-            Some(number(is_fraud, "is_fraud", &malformed)?)
-        },
-    })
 }
 
 #[cfg(test)]

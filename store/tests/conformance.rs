@@ -2,7 +2,8 @@
 //! the in-process one: what the engine and the API read back must not depend on which one
 //! it is. Each check below is written once against the `ResultStore` contract (its doc
 //! comments), through the `Store` handle, and `conformance!` runs it against each store,
-//! as `redis_store::<check>` and `in_process::<check>`, every run on a store (a Redis
+//! as `redis_store::<check>`, `redis_cluster::<check>` (a three-shard Redis Cluster) and
+//! `in_process::<check>`, every run on a store (a Redis
 //! prefix) of its own. A new store joins by adding a module to the macro.
 //!
 //! The Redis checks fail, loudly, when Redis is not there; they never skip.
@@ -18,18 +19,34 @@ use risksense_store::{
 fn redis_url() -> String {
     let url = std::env::var("RISKSENSE_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
-    let address = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        std::net::TcpStream::connect(&address).is_ok(),
-        "Redis is not reachable at {address}: start it with `scripts/services.sh up`"
-    );
+    reachable(&url);
     url
+}
+
+/// The test Redis Cluster (three shards, `scripts/services.sh up`), failing loudly when it
+/// is not there.
+fn cluster_url() -> String {
+    let url = std::env::var("RISKSENSE_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
+        "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003/".to_string()
+    });
+    reachable(&url);
+    url
+}
+
+fn reachable(url: &str) {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let hosts = authority.rsplit('@').next().unwrap_or_default();
+    for address in hosts.split(',') {
+        assert!(
+            std::net::TcpStream::connect(address).is_ok(),
+            "Redis is not reachable at {address}: start it with `scripts/services.sh up`"
+        );
+    }
 }
 
 /// Small limits, so that the checks see them applied.
@@ -58,23 +75,26 @@ fn retention() -> Retention {
 /// By name, not by a `SCAN` of a shared Redis that may hold millions of keys.
 async fn forget(url: &str, prefix: &str) {
     use risksense_store::layout;
-    let client = ::redis::Client::open(url).expect("redis url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
+    let mut connection = risksense_store::RedisConnection::open(url)
         .await
         .expect("redis connection");
-    let keys = [
-        layout::anomalies(prefix),
-        layout::alerts(prefix),
+    let mut keys = vec![
         layout::checkpoint(prefix, "g", "t", 0),
         layout::checkpoint(prefix, "g", "t", 1),
         layout::queries(prefix),
     ];
-    let _: () = ::redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut connection)
-        .await
-        .expect("del");
+    for shard in 0..layout::SHARDS {
+        keys.push(layout::anomalies(prefix, shard));
+        keys.push(layout::alerts(prefix, shard));
+    }
+    // One key per DEL: a cluster refuses a DEL over several slots.
+    for key in keys {
+        let _: () = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("del");
+    }
 }
 
 /// Runs each check against each store.
@@ -89,6 +109,21 @@ macro_rules! conformance {
                     let store = super::Store::redis(&url, retention.clone())
                         .await
                         .expect("connecting to Redis");
+                    super::$check(&store).await;
+                    super::forget(&url, &retention.prefix).await;
+                }
+            )*
+        }
+
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let url = super::cluster_url();
+                    let retention = super::retention();
+                    let store = super::Store::redis(&url, retention.clone())
+                        .await
+                        .expect("connecting to the Redis Cluster");
                     super::$check(&store).await;
                     super::forget(&url, &retention.prefix).await;
                 }
