@@ -97,6 +97,7 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
             "brokers = \"{brokers}\"\nredis = \"{url}\"\ntopic = \"{topic}\"\ngroup = \"{topic}-group\"\n\
              alerts_topic = \"{topic}.alerts\"\ndead_letter_topic = \"{topic}.dlq\"\n\
              archive = \"{}\"\nbatch_rows = 1000\ncheckpoint_interval_ms = 500\n\
+             checkpoint_delta_share = 1.0\n\
              [retention]\nprefix = \"{topic}\"\n",
             archive.display()
         ),
@@ -104,7 +105,9 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
     .expect("config");
     let config = config.to_str().expect("path").to_string();
 
-    // First run: killed with SIGKILL once some checkpoints have happened.
+    // First run: killed with SIGKILL once some checkpoints have happened, one of them a
+    // delta (only the cards changed since the one before), so the restart restores a
+    // whole checkpoint and the deltas after it.
     let mut first = Command::new(env!("CARGO_BIN_EXE_risksense"))
         .args(["run", "--config", &config])
         .stdout(Stdio::null())
@@ -112,12 +115,37 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
         .spawn()
         .expect("risksense run starts");
     let started = Instant::now();
-    while common::parquet_files(&archive).len() < 2 && started.elapsed() < Duration::from_secs(120)
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut connection = client.get_connection().expect("connection");
+    let mut deltas = || -> i64 {
+        (0..16)
+            .map(|partition| {
+                let key = risksense_store::layout::checkpoint(
+                    &topic,
+                    &format!("{topic}-group"),
+                    &topic,
+                    partition,
+                );
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg("deltas")
+                    .query::<Option<i64>>(&mut connection)
+                    .expect("hget")
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    while (common::parquet_files(&archive).len() < 2 || deltas() == 0)
+        && started.elapsed() < Duration::from_secs(120)
     {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
+    assert!(
+        deltas() > 0,
+        "no delta checkpoint was saved before the kill"
+    );
     let archived_before = common::read_parquet(&common::parquet_files(&archive))
         .iter()
         .map(|b| b.num_rows())

@@ -7,7 +7,8 @@
 //! | `{p}:card:{B}:{cc_num}`               | zset   | the card's recent trans_nums by event time (TTL)  |
 //! | `{p}:anomalies:{A}`                   | zset   | one shard of the anomalies by event time (capped) |
 //! | `{p}:alerts:{A}`                      | stream | one shard of the alerts, an entry each (capped)   |
-//! | `{p}:checkpoint:{group}:{topic}:{n}`  | hash   | a partition's next offset and per-card state      |
+//! | `{p}:checkpoint:{group}:{topic}:{n}`  | hash   | a partition's next offset and per-card state, and |
+//! |                                       |        | the deltas after it (`delta:1`…, `deltas` = count) |
 //! | `{p}:score:{hash}`                    | string | a cached `/v1/score` answer for one input (TTL)   |
 //! | `{p}:queries`                         | hash   | standing queries' definitions: name → SQL         |
 //!

@@ -117,6 +117,20 @@ pub struct Checkpoint {
     /// The archive file holding the partition's rows since the previous checkpoint, sealed
     /// but maybe not yet published (whoever restores the partition publishes it).
     pub archive_file: Option<String>,
+    /// Saved after `state` by [`ResultStore::save_checkpoint_delta`], oldest first: what
+    /// changed since the one before. Empty when saving a whole checkpoint.
+    pub deltas: Vec<Vec<u8>>,
+}
+
+/// What [`ResultStore::save_checkpoint_delta`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaSaved {
+    Saved,
+    /// A checkpoint further on is there (another owner's): nothing saved.
+    Behind,
+    /// The stored checkpoint is not the one the delta follows: nothing saved; save the
+    /// whole state instead.
+    NotParent,
 }
 
 /// An alert as the alerts stream holds it.
@@ -220,7 +234,8 @@ pub trait ResultStore: Send + Sync + 'static {
     /// lost its partitions can never roll back its successor's progress.
     ///
     /// A save at the stored offset replaces it (a retried save succeeds). `offset`,
-    /// `state` and `archive_file` are saved together: a load never mixes two saves.
+    /// `state` and `archive_file` are saved together, and replace every delta saved
+    /// before (`checkpoint.deltas` is ignored): a load never mixes two saves.
     /// Checkpoints do not expire. Returns whether it was saved.
     async fn save_checkpoint(
         &self,
@@ -230,8 +245,26 @@ pub trait ResultStore: Send + Sync + 'static {
         checkpoint: &Checkpoint,
     ) -> Result<bool, StoreError>;
 
+    /// Saves what changed since the checkpoint at offset `parent` as the checkpoint at
+    /// `checkpoint.offset` (its `state` is the delta; `deltas` is ignored): appended after
+    /// the stored state and deltas, in one atomic step, only if the stored checkpoint is at
+    /// `parent`. A checkpoint further on than `checkpoint.offset` makes it
+    /// [`DeltaSaved::Behind`]; any other offset [`DeltaSaved::NotParent`].
+    ///
+    /// A delta is never lost from its chain: a load returns the state and every delta
+    /// saved after it, until a [`save_checkpoint`](Self::save_checkpoint) replaces them all.
+    async fn save_checkpoint_delta(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        parent: i64,
+        checkpoint: &Checkpoint,
+    ) -> Result<DeltaSaved, StoreError>;
+
     /// The checkpoint last saved for `(group, topic, partition)`, byte for byte (an empty
-    /// `archive_file` name loads as None); None if there never was one.
+    /// `archive_file` name loads as None), with the deltas saved after its state; None if
+    /// there never was one.
     async fn load_checkpoint(
         &self,
         group: &str,

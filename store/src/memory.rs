@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use crate::output::{self, StreamId};
 use crate::{
-    Alert, Checkpoint, OutputRecord, ResultStore, Retention, ScoredTransaction, StoreError,
-    WriteOutcome,
+    Alert, Checkpoint, DeltaSaved, OutputRecord, ResultStore, Retention, ScoredTransaction,
+    StoreError, WriteOutcome,
 };
 
 /// Transactions kept before the oldest are dropped (the in-process store has no TTL).
@@ -331,10 +331,36 @@ impl ResultStore for MemoryStore {
         // As Redis keeps it: an empty archive file name is no archive file.
         let checkpoint = Checkpoint {
             archive_file: checkpoint.archive_file.clone().filter(|f| !f.is_empty()),
+            deltas: Vec::new(),
             ..checkpoint.clone()
         };
         inner.checkpoints.insert(key, checkpoint);
         Ok(true)
+    }
+
+    async fn save_checkpoint_delta(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        parent: i64,
+        checkpoint: &Checkpoint,
+    ) -> Result<DeltaSaved, StoreError> {
+        let mut inner = self.lock();
+        let key = (group.to_string(), topic.to_string(), partition);
+        let Some(stored) = inner.checkpoints.get_mut(&key) else {
+            return Ok(DeltaSaved::NotParent);
+        };
+        if stored.offset > checkpoint.offset {
+            return Ok(DeltaSaved::Behind);
+        }
+        if stored.offset != parent {
+            return Ok(DeltaSaved::NotParent);
+        }
+        stored.offset = checkpoint.offset;
+        stored.deltas.push(checkpoint.state.clone());
+        stored.archive_file = checkpoint.archive_file.clone().filter(|f| !f.is_empty());
+        Ok(DeltaSaved::Saved)
     }
 
     async fn load_checkpoint(

@@ -11,7 +11,8 @@ use crate::layout;
 use crate::output::{self, OutputRecord};
 use crate::redis_connection::Connection;
 use crate::{
-    Alert, Checkpoint, ResultStore, Retention, ScoredTransaction, StoreError, WriteOutcome,
+    Alert, Checkpoint, DeltaSaved, ResultStore, Retention, ScoredTransaction, StoreError,
+    WriteOutcome,
 };
 
 /// Emits an alert once: an anomaly is alerted when it enters its shard's index (ZADD NX
@@ -29,13 +30,29 @@ end
 return 0
 ";
 
-/// Saves a checkpoint unless the stored one has a higher offset.
+/// Saves a checkpoint unless the stored one has a higher offset (its deltas go with it).
 const SAVE_CHECKPOINT: &str = r"
 local current = redis.call('HGET', KEYS[1], 'offset')
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3], 'archive_file', ARGV[4])
+return 1
+";
+
+/// Appends a delta (field `delta:<n>`, `deltas` = n) when the stored checkpoint is its
+/// parent (ARGV[1]): 1 saved, 0 a checkpoint further on is there, 2 another parent.
+const SAVE_CHECKPOINT_DELTA: &str = r"
+local current = redis.call('HGET', KEYS[1], 'offset')
+if current and tonumber(current) > tonumber(ARGV[2]) then
+  return 0
+end
+if not current or tonumber(current) ~= tonumber(ARGV[1]) then
+  return 2
+end
+local n = redis.call('HINCRBY', KEYS[1], 'deltas', 1)
+redis.call('HSET', KEYS[1], 'offset', ARGV[2], 'delta:' .. n, ARGV[3], 'saved_at_ms', ARGV[4], 'archive_file', ARGV[5])
 return 1
 ";
 
@@ -123,6 +140,7 @@ pub struct RedisStore {
     connection: Connection,
     retention: Retention,
     save_checkpoint: Script,
+    save_checkpoint_delta: Script,
     append_once: Script,
     card_marks: Arc<Mutex<HashMap<i64, CardMark>>>,
 }
@@ -163,6 +181,7 @@ impl RedisStore {
             connection,
             retention,
             save_checkpoint: Script::new(SAVE_CHECKPOINT),
+            save_checkpoint_delta: Script::new(SAVE_CHECKPOINT_DELTA),
             append_once: Script::new(APPEND_ONCE),
             card_marks: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -664,6 +683,37 @@ impl ResultStore for RedisStore {
         Ok(saved == 1)
     }
 
+    async fn save_checkpoint_delta(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        parent: i64,
+        checkpoint: &Checkpoint,
+    ) -> Result<DeltaSaved, StoreError> {
+        let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut connection = self.connection.clone();
+        let saved: i64 = self
+            .save_checkpoint_delta
+            .key(&key)
+            .arg(parent)
+            .arg(checkpoint.offset)
+            .arg(checkpoint.state.as_slice())
+            .arg(now_ms)
+            .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(match saved {
+            1 => DeltaSaved::Saved,
+            0 => DeltaSaved::Behind,
+            _ => DeltaSaved::NotParent,
+        })
+    }
+
     async fn load_checkpoint(
         &self,
         group: &str,
@@ -672,26 +722,44 @@ impl ResultStore for RedisStore {
     ) -> Result<Option<Checkpoint>, StoreError> {
         let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
         let mut connection = self.connection.clone();
-        let (offset, state, archive_file): (Option<String>, Option<Vec<u8>>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(&key)
-                .arg("offset")
-                .arg("state")
-                .arg("archive_file")
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
-        let Some(offset) = offset else {
+        // All fields at once: a save between two reads would mix two checkpoints.
+        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        let malformed = |reason: String| StoreError::Malformed {
+            key: key.clone(),
+            reason,
+        };
+        let text = |name: &str| {
+            fields
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let Some(offset) = text("offset") else {
             return Ok(None);
         };
-        let offset = offset.parse::<i64>().map_err(|e| StoreError::Malformed {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let offset = offset
+            .parse::<i64>()
+            .map_err(|e| malformed(e.to_string()))?;
+        let count = text("deltas")
+            .map(|n| n.parse::<usize>().map_err(|e| malformed(e.to_string())))
+            .transpose()?
+            .unwrap_or(0);
+        let deltas = (1..=count)
+            .map(|n| {
+                fields
+                    .get(&format!("delta:{n}"))
+                    .cloned()
+                    .ok_or_else(|| malformed(format!("no delta {n} of {count}")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Some(Checkpoint {
             offset,
-            state: state.unwrap_or_default(),
-            archive_file: archive_file.filter(|f| !f.is_empty()),
+            state: fields.get("state").cloned().unwrap_or_default(),
+            archive_file: text("archive_file").filter(|f| !f.is_empty()),
+            deltas,
         }))
     }
 

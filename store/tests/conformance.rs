@@ -149,6 +149,7 @@ conformance!(
     anomalies,
     alerts,
     checkpoints,
+    checkpoint_deltas,
     checkpoints_never_go_back_under_races,
     cache_ttl,
     output_hashes,
@@ -403,7 +404,77 @@ fn checkpoint(offset: i64, archive_file: Option<&str>) -> Checkpoint {
         // Binary state: every byte value survives.
         state: (0..=255u8).chain(offset.to_le_bytes()).collect(),
         archive_file: archive_file.map(str::to_string),
+        deltas: Vec::new(),
     }
+}
+
+/// Deltas chain after a whole checkpoint, each only onto its parent, until the next whole
+/// one replaces them all.
+async fn checkpoint_deltas(store: &Store) {
+    use risksense_store::DeltaSaved;
+    let load = || async { store.load_checkpoint("g", "t", 0).await.expect("load") };
+    let delta = |offset: i64, bytes: &[u8], archive: Option<&str>| Checkpoint {
+        offset,
+        state: bytes.to_vec(),
+        archive_file: archive.map(str::to_string),
+        deltas: Vec::new(),
+    };
+    let save_delta = |parent: i64, checkpoint: Checkpoint| async move {
+        store
+            .save_checkpoint_delta("g", "t", 0, parent, &checkpoint)
+            .await
+            .expect("save delta")
+    };
+    // No checkpoint yet: nothing to follow.
+    assert_eq!(
+        save_delta(0, delta(5, b"d", None)).await,
+        DeltaSaved::NotParent
+    );
+    assert_eq!(load().await, None);
+
+    let ten = checkpoint(10, Some("a.parquet"));
+    assert!(
+        store
+            .save_checkpoint("g", "t", 0, &ten)
+            .await
+            .expect("save")
+    );
+    assert_eq!(
+        save_delta(10, delta(15, &[0, 255, 1], Some("b.parquet"))).await,
+        DeltaSaved::Saved
+    );
+    assert_eq!(
+        save_delta(15, delta(20, b"", None)).await,
+        DeltaSaved::Saved
+    );
+    let chained = Checkpoint {
+        offset: 20,
+        archive_file: None,
+        deltas: vec![vec![0, 255, 1], Vec::new()],
+        ..ten.clone()
+    };
+    assert_eq!(load().await, Some(chained.clone()));
+
+    // Onto another parent: nothing saved. Behind a later checkpoint: nothing saved.
+    assert_eq!(
+        save_delta(15, delta(25, b"x", None)).await,
+        DeltaSaved::NotParent
+    );
+    assert_eq!(
+        save_delta(10, delta(18, b"x", None)).await,
+        DeltaSaved::Behind
+    );
+    assert_eq!(load().await, Some(chained));
+
+    // A whole checkpoint replaces the state and every delta.
+    let thirty = checkpoint(30, None);
+    assert!(
+        store
+            .save_checkpoint("g", "t", 0, &thirty)
+            .await
+            .expect("save")
+    );
+    assert_eq!(load().await, Some(thirty));
 }
 
 async fn checkpoints(store: &Store) {
@@ -462,6 +533,7 @@ async fn checkpoints(store: &Store) {
         offset: 20,
         state: Vec::new(),
         archive_file: Some(String::new()),
+        deltas: Vec::new(),
     };
     assert!(
         store
@@ -729,8 +801,9 @@ async fn output_hashes(store: &Store) {
     // Past its TTL a hash is gone (and not listed); a rewrite without a TTL keeps it.
     store
         .write_outputs(&[
-            hash(&brief, &[("x", "1")], Some(1)),
-            hash(&kept, &[("x", "1")], Some(1)),
+            // 3 s: long enough for the checks before the sleep on a loaded machine.
+            hash(&brief, &[("x", "1")], Some(3)),
+            hash(&kept, &[("x", "1")], Some(3)),
             hash(&kept, &[("x", "2")], None),
         ])
         .await
@@ -740,7 +813,7 @@ async fn output_hashes(store: &Store) {
         store.output_keys(&brief, 10).await.expect("keys"),
         vec![brief.clone()]
     );
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
     assert_eq!(read(brief.clone()).await, None);
     assert_eq!(
         store.output_keys(&brief, 10).await.expect("keys"),

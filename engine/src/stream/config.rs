@@ -37,6 +37,12 @@ pub struct StreamConfig {
     /// How often each partition's state, archive and offset are made durable together
     /// (one partition at a time, spread over the interval).
     pub checkpoint_interval_ms: u64,
+    /// A checkpoint is a delta (only the cards changed since the previous one) when at
+    /// most this share of the partition's cards changed, and fewer than
+    /// `checkpoint_full_every` deltas follow the last whole one; otherwise it is whole.
+    /// 0: always whole.
+    pub checkpoint_delta_share: f64,
+    pub checkpoint_full_every: usize,
     /// Where a new group starts reading: `earliest` or `latest`.
     pub start_from: String,
     /// Threads for the model (ONNX Runtime intra-op).
@@ -87,6 +93,8 @@ impl Default for StreamConfig {
             batch_rows: 4096,
             batch_wait_ms: 20,
             checkpoint_interval_ms: 5000,
+            checkpoint_delta_share: 0.5,
+            checkpoint_full_every: 30,
             start_from: "earliest".to_string(),
             model_threads: 1,
             sql_partitions: 1,

@@ -38,7 +38,7 @@ use risksense_connectors::sink::{
 };
 use risksense_formats::message::{Incoming, decode_with_limit, drop_repeats, partition_of};
 use risksense_query::scorer::StreamScorer;
-use risksense_store::{Checkpoint, Store};
+use risksense_store::{Checkpoint, DeltaSaved, Store};
 use risksense_udfs::windows::{CardHistory, HistorySnapshot, Seen, trans_num_hash};
 
 use super::checkpoint::{CheckpointCoordinator, PartitionOffset};
@@ -69,8 +69,18 @@ pub struct Pipeline {
     turns: HashMap<usize, oneshot::Receiver<()>>,
     /// A partition checkpoint running in the background (at most one at a time).
     pending: Option<PendingCheckpoint>,
+    /// Per partition, the checkpoint the next one can be a delta on.
+    chains: HashMap<i32, Chain>,
     /// The next micro-batch's place in the stream.
     seq: u64,
+}
+
+/// The last checkpoint taken of a partition: the parent of the next, if that is a delta.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    offset: i64,
+    /// Deltas on the last whole checkpoint, up to `offset`.
+    deltas: usize,
 }
 
 /// A micro-batch's background writes, running as a task. The poll loop and a checkpoint
@@ -142,7 +152,10 @@ struct CheckpointJob {
     offset: i64,
     /// The partition's history and sinks' states at the cut, encoded by the job: a big
     /// history (many cards) takes long to encode, and the stream does not wait for it.
-    history: HistorySnapshot,
+    history: Arc<HistorySnapshot>,
+    /// Saved as a delta on the checkpoint at this offset (only the cards changed since
+    /// it), or whole (None, or if that checkpoint is not the one stored).
+    parent: Option<i64>,
     sink_states: Vec<(&'static str, Vec<u8>)>,
     in_flight: Vec<SinkTask>,
     commits: Vec<Box<dyn PendingCommit>>,
@@ -155,7 +168,7 @@ struct CheckpointJob {
 
 impl CheckpointJob {
     async fn run(mut self) -> Result<CheckpointOutcome, EngineError> {
-        for task in self.in_flight {
+        for task in std::mem::take(&mut self.in_flight) {
             task.join().await?;
         }
         // The checkpoint record has one slot for a prepared commit's token (the archive's
@@ -171,18 +184,61 @@ impl CheckpointJob {
                 token = Some(prepared);
             }
         }
-        let (history, sink_states) = (self.history, self.sink_states);
-        let state = tokio::task::spawn_blocking(move || {
-            history
-                .to_ipc()
-                .map(|history| risksense_connectors::sink::pack_state(history, sink_states))
-        })
-        .await
-        .map_err(|e| EngineError::State(format!("encoding a checkpoint: {e}")))??;
+        let history = self.history.clone();
+        let encode = |delta: bool| {
+            let (history, sink_states) = (history.clone(), self.sink_states.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let bytes = if delta {
+                        history.to_delta_ipc()
+                    } else {
+                        history.to_ipc()
+                    };
+                    bytes.map(|bytes| risksense_connectors::sink::pack_state(bytes, sink_states))
+                })
+                .await
+                .map_err(|e| EngineError::State(format!("encoding a checkpoint: {e}")))?
+                .map_err(EngineError::from)
+            }
+        };
+        if let Some(parent) = self.parent {
+            let checkpoint = Checkpoint {
+                offset: self.offset,
+                state: encode(true).await?,
+                archive_file: token.clone(),
+                deltas: Vec::new(),
+            };
+            let saved = retry(
+                &self.metrics,
+                &self.shutdown,
+                "saving a checkpoint",
+                || async {
+                    Ok(self
+                        .store
+                        .save_checkpoint_delta(
+                            &self.group,
+                            &self.topic,
+                            self.partition,
+                            parent,
+                            &checkpoint,
+                        )
+                        .await?)
+                },
+            )
+            .await?;
+            match saved {
+                DeltaSaved::Saved => return self.publish(true),
+                DeltaSaved::Behind => return self.publish(false),
+                // Not on the checkpoint stored (a save this one follows was lost, or
+                // another instance's came between): the whole state instead.
+                DeltaSaved::NotParent => {}
+            }
+        }
         let checkpoint = Checkpoint {
             offset: self.offset,
-            state,
+            state: encode(false).await?,
             archive_file: token,
+            deltas: Vec::new(),
         };
         let saved = retry(
             &self.metrics,
@@ -196,6 +252,11 @@ impl CheckpointJob {
             },
         )
         .await?;
+        self.publish(saved)
+    }
+
+    /// After the save: commits the sinks' output if it was saved.
+    fn publish(self, saved: bool) -> Result<CheckpointOutcome, EngineError> {
         if !saved {
             // Another instance owns this partition now and is further along: its rows are
             // its own; ours past its checkpoint stay hidden (the commits are dropped).
@@ -246,6 +307,7 @@ impl Pipeline {
             in_flight: VecDeque::new(),
             turns: HashMap::new(),
             pending: None,
+            chains: HashMap::new(),
             seq: 0,
         })
     }
@@ -304,7 +366,27 @@ impl Pipeline {
         let offset = self.coordinator.begin(partition)?;
         self.history
             .evict_idle(partition, self.config.state_idle_secs);
-        let history = self.history.snapshot(partition);
+        let history = Arc::new(self.history.snapshot(partition));
+        // A delta while the chain is short (a restore reads it all) and the delta would be
+        // small beside the whole.
+        let previous = self.chains.get(&partition).copied();
+        let parent = previous
+            .filter(|chain| {
+                chain.deltas < self.config.checkpoint_full_every
+                    && history.changed_cards() as f64
+                        <= self.config.checkpoint_delta_share * history.cards() as f64
+            })
+            .map(|chain| chain.offset);
+        self.chains.insert(
+            partition,
+            Chain {
+                offset,
+                deltas: match (parent, previous) {
+                    (Some(_), Some(chain)) => chain.deltas + 1,
+                    _ => 0,
+                },
+            },
+        );
         let mut sink_states = Vec::new();
         for sink in &self.sinks {
             if let Some(state) = sink.snapshot(partition)? {
@@ -320,6 +402,7 @@ impl Pipeline {
             partition,
             offset,
             history,
+            parent,
             sink_states,
             in_flight,
             commits,
@@ -657,17 +740,36 @@ impl Pipeline {
                         sink.recover(partition, token)?;
                     }
                 }
-                let (history, sink_states) =
+                let (history, mut sink_states) =
                     risksense_connectors::sink::unpack_state(&checkpoint.state)?;
+                let mut deltas = Vec::with_capacity(checkpoint.deltas.len());
+                for delta in &checkpoint.deltas {
+                    // Each delta carries the sinks' whole states: the last one's count.
+                    let (history, sinks) = risksense_connectors::sink::unpack_state(delta)?;
+                    deltas.push(history);
+                    sink_states = sinks;
+                }
                 for sink in &self.sinks {
                     sink.restore_state(partition, sink_states.get(sink.name()).map(Vec::as_slice))?;
                 }
-                if let Err(error) = self.history.restore(partition, &history) {
+                let restored = self.history.restore(partition, &history).and_then(|()| {
+                    deltas
+                        .iter()
+                        .try_for_each(|delta| self.history.apply_delta(partition, delta))
+                });
+                if let Err(error) = restored {
                     // Resume at the offset anyway: refusing would stop the stream for good.
                     // Features lack history until the cards are seen again.
                     tracing::error!(partition, %error, "checkpointed state unreadable; resuming with empty state");
                     self.history.restore(partition, &[])?;
                 }
+                self.chains.insert(
+                    partition,
+                    Chain {
+                        offset: checkpoint.offset,
+                        deltas: checkpoint.deltas.len(),
+                    },
+                );
                 let (cards, kept) = self.history.size(partition);
                 tracing::info!(
                     partition,
@@ -681,6 +783,7 @@ impl Pipeline {
             }
             None => {
                 tracing::info!(partition, "no checkpoint for partition: starting fresh");
+                self.chains.remove(&partition);
                 for sink in &self.sinks {
                     sink.restore_state(partition, None)?;
                 }
@@ -707,6 +810,7 @@ impl Pipeline {
             pending.task.abort();
         }
         for partition in partitions {
+            self.chains.remove(partition);
             self.history.forget(*partition);
             self.coordinator.forget(*partition);
             for sink in &self.sinks {

@@ -16,7 +16,7 @@
 //! least its last [`SEEN_KEEP_ROWS`] rows; a card idle for the stream's `state_idle_secs`
 //! is forgotten with the rest of its history. A repeat older than that is not recognised.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
@@ -70,6 +70,8 @@ pub fn stable_site_name(name: &str) -> String {
 /// The site name under which a checkpoint stores [`Seen`] rows (no window's name starts
 /// with `#`).
 const SEEN_SITE: &str = "#seen";
+/// The site name of a delta's row for a card let go since the state it follows.
+const GONE_SITE: &str = "#gone";
 
 /// A call of a card window in a plan.
 pub type SiteId = u32;
@@ -172,6 +174,9 @@ struct PartitionHistory {
     cards: HashMap<i64, Arc<CardRows>>,
     /// Latest event time seen in the partition: the clock idle cards age by.
     latest_secs: i64,
+    /// Cards changed, and cards let go, since the last snapshot: what a delta holds.
+    changed: HashSet<i64>,
+    removed: HashSet<i64>,
 }
 
 /// Per-card history of every card window site, for the partitions this engine owns.
@@ -243,6 +248,7 @@ impl CardHistory {
         for (card, site, entries) in staged {
             let partition = partition_of(card).ok_or(HistoryError::NoPartition(card))?;
             let history = partitions.entry(partition).or_default();
+            history.changed.insert(card);
             let rows = Arc::make_mut(history.cards.entry(card).or_default());
             if let Some(last) = entries.last() {
                 rows.latest_secs = rows.latest_secs.max(last.secs);
@@ -278,6 +284,7 @@ impl CardHistory {
         let mut touched: Vec<(i32, i64)> = Vec::new();
         for (partition, card, seen) in rows {
             let history = partitions.entry(partition).or_default();
+            history.changed.insert(card);
             let card_rows = Arc::make_mut(history.cards.entry(card).or_default());
             card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
             history.latest_secs = history.latest_secs.max(seen.secs);
@@ -322,7 +329,20 @@ impl CardHistory {
     pub fn evict_idle(&self, partition: i32, horizon_secs: i64) {
         if let Some(history) = self.partitions.write().get_mut(&partition) {
             let cutoff = history.latest_secs.saturating_sub(horizon_secs);
-            history.cards.retain(|_, rows| rows.latest_secs >= cutoff);
+            let PartitionHistory {
+                cards,
+                changed,
+                removed,
+                ..
+            } = history;
+            cards.retain(|card, rows| {
+                let kept = rows.latest_secs >= cutoff;
+                if !kept {
+                    changed.remove(card);
+                    removed.insert(*card);
+                }
+                kept
+            });
         }
     }
 
@@ -344,28 +364,59 @@ impl CardHistory {
 
     /// `partition`'s history as it is now, to encode later (off the stream's thread):
     /// cheap to take, and unchanged by what the stream does after.
+    ///
+    /// It also holds what changed since the previous snapshot (the cards changed and let
+    /// go), for [`HistorySnapshot::to_delta_ipc`]; taking it starts the next delta.
     pub fn snapshot(&self, partition: i32) -> HistorySnapshot {
         let site_names = self.sites.read().names.clone();
-        let cards = self
-            .partitions
-            .read()
-            .get(&partition)
-            .map(|history| {
-                history
-                    .cards
-                    .iter()
-                    .map(|(card, rows)| (*card, Arc::clone(rows)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        HistorySnapshot { site_names, cards }
+        let mut partitions = self.partitions.write();
+        let Some(history) = partitions.get_mut(&partition) else {
+            return HistorySnapshot {
+                site_names,
+                cards: Vec::new(),
+                changed: HashSet::new(),
+                removed: Vec::new(),
+            };
+        };
+        HistorySnapshot {
+            site_names,
+            cards: history
+                .cards
+                .iter()
+                .map(|(card, rows)| (*card, Arc::clone(rows)))
+                .collect(),
+            changed: std::mem::take(&mut history.changed),
+            removed: std::mem::take(&mut history.removed).into_iter().collect(),
+        }
     }
 
     /// Takes over `partition` with the history of [`Self::to_ipc`] bytes (empty bytes:
     /// none). Replaces whatever was kept for it. A checkpoint of the earlier four-column
     /// schema restores with no rows remembered for the duplicate check.
     pub fn restore(&self, partition: i32, bytes: &[u8]) -> Result<(), HistoryError> {
+        let (history, _) = self.parse(bytes)?;
+        self.partitions.write().insert(partition, history);
+        Ok(())
+    }
+
+    /// Applies a delta ([`HistorySnapshot::to_delta_ipc`] bytes) to `partition`: the
+    /// cards it lets go are dropped, and the cards it holds replace what was kept for them.
+    pub fn apply_delta(&self, partition: i32, bytes: &[u8]) -> Result<(), HistoryError> {
+        let (delta, gone) = self.parse(bytes)?;
+        let mut partitions = self.partitions.write();
+        let history = partitions.entry(partition).or_default();
+        for card in gone {
+            history.cards.remove(&card);
+        }
+        history.latest_secs = history.latest_secs.max(delta.latest_secs);
+        history.cards.extend(delta.cards);
+        Ok(())
+    }
+
+    /// The cards in `bytes`, and the cards it says were let go.
+    fn parse(&self, bytes: &[u8]) -> Result<(PartitionHistory, Vec<i64>), HistoryError> {
         let mut history = PartitionHistory::default();
+        let mut gone = Vec::new();
         if !bytes.is_empty() {
             let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
             if reader.schema() != *SCHEMA && reader.schema() != *V1_SCHEMA {
@@ -386,6 +437,10 @@ impl CardHistory {
                 });
                 for i in 0..batch.num_rows() {
                     let card = cards.value(i);
+                    if names.value(i) == GONE_SITE {
+                        gone.push(card);
+                        continue;
+                    }
                     if names.value(i) == SEEN_SITE {
                         let Some((hashes, row_ids)) = seen_columns else {
                             continue;
@@ -420,8 +475,7 @@ impl CardHistory {
                 }
             }
         }
-        self.partitions.write().insert(partition, history);
-        Ok(())
+        Ok((history, gone))
     }
 }
 
@@ -429,17 +483,48 @@ impl CardHistory {
 pub struct HistorySnapshot {
     site_names: Vec<String>,
     cards: Vec<(i64, Arc<CardRows>)>,
+    changed: HashSet<i64>,
+    removed: Vec<i64>,
 }
 
 impl HistorySnapshot {
     /// The history as Arrow IPC (a checkpoint's state).
     pub fn to_ipc(&self) -> Result<Vec<u8>, HistoryError> {
+        self.encode(|_| true, &[])
+    }
+
+    /// What changed since the previous snapshot, as Arrow IPC: the changed cards whole,
+    /// and a row per card let go. Applied after the state it follows
+    /// ([`CardHistory::apply_delta`]), it gives this snapshot's [`Self::to_ipc`].
+    pub fn to_delta_ipc(&self) -> Result<Vec<u8>, HistoryError> {
+        self.encode(|card| self.changed.contains(&card), &self.removed)
+    }
+
+    /// Cards changed since the previous snapshot.
+    pub fn changed_cards(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Cards held.
+    pub fn cards(&self) -> usize {
+        self.cards.len()
+    }
+
+    fn encode(&self, include: impl Fn(i64) -> bool, gone: &[i64]) -> Result<Vec<u8>, HistoryError> {
         let batch = {
             let (mut site_names, mut cards, mut secs, mut values) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut hashes, mut row_ids) = (Vec::new(), Vec::new());
+            for card in gone {
+                site_names.push(GONE_SITE);
+                cards.push(*card);
+                secs.push(0);
+                values.push(None);
+                hashes.push(None);
+                row_ids.push(None);
+            }
             {
-                for (card, rows) in &self.cards {
+                for (card, rows) in self.cards.iter().filter(|(card, _)| include(*card)) {
                     for (site, entries) in rows.sites.iter().enumerate() {
                         for entry in entries {
                             site_names.push(self.site_names[site].as_str());
@@ -481,6 +566,8 @@ impl HistorySnapshot {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use datafusion::physical_expr::expressions::Column;
 
@@ -491,6 +578,77 @@ mod tests {
 
     fn entry(secs: i64, value: Option<f64>) -> Entry {
         Entry { secs, value }
+    }
+
+    /// A partition's history as a set of rows, whatever the order of its encoding.
+    fn rows_of(history: &CardHistory, partition: i32) -> BTreeSet<String> {
+        let bytes = history.to_ipc(partition).expect("ipc");
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(bytes.as_slice(), None).expect("reader");
+        let mut rows = BTreeSet::new();
+        for batch in reader {
+            let batch = batch.expect("batch");
+            for i in 0..batch.num_rows() {
+                let row: Vec<String> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, i).expect("value"))
+                    .collect();
+                rows.insert(row.join("|"));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn a_delta_applied_to_the_state_before_it_gives_the_state_after_it() {
+        let history = CardHistory::new();
+        let amt = site(&history, "amt");
+        let on = |card: i64, secs: i64| {
+            history.stage(card, amt, vec![entry(secs, Some(card as f64))]);
+            history.commit_staged(|_| Some(0)).expect("commit");
+            history.remember([(
+                0,
+                card,
+                Seen {
+                    hash: card as u64 * 31 + secs as u64,
+                    row_id: secs,
+                    secs,
+                },
+            )]);
+        };
+        for card in 1..=5 {
+            on(card, 10);
+        }
+        let base = history.snapshot(0);
+        assert_eq!(base.cards(), 5);
+        let base_bytes = base.to_ipc().expect("ipc");
+
+        // Changes after the cut: card 2 again, card 6 new, then cards idle past the
+        // horizon let go (1, 3, 4, 5 at second 10 while the partition is at 200,000).
+        on(2, 150_000);
+        on(6, 200_000);
+        history.evict_idle(0, 100_000);
+        let next = history.snapshot(0);
+        assert_eq!(next.changed_cards(), 2);
+        let delta = next.to_delta_ipc().expect("delta");
+
+        let restored = CardHistory::new();
+        site(&restored, "amt");
+        restored.restore(0, &base_bytes).expect("restore");
+        assert_eq!(restored.size(0).0, 5);
+        restored.apply_delta(0, &delta).expect("apply");
+        assert_eq!(rows_of(&restored, 0), rows_of(&history, 0));
+        assert_eq!(restored.size(0), history.size(0));
+        assert_eq!(restored.size(0).0, 2);
+
+        // Nothing changed since: an empty delta changes nothing.
+        let empty = history.snapshot(0);
+        assert_eq!(empty.changed_cards(), 0);
+        restored
+            .apply_delta(0, &empty.to_delta_ipc().expect("delta"))
+            .expect("apply");
+        assert_eq!(rows_of(&restored, 0), rows_of(&history, 0));
     }
 
     #[test]
