@@ -666,9 +666,7 @@ impl ResultStore for RedisStore {
         checkpoint: &Checkpoint,
     ) -> Result<bool, StoreError> {
         let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = risksense_common::metrics::now_ms();
         let mut connection = self.connection.clone();
         let saved: i64 = self
             .save_checkpoint
@@ -692,9 +690,7 @@ impl ResultStore for RedisStore {
         checkpoint: &Checkpoint,
     ) -> Result<DeltaSaved, StoreError> {
         let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = risksense_common::metrics::now_ms();
         let mut connection = self.connection.clone();
         let saved: i64 = self
             .save_checkpoint_delta
