@@ -201,10 +201,14 @@ impl CheckpointJob {
                 .map_err(EngineError::from)
             }
         };
-        if let Some(parent) = self.parent {
+        // A delta first if there is a parent; at most once more, whole, if the stored
+        // checkpoint is not that parent (a save this one follows was lost, or another
+        // instance's came between).
+        let mut parent = self.parent;
+        loop {
             let checkpoint = Checkpoint {
                 offset: self.offset,
-                state: encode(true).await?,
+                state: encode(parent.is_some()).await?,
                 archive_file: token.clone(),
                 deltas: Vec::new(),
             };
@@ -213,46 +217,31 @@ impl CheckpointJob {
                 &self.shutdown,
                 "saving a checkpoint",
                 || async {
-                    Ok(self
-                        .store
-                        .save_checkpoint_delta(
-                            &self.group,
-                            &self.topic,
-                            self.partition,
-                            parent,
-                            &checkpoint,
-                        )
-                        .await?)
+                    let (group, topic, partition) = (&self.group, &self.topic, self.partition);
+                    Ok(match parent {
+                        Some(parent) => {
+                            self.store
+                                .save_checkpoint_delta(group, topic, partition, parent, &checkpoint)
+                                .await?
+                        }
+                        None if self
+                            .store
+                            .save_checkpoint(group, topic, partition, &checkpoint)
+                            .await? =>
+                        {
+                            DeltaSaved::Saved
+                        }
+                        None => DeltaSaved::Behind,
+                    })
                 },
             )
             .await?;
             match saved {
                 DeltaSaved::Saved => return self.publish(true),
                 DeltaSaved::Behind => return self.publish(false),
-                // Not on the checkpoint stored (a save this one follows was lost, or
-                // another instance's came between): the whole state instead.
-                DeltaSaved::NotParent => {}
+                DeltaSaved::NotParent => parent = None,
             }
         }
-        let checkpoint = Checkpoint {
-            offset: self.offset,
-            state: encode(false).await?,
-            archive_file: token,
-            deltas: Vec::new(),
-        };
-        let saved = retry(
-            &self.metrics,
-            &self.shutdown,
-            "saving a checkpoint",
-            || async {
-                Ok(self
-                    .store
-                    .save_checkpoint(&self.group, &self.topic, self.partition, &checkpoint)
-                    .await?)
-            },
-        )
-        .await?;
-        self.publish(saved)
     }
 
     /// After the save: commits the sinks' output if it was saved.
