@@ -40,20 +40,9 @@ pub const SHARDS: usize = 8;
 /// Redis Cluster's slots.
 const SLOTS: usize = 16_384;
 
-/// CRC-16/XMODEM, as Redis Cluster hashes keys to slots.
+/// CRC-16/XMODEM, as Redis Cluster hashes keys to slots (the crate redis-rs routes with).
 fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(bytes)
 }
 
 /// The cluster slot of `key`: of its hash tag (the first non-empty `{…}`) when it has

@@ -30,23 +30,20 @@ end
 return 0
 ";
 
-/// Saves a checkpoint unless the stored one has a higher offset (its deltas go with it).
+/// Saves a checkpoint unless the stored one has a higher offset: whole when ARGV[1] is ''
+/// (replacing the state and every delta), else as a delta (field `delta:<n>`, `deltas` =
+/// n) only when the stored checkpoint is at its parent offset ARGV[1]. ARGV[2..5]:
+/// offset, state, saved_at_ms, archive_file. Returns 1 saved, 0 a checkpoint further on
+/// is there, 2 another parent.
 const SAVE_CHECKPOINT: &str = r"
-local current = redis.call('HGET', KEYS[1], 'offset')
-if current and tonumber(current) > tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'saved_at_ms', ARGV[3], 'archive_file', ARGV[4])
-return 1
-";
-
-/// Appends a delta (field `delta:<n>`, `deltas` = n) when the stored checkpoint is its
-/// parent (ARGV[1]): 1 saved, 0 a checkpoint further on is there, 2 another parent.
-const SAVE_CHECKPOINT_DELTA: &str = r"
 local current = redis.call('HGET', KEYS[1], 'offset')
 if current and tonumber(current) > tonumber(ARGV[2]) then
   return 0
+end
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'offset', ARGV[2], 'state', ARGV[3], 'saved_at_ms', ARGV[4], 'archive_file', ARGV[5])
+  return 1
 end
 if not current or tonumber(current) ~= tonumber(ARGV[1]) then
   return 2
@@ -140,7 +137,7 @@ pub struct RedisStore {
     connection: Connection,
     retention: Retention,
     save_checkpoint: Script,
-    save_checkpoint_delta: Script,
+    alert_once: Script,
     append_once: Script,
     card_marks: Arc<Mutex<HashMap<i64, CardMark>>>,
 }
@@ -181,7 +178,7 @@ impl RedisStore {
             connection,
             retention,
             save_checkpoint: Script::new(SAVE_CHECKPOINT),
-            save_checkpoint_delta: Script::new(SAVE_CHECKPOINT_DELTA),
+            alert_once: Script::new(ALERT_ONCE),
             append_once: Script::new(APPEND_ONCE),
             card_marks: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -238,6 +235,29 @@ impl RedisStore {
                 mark.adds += adds;
             }
         }
+    }
+
+    /// [`SAVE_CHECKPOINT`]: whole (no parent) or as a delta on `parent`.
+    async fn run_save_checkpoint(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        parent: Option<i64>,
+        checkpoint: &Checkpoint,
+    ) -> Result<i64, StoreError> {
+        let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
+        let mut connection = self.connection.clone();
+        self.save_checkpoint
+            .key(&key)
+            .arg(parent.map_or(String::new(), |p| p.to_string()))
+            .arg(checkpoint.offset)
+            .arg(checkpoint.state.as_slice())
+            .arg(risksense_common::metrics::now_ms())
+            .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Reads the transactions of `trans_nums` in one round trip (a cluster's `MGET` is
@@ -435,7 +455,7 @@ impl ResultStore for RedisStore {
                     pipe.cmd("SCRIPT").arg("LOAD").arg(ALERT_ONCE).ignore();
                 }
                 pipe.cmd("EVALSHA")
-                    .arg(Script::new(ALERT_ONCE).get_hash())
+                    .arg(self.alert_once.get_hash())
                     .arg(2)
                     .arg(layout::anomalies(prefix, shard))
                     .arg(layout::alerts(prefix, shard))
@@ -665,19 +685,9 @@ impl ResultStore for RedisStore {
         partition: i32,
         checkpoint: &Checkpoint,
     ) -> Result<bool, StoreError> {
-        let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
-        let now_ms = risksense_common::metrics::now_ms();
-        let mut connection = self.connection.clone();
-        let saved: i64 = self
-            .save_checkpoint
-            .key(&key)
-            .arg(checkpoint.offset)
-            .arg(checkpoint.state.as_slice())
-            .arg(now_ms)
-            .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let saved = self
+            .run_save_checkpoint(group, topic, partition, None, checkpoint)
+            .await?;
         Ok(saved == 1)
     }
 
@@ -689,20 +699,9 @@ impl ResultStore for RedisStore {
         parent: i64,
         checkpoint: &Checkpoint,
     ) -> Result<DeltaSaved, StoreError> {
-        let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
-        let now_ms = risksense_common::metrics::now_ms();
-        let mut connection = self.connection.clone();
-        let saved: i64 = self
-            .save_checkpoint_delta
-            .key(&key)
-            .arg(parent)
-            .arg(checkpoint.offset)
-            .arg(checkpoint.state.as_slice())
-            .arg(now_ms)
-            .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let saved = self
+            .run_save_checkpoint(group, topic, partition, Some(parent), checkpoint)
+            .await?;
         Ok(match saved {
             1 => DeltaSaved::Saved,
             0 => DeltaSaved::Behind,

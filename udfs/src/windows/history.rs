@@ -357,9 +357,10 @@ impl CardHistory {
         self.discard_staged();
     }
 
-    /// `partition`'s history as Arrow IPC (a checkpoint's state).
+    /// `partition`'s history as Arrow IPC (a checkpoint's state). Leaves what the next
+    /// [`Self::snapshot`]'s delta holds as it is.
     pub fn to_ipc(&self, partition: i32) -> Result<Vec<u8>, HistoryError> {
-        self.snapshot(partition).to_ipc()
+        self.capture(partition, false).to_ipc()
     }
 
     /// `partition`'s history as it is now, to encode later (off the stream's thread):
@@ -368,26 +369,32 @@ impl CardHistory {
     /// It also holds what changed since the previous snapshot (the cards changed and let
     /// go), for [`HistorySnapshot::to_delta_ipc`]; taking it starts the next delta.
     pub fn snapshot(&self, partition: i32) -> HistorySnapshot {
+        self.capture(partition, true)
+    }
+
+    /// The partition's cards by reference, and what changed since the last snapshot
+    /// (taken from the partition when `take_changes`, so that the next delta starts).
+    fn capture(&self, partition: i32, take_changes: bool) -> HistorySnapshot {
         let site_names = self.sites.read().names.clone();
         let mut partitions = self.partitions.write();
-        let Some(history) = partitions.get_mut(&partition) else {
-            return HistorySnapshot {
-                site_names,
-                cards: Vec::new(),
-                changed: HashSet::new(),
-                removed: Vec::new(),
-            };
-        };
-        HistorySnapshot {
+        let mut snapshot = HistorySnapshot {
             site_names,
-            cards: history
+            cards: Vec::new(),
+            changed: HashSet::new(),
+            removed: Vec::new(),
+        };
+        if let Some(history) = partitions.get_mut(&partition) {
+            snapshot.cards = history
                 .cards
                 .iter()
                 .map(|(card, rows)| (*card, Arc::clone(rows)))
-                .collect(),
-            changed: std::mem::take(&mut history.changed),
-            removed: std::mem::take(&mut history.removed).into_iter().collect(),
+                .collect();
+            if take_changes {
+                snapshot.changed = std::mem::take(&mut history.changed);
+                snapshot.removed = std::mem::take(&mut history.removed).into_iter().collect();
+            }
         }
+        snapshot
     }
 
     /// Takes over `partition` with the history of [`Self::to_ipc`] bytes (empty bytes:
@@ -629,6 +636,8 @@ mod tests {
         on(2, 150_000);
         on(6, 200_000);
         history.evict_idle(0, 100_000);
+        // Encoding the whole history in between leaves the next delta as it is.
+        history.to_ipc(0).expect("ipc");
         let next = history.snapshot(0);
         assert_eq!(next.changed_cards(), 2);
         let delta = next.to_delta_ipc().expect("delta");
