@@ -1,6 +1,7 @@
 //! `risksense run` killed with SIGKILL mid-stream, then started again: nothing is lost and
 //! nothing shows twice (Redis, the alerts stream, the archive). Needs Kafka and Redis
-//! (`scripts/services.sh up`); fails loudly without them.
+//! (`scripts/services.sh up`); fails loudly without them. `RISKSENSE_REDIS_URL` picks one
+//! Redis or a cluster: `scripts/test.sh` runs it against both.
 
 #[path = "../engine/tests/common.rs"]
 mod common;
@@ -115,26 +116,18 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
         .spawn()
         .expect("risksense run starts");
     let started = Instant::now();
-    let client = redis::Client::open(url.as_str()).expect("client");
-    let mut connection = client.get_connection().expect("connection");
-    let mut deltas = || -> i64 {
-        (0..16)
-            .map(|partition| {
-                let key = risksense_store::layout::checkpoint(
-                    &topic,
-                    &format!("{topic}-group"),
-                    &topic,
-                    partition,
-                );
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg("deltas")
-                    .query::<Option<i64>>(&mut connection)
-                    .expect("hget")
-                    .unwrap_or(0)
-            })
-            .sum()
-    };
+    let mut probe = risksense_testkit::Probe::open(&url);
+    let checkpoints: Vec<String> = (0..16)
+        .map(|partition| {
+            risksense_store::layout::checkpoint(
+                &topic,
+                &format!("{topic}-group"),
+                &topic,
+                partition,
+            )
+        })
+        .collect();
+    let mut deltas = || probe.checkpoint_deltas(&checkpoints);
     while (common::parquet_files(&archive).len() < 2 || deltas() == 0)
         && started.elapsed() < Duration::from_secs(120)
     {
@@ -224,35 +217,14 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
     }
 
     // Redis: every transaction; each anomaly alerted exactly once.
-    let client = redis::Client::open(url.as_str()).expect("client");
-    let mut connection = client.get_connection().expect("connection");
-    for chunk in sent.chunks(5000) {
-        let mut pipe = redis::pipe();
-        for t in chunk {
-            pipe.exists(risksense_store::layout::transaction(&topic, t));
-        }
-        let found: Vec<bool> = pipe.query(&mut connection).expect("exists");
-        assert!(
-            found.iter().all(|f| *f),
-            "a transaction is missing from Redis"
-        );
-    }
-    let mut alerted: Vec<String> = Vec::new();
-    for shard in 0..risksense_store::layout::SHARDS {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(risksense_store::layout::alerts(&topic, shard))
-            .arg("-")
-            .arg("+")
-            .query(&mut connection)
-            .expect("xrange");
-        alerted.extend(
-            reply
-                .ids
-                .iter()
-                .filter_map(|e| e.map.get("trans_num"))
-                .filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok()),
-        );
-    }
+    let mut probe = risksense_testkit::Probe::open(&url);
+    let stored = probe.transactions_stored(&topic, &sent);
+    assert!(
+        stored.iter().all(|f| *f),
+        "{} transactions missing from Redis",
+        stored.iter().filter(|f| !**f).count()
+    );
+    let alerted = probe.alerts(&topic);
     assert_eq!(alerted.len(), anomalies.len(), "alerts stream length");
     assert_eq!(alerted.into_iter().collect::<HashSet<_>>(), anomalies);
     let _ = std::fs::remove_dir_all(&dir);

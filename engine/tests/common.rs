@@ -65,22 +65,7 @@ pub fn sorted_by_row_id(batch: &RecordBatch) -> RecordBatch {
 /// Redis URL for the tests. Fails loudly, with the command that starts Redis, when nothing
 /// answers: these tests never skip.
 pub fn redis_url() -> String {
-    let url = std::env::var("RISKSENSE_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
-    let address = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        reachable(&address),
-        "Redis is not reachable at {address}: these tests need a real Redis. \
-         Start it with `scripts/services.sh up` (or run `scripts/test.sh`), \
-         or point RISKSENSE_REDIS_URL at yours."
-    );
-    url
+    risksense_testkit::redis_url()
 }
 
 /// A raw message read back from a topic.

@@ -124,14 +124,9 @@ fn a_scoring_fault_stops_the_stream_and_commits_nothing_past_it() {
     );
     assert!(letters.is_empty(), "{} dead letters", letters.len());
     // No checkpoint moved past the failed rows: a restart reads them again.
-    let mut connection = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection())
-        .expect("redis");
     let checkpoint = risksense_store::layout::checkpoint(&topic, &config.group, &topic, 0);
-    let offset: Option<i64> = redis::cmd("HGET")
-        .arg(&checkpoint)
-        .arg("offset")
-        .query(&mut connection)
+    let offset: Option<i64> = risksense_testkit::Probe::open(&url)
+        .query(redis::cmd("HGET").arg(&checkpoint).arg("offset"))
         .expect("hget");
     assert!(
         offset.is_none_or(|o| o <= (rows.num_rows() / 2) as i64),

@@ -1,6 +1,10 @@
 //! The streaming engine against the real broker and Redis (`scripts/services.sh up`):
-//! end to end, stream/batch parity, dead letters, two instances in one group, and a Redis
-//! restart mid-stream. (kill -9 of the process is in the binary's tests/stream_recovery.rs.)
+//! end to end, stream/batch parity, dead letters, two instances in one group, a Redis
+//! restart mid-stream and a Redis Cluster shard restart mid-stream. (kill -9 of the process
+//! is in the binary's tests/stream_recovery.rs.)
+//!
+//! `RISKSENSE_REDIS_URL` picks the Redis the stream writes to: `scripts/test.sh` runs these
+//! once against the single Redis and again against the three-shard cluster.
 
 mod common;
 
@@ -18,6 +22,7 @@ use risksense_engine::stream::pipeline::{ERROR_HEADER, SOURCE_HEADER};
 use risksense_engine::stream::{RunOptions, RunSummary, StreamConfig, StreamMetrics, run_stream};
 use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
+use risksense_testkit::Probe;
 use risksense_udfs::Model;
 
 fn model() -> Arc<Model> {
@@ -186,61 +191,19 @@ fn trans_nums(rows: &RecordBatch) -> Vec<String> {
         .collect()
 }
 
-/// For each trans_num: whether Redis holds its hash.
+/// For each trans_num: whether Redis (one server or a cluster) holds its record.
 fn redis_has(url: &str, prefix: &str, trans_nums: &[String]) -> Vec<bool> {
-    let client = redis::Client::open(url).expect("client");
-    let mut connection = client.get_connection().expect("connection");
-    let mut found = Vec::with_capacity(trans_nums.len());
-    for chunk in trans_nums.chunks(5000) {
-        let mut pipe = redis::pipe();
-        for t in chunk {
-            pipe.exists(risksense_store::layout::transaction(prefix, t));
-        }
-        let exists: Vec<bool> = pipe.query(&mut connection).expect("exists");
-        found.extend(exists);
-    }
-    found
+    Probe::open(url).transactions_stored(prefix, trans_nums)
 }
 
 /// trans_nums of the alerts streams (every shard), in the order they were emitted.
 fn redis_alerts(url: &str, prefix: &str) -> Vec<String> {
-    let client = redis::Client::open(url).expect("client");
-    let mut connection = client.get_connection().expect("connection");
-    let mut alerts: Vec<(u64, String)> = Vec::new();
-    for shard in 0..risksense_store::layout::SHARDS {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(risksense_store::layout::alerts(prefix, shard))
-            .arg("-")
-            .arg("+")
-            .query(&mut connection)
-            .expect("xrange");
-        for entry in &reply.ids {
-            let field = |name: &str| {
-                entry
-                    .map
-                    .get(name)
-                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-                    .unwrap_or_else(|| panic!("{name} field"))
-            };
-            alerts.push((field("us").parse().expect("us"), field("trans_num")));
-        }
-    }
-    alerts.sort();
-    alerts.into_iter().map(|(_, trans_num)| trans_num).collect()
+    Probe::open(url).alerts(prefix)
 }
 
 /// Anomalies in the index, over every shard.
 fn redis_anomalies(url: &str, prefix: &str) -> usize {
-    let client = redis::Client::open(url).expect("client");
-    let mut connection = client.get_connection().expect("connection");
-    (0..risksense_store::layout::SHARDS)
-        .map(|shard| -> usize {
-            redis::cmd("ZCARD")
-                .arg(risksense_store::layout::anomalies(prefix, shard))
-                .query(&mut connection)
-                .expect("zcard")
-        })
-        .sum()
+    Probe::open(url).anomalies(prefix)
 }
 
 /// Asserts that every card's list in Redis ends with exactly its newest `kept` transactions
@@ -260,8 +223,7 @@ fn assert_card_lists(url: &str, prefix: &str, rows: &RecordBatch, kept: usize) {
             .or_default()
             .push((times.value(i).div_euclid(1_000_000), trans_num));
     }
-    let client = redis::Client::open(url).expect("client");
-    let mut connection = client.get_connection().expect("connection");
+    let mut probe = Probe::open(url);
     for (card, mut entries) in by_card {
         entries.sort();
         let expected: Vec<String> = entries
@@ -269,11 +231,13 @@ fn assert_card_lists(url: &str, prefix: &str, rows: &RecordBatch, kept: usize) {
             .skip(entries.len().saturating_sub(kept))
             .map(|(_, t)| t.clone())
             .collect();
-        let stored: Vec<String> = redis::cmd("ZRANGE")
-            .arg(risksense_store::layout::card(prefix, card))
-            .arg(-(kept as isize))
-            .arg(-1)
-            .query(&mut connection)
+        let stored: Vec<String> = probe
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(risksense_store::layout::card(prefix, card))
+                    .arg(-(kept as isize))
+                    .arg(-1),
+            )
             .expect("zrange");
         assert_eq!(stored, expected, "card {card}");
     }
@@ -641,6 +605,102 @@ fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
     assert_eq!(archived.len(), rows.num_rows());
 }
 
+/// One shard of the three-shard test cluster (`scripts/services.sh up`) is stopped and
+/// started again while transactions are still arriving: the cluster client follows it
+/// back, and nothing is lost or alerted twice (every write is idempotent, so the retries
+/// of a batch the shard half took change nothing).
+#[test]
+fn a_cluster_shard_restarting_mid_stream_loses_nothing_and_alerts_once() {
+    let url = risksense_testkit::redis_cluster_url();
+    let runtime = runtime();
+    let rows = generate(100, "2019-01-01", "2019-03-31", 14);
+    let topic = common::unique_topic("cluster-restart");
+    let settings = KafkaSettings::new(common::kafka_brokers());
+    runtime
+        .block_on(ensure_topic(&settings, &topic, 2))
+        .expect("topic");
+    // Paced, so that transactions are still arriving while the shard is away.
+    let rate = (rows.num_rows() as u64 / 6).max(1000);
+    let producer = {
+        let (topic, rows) = (topic.clone(), rows.clone());
+        std::thread::spawn(move || {
+            let mut producer =
+                ReplayProducer::new(&settings, &topic, Pace::PerSecond(rate)).expect("producer");
+            producer.send_batch(&rows).expect("send");
+            producer.finish(Duration::from_secs(60)).expect("delivered");
+        })
+    };
+    let archive = scratch("cluster-restart");
+    let config = StreamConfig {
+        batch_rows: 200,
+        batch_wait_ms: 20,
+        ..config(&topic, &archive)
+    };
+    let store = redis_store(&runtime, &url, &config);
+    let metrics = Arc::new(StreamMetrics::default());
+    let watched = metrics.clone();
+    let engine = std::thread::spawn(move || {
+        run_with_metrics(config, store, Duration::from_secs(8), metrics)
+    });
+
+    let started = std::time::Instant::now();
+    while StreamMetrics::get(&watched.rows_scored) < 2000
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        StreamMetrics::get(&watched.rows_scored) >= 2000,
+        "the stream never got going"
+    );
+    let addresses = risksense_testkit::addresses(&url);
+    let port = addresses[1].rsplit(':').next().expect("a port");
+    let restart = std::process::Command::new(common::repo_root().join("scripts/services.sh"))
+        .args(["redis-cluster-restart-node", port])
+        .output()
+        .expect("scripts/services.sh runs");
+    assert!(
+        restart.status.success(),
+        "restarting the shard on {port}: {}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    let scored_at_restart = StreamMetrics::get(&watched.rows_scored);
+    assert!(
+        scored_at_restart < rows.num_rows() as u64,
+        "the stream had finished before the shard came back: not mid-stream"
+    );
+    producer.join().expect("producer thread");
+
+    let summary = engine.join().expect("engine thread");
+    assert_eq!(summary.messages, rows.num_rows() as u64);
+    assert_eq!(summary.rows_scored, rows.num_rows() as u64);
+    let found = redis_has(&url, &topic, &trans_nums(&rows));
+    let missing = found.iter().filter(|f| !**f).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} transactions missing after the restart"
+    );
+    let archived = scores_of(&archive_rows(&archive));
+    assert_eq!(archived.len(), rows.num_rows());
+    let flagged: HashSet<String> = archived
+        .iter()
+        .filter(|(_, (_, f))| *f)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let alerts = redis_alerts(&url, &topic);
+    assert_eq!(
+        alerts.iter().collect::<HashSet<_>>().len(),
+        alerts.len(),
+        "an alert twice"
+    );
+    assert_eq!(
+        alerts.into_iter().collect::<HashSet<_>>(),
+        flagged,
+        "every anomaly alerted, nothing else"
+    );
+    assert_eq!(redis_anomalies(&url, &topic), flagged.len());
+}
+
 /// The scenario on the real broker: one card's stream holds an amount of 1e308, a
 /// latitude of 999, a 100 KiB message and a repeat of an earlier transaction among its
 /// valid rows. Each bad one is dead-lettered with its reason (the oversized one with its
@@ -824,14 +884,10 @@ fn a_write_redis_refuses_for_good_stops_the_stream_instead_of_retrying_forever()
         .column(idx::CC_NUM)
         .as_primitive::<Int64Type>()
         .value(0);
-    let mut connection = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection())
-        .expect("redis");
+    let mut probe = Probe::open(&url);
     let key = risksense_store::layout::card(&topic, card);
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg("not a sorted set")
-        .query(&mut connection)
+    let _: () = probe
+        .query(redis::cmd("SET").arg(&key).arg("not a sorted set"))
         .expect("set");
 
     let archive = scratch("wrongtype");
@@ -842,9 +898,8 @@ fn a_write_redis_refuses_for_good_stops_the_stream_instead_of_retrying_forever()
     // Nothing was checkpointed past the failed batch: the partition has no checkpoint.
     let checkpoint =
         risksense_store::layout::checkpoint(&topic, &format!("{topic}-group"), &topic, 0);
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&checkpoint)
-        .query(&mut connection)
+    let exists: bool = probe
+        .query(redis::cmd("EXISTS").arg(&checkpoint))
         .expect("exists");
     assert!(
         !exists,
@@ -884,12 +939,9 @@ fn kafka_refusing_alerts_for_good_stops_the_stream_instead_of_retrying_forever()
     let error = stream_error(config, store, "records the broker refuses for good");
     assert!(error.to_lowercase().contains("too large"), "{error}");
     let checkpoint = risksense_store::layout::checkpoint(&topic, &group, &topic, 0);
-    let mut connection = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection())
-        .expect("redis");
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&checkpoint)
-        .query(&mut connection)
+    let mut probe = Probe::open(&url);
+    let exists: bool = probe
+        .query(redis::cmd("EXISTS").arg(&checkpoint))
         .expect("exists");
     assert!(
         !exists,

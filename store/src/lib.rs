@@ -27,7 +27,7 @@ use async_trait::async_trait;
 pub use memory::MemoryStore;
 pub use output::OutputRecord;
 pub use record::{ScoredTransaction, from_batch};
-pub use redis_connection::Connection as RedisConnection;
+pub use redis_connection::{Connection as RedisConnection, cluster_nodes};
 pub use redis_store::RedisStore;
 
 /// What can go wrong talking to the store.

@@ -49,6 +49,14 @@ pub(crate) fn target(url: &str) -> Target {
     )
 }
 
+/// The nodes' URLs when `url` names a Redis Cluster (`redis+cluster://…`), else `None`.
+pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    match target(url) {
+        Target::Single(_) => None,
+        Target::Cluster(nodes) => Some(nodes),
+    }
+}
+
 impl Connection {
     pub async fn open(url: &str) -> redis::RedisResult<Self> {
         match target(url) {
