@@ -7,7 +7,7 @@ use risksense_store::layout;
 /// command routed by its key's slot).
 pub enum Probe {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Probe {
@@ -19,20 +19,20 @@ impl Probe {
                     .and_then(|c| c.get_connection())
                     .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}")),
             ),
-            Some(nodes) => Self::Cluster(
+            Some(nodes) => Self::Cluster(Box::new(
                 redis::cluster::ClusterClient::builder(nodes)
                     .retries(8)
                     .build()
                     .and_then(|c| c.get_connection())
                     .unwrap_or_else(|e| panic!("connecting to the Redis Cluster at {url}: {e}")),
-            ),
+            )),
         }
     }
 
     fn connection(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Self::Single(c) => c,
-            Self::Cluster(c) => c,
+            Self::Cluster(c) => c.as_mut(),
         }
     }
 
@@ -58,7 +58,7 @@ impl Probe {
                     chunk.iter().for_each(|k| {
                         pipe.exists(k);
                     });
-                    pipe.query(c)
+                    pipe.query(c.as_mut())
                 }
             }
             .expect("EXISTS");
