@@ -34,6 +34,30 @@ pub enum Suite {
     /// with none and with ten (alternated), and each windowed query's emit latency at a
     /// steady rate.
     Continuous(ContinuousArgs),
+    /// One Redis against a three-shard Redis Cluster, one engine instance against two in
+    /// one consumer group: one filled topic drained by each in turn; throughput, and engine,
+    /// Redis and broker CPU per transaction, with Redis's time by command.
+    ScaleOut(ScaleOutArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScaleOutArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// The Redis Cluster to compare with --redis (`redis+cluster://host:port,…`); "" to
+    /// measure --redis alone.
+    #[arg(
+        long,
+        env = "RISKSENSE_REDIS_CLUSTER_URL",
+        default_value = "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003/"
+    )]
+    pub cluster: String,
+    /// Engine instance counts to measure, each in one consumer group.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub instances: Vec<usize>,
+    /// Drains of each configuration (configurations alternate).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +229,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 live_event_time: args.live_event_time,
             },
         ),
+        Suite::ScaleOut(args) => {
+            risksense_bench::scale_out::scale_out(risksense_bench::scale_out::ScaleOutOptions {
+                stream: stream(args.stream),
+                cluster: Some(args.cluster).filter(|url| !url.is_empty()),
+                instances: args.instances,
+                rounds: args.rounds,
+            })
+        }
     }
 }
 

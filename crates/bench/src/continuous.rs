@@ -147,7 +147,7 @@ fn drain(
     topic: &str,
     group: &str,
     queries: Option<&Path>,
-    redis: &mut crate::stream::RedisAof,
+    redis: &mut crate::redis_servers::RedisServers,
 ) -> anyhow::Result<Drain> {
     let mut extra_args = Vec::new();
     if let Some(dir) = queries {
@@ -155,8 +155,8 @@ fn drain(
     }
     let options = EngineOptions {
         group: Some(group.to_string()),
-        http: None,
         extra_args,
+        ..EngineOptions::default()
     };
     redis.prepare_measurement()?;
     let redis_before = redis.cpu_secs()?;
@@ -216,7 +216,7 @@ pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
     write_queries(&queries, &topic)?;
 
     // 1. CPU per transaction at the drain, without and with the ten queries.
-    let mut redis = crate::stream::RedisAof::connect(&args.stream.redis)?;
+    let mut redis = crate::redis_servers::RedisServers::connect(&args.stream.redis)?;
     let (mut none, mut ten) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         for (with, runs) in [(false, &mut none), (true, &mut ten)] {
@@ -250,12 +250,11 @@ pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
     write_queries(&steady_queries, &steady_topic)?;
     redis.prepare_measurement()?;
     let options = EngineOptions {
-        group: None,
-        http: None,
         extra_args: vec![
             "--queries".to_string(),
             steady_queries.display().to_string(),
         ],
+        ..EngineOptions::default()
     };
     let engine = start_engine(
         &args.stream,

@@ -16,6 +16,8 @@
 pub mod batch;
 pub mod continuous;
 pub mod queries;
+mod redis_servers;
+pub mod scale_out;
 pub mod stream;
 
 use std::path::PathBuf;

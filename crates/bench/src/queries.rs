@@ -157,6 +157,7 @@ fn drain(args: &QueriesOptions, topic: &str, group: &str, heavy: usize) -> anyho
         group: Some(group.to_string()),
         http: Some(http),
         extra_args: vec!["--sql-timeout".to_string(), args.sql_timeout.to_string()],
+        ..EngineOptions::default()
     };
     let engine = start_engine(
         &args.stream,
@@ -206,7 +207,7 @@ pub fn queries(args: QueriesOptions) -> anyhow::Result<()> {
     let rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("bench queries: filled {topic} with {rows} rows at {rate:.0} msg/s");
 
-    let mut redis = crate::stream::RedisAof::connect(&args.stream.redis)?;
+    let mut redis = crate::redis_servers::RedisServers::connect(&args.stream.redis)?;
     let mut quiet = Vec::new();
     let mut busy = Vec::new();
     for round in 0..args.rounds.max(1) {

@@ -23,6 +23,7 @@ use risksense_connectors::kafka::{
 use risksense_formats::source::TransactionFileWriter;
 use risksense_query::scoring::{self, SessionOptions};
 
+use crate::redis_servers::RedisServers;
 use crate::{ModelChoice, Synth, machine, runtime};
 
 #[derive(Debug, Clone)]
@@ -70,6 +71,10 @@ pub(crate) struct EngineOptions {
     pub group: Option<String>,
     /// Address of the engine's API (default: none).
     pub http: Option<String>,
+    /// Redis key prefix (default: the topic).
+    pub prefix: Option<String>,
+    /// Instance name, unique within the group (default: the engine's).
+    pub instance: Option<String>,
     /// More `risksense run` flags.
     pub extra_args: Vec<String>,
 }
@@ -89,13 +94,18 @@ pub(crate) fn start_engine(
         .clone()
         .unwrap_or_else(|| format!("{topic}-bench"));
     let http = options.http.clone().unwrap_or_default();
+    let prefix = options.prefix.as_deref().unwrap_or(topic);
+    let instance = options
+        .instance
+        .as_ref()
+        .map_or(String::new(), |name| format!("instance = \"{name}\"\n"));
     std::fs::write(
         &config,
         format!(
             "brokers = \"{}\"\nredis = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nhttp = \"{http}\"\n\
              alerts_topic = \"{topic}.alerts\"\ndead_letter_topic = \"{topic}.dlq\"\n\
              archive = \"{}\"\nbatch_rows = {}\nbatch_wait_ms = {}\ncheckpoint_interval_ms = {}\n\
-             [retention]\nprefix = \"{topic}\"\nttl_secs = 3600\n",
+             {instance}[retention]\nprefix = \"{prefix}\"\nttl_secs = 3600\n",
             args.brokers,
             args.redis,
             dir.join("archive").display(),
@@ -150,105 +160,6 @@ pub(crate) fn finish_engine(child: std::process::Child) -> anyhow::Result<Engine
     })
 }
 
-/// Redis's append-only file, around each measurement. Redis rewrites (compacts) it once it
-/// has grown past `auto-aof-rewrite-min-size` (1 GiB with scripts/services.sh) and doubled:
-/// a fork whose child takes a whole core for about a second, which on this 2-core machine
-/// shows in the latency tail of whichever run it lands in. Each measurement starts from a
-/// freshly compacted file, so a run's own writes (a few hundred MB) do not trigger one, and
-/// the report says how many happened anyway.
-pub(crate) struct RedisAof {
-    connection: redis::Connection,
-}
-
-impl RedisAof {
-    pub(crate) fn connect(url: &str) -> anyhow::Result<Self> {
-        let connection = redis::Client::open(url)
-            .and_then(|client| client.get_connection())
-            .with_context(|| format!("connecting to Redis at {url}"))?;
-        Ok(Self { connection })
-    }
-
-    fn persistence(&mut self) -> anyhow::Result<String> {
-        redis::cmd("INFO")
-            .arg("persistence")
-            .query::<String>(&mut self.connection)
-            .context("reading Redis's INFO persistence")
-    }
-
-    fn field(info: &str, name: &str) -> Option<u64> {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|value| value.trim().parse().ok())
-    }
-
-    /// Gets the machine quiet for a measurement: the AOF compacted, then everything
-    /// written so far on disk (see `settle_disk`). Returns the AOF rewrites so far.
-    pub(crate) fn prepare_measurement(&mut self) -> anyhow::Result<u64> {
-        self.compact()?;
-        settle_disk()?;
-        self.rewrites()
-    }
-
-    /// CPU seconds Redis has used since it started (user + system, all its threads).
-    pub(crate) fn cpu_secs(&mut self) -> anyhow::Result<f64> {
-        let info = redis::cmd("INFO")
-            .arg("cpu")
-            .query::<String>(&mut self.connection)
-            .context("reading Redis's INFO cpu")?;
-        let field = |name: &str| -> f64 {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|value| value.trim().parse().ok())
-                .unwrap_or(f64::NAN)
-        };
-        Ok(field("used_cpu_user") + field("used_cpu_sys"))
-    }
-
-    /// AOF rewrites since Redis started (0 without AOF).
-    fn rewrites(&mut self) -> anyhow::Result<u64> {
-        Ok(Self::field(&self.persistence()?, "aof_rewrites").unwrap_or(0))
-    }
-
-    /// Rewrites the AOF now and waits until that is done (nothing without AOF).
-    fn compact(&mut self) -> anyhow::Result<()> {
-        if Self::field(&self.persistence()?, "aof_enabled") != Some(1) {
-            return Ok(());
-        }
-        let deadline = Instant::now() + Duration::from_secs(300);
-        // Refused while a rewrite already runs: wait for it, then ask again.
-        loop {
-            let info = self.persistence()?;
-            let busy = Self::field(&info, "aof_rewrite_in_progress") == Some(1)
-                || Self::field(&info, "rdb_bgsave_in_progress") == Some(1);
-            if !busy {
-                let asked: redis::RedisResult<String> =
-                    redis::cmd("BGREWRITEAOF").query(&mut self.connection);
-                if asked.is_ok() {
-                    break;
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "Redis stayed busy with a background save"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        loop {
-            std::thread::sleep(Duration::from_millis(100));
-            let info = self.persistence()?;
-            if Self::field(&info, "aof_rewrite_in_progress") == Some(0)
-                && Self::field(&info, "aof_rewrite_scheduled") == Some(0)
-            {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "Redis's AOF rewrite did not finish in 5 minutes"
-            );
-        }
-    }
-}
-
 /// CPU seconds the Kafka broker on this machine has used (user + system), from /proc: the
 /// JVM whose command line runs `kafka.Kafka`. NaN when none runs here (a remote broker).
 pub(crate) fn broker_cpu_secs() -> f64 {
@@ -283,15 +194,6 @@ pub(crate) fn broker_cpu_secs() -> f64 {
         }
     }
     f64::NAN
-}
-
-/// Writes what earlier phases left in the page cache (the filled topic's log segments,
-/// the drain's archive, the compacted AOF: hundreds of MB) to disk before a measurement,
-/// so the kernel's writeback of one phase does not land in the next one's latency.
-fn settle_disk() -> anyhow::Result<()> {
-    let status = Command::new("sync").status().context("running sync")?;
-    anyhow::ensure!(status.success(), "sync failed: {status}");
-    Ok(())
 }
 
 pub(crate) fn unique(name: &str) -> String {
@@ -340,7 +242,7 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
     runtime.block_on(ensure_topic(&settings, &topic, args.partitions))?;
     let produce_rate = produce(&settings, &topic, &batches, Pace::Unlimited, usize::MAX)?;
     eprintln!("  filled {topic} at {produce_rate:.0} msg/s; draining with risksense run");
-    let mut redis = RedisAof::connect(&args.redis)?;
+    let mut redis = RedisServers::connect(&args.redis)?;
     let rewrites_before = redis.prepare_measurement()?;
     let (redis_cpu, broker_cpu) = (redis.cpu_secs()?, broker_cpu_secs());
     let engine = start_engine(
