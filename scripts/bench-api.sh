@@ -17,7 +17,9 @@ command -v wrk >/dev/null || { echo "wrk not found: scripts/services.sh test-too
 echo "[bench-api] filling Redis (prefix $PREFIX) with a 20 s demo at 5,000 tx/s"
 "$BIN" demo --kafka 127.0.0.1:9092 --redis redis://127.0.0.1:6379/ --prefix "$PREFIX" \
   --topic "$PREFIX" --rate 5000 --duration 20 --http 127.0.0.1:0 >/dev/null 2>&1
-redis-cli --scan --pattern "$PREFIX:tx:*" | sed "s/^$PREFIX:tx://" > "$SCRATCH/ids.txt"
+# Records are fields of per-bucket, per-period hashes (store/src/layout.rs).
+redis-cli --scan --pattern "$PREFIX:txs:*" | while read -r key; do redis-cli hkeys "$key"; done \
+  > "$SCRATCH/ids.txt"
 echo "[bench-api] $(wc -l < "$SCRATCH/ids.txt") transaction ids"
 
 "$BIN" serve --redis redis://127.0.0.1:6379/ --prefix "$PREFIX" --http "127.0.0.1:$PORT" >/dev/null 2>&1 &

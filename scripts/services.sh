@@ -209,7 +209,7 @@ redis_up() {
   # cores costs the stream a core for seconds (BENCHMARKS.md, streaming latency).
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
-    --appendonly yes --appendfsync everysec --save "" \
+    --appendonly yes --appendfsync everysec --save "" --lazyfree-lazy-expire yes \
     --auto-aof-rewrite-min-size 1gb >/dev/null
   wait_port "$REDIS_PORT" 20 || die "redis did not open 127.0.0.1:$REDIS_PORT"
   log "redis: ready"
@@ -259,7 +259,7 @@ redis_cluster_node_start() { # port
   # Same persistence settings as the single Redis (see redis_up); nodes.conf is relative to --dir.
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
     --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
-    --appendonly yes --appendfsync everysec --save "" \
+    --appendonly yes --appendfsync everysec --save "" --lazyfree-lazy-expire yes \
     --auto-aof-rewrite-min-size 1gb \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 >/dev/null
   if ! wait_port "$port" 20; then

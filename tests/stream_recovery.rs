@@ -218,7 +218,8 @@ fn kill_9_mid_stream_then_restart_loses_nothing_and_shows_nothing_twice() {
 
     // Redis: every transaction; each anomaly alerted exactly once.
     let mut probe = risksense_testkit::Probe::open(&url);
-    let stored = probe.transactions_stored(&topic, &sent);
+    let ttl = risksense_store::Retention::default().ttl_secs;
+    let stored = probe.transactions_stored(&topic, ttl, &sent);
     assert!(
         stored.iter().all(|f| *f),
         "{} transactions missing from Redis",

@@ -193,7 +193,7 @@ fn trans_nums(rows: &RecordBatch) -> Vec<String> {
 
 /// For each trans_num: whether Redis (one server or a cluster) holds its record.
 fn redis_has(url: &str, prefix: &str, trans_nums: &[String]) -> Vec<bool> {
-    Probe::open(url).transactions_stored(prefix, trans_nums)
+    Probe::open(url).transactions_stored(prefix, Retention::default().ttl_secs, trans_nums)
 }
 
 /// trans_nums of the alerts streams (every shard), in the order they were emitted.
@@ -206,11 +206,18 @@ fn redis_anomalies(url: &str, prefix: &str) -> usize {
     Probe::open(url).anomalies(prefix)
 }
 
-/// Asserts that every card's list in Redis ends with exactly its newest `kept` transactions
-/// (by event time, then trans_num, as the sorted set orders them), however the card's rows
-/// were spread over micro-batches and write pipelines. (A list is trimmed now and then, not
-/// at every write, and readers take its newest `kept`.)
-fn assert_card_lists(url: &str, prefix: &str, rows: &RecordBatch, kept: usize) {
+/// Asserts that the store answers each card's newest `kept` transactions (by event time,
+/// then trans_num) exactly, however the card's rows were spread over micro-batches and
+/// write pipelines, and that Redis keeps its list trimmed (it is trimmed now and then, not
+/// at every write: by at most the slack and a few batches' worth more).
+fn assert_card_lists(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    prefix: &str,
+    store: &Store,
+    rows: &RecordBatch,
+    kept: usize,
+) {
     let cards = rows.column(idx::CC_NUM).as_primitive::<Int64Type>();
     let times = rows
         .column(idx::TRANS_DATE_TRANS_TIME)
@@ -228,18 +235,25 @@ fn assert_card_lists(url: &str, prefix: &str, rows: &RecordBatch, kept: usize) {
         entries.sort();
         let expected: Vec<String> = entries
             .iter()
-            .skip(entries.len().saturating_sub(kept))
+            .rev()
+            .take(kept)
             .map(|(_, t)| t.clone())
             .collect();
-        let stored: Vec<String> = probe
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(risksense_store::layout::card(prefix, card))
-                    .arg(-(kept as isize))
-                    .arg(-1),
-            )
-            .expect("zrange");
-        assert_eq!(stored, expected, "card {card}");
+        let answered: Vec<String> = runtime
+            .block_on(store.card_transactions(card, kept))
+            .expect("card transactions")
+            .into_iter()
+            .map(|row| row.trans_num)
+            .collect();
+        assert_eq!(answered, expected, "card {card}");
+        let length: usize = probe
+            .query(redis::cmd("LLEN").arg(risksense_store::layout::card(prefix, card)))
+            .expect("llen");
+        assert!(
+            entries.len() <= kept || length <= kept * risksense_store::layout::CARD_LIST_SLACK + 64,
+            "card {card}: its list holds {length} of {} transactions, never trimmed",
+            entries.len()
+        );
     }
 }
 
@@ -290,7 +304,15 @@ fn streams_100k_rows_into_redis_the_alerts_topic_and_the_archive_once_each() {
     assert_eq!(alerts.len() as u64, summary.anomalies);
     assert_eq!(alerts.iter().collect::<HashSet<_>>().len(), alerts.len());
     // Each card's list: its newest transactions, trimmed to the retention.
-    assert_card_lists(&url, &topic, &rows, config.retention.card_history);
+    let store = redis_store(&runtime, &url, &config);
+    assert_card_lists(
+        &runtime,
+        &url,
+        &topic,
+        &store,
+        &rows,
+        config.retention.card_history,
+    );
 
     // Archive: every row exactly once, with the same scores Redis got.
     let archived = scores_of(&archive_rows(&archive));
@@ -564,21 +586,25 @@ fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
         ..config(&topic, &archive)
     };
     let store = redis_store(&runtime, &url, &config);
-    let engine = std::thread::spawn(move || run_until_idle(config, store, Duration::from_secs(8)));
+    let metrics = Arc::new(StreamMetrics::default());
+    let watched = metrics.clone();
+    let engine = std::thread::spawn(move || {
+        run_with_metrics(config, store, Duration::from_secs(8), metrics)
+    });
 
     // Wait until results are arriving, then take Redis away for two seconds.
-    let client = redis::Client::open(url.as_str()).expect("client");
-    let mut seen = 0;
-    for _ in 0..200 {
-        if let Ok(mut c) = client.get_connection() {
-            seen = redis::cmd("DBSIZE").query::<usize>(&mut c).unwrap_or(0);
-        }
-        if seen > 2000 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    while StreamMetrics::get(&watched.rows_scored) < 2000
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(seen > 2000, "the stream never got going ({seen} keys)");
+    let scored = StreamMetrics::get(&watched.rows_scored);
+    assert!(
+        scored >= 2000 && scored < rows.num_rows() as u64,
+        "not mid-stream: {scored} of {} rows scored",
+        rows.num_rows()
+    );
     redis.kill();
     std::thread::sleep(Duration::from_secs(2));
     let redis = PrivateRedis::start(port, &data);

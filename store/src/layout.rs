@@ -3,8 +3,10 @@
 //!
 //! | key                                   | type   | holds                                             |
 //! |---------------------------------------|--------|---------------------------------------------------|
-//! | `{p}:tx:{B}:{trans_num}`              | string | a scored transaction, a JSON array (TTL)          |
-//! | `{p}:card:{B}:{cc_num}`               | zset   | the card's recent trans_nums by event time (TTL)  |
+//! | `{p}:txs:{B}:{period}`                | hash   | the scored transactions of one bucket written in  |
+//! |                                       |        | one period: trans_num → a JSON array (EXPIREAT)   |
+//! | `{p}:cardlist:{B}:{cc_num}`           | list   | the card's recent trans_nums, newest arrival      |
+//! |                                       |        | first (TTL)                                       |
 //! | `{p}:anomalies:{A}`                   | zset   | one shard of the anomalies by event time (capped) |
 //! | `{p}:alerts:{A}`                      | stream | one shard of the alerts, an entry each (capped)   |
 //! | `{p}:checkpoint:{group}:{topic}:{n}`  | hash   | a partition's next offset and per-card state, and |
@@ -21,9 +23,28 @@
 //! spread over the 16,384: a cluster whose nodes hold equal slot ranges gets equal work.
 //! One Redis uses the same layout.
 //!
-//! A transaction is one `SET … EX` (measured: a 9-field `HSET` plus its `EXPIRE` cost Redis
-//! about twice as much). A card's list is trimmed and its TTL renewed now and then, not at
-//! every write (see `RedisStore`), and reads take at most `card_history` of it.
+//! What a transaction costs Redis is what bounds the stream (BENCHMARKS.md, #15), so the
+//! writes are grouped into few commands, measured on this machine with AOF on:
+//! - Records: one `HSET` per bucket and micro-batch, with every record of the bucket as a
+//!   field, and one `EXPIREAT` on the hash — about half the CPU of one `SET … EX` per
+//!   transaction (a key of its own, with an expiry of its own, per transaction). Retention
+//!   is per hash: records go to the hash of the [`period_secs`]-long period they were
+//!   written in (an eighth of the TTL), which expires a TTL after the period ends, so a
+//!   record lives from `ttl_secs` to 9/8 of it. A read asks every period that may still be
+//!   alive ([`live_periods`]: about ten, all in one slot, one pipeline), newest first.
+//!   Each period's hash is large (its bucket's share of the period's traffic): Redis should
+//!   free expired keys in the background (`lazyfree-lazy-expire yes`, which
+//!   `scripts/services.sh` sets).
+//! - Card lists: a `LIST` per card, pushed once per micro-batch with the card's new
+//!   trans_nums (oldest first, so the newest is at the head), trimmed to
+//!   [`CARD_LIST_SLACK`] × `card_history` and its TTL renewed now and then, not at every
+//!   write (see `RedisStore`) — a fifth of the CPU of adding each to a sorted set by
+//!   event time. A reader takes the list's head, drops repeats (a batch replayed after a
+//!   crash pushes its trans_nums again; the slack keeps them from pushing out others) and
+//!   orders the records by event time. A card's transactions arrive in event-time order
+//!   (one card is one partition), so this is its newest `card_history`; one arriving
+//!   more than the slack behind the others of its card would be left out.
+//!
 //! The anomaly index is also what makes alerts once-only: an anomaly is alerted when it
 //! enters its shard's index, in one script.
 //!
@@ -83,10 +104,43 @@ pub fn shard_of(trans_num: &str) -> usize {
     bucket_of(trans_num) % SHARDS
 }
 
-pub fn transaction(prefix: &str, trans_num: &str) -> String {
-    let tag = &BUCKET_TAGS[bucket_of(trans_num)];
-    format!("{prefix}:tx:{{{tag}}}:{trans_num}")
+/// The hash holding the records of `bucket` written in `period` (see [`period_of`]).
+pub fn transactions(prefix: &str, bucket: usize, period: u64) -> String {
+    let tag = &BUCKET_TAGS[bucket % BUCKETS];
+    format!("{prefix}:txs:{{{tag}}}:{period}")
 }
+
+/// Periods per TTL: each period's hashes live for the TTL after it ends, so records live
+/// up to `1 + 1/PERIODS_PER_TTL` of the TTL, and a read asks about this many hashes.
+pub const PERIODS_PER_TTL: u64 = 8;
+
+/// How long one period of records is (at least a second).
+pub fn period_secs(ttl_secs: u64) -> u64 {
+    (ttl_secs / PERIODS_PER_TTL).max(1)
+}
+
+/// The period a record written at `unix_secs` belongs to.
+pub fn period_of(unix_secs: u64, ttl_secs: u64) -> u64 {
+    unix_secs / period_secs(ttl_secs)
+}
+
+/// When the hashes of `period` expire (unix seconds): a TTL after the period ends.
+pub fn period_expires_at(period: u64, ttl_secs: u64) -> u64 {
+    (period + 1) * period_secs(ttl_secs) + ttl_secs
+}
+
+/// The periods whose hashes may hold a record still alive at `now_secs`, newest first
+/// (one ahead of `now_secs`: another instance's clock may run a little fast).
+pub fn live_periods(now_secs: u64, ttl_secs: u64) -> impl Iterator<Item = u64> {
+    let oldest = period_of(
+        now_secs.saturating_sub(ttl_secs + period_secs(ttl_secs)),
+        ttl_secs,
+    );
+    (oldest..=period_of(now_secs, ttl_secs) + 1).rev()
+}
+
+/// A card list keeps this many times `card_history` trans_nums (see the module docs).
+pub const CARD_LIST_SLACK: usize = 2;
 
 /// The bucket of a card's list.
 pub fn card_bucket(cc_num: i64) -> usize {
@@ -95,7 +149,7 @@ pub fn card_bucket(cc_num: i64) -> usize {
 
 pub fn card(prefix: &str, cc_num: i64) -> String {
     let tag = &BUCKET_TAGS[card_bucket(cc_num)];
-    format!("{prefix}:card:{{{tag}}}:{cc_num}")
+    format!("{prefix}:cardlist:{{{tag}}}:{cc_num}")
 }
 
 pub fn anomalies(prefix: &str, shard: usize) -> String {
@@ -143,11 +197,40 @@ mod tests {
                 );
             }
         }
-        let tx = transaction("rs", "abc");
+        let bucket = bucket_of("abc");
         assert_eq!(
-            slot(&tx),
-            slot(&format!("{{{}}}", BUCKET_TAGS[bucket_of("abc")]))
+            slot(&transactions("rs", bucket, 7)),
+            slot(&format!("{{{}}}", BUCKET_TAGS[bucket]))
+        );
+        assert_eq!(
+            slot(&transactions("rs", bucket, 7)),
+            slot(&transactions("rs", bucket, 8))
         );
         assert_eq!(slot(&anomalies("rs", 3)), slot(&alerts("other", 3)));
+    }
+
+    #[test]
+    fn a_record_lives_at_least_its_ttl_and_reads_find_its_period() {
+        for ttl in [1, 7, 600, 3600, 7 * 24 * 3600] {
+            for written in [1_700_000_000u64, 1_700_000_123, 1_700_003_599] {
+                let period = period_of(written, ttl);
+                let expires = period_expires_at(period, ttl);
+                assert!(expires >= written + ttl, "ttl {ttl}: expires too soon");
+                assert!(
+                    expires <= written + ttl + period_secs(ttl),
+                    "ttl {ttl}: lives too long"
+                );
+                // Read at any time it is alive, its period is among those asked.
+                for now in [written, written + ttl / 2, expires - 1] {
+                    assert!(
+                        live_periods(now, ttl).any(|p| p == period),
+                        "ttl {ttl}: written {written}, read {now}"
+                    );
+                }
+            }
+        }
+        let periods: Vec<u64> = live_periods(1_700_000_000, 3600).collect();
+        assert!(periods.windows(2).all(|w| w[0] == w[1] + 1), "newest first");
+        assert!(periods.len() <= PERIODS_PER_TTL as usize + 3);
     }
 }

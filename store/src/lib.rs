@@ -60,9 +60,18 @@ impl StoreError {
                     || source.is_timeout()
                     || matches!(
                         source.kind(),
-                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-                            | redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading
+                                | redis::ServerErrorKind::TryAgain
+                                | redis::ServerErrorKind::NoScript
+                                // A cluster whose shard is restarting or failing over
+                                // answers these until its nodes agree again.
+                                | redis::ServerErrorKind::ClusterDown
+                                | redis::ServerErrorKind::MasterDown
+                                | redis::ServerErrorKind::ReadOnly
+                                | redis::ServerErrorKind::Moved
+                                | redis::ServerErrorKind::Ask
+                        )
                     )
             }
             _ => false,
@@ -365,5 +374,33 @@ impl Deref for Store {
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Store").field(&self.0.describe()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis_error(kind: redis::ServerErrorKind) -> StoreError {
+        StoreError::Redis {
+            url: "redis://test/".to_string(),
+            source: (redis::ErrorKind::Server(kind), "test").into(),
+        }
+    }
+
+    #[test]
+    fn a_cluster_settling_is_retried_and_a_refusal_is_not() {
+        use redis::ServerErrorKind as Kind;
+        for kind in [
+            Kind::ClusterDown,
+            Kind::MasterDown,
+            Kind::TryAgain,
+            Kind::BusyLoading,
+        ] {
+            assert!(redis_error(kind).is_unavailable(), "{kind:?}");
+        }
+        for kind in [Kind::CrossSlot, Kind::NoPerm, Kind::ResponseError] {
+            assert!(!redis_error(kind).is_unavailable(), "{kind:?}");
+        }
     }
 }

@@ -83,10 +83,11 @@ return 1
 /// Keys asked for per `SCAN` call when listing output keys.
 const SCAN_COUNT: usize = 1000;
 
-/// A card's list is trimmed to `card_history` and its TTL renewed at its first write seen
-/// by this store, then after this many of its transactions or [`CARD_RENEW_SECS`]: doing
-/// both at every write was two of the four commands a transaction cost Redis. Readers take
-/// at most `card_history` of a list, so a list not trimmed yet reads the same.
+/// A card's list is trimmed (to `CARD_LIST_SLACK` × `card_history`) and its TTL renewed at
+/// its first write seen by this store, then after this many of its transactions or
+/// [`CARD_RENEW_SECS`]: doing both at every write was two of the four commands a
+/// transaction cost Redis. Readers take only a list's head, so a list not trimmed yet
+/// reads the same.
 const CARD_TRIM_EVERY: u32 = 16;
 /// At most this long between renewals of a card list's TTL (and less than a sixteenth of
 /// the TTL): a list lives at least its TTL less this after its last write.
@@ -260,8 +261,10 @@ impl RedisStore {
             .map_err(|e| self.error(e))
     }
 
-    /// Reads the transactions of `trans_nums` in one round trip (a cluster's `MGET` is
-    /// split by slot), skipping expired ones.
+    /// Reads the transactions of `trans_nums` (in that order, skipping those not found):
+    /// per bucket one pipeline asking each period's hash that may still be alive, all
+    /// buckets at once; where a record is in two periods (a batch replayed across a
+    /// period's end), the newer wins.
     async fn transactions(
         &self,
         trans_nums: &[String],
@@ -269,20 +272,49 @@ impl RedisStore {
         if trans_nums.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = trans_nums
-            .iter()
-            .map(|t| layout::transaction(&self.retention.prefix, t))
-            .collect();
-        let mut connection = self.connection.clone();
-        let found: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut connection)
+        let prefix = &self.retention.prefix;
+        let periods: Vec<u64> =
+            layout::live_periods(unix_secs(), self.retention.ttl_secs.max(1)).collect();
+        let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, trans_num) in trans_nums.iter().enumerate() {
+            by_bucket
+                .entry(layout::bucket_of(trans_num))
+                .or_default()
+                .push(i);
+        }
+        let reads = by_bucket.into_iter().map(|(bucket, indices)| {
+            let mut pipe = redis::pipe();
+            let fields: Vec<&str> = indices.iter().map(|&i| trans_nums[i].as_str()).collect();
+            for &period in &periods {
+                pipe.cmd("HMGET")
+                    .arg(layout::transactions(prefix, bucket, period))
+                    .arg(&fields);
+            }
+            let mut connection = self.connection.clone();
+            async move {
+                let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut connection).await?;
+                Ok::<_, redis::RedisError>((bucket, indices, replies))
+            }
+        });
+        let mut found: Vec<Option<(usize, u64, String)>> = vec![None; trans_nums.len()];
+        for (bucket, indices, replies) in futures::future::try_join_all(reads)
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(e))?
+        {
+            // Newest period first: the first value found wins.
+            for (&period, values) in periods.iter().zip(replies) {
+                for (&i, value) in indices.iter().zip(values) {
+                    if let (None, Some(value)) = (&found[i], value) {
+                        found[i] = Some((bucket, period, value));
+                    }
+                }
+            }
+        }
         let mut rows = Vec::with_capacity(found.len());
-        for ((key, trans_num), value) in keys.iter().zip(trans_nums).zip(found) {
-            if let Some(value) = value {
-                rows.push(decode_transaction(key, trans_num, &value)?);
+        for (trans_num, value) in trans_nums.iter().zip(found) {
+            if let Some((bucket, period, value)) = value {
+                let key = layout::transactions(prefix, bucket, period);
+                rows.push(decode_transaction(&key, trans_num, &value)?);
             }
         }
         Ok(rows)
@@ -429,18 +461,14 @@ impl ResultStore for RedisStore {
         let prefix = r.prefix.as_str();
         let ttl = r.ttl_secs.max(1);
         let mut pipes = Pipelines::default();
+        let mut records: BTreeMap<usize, Vec<(&str, String)>> = BTreeMap::new();
         let mut cards: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
         let mut anomalies = 0u64;
         for row in rows {
-            // One command per transaction.
-            pipes
-                .get(TRANSACTIONS, layout::bucket_of(&row.trans_num))
-                .set_ex(
-                    layout::transaction(prefix, &row.trans_num),
-                    encode_transaction(row),
-                    ttl,
-                )
-                .ignore();
+            records
+                .entry(layout::bucket_of(&row.trans_num))
+                .or_default()
+                .push((&row.trans_num, encode_transaction(row)));
             cards
                 .entry(row.cc_num)
                 .or_default()
@@ -478,20 +506,34 @@ impl ResultStore for RedisStore {
                     .arg(row.explanation.as_deref().unwrap_or(""));
             }
         }
-        // Per card, once per write: its recent transactions by event time (ZADD is
-        // idempotent: a replayed batch adds nothing); trimmed and renewed when due.
+        // Per bucket, once per write: its records in this period's hash (HSET of a field
+        // again is idempotent: a replayed batch changes nothing), which expires a TTL
+        // after the period ends (see `layout`).
+        let period = layout::period_of(unix_secs(), ttl);
+        let expires_at = layout::period_expires_at(period, ttl);
+        for (bucket, fields) in &records {
+            let key = layout::transactions(prefix, *bucket, period);
+            let pipe = pipes.get(TRANSACTIONS, *bucket);
+            pipe.hset_multiple(&key, fields).ignore();
+            pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();
+        }
+        // Per card, once per write: its new trans_nums pushed oldest first, so the newest is
+        // at the head; trimmed and renewed when due. A replay pushes repeats, which readers
+        // drop (and the slack in the trim keeps from pushing others out).
         let adds: HashMap<i64, u32> = cards
             .iter()
             .map(|(card, members)| (*card, members.len() as u32))
             .collect();
         let due = self.due_cards(&adds);
-        for (card, members) in &cards {
+        let kept = r.card_history.max(1) * layout::CARD_LIST_SLACK;
+        for (card, members) in &mut cards {
+            members.sort_unstable();
             let key = layout::card(prefix, *card);
             let pipe = pipes.get(TRANSACTIONS, layout::card_bucket(*card));
-            pipe.zadd_multiple(&key, members).ignore();
+            let trans_nums: Vec<&str> = members.iter().map(|(_, t)| *t).collect();
+            pipe.lpush(&key, trans_nums).ignore();
             if due.contains(card) {
-                pipe.zremrangebyrank(&key, 0, -(r.card_history.max(1) as isize) - 1)
-                    .ignore();
+                pipe.ltrim(&key, 0, kept as isize - 1).ignore();
                 pipe.expire(&key, ttl as i64).ignore();
             }
         }
@@ -533,16 +575,11 @@ impl ResultStore for RedisStore {
     }
 
     async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
-        let key = layout::transaction(&self.retention.prefix, trans_num);
-        let mut connection = self.connection.clone();
-        let value: Option<String> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
-        value
-            .map(|value| decode_transaction(&key, trans_num, &value))
-            .transpose()
+        Ok(self
+            .transactions(&[trans_num.to_string()])
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn card_transactions(
@@ -550,21 +587,35 @@ impl ResultStore for RedisStore {
         cc_num: i64,
         limit: usize,
     ) -> Result<Vec<ScoredTransaction>, StoreError> {
-        // A list may hold more than `card_history` until its next trim.
-        let limit = limit.min(self.retention.card_history.max(1));
+        let history = self.retention.card_history.max(1);
+        let limit = limit.min(history);
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // The list's head (it may hold more until its next trim), repeats dropped, ordered
+        // by event time, newest first (ties: the greater trans_num first).
         let key = layout::card(&self.retention.prefix, cc_num);
         let mut connection = self.connection.clone();
-        let members: Vec<String> = redis::cmd("ZREVRANGE")
+        let members: Vec<String> = redis::cmd("LRANGE")
             .arg(&key)
             .arg(0)
-            .arg(limit - 1)
+            .arg(history * layout::CARD_LIST_SLACK - 1)
             .query_async(&mut connection)
             .await
             .map_err(|e| self.error(e))?;
-        self.transactions(&members).await
+        let mut seen = HashSet::new();
+        let members: Vec<String> = members
+            .into_iter()
+            .filter(|member| seen.insert(member.clone()))
+            .collect();
+        let mut rows = self.transactions(&members).await?;
+        rows.sort_by(|a, b| {
+            b.event_secs
+                .cmp(&a.event_secs)
+                .then_with(|| b.trans_num.cmp(&a.trans_num))
+        });
+        rows.truncate(limit);
+        Ok(rows)
     }
 
     async fn anomalies(

@@ -174,8 +174,10 @@ fn drain(
     let mut servers = RedisServers::connect(url)?;
     let run = unique("drain");
     let prefix = format!("{run}-{}", std::process::id());
-    let rewrites = servers.prepare_measurement()?;
+    servers.prepare_measurement()?;
+    // CONFIG RESETSTAT zeroes the rewrite count too: read it after.
     servers.reset_stats()?;
+    let rewrites = servers.rewrites()?;
     let (redis_before, broker_before) = (servers.cpu_secs()?, broker_cpu_secs());
     let started = Instant::now();
     let mut children = Vec::new();

@@ -41,39 +41,65 @@ impl Probe {
         cmd.query(self.connection())
     }
 
-    /// For each of `keys`: whether it exists (pipelined; across slots on a cluster).
-    pub fn exists(&mut self, keys: &[String]) -> Vec<bool> {
-        let mut found = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(5000) {
-            let exists: Vec<bool> = match self {
-                Self::Single(c) => {
-                    let mut pipe = redis::pipe();
-                    chunk.iter().for_each(|k| {
-                        pipe.exists(k);
-                    });
-                    pipe.query(c)
-                }
-                Self::Cluster(c) => {
-                    let mut pipe = redis::cluster::cluster_pipe();
-                    chunk.iter().for_each(|k| {
-                        pipe.exists(k);
-                    });
-                    pipe.query(c.as_mut())
-                }
+    /// Runs `commands` (any keys; a cluster routes each to its node) in one pipeline.
+    fn pipeline<T: FromRedisValue>(&mut self, commands: &[Cmd]) -> RedisResult<Vec<T>> {
+        match self {
+            Self::Single(c) => {
+                let mut pipe = redis::pipe();
+                commands.iter().for_each(|cmd| {
+                    pipe.add_command(cmd.clone());
+                });
+                pipe.query(c)
             }
-            .expect("EXISTS");
-            found.extend(exists);
+            Self::Cluster(c) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                commands.iter().for_each(|cmd| {
+                    pipe.add_command(cmd.clone());
+                });
+                pipe.query(c.as_mut())
+            }
         }
-        found
     }
 
-    /// For each trans_num: whether its scored record is stored under `prefix`.
-    pub fn transactions_stored(&mut self, prefix: &str, trans_nums: &[String]) -> Vec<bool> {
-        let keys: Vec<String> = trans_nums
-            .iter()
-            .map(|t| layout::transaction(prefix, t))
-            .collect();
-        self.exists(&keys)
+    /// For each trans_num: whether its scored record is stored under `prefix` (in any of
+    /// the period hashes alive now for a TTL of `ttl_secs`; see `risksense_store::layout`).
+    pub fn transactions_stored(
+        &mut self,
+        prefix: &str,
+        ttl_secs: u64,
+        trans_nums: &[String],
+    ) -> Vec<bool> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let periods: Vec<u64> = layout::live_periods(now, ttl_secs).collect();
+        let mut by_bucket: Vec<Vec<usize>> = vec![Vec::new(); layout::BUCKETS];
+        for (i, trans_num) in trans_nums.iter().enumerate() {
+            by_bucket[layout::bucket_of(trans_num)].push(i);
+        }
+        let mut stored = vec![false; trans_nums.len()];
+        for (bucket, indices) in by_bucket.iter().enumerate() {
+            for chunk in indices.chunks(5000) {
+                let commands: Vec<Cmd> = periods
+                    .iter()
+                    .map(|&period| {
+                        let mut cmd = redis::cmd("HMGET");
+                        cmd.arg(layout::transactions(prefix, bucket, period));
+                        chunk.iter().for_each(|&i| {
+                            cmd.arg(&trans_nums[i]);
+                        });
+                        cmd
+                    })
+                    .collect();
+                let replies: Vec<Vec<Option<Vec<u8>>>> = self.pipeline(&commands).expect("HMGET");
+                for values in replies {
+                    for (&i, value) in chunk.iter().zip(values) {
+                        stored[i] |= value.is_some();
+                    }
+                }
+            }
+        }
+        stored
     }
 
     /// The trans_nums of every alert under `prefix` (all shards' streams), in the order
