@@ -3,8 +3,10 @@
 //!
 //! | key                                   | type   | holds                                             |
 //! |---------------------------------------|--------|---------------------------------------------------|
-//! | `{p}:txs:{B}:{period}`                | hash   | the scored transactions of one bucket written in  |
+//! | `{p}:txs:{B}:{length}:{period}`       | hash   | the scored transactions of one bucket written in  |
 //! |                                       |        | one period: trans_num → a JSON array (EXPIREAT)   |
+//! | `{p}:layout`                          | string | the writer's TTL in seconds, which the periods    |
+//! |                                       |        | follow (readers take it from here; TTL)           |
 //! | `{p}:cardlist:{B}:{cc_num}`           | list   | the card's recent trans_nums, newest arrival      |
 //! |                                       |        | first (TTL)                                       |
 //! | `{p}:anomalies:{A}`                   | zset   | one shard of the anomalies by event time (capped) |
@@ -30,8 +32,11 @@
 //!   transaction (a key of its own, with an expiry of its own, per transaction). Retention
 //!   is per hash: records go to the hash of the [`period_secs`]-long period they were
 //!   written in (an eighth of the TTL), which expires a TTL after the period ends, so a
-//!   record lives from `ttl_secs` to 9/8 of it. A read asks every period that may still be
-//!   alive ([`live_periods`]: about ten, all in one slot, one pipeline), newest first.
+//!   record lives from `ttl_secs` to 9/8 of it (from the writer's clock). A read asks the
+//!   newest two periods first and the others ([`live_periods`]: ten in all, all in one
+//!   slot) only for what it did not find. Readers take the TTL from `{p}:layout`, so an
+//!   API configured with another retention still finds the records; after the writer's
+//!   TTL changes, the records written before are no longer read (they expire as set).
 //!   Each period's hash is large (its bucket's share of the period's traffic): Redis should
 //!   free expired keys in the background (`lazyfree-lazy-expire yes`, which
 //!   `scripts/services.sh` sets).
@@ -104,10 +109,18 @@ pub fn shard_of(trans_num: &str) -> usize {
     bucket_of(trans_num) % SHARDS
 }
 
-/// The hash holding the records of `bucket` written in `period` (see [`period_of`]).
-pub fn transactions(prefix: &str, bucket: usize, period: u64) -> String {
+/// The hash holding the records of `bucket` written in `period` (see [`period_of`]) by a
+/// writer whose TTL is `ttl_secs` (the period's length is in the name, so writers with
+/// different TTLs never share a hash).
+pub fn transactions(prefix: &str, bucket: usize, ttl_secs: u64, period: u64) -> String {
     let tag = &BUCKET_TAGS[bucket % BUCKETS];
-    format!("{prefix}:txs:{{{tag}}}:{period}")
+    format!("{prefix}:txs:{{{tag}}}:{}:{period}", period_secs(ttl_secs))
+}
+
+/// The TTL the writer under `prefix` uses (its seconds as text): readers find the periods'
+/// hashes by it, whatever retention they were configured with themselves.
+pub fn written_with(prefix: &str) -> String {
+    format!("{prefix}:layout")
 }
 
 /// Periods per TTL: each period's hashes live for the TTL after it ends, so records live
@@ -199,12 +212,16 @@ mod tests {
         }
         let bucket = bucket_of("abc");
         assert_eq!(
-            slot(&transactions("rs", bucket, 7)),
+            slot(&transactions("rs", bucket, 3600, 7)),
             slot(&format!("{{{}}}", BUCKET_TAGS[bucket]))
         );
         assert_eq!(
-            slot(&transactions("rs", bucket, 7)),
-            slot(&transactions("rs", bucket, 8))
+            slot(&transactions("rs", bucket, 3600, 7)),
+            slot(&transactions("rs", bucket, 60, 8))
+        );
+        assert_ne!(
+            transactions("rs", bucket, 3600, 7),
+            transactions("rs", bucket, 7200, 7)
         );
         assert_eq!(slot(&anomalies("rs", 3)), slot(&alerts("other", 3)));
     }

@@ -68,9 +68,6 @@ impl StoreError {
                                 // answers these until its nodes agree again.
                                 | redis::ServerErrorKind::ClusterDown
                                 | redis::ServerErrorKind::MasterDown
-                                | redis::ServerErrorKind::ReadOnly
-                                | redis::ServerErrorKind::Moved
-                                | redis::ServerErrorKind::Ask
                         )
                     )
             }
@@ -194,16 +191,20 @@ pub trait ResultStore: Send + Sync + 'static {
     ///
     /// Idempotent: `trans_num` identifies a transaction, and writing the same rows again
     /// (a replayed micro-batch) changes nothing a reader can see — no second alert, no
-    /// duplicate in a card's list or the anomaly index. The rows' `event_time` and
+    /// duplicate in what a card's list or the anomaly index answers (Redis drops a
+    /// replay's repeats in a card's list when reading it). The rows' `event_time` and
     /// `event_secs` must agree (a store may keep either one and derive the other). A
-    /// different row under a `trans_num` already written is outside this contract (stores
-    /// differ: Redis keeps the old `explanation`/`is_fraud` when the new row has none).
+    /// different row under a `trans_num` already written is outside this contract (both
+    /// stores keep the last one written).
     ///
     /// Retention ([`Retention`]): a card keeps its `card_history` newest transactions by
     /// event time, the anomaly index its `anomalies_kept` newest, the alerts about the
-    /// latest `alerts_kept`. Records and card lists stay readable for at most `ttl_secs`
-    /// after their last write in a store that expires by time (Redis); a store may bound
-    /// them by count instead (the in-process store keeps the latest 2,000,000).
+    /// latest `alerts_kept`. In a store that expires by time (Redis), records stay
+    /// readable at least `ttl_secs` after their write and at most a period more (9/8 of
+    /// it; see `layout`), card lists `ttl_secs` after their last renewal; a store may
+    /// bound them by count instead (the in-process store keeps the latest 2,000,000).
+    /// A card's list in Redis holds its latest arrivals: one arriving far behind the
+    /// others of its card in event time may be left out (see `layout`).
     ///
     /// Returns the rows given, the anomalies among them, and the alerts this call emitted
     /// (0 for a replay).
@@ -399,7 +400,15 @@ mod tests {
         ] {
             assert!(redis_error(kind).is_unavailable(), "{kind:?}");
         }
-        for kind in [Kind::CrossSlot, Kind::NoPerm, Kind::ResponseError] {
+        // A single Redis answering MOVED or READONLY is a cluster node or a replica named
+        // by mistake: no retry fixes that (a cluster connection follows MOVED itself).
+        for kind in [
+            Kind::CrossSlot,
+            Kind::NoPerm,
+            Kind::ResponseError,
+            Kind::Moved,
+            Kind::ReadOnly,
+        ] {
             assert!(!redis_error(kind).is_unavailable(), "{kind:?}");
         }
     }

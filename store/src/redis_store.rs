@@ -157,6 +157,11 @@ impl Pipelines {
 
 const TRANSACTIONS: u8 = 0;
 const ALERTS: u8 = 1;
+const LAYOUT: u8 = 2;
+
+/// Periods a read asks first (then the older live ones, only for what it did not find):
+/// a lookup soon after the write finds it in one round trip.
+const FIRST_PERIODS: usize = 2;
 
 impl RedisStore {
     pub async fn connect(url: &str, retention: Retention) -> Result<Self, StoreError> {
@@ -261,10 +266,22 @@ impl RedisStore {
             .map_err(|e| self.error(e))
     }
 
+    /// The TTL the writer under this prefix uses (`{p}:layout`; this store's own when no
+    /// writer has said), which names and dates the periods' hashes.
+    async fn written_ttl(&self) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        let written: Option<u64> = redis::cmd("GET")
+            .arg(layout::written_with(&self.retention.prefix))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(written.unwrap_or(self.retention.ttl_secs).max(1))
+    }
+
     /// Reads the transactions of `trans_nums` (in that order, skipping those not found):
-    /// per bucket one pipeline asking each period's hash that may still be alive, all
-    /// buckets at once; where a record is in two periods (a batch replayed across a
-    /// period's end), the newer wins.
+    /// per bucket one pipeline over the newest [`FIRST_PERIODS`] periods' hashes, then one
+    /// over the older live ones for what was not found, all buckets at once. Where a record
+    /// is in two periods (a batch replayed across a period's end), the newer wins.
     async fn transactions(
         &self,
         trans_nums: &[String],
@@ -272,48 +289,59 @@ impl RedisStore {
         if trans_nums.is_empty() {
             return Ok(Vec::new());
         }
-        let prefix = &self.retention.prefix;
-        let periods: Vec<u64> =
-            layout::live_periods(unix_secs(), self.retention.ttl_secs.max(1)).collect();
-        let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, trans_num) in trans_nums.iter().enumerate() {
-            by_bucket
-                .entry(layout::bucket_of(trans_num))
-                .or_default()
-                .push(i);
-        }
-        let reads = by_bucket.into_iter().map(|(bucket, indices)| {
-            let mut pipe = redis::pipe();
-            let fields: Vec<&str> = indices.iter().map(|&i| trans_nums[i].as_str()).collect();
-            for &period in &periods {
-                pipe.cmd("HMGET")
-                    .arg(layout::transactions(prefix, bucket, period))
-                    .arg(&fields);
+        let ttl = self.written_ttl().await?;
+        let periods: Vec<u64> = layout::live_periods(unix_secs(), ttl).collect();
+        let (newest, older) = periods.split_at(FIRST_PERIODS.min(periods.len()));
+        let mut found: Vec<Option<(String, String)>> = vec![None; trans_nums.len()];
+        for periods in [newest, older] {
+            let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (i, trans_num) in trans_nums.iter().enumerate() {
+                if found[i].is_none() {
+                    by_bucket
+                        .entry(layout::bucket_of(trans_num))
+                        .or_default()
+                        .push(i);
+                }
             }
-            let mut connection = self.connection.clone();
-            async move {
-                let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut connection).await?;
-                Ok::<_, redis::RedisError>((bucket, indices, replies))
+            if by_bucket.is_empty() || periods.is_empty() {
+                break;
             }
-        });
-        let mut found: Vec<Option<(usize, u64, String)>> = vec![None; trans_nums.len()];
-        for (bucket, indices, replies) in futures::future::try_join_all(reads)
-            .await
-            .map_err(|e| self.error(e))?
-        {
-            // Newest period first: the first value found wins.
-            for (&period, values) in periods.iter().zip(replies) {
-                for (&i, value) in indices.iter().zip(values) {
-                    if let (None, Some(value)) = (&found[i], value) {
-                        found[i] = Some((bucket, period, value));
+            let reads = by_bucket.into_iter().map(|(bucket, indices)| {
+                let keys: Vec<String> = periods
+                    .iter()
+                    .map(|&period| {
+                        layout::transactions(&self.retention.prefix, bucket, ttl, period)
+                    })
+                    .collect();
+                let mut pipe = redis::pipe();
+                let fields: Vec<&str> = indices.iter().map(|&i| trans_nums[i].as_str()).collect();
+                for key in &keys {
+                    pipe.cmd("HMGET").arg(key).arg(&fields);
+                }
+                let mut connection = self.connection.clone();
+                async move {
+                    let replies: Vec<Vec<Option<String>>> =
+                        pipe.query_async(&mut connection).await?;
+                    Ok::<_, redis::RedisError>((keys, indices, replies))
+                }
+            });
+            for (keys, indices, replies) in futures::future::try_join_all(reads)
+                .await
+                .map_err(|e| self.error(e))?
+            {
+                // Newest period first: the first value found wins.
+                for (key, values) in keys.into_iter().zip(replies) {
+                    for (&i, value) in indices.iter().zip(values) {
+                        if let (None, Some(value)) = (&found[i], value) {
+                            found[i] = Some((key.clone(), value));
+                        }
                     }
                 }
             }
         }
         let mut rows = Vec::with_capacity(found.len());
         for (trans_num, value) in trans_nums.iter().zip(found) {
-            if let Some((bucket, period, value)) = value {
-                let key = layout::transactions(prefix, bucket, period);
+            if let Some((key, value)) = value {
                 rows.push(decode_transaction(&key, trans_num, &value)?);
             }
         }
@@ -511,8 +539,20 @@ impl ResultStore for RedisStore {
         // after the period ends (see `layout`).
         let period = layout::period_of(unix_secs(), ttl);
         let expires_at = layout::period_expires_at(period, ttl);
+        if !records.is_empty() {
+            // Readers find the periods by the writer's TTL (one small write per batch).
+            // It expires with the last records written by it.
+            pipes
+                .get(LAYOUT, 0)
+                .set_ex(
+                    layout::written_with(prefix),
+                    ttl,
+                    ttl + layout::period_secs(ttl),
+                )
+                .ignore();
+        }
         for (bucket, fields) in &records {
-            let key = layout::transactions(prefix, *bucket, period);
+            let key = layout::transactions(prefix, *bucket, ttl, period);
             let pipe = pipes.get(TRANSACTIONS, *bucket);
             pipe.hset_multiple(&key, fields).ignore();
             pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();

@@ -1113,3 +1113,43 @@ async fn standing_queries(store: &Store) {
     assert!(!store.delete_query("never").await.expect("delete"));
     assert_eq!(load().await, pairs(&[("by_card", windowed)]));
 }
+
+/// An API configured with another retention than the engine's (`serve` without the
+/// engine's config) still reads what the engine wrote: Redis readers take the TTL the
+/// records were written with from the store. One Redis and the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_readers_find_records_whatever_their_own_ttl() {
+    for url in [redis_url(), cluster_url()] {
+        let written_with = retention();
+        let writer = Store::redis(&url, written_with.clone())
+            .await
+            .expect("connecting");
+        let rows = vec![row("w1", 7, 10, 0.5, false), row("w2", 7, 20, 3.0, true)];
+        writer.write(&rows).await.expect("write");
+        for ttl_secs in [1, 7 * 24 * 3600] {
+            let reader = Store::redis(
+                &url,
+                Retention {
+                    ttl_secs,
+                    ..written_with.clone()
+                },
+            )
+            .await
+            .expect("connecting");
+            assert_eq!(
+                reader.transaction("w1").await.expect("get"),
+                Some(rows[0].clone()),
+                "{url}, reader's TTL {ttl_secs}"
+            );
+            assert_eq!(
+                names(&reader.card_transactions(7, 10).await.expect("card")),
+                vec!["w2", "w1"]
+            );
+            assert_eq!(
+                names(&reader.anomalies(None, 10, None).await.expect("anomalies")),
+                vec!["w2"]
+            );
+        }
+        forget(&url, &written_with.prefix).await;
+    }
+}

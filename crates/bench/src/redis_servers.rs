@@ -130,7 +130,7 @@ impl RedisServers {
         Ok(stats)
     }
 
-    /// Deletes every key under `prefix` on every server (a finished run's rows, so the next
+    /// Deletes every key under `prefix` (`{prefix}:…`) on every server (a finished run's rows, so the next
     /// run starts from the same memory and AOF size).
     pub(crate) fn drop_prefix(&mut self, prefix: &str) -> anyhow::Result<u64> {
         let mut dropped = 0;
@@ -140,7 +140,7 @@ impl RedisServers {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
-                    .arg(format!("{prefix}*"))
+                    .arg(format!("{prefix}:*"))
                     .arg("COUNT")
                     .arg(10_000)
                     .query(connection)

@@ -84,7 +84,7 @@ impl Probe {
                     .iter()
                     .map(|&period| {
                         let mut cmd = redis::cmd("HMGET");
-                        cmd.arg(layout::transactions(prefix, bucket, period));
+                        cmd.arg(layout::transactions(prefix, bucket, ttl_secs, period));
                         chunk.iter().for_each(|&i| {
                             cmd.arg(&trans_nums[i]);
                         });
