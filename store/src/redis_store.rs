@@ -135,7 +135,10 @@ pub fn redact(url: &str) -> String {
 #[derive(Clone)]
 pub struct RedisStore {
     url: String,
-    connection: Connection,
+    /// The URL as given (with its password), to connect again; never shown.
+    target: String,
+    /// Replaced when a request outlives [`REQUEST_DEADLINE`] (see [`RedisStore::bounded`]).
+    connection: Arc<parking_lot::RwLock<Connection>>,
     retention: Retention,
     save_checkpoint: Script,
     alert_once: Script,
@@ -159,6 +162,12 @@ const TRANSACTIONS: u8 = 0;
 const ALERTS: u8 = 1;
 const LAYOUT: u8 = 2;
 
+/// How long one request (a micro-batch's writes, a checkpoint, a read) may take before it
+/// counts as failed and the connection is replaced: far beyond a healthy answer (a 77 MB
+/// checkpoint saves in about a second), short enough that a wedged connection does not
+/// stall the stream for long.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Periods a read asks first (then the older live ones, only for what it did not find):
 /// a lookup soon after the write finds it in one round trip.
 const FIRST_PERIODS: usize = 2;
@@ -181,7 +190,8 @@ impl RedisStore {
             })?;
         let store = Self {
             url: shown,
-            connection,
+            target: url.to_string(),
+            connection: Arc::new(parking_lot::RwLock::new(connection)),
             retention,
             save_checkpoint: Script::new(SAVE_CHECKPOINT),
             alert_once: Script::new(ALERT_ONCE),
@@ -190,6 +200,41 @@ impl RedisStore {
         };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// The current connection (a cheap handle onto a multiplexed one).
+    fn conn(&self) -> Connection {
+        self.connection.read().clone()
+    }
+
+    /// Runs a request against a deadline. A request that outlives it fails as a timeout
+    /// (retryable), and the connection is opened anew: a cluster connection has been seen
+    /// to wedge — requests that never complete — after a shard restarted under load, and
+    /// waiting on it would stall the stream for good.
+    async fn bounded<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(REQUEST_DEADLINE, request).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    url = %self.url,
+                    deadline_secs = REQUEST_DEADLINE.as_secs(),
+                    "a Redis request outlived its deadline; connecting again"
+                );
+                match Connection::open(&self.target).await {
+                    Ok(fresh) => *self.connection.write() = fresh,
+                    Err(error) => {
+                        tracing::warn!(url = %self.url, %error, "connecting to Redis again failed")
+                    }
+                }
+                Err(self.error(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", REQUEST_DEADLINE.as_secs()),
+                ))))
+            }
+        }
     }
 
     /// The URL, its password replaced by `***` (what logs, errors and `/readyz` show).
@@ -243,6 +288,137 @@ impl RedisStore {
         }
     }
 
+    /// [`ResultStore::write`], without its deadline.
+    async fn write_rows(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
+        let r = &self.retention;
+        let prefix = r.prefix.as_str();
+        let ttl = r.ttl_secs.max(1);
+        let mut pipes = Pipelines::default();
+        let mut records: BTreeMap<usize, Vec<(&str, String)>> = BTreeMap::new();
+        let mut cards: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
+        let mut anomalies = 0u64;
+        for row in rows {
+            records
+                .entry(layout::bucket_of(&row.trans_num))
+                .or_default()
+                .push((&row.trans_num, encode_transaction(row)));
+            cards
+                .entry(row.cc_num)
+                .or_default()
+                .push((row.event_secs, &row.trans_num));
+            if row.is_anomaly {
+                anomalies += 1;
+                let shard = layout::shard_of(&row.trans_num);
+                let pipe = pipes.get(ALERTS, shard);
+                if pipe.cmd_iter().next().is_none() {
+                    // Loaded in the pipeline that uses it: a restarted node (which forgot
+                    // its scripts) never fails the batch.
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(ALERT_ONCE).ignore();
+                }
+                pipe.cmd("EVALSHA")
+                    .arg(self.alert_once.get_hash())
+                    .arg(2)
+                    .arg(layout::anomalies(prefix, shard))
+                    .arg(layout::alerts(prefix, shard))
+                    .arg(row.event_secs)
+                    .arg(&row.trans_num)
+                    .arg(r.alerts_kept.max(1))
+                    .arg("trans_num")
+                    .arg(&row.trans_num)
+                    .arg("cc_num")
+                    .arg(row.cc_num)
+                    .arg("event_time")
+                    .arg(&row.event_time)
+                    .arg("amt")
+                    .arg(row.amt)
+                    .arg("category")
+                    .arg(&row.category)
+                    .arg("score")
+                    .arg(row.score)
+                    .arg("explanation")
+                    .arg(row.explanation.as_deref().unwrap_or(""));
+            }
+        }
+        // Per bucket, once per write: its records in this period's hash (HSET of a field
+        // again is idempotent: a replayed batch changes nothing), which expires a TTL
+        // after the period ends (see `layout`).
+        let period = layout::period_of(unix_secs(), ttl);
+        let expires_at = layout::period_expires_at(period, ttl);
+        if !records.is_empty() {
+            // Readers find the periods by the writer's TTL (one small write per batch).
+            // It expires with the last records written by it.
+            pipes
+                .get(LAYOUT, 0)
+                .set_ex(
+                    layout::written_with(prefix),
+                    ttl,
+                    ttl + layout::period_secs(ttl),
+                )
+                .ignore();
+        }
+        for (bucket, fields) in &records {
+            let key = layout::transactions(prefix, *bucket, ttl, period);
+            let pipe = pipes.get(TRANSACTIONS, *bucket);
+            pipe.hset_multiple(&key, fields).ignore();
+            pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();
+        }
+        // Per card, once per write: its new trans_nums pushed oldest first, so the newest is
+        // at the head; trimmed and renewed when due. A replay pushes repeats, which readers
+        // drop (and the slack in the trim keeps from pushing others out).
+        let adds: HashMap<i64, u32> = cards
+            .iter()
+            .map(|(card, members)| (*card, members.len() as u32))
+            .collect();
+        let due = self.due_cards(&adds);
+        let kept = r.card_history.max(1) * layout::CARD_LIST_SLACK;
+        for (card, members) in &mut cards {
+            members.sort_unstable();
+            let key = layout::card(prefix, *card);
+            let pipe = pipes.get(TRANSACTIONS, layout::card_bucket(*card));
+            let trans_nums: Vec<&str> = members.iter().map(|(_, t)| *t).collect();
+            pipe.lpush(&key, trans_nums).ignore();
+            if due.contains(card) {
+                pipe.ltrim(&key, 0, kept as isize - 1).ignore();
+                pipe.expire(&key, ttl as i64).ignore();
+            }
+        }
+        // Trimmed once per shard and write; the index is what marks an anomaly alerted.
+        for ((kind, shard), pipe) in &mut pipes.by_tag {
+            if *kind == ALERTS {
+                pipe.zremrangebyrank(
+                    layout::anomalies(prefix, *shard),
+                    0,
+                    -(r.anomalies_kept.max(1) as isize) - 1,
+                )
+                .ignore();
+            }
+        }
+        // All pipelines at once on the multiplexed connection: Redis executes one while the
+        // next is still being sent (a cluster's go to their nodes in parallel).
+        let sends = pipes.by_tag.iter().map(|((kind, _), pipe)| {
+            let mut connection = self.conn();
+            async move {
+                let replies: Vec<i64> = pipe.query_async(&mut connection).await?;
+                Ok::<_, redis::RedisError>(if *kind == ALERTS {
+                    replies.iter().filter(|&&added| added == 1).count() as u64
+                } else {
+                    0
+                })
+            }
+        });
+        let new_alerts: u64 = futures::future::try_join_all(sends)
+            .await
+            .map_err(|e| self.error(e))?
+            .into_iter()
+            .sum();
+        self.kept_up(&adds, &due);
+        Ok(WriteOutcome {
+            rows: rows.len() as u64,
+            anomalies,
+            new_alerts,
+        })
+    }
+
     /// [`SAVE_CHECKPOINT`]: whole (no parent) or as a delta on `parent`.
     async fn run_save_checkpoint(
         &self,
@@ -253,23 +429,26 @@ impl RedisStore {
         checkpoint: &Checkpoint,
     ) -> Result<i64, StoreError> {
         let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
-        let mut connection = self.connection.clone();
-        self.save_checkpoint
-            .key(&key)
-            .arg(parent.map_or(String::new(), |p| p.to_string()))
-            .arg(checkpoint.offset)
-            .arg(checkpoint.state.as_slice())
-            .arg(risksense_common::metrics::now_ms())
-            .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))
+        let mut connection = self.conn();
+        self.bounded(async {
+            self.save_checkpoint
+                .key(&key)
+                .arg(parent.map_or(String::new(), |p| p.to_string()))
+                .arg(checkpoint.offset)
+                .arg(checkpoint.state.as_slice())
+                .arg(risksense_common::metrics::now_ms())
+                .arg(checkpoint.archive_file.as_deref().unwrap_or(""))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))
+        })
+        .await
     }
 
     /// The TTL the writer under this prefix uses (`{p}:layout`; this store's own when no
     /// writer has said), which names and dates the periods' hashes.
     async fn written_ttl(&self) -> Result<u64, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         let written: Option<u64> = redis::cmd("GET")
             .arg(layout::written_with(&self.retention.prefix))
             .query_async(&mut connection)
@@ -318,17 +497,21 @@ impl RedisStore {
                 for key in &keys {
                     pipe.cmd("HMGET").arg(key).arg(&fields);
                 }
-                let mut connection = self.connection.clone();
+                let mut connection = self.conn();
                 async move {
                     let replies: Vec<Vec<Option<String>>> =
                         pipe.query_async(&mut connection).await?;
                     Ok::<_, redis::RedisError>((keys, indices, replies))
                 }
             });
-            for (keys, indices, replies) in futures::future::try_join_all(reads)
-                .await
-                .map_err(|e| self.error(e))?
-            {
+            let replies = self
+                .bounded(async {
+                    futures::future::try_join_all(reads)
+                        .await
+                        .map_err(|e| self.error(e))
+                })
+                .await?;
+            for (keys, indices, replies) in replies {
                 // Newest period first: the first value found wins.
                 for (key, values) in keys.into_iter().zip(replies) {
                     for (&i, value) in indices.iter().zip(values) {
@@ -356,7 +539,7 @@ impl RedisStore {
         offset: usize,
         count: usize,
     ) -> Result<Vec<(String, f64)>, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         redis::cmd("ZREVRANGEBYSCORE")
             .arg(key)
             .arg("+inf")
@@ -468,7 +651,7 @@ fn parse_alert(entry: &redis::streams::StreamId) -> (u64, Alert) {
 #[async_trait]
 impl ResultStore for RedisStore {
     fn describe(&self) -> String {
-        if self.connection.is_cluster() {
+        if self.conn().is_cluster() {
             format!("Redis Cluster at {}", self.url)
         } else {
             format!("Redis at {}", self.url)
@@ -476,7 +659,7 @@ impl ResultStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         let _: String = redis::cmd("PING")
             .query_async(&mut connection)
             .await
@@ -485,133 +668,7 @@ impl ResultStore for RedisStore {
     }
 
     async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
-        let r = &self.retention;
-        let prefix = r.prefix.as_str();
-        let ttl = r.ttl_secs.max(1);
-        let mut pipes = Pipelines::default();
-        let mut records: BTreeMap<usize, Vec<(&str, String)>> = BTreeMap::new();
-        let mut cards: HashMap<i64, Vec<(i64, &str)>> = HashMap::new();
-        let mut anomalies = 0u64;
-        for row in rows {
-            records
-                .entry(layout::bucket_of(&row.trans_num))
-                .or_default()
-                .push((&row.trans_num, encode_transaction(row)));
-            cards
-                .entry(row.cc_num)
-                .or_default()
-                .push((row.event_secs, &row.trans_num));
-            if row.is_anomaly {
-                anomalies += 1;
-                let shard = layout::shard_of(&row.trans_num);
-                let pipe = pipes.get(ALERTS, shard);
-                if pipe.cmd_iter().next().is_none() {
-                    // Loaded in the pipeline that uses it: a restarted node (which forgot
-                    // its scripts) never fails the batch.
-                    pipe.cmd("SCRIPT").arg("LOAD").arg(ALERT_ONCE).ignore();
-                }
-                pipe.cmd("EVALSHA")
-                    .arg(self.alert_once.get_hash())
-                    .arg(2)
-                    .arg(layout::anomalies(prefix, shard))
-                    .arg(layout::alerts(prefix, shard))
-                    .arg(row.event_secs)
-                    .arg(&row.trans_num)
-                    .arg(r.alerts_kept.max(1))
-                    .arg("trans_num")
-                    .arg(&row.trans_num)
-                    .arg("cc_num")
-                    .arg(row.cc_num)
-                    .arg("event_time")
-                    .arg(&row.event_time)
-                    .arg("amt")
-                    .arg(row.amt)
-                    .arg("category")
-                    .arg(&row.category)
-                    .arg("score")
-                    .arg(row.score)
-                    .arg("explanation")
-                    .arg(row.explanation.as_deref().unwrap_or(""));
-            }
-        }
-        // Per bucket, once per write: its records in this period's hash (HSET of a field
-        // again is idempotent: a replayed batch changes nothing), which expires a TTL
-        // after the period ends (see `layout`).
-        let period = layout::period_of(unix_secs(), ttl);
-        let expires_at = layout::period_expires_at(period, ttl);
-        if !records.is_empty() {
-            // Readers find the periods by the writer's TTL (one small write per batch).
-            // It expires with the last records written by it.
-            pipes
-                .get(LAYOUT, 0)
-                .set_ex(
-                    layout::written_with(prefix),
-                    ttl,
-                    ttl + layout::period_secs(ttl),
-                )
-                .ignore();
-        }
-        for (bucket, fields) in &records {
-            let key = layout::transactions(prefix, *bucket, ttl, period);
-            let pipe = pipes.get(TRANSACTIONS, *bucket);
-            pipe.hset_multiple(&key, fields).ignore();
-            pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();
-        }
-        // Per card, once per write: its new trans_nums pushed oldest first, so the newest is
-        // at the head; trimmed and renewed when due. A replay pushes repeats, which readers
-        // drop (and the slack in the trim keeps from pushing others out).
-        let adds: HashMap<i64, u32> = cards
-            .iter()
-            .map(|(card, members)| (*card, members.len() as u32))
-            .collect();
-        let due = self.due_cards(&adds);
-        let kept = r.card_history.max(1) * layout::CARD_LIST_SLACK;
-        for (card, members) in &mut cards {
-            members.sort_unstable();
-            let key = layout::card(prefix, *card);
-            let pipe = pipes.get(TRANSACTIONS, layout::card_bucket(*card));
-            let trans_nums: Vec<&str> = members.iter().map(|(_, t)| *t).collect();
-            pipe.lpush(&key, trans_nums).ignore();
-            if due.contains(card) {
-                pipe.ltrim(&key, 0, kept as isize - 1).ignore();
-                pipe.expire(&key, ttl as i64).ignore();
-            }
-        }
-        // Trimmed once per shard and write; the index is what marks an anomaly alerted.
-        for ((kind, shard), pipe) in &mut pipes.by_tag {
-            if *kind == ALERTS {
-                pipe.zremrangebyrank(
-                    layout::anomalies(prefix, *shard),
-                    0,
-                    -(r.anomalies_kept.max(1) as isize) - 1,
-                )
-                .ignore();
-            }
-        }
-        // All pipelines at once on the multiplexed connection: Redis executes one while the
-        // next is still being sent (a cluster's go to their nodes in parallel).
-        let sends = pipes.by_tag.iter().map(|((kind, _), pipe)| {
-            let mut connection = self.connection.clone();
-            async move {
-                let replies: Vec<i64> = pipe.query_async(&mut connection).await?;
-                Ok::<_, redis::RedisError>(if *kind == ALERTS {
-                    replies.iter().filter(|&&added| added == 1).count() as u64
-                } else {
-                    0
-                })
-            }
-        });
-        let new_alerts: u64 = futures::future::try_join_all(sends)
-            .await
-            .map_err(|e| self.error(e))?
-            .into_iter()
-            .sum();
-        self.kept_up(&adds, &due);
-        Ok(WriteOutcome {
-            rows: rows.len() as u64,
-            anomalies,
-            new_alerts,
-        })
+        self.bounded(self.write_rows(rows)).await
     }
 
     async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
@@ -635,7 +692,7 @@ impl ResultStore for RedisStore {
         // The list's head (it may hold more until its next trim), repeats dropped, ordered
         // by event time, newest first (ties: the greater trans_num first).
         let key = layout::card(&self.retention.prefix, cc_num);
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         let members: Vec<String> = redis::cmd("LRANGE")
             .arg(&key)
             .arg(0)
@@ -733,7 +790,7 @@ impl ResultStore for RedisStore {
         }
         let reads = (0..layout::SHARDS).map(|shard| {
             let key = layout::alerts(&self.retention.prefix, shard);
-            let mut connection = self.connection.clone();
+            let mut connection = self.conn();
             async move {
                 redis::cmd("XREVRANGE")
                     .arg(key)
@@ -807,13 +864,17 @@ impl ResultStore for RedisStore {
         partition: i32,
     ) -> Result<Option<Checkpoint>, StoreError> {
         let key = layout::checkpoint(&self.retention.prefix, group, topic, partition);
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         // All fields at once: a save between two reads would mix two checkpoints.
-        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let fields: HashMap<String, Vec<u8>> = self
+            .bounded(async {
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.error(e))
+            })
+            .await?;
         let malformed = |reason: String| StoreError::Malformed {
             key: key.clone(),
             reason,
@@ -857,7 +918,7 @@ impl ResultStore for RedisStore {
             .iter()
             .map(|h| layout::score_cache(&self.retention.prefix, h))
             .collect();
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         // A cluster splits MGET by slot and puts the answers back in order.
         redis::cmd("MGET")
             .arg(&keys)
@@ -873,7 +934,7 @@ impl ResultStore for RedisStore {
     ) -> Result<(), StoreError> {
         // One command each, all at once: the keys are in any slots.
         let puts = entries.iter().map(|(hash, value)| {
-            let mut connection = self.connection.clone();
+            let mut connection = self.conn();
             let key = layout::score_cache(&self.retention.prefix, hash);
             async move {
                 redis::cmd("SET")
@@ -900,7 +961,7 @@ impl ResultStore for RedisStore {
         // slot's records or none, and a hash is never seen between its DEL and its HSET.
         // A cluster cannot run one transaction over several slots, so there a window's
         // records are atomic per slot (a key template with a hash tag keeps them in one).
-        let cluster = self.connection.is_cluster();
+        let cluster = self.conn().is_cluster();
         let mut groups: BTreeMap<u16, Vec<(&OutputRecord, Option<output::StreamId>)>> =
             BTreeMap::new();
         for (record, id) in records.iter().zip(ids) {
@@ -969,12 +1030,15 @@ impl ResultStore for RedisStore {
                     }
                 }
             }
-            let mut connection = self.connection.clone();
+            let mut connection = self.conn();
             async move { pipe.query_async::<()>(&mut connection).await }
         });
-        futures::future::try_join_all(sends)
-            .await
-            .map_err(|e| self.error(e))?;
+        self.bounded(async {
+            futures::future::try_join_all(sends)
+                .await
+                .map_err(|e| self.error(e))
+        })
+        .await?;
         Ok(())
     }
 
@@ -982,7 +1046,7 @@ impl ResultStore for RedisStore {
         &self,
         key: &str,
     ) -> Result<Option<Vec<(String, String)>>, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         let fields: BTreeMap<String, String> =
             connection.hgetall(key).await.map_err(|e| self.error(e))?;
         Ok((!fields.is_empty()).then(|| fields.into_iter().collect()))
@@ -996,7 +1060,7 @@ impl ResultStore for RedisStore {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         // Read as flat lists, not `StreamRangeReply`, whose map would lose the fields' order.
         let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
             .arg(key)
@@ -1030,7 +1094,7 @@ impl ResultStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         // A cluster's keys are on its primaries, each scanned on its own; one Redis is one
         // "node" (None).
         let primaries = connection.primaries().await.map_err(|e| self.error(e))?;
@@ -1074,7 +1138,7 @@ impl ResultStore for RedisStore {
     }
 
     async fn save_query(&self, name: &str, sql: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         connection
             .hset::<_, _, _, ()>(layout::queries(&self.retention.prefix), name, sql)
             .await
@@ -1082,7 +1146,7 @@ impl ResultStore for RedisStore {
     }
 
     async fn delete_query(&self, name: &str) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         let removed: i64 = connection
             .hdel(layout::queries(&self.retention.prefix), name)
             .await
@@ -1091,7 +1155,7 @@ impl ResultStore for RedisStore {
     }
 
     async fn load_queries(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.conn();
         let queries: BTreeMap<String, String> = connection
             .hgetall(layout::queries(&self.retention.prefix))
             .await
