@@ -513,6 +513,44 @@ fn two_instances_in_one_group_share_the_partitions_and_keep_parity() {
     assert!(found.iter().all(|f| *f));
 }
 
+/// Runs the engine on `topic` in a thread, in micro-batches small enough that it is still
+/// running when a test takes Redis away; returns its handle and its metrics.
+fn start_in_small_batches(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    topic: &str,
+    archive: &Path,
+) -> (std::thread::JoinHandle<RunSummary>, Arc<StreamMetrics>) {
+    let config = StreamConfig {
+        batch_rows: 200,
+        batch_wait_ms: 20,
+        ..config(topic, archive)
+    };
+    let store = redis_store(runtime, url, &config);
+    let metrics = Arc::new(StreamMetrics::default());
+    let watched = metrics.clone();
+    let engine = std::thread::spawn(move || {
+        run_with_metrics(config, store, Duration::from_secs(8), metrics)
+    });
+    (engine, watched)
+}
+
+/// Waits (at most 60 s) until the engine has scored `rows`; returns how many it has.
+fn wait_until_scored(metrics: &StreamMetrics, rows: u64) -> u64 {
+    let started = std::time::Instant::now();
+    while StreamMetrics::get(&metrics.rows_scored) < rows
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let scored = StreamMetrics::get(&metrics.rows_scored);
+    assert!(
+        scored >= rows,
+        "the stream never got going ({scored} rows scored)"
+    );
+    scored
+}
+
 /// A Redis server of this test's own, so it can be killed and restarted.
 struct PrivateRedis {
     port: u16,
@@ -579,27 +617,10 @@ fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let mut redis = PrivateRedis::start(port, &data);
     let url = redis.url();
-    let config = StreamConfig {
-        // Small batches so the stream is still running when Redis goes away.
-        batch_rows: 200,
-        batch_wait_ms: 20,
-        ..config(&topic, &archive)
-    };
-    let store = redis_store(&runtime, &url, &config);
-    let metrics = Arc::new(StreamMetrics::default());
-    let watched = metrics.clone();
-    let engine = std::thread::spawn(move || {
-        run_with_metrics(config, store, Duration::from_secs(8), metrics)
-    });
+    let (engine, watched) = start_in_small_batches(&runtime, &url, &topic, &archive);
 
     // Wait until results are arriving, then take Redis away for two seconds.
-    let started = std::time::Instant::now();
-    while StreamMetrics::get(&watched.rows_scored) < 2000
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let scored = StreamMetrics::get(&watched.rows_scored);
+    let scored = wait_until_scored(&watched, 2000);
     assert!(
         scored >= 2000 && scored < rows.num_rows() as u64,
         "not mid-stream: {scored} of {} rows scored",
@@ -657,28 +678,8 @@ fn a_cluster_shard_restarting_mid_stream_loses_nothing_and_alerts_once() {
         })
     };
     let archive = scratch("cluster-restart");
-    let config = StreamConfig {
-        batch_rows: 200,
-        batch_wait_ms: 20,
-        ..config(&topic, &archive)
-    };
-    let store = redis_store(&runtime, &url, &config);
-    let metrics = Arc::new(StreamMetrics::default());
-    let watched = metrics.clone();
-    let engine = std::thread::spawn(move || {
-        run_with_metrics(config, store, Duration::from_secs(8), metrics)
-    });
-
-    let started = std::time::Instant::now();
-    while StreamMetrics::get(&watched.rows_scored) < 2000
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        StreamMetrics::get(&watched.rows_scored) >= 2000,
-        "the stream never got going"
-    );
+    let (engine, watched) = start_in_small_batches(&runtime, &url, &topic, &archive);
+    wait_until_scored(&watched, 2000);
     let addresses = risksense_testkit::addresses(&url);
     // Any shard will do: the last node named.
     let port = addresses

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
-use risksense_connectors::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
+use risksense_connectors::kafka::{KafkaSettings, Pace, ensure_topic};
 
 use crate::machine;
 use crate::stream::{EngineOptions, StreamOptions, finish_engine, produce, start_engine, unique};
@@ -281,14 +281,12 @@ pub fn continuous(args: ContinuousOptions) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default();
 
-    let mut created = Vec::new();
-    for base in [&topic, &steady_topic] {
-        for suffix in ["", ".alerts", ".dlq", ".merchants", ".velocity", ".volume"] {
-            created.push(format!("{base}{suffix}"));
-        }
-    }
-    let created: Vec<&str> = created.iter().map(String::as_str).collect();
-    runtime.block_on(delete_topics(&settings, &created))?;
+    crate::stream::delete_engine_topics(
+        &runtime,
+        &settings,
+        &[&topic, &steady_topic],
+        &[".merchants", ".velocity", ".volume"],
+    )?;
 
     println!("Machine: {}", machine());
     println!(

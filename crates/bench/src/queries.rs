@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
-use risksense_connectors::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
+use risksense_connectors::kafka::{KafkaSettings, Pace, ensure_topic};
 
 use crate::stream::{EngineOptions, StreamOptions, finish_engine, produce, start_engine, unique};
 
@@ -223,13 +223,7 @@ pub fn queries(args: QueriesOptions) -> anyhow::Result<()> {
             runs.push(run);
         }
     }
-    let created = [
-        topic.clone(),
-        format!("{topic}.alerts"),
-        format!("{topic}.dlq"),
-    ];
-    let created: Vec<&str> = created.iter().map(String::as_str).collect();
-    runtime.block_on(delete_topics(&settings, &created))?;
+    crate::stream::delete_engine_topics(&runtime, &settings, &[&topic], &[])?;
     let quiet = Drain::combine(quiet);
     let busy = Drain::combine(busy);
 

@@ -147,12 +147,14 @@ impl RedisServers {
                     .with_context(|| format!("SCAN at {url}"))?;
                 // One key per UNLINK: a cluster node refuses multi-key commands across
                 // slots, and these keys span many.
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("UNLINK").arg(key).ignore();
+                if !keys.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("UNLINK").arg(key).ignore();
+                    }
+                    pipe.query::<()>(connection)
+                        .with_context(|| format!("UNLINK at {url}"))?;
                 }
-                pipe.query::<()>(connection)
-                    .with_context(|| format!("UNLINK at {url}"))?;
                 dropped += keys.len() as u64;
                 if next == 0 {
                     break;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use risksense_connectors::kafka::{KafkaSettings, Pace, delete_topics, ensure_topic};
+use risksense_connectors::kafka::{KafkaSettings, Pace, ensure_topic};
 
 use crate::machine;
 use crate::redis_servers::{CommandStat, RedisServers};
@@ -87,13 +87,7 @@ pub fn scale_out(args: ScaleOutOptions) -> anyhow::Result<()> {
             drains[i].push(drain);
         }
     }
-    let created = [
-        topic.clone(),
-        format!("{topic}.alerts"),
-        format!("{topic}.dlq"),
-    ];
-    let created: Vec<&str> = created.iter().map(String::as_str).collect();
-    runtime.block_on(delete_topics(&settings, &created))?;
+    crate::stream::delete_engine_topics(&runtime, &settings, &[&topic], &[])?;
 
     println!("Machine: {}", machine());
     println!(

@@ -196,6 +196,26 @@ pub(crate) fn broker_cpu_secs() -> f64 {
     f64::NAN
 }
 
+/// Deletes the benchmark's topics `bases` and what an engine created beside each: its
+/// alerts and dead-letter topics, and `more` suffixes (standing queries' outputs). A
+/// benchmark's topics hold a million messages each and are not needed again.
+pub(crate) fn delete_engine_topics(
+    runtime: &tokio::runtime::Runtime,
+    settings: &KafkaSettings,
+    bases: &[&str],
+    more: &[&str],
+) -> anyhow::Result<()> {
+    let mut topics = Vec::new();
+    for base in bases {
+        for suffix in ["", ".alerts", ".dlq"].iter().chain(more) {
+            topics.push(format!("{base}{suffix}"));
+        }
+    }
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    runtime.block_on(delete_topics(settings, &topics))?;
+    Ok(())
+}
+
 pub(crate) fn unique(name: &str) -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -285,16 +305,7 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
     let steady = finish_engine(engine)?;
     let steady_rewrites = redis.rewrites()? - rewrites_before;
     // The benchmark's topics (a million messages each, plus alerts) are not needed again.
-    let mut created = Vec::new();
-    for base in [&throughput_topic, &topic] {
-        created.extend([
-            base.clone(),
-            format!("{base}.alerts"),
-            format!("{base}.dlq"),
-        ]);
-    }
-    let created: Vec<&str> = created.iter().map(String::as_str).collect();
-    runtime.block_on(delete_topics(&settings, &created))?;
+    delete_engine_topics(&runtime, &settings, &[&throughput_topic, &topic], &[])?;
 
     // 3. The same rows as a batch job (rescore from Parquet, in this process).
     let parquet = args.scratch.join("bench-stream-history.parquet");
