@@ -23,8 +23,7 @@ use risksense_udfs::Model;
 fn a_scoring_fault_stops_the_stream_and_commits_nothing_past_it() {
     let url = common::redis_url();
     // features.sql whose log amount fails to compute for one merchant.
-    let sql_dir = std::env::temp_dir().join(common::unique_topic("broken-sql"));
-    std::fs::create_dir_all(&sql_dir).expect("dir");
+    let sql_dir = risksense_testkit::Scratch::new("broken-sql");
     let features = std::fs::read_to_string(common::repo_root().join("sql/features.sql"))
         .expect("features.sql");
     let broken = features.replace(
@@ -40,7 +39,7 @@ fn a_scoring_fault_stops_the_stream_and_commits_nothing_past_it() {
     .expect("score.sql");
     // SAFETY: set before any thread of this test binary reads the environment; the only
     // test here.
-    unsafe { std::env::set_var(SQL_DIR_ENV, &sql_dir) };
+    unsafe { std::env::set_var(SQL_DIR_ENV, &*sql_dir) };
 
     // Valid rows, one of them at the merchant the SQL fails on.
     let config = SynthConfig::new(5, "2019-01-01", "2019-01-10", 21).expect("config");

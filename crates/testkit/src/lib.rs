@@ -6,8 +6,10 @@
 //! engine wrote, through either, by the key layout of `risksense_store::layout`.
 
 mod probe;
+mod scratch;
 
 pub use probe::Probe;
+pub use scratch::Scratch;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
