@@ -530,6 +530,24 @@ fn start_in_small_batches(
     (engine, watched)
 }
 
+/// The engine's summary once its thread ends, failing the test (instead of hanging the
+/// suite) when it has not ended within `limit`.
+fn join_within(
+    engine: std::thread::JoinHandle<RunSummary>,
+    limit: Duration,
+    when: &str,
+) -> RunSummary {
+    let started = std::time::Instant::now();
+    while !engine.is_finished() {
+        assert!(
+            started.elapsed() < limit,
+            "the stream did not finish within {limit:?} {when}: it is stuck"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    engine.join().expect("engine thread")
+}
+
 /// Waits (at most 60 s) until the engine has scored `rows`; returns how many it has.
 fn wait_until_scored(metrics: &StreamMetrics, rows: u64) -> u64 {
     let started = std::time::Instant::now();
@@ -700,7 +718,7 @@ fn a_cluster_shard_restarting_mid_stream_loses_nothing_and_alerts_once() {
     // Not asserted: that a sink retried. The cluster client retries by itself (up to
     // four times within a second or so), so a short outage may never reach the sinks;
     // a longer one does (CLUSTERDOWN while the node rejoins).
-    let summary = engine.join().expect("engine thread");
+    let summary = join_within(engine, Duration::from_secs(180), "after the shard restart");
     assert_eq!(summary.messages, rows.num_rows() as u64);
     assert_eq!(summary.rows_scored, rows.num_rows() as u64);
     let found = redis_has(&url, &topic, &trans_nums(&rows));

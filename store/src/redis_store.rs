@@ -168,6 +168,9 @@ const LAYOUT: u8 = 2;
 /// stall the stream for long.
 const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long opening a replacement connection may take.
+const RECONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Periods a read asks first (then the older live ones, only for what it did not find):
 /// a lookup soon after the write finds it in one round trip.
 const FIRST_PERIODS: usize = 2;
@@ -223,10 +226,15 @@ impl RedisStore {
                     deadline_secs = REQUEST_DEADLINE.as_secs(),
                     "a Redis request outlived its deadline; connecting again"
                 );
-                match Connection::open(&self.target).await {
-                    Ok(fresh) => *self.connection.write() = fresh,
-                    Err(error) => {
+                // Bounded too: a cluster client's first connection can hang as well.
+                match tokio::time::timeout(RECONNECT_DEADLINE, Connection::open(&self.target)).await
+                {
+                    Ok(Ok(fresh)) => *self.connection.write() = fresh,
+                    Ok(Err(error)) => {
                         tracing::warn!(url = %self.url, %error, "connecting to Redis again failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(url = %self.url, "connecting to Redis again timed out")
                     }
                 }
                 Err(self.error(redis::RedisError::from(std::io::Error::new(
