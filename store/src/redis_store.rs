@@ -162,7 +162,8 @@ const TRANSACTIONS: u8 = 0;
 const ALERTS: u8 = 1;
 const LAYOUT: u8 = 2;
 
-/// How long one request (a micro-batch's writes, a checkpoint, a read) may take before it
+/// How long one request (a micro-batch's writes, a checkpoint, the outputs, a read of
+/// records; see [`RedisStore::bounded`]'s callers) may take before it
 /// counts as failed and the connection is replaced: far beyond a healthy answer (a 77 MB
 /// checkpoint saves in about a second), short enough that a wedged connection does not
 /// stall the stream for long.
