@@ -57,6 +57,16 @@ wait_port() { # port seconds what
   return 1
 }
 
+# Redis opens its port before it has loaded its AOF; until then it answers LOADING.
+wait_redis_loaded() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 apt_install() {
   local missing=()
   for pkg in "$@"; do
@@ -212,6 +222,7 @@ redis_up() {
     --appendonly yes --appendfsync everysec --save "" --lazyfree-lazy-expire yes \
     --auto-aof-rewrite-min-size 1gb >/dev/null
   wait_port "$REDIS_PORT" 20 || die "redis did not open 127.0.0.1:$REDIS_PORT"
+  wait_redis_loaded "$REDIS_PORT" 300 || die "redis on 127.0.0.1:$REDIS_PORT did not load its data within 5 min"
   log "redis: ready"
 }
 
@@ -266,6 +277,7 @@ redis_cluster_node_start() { # port
     tail -n 20 "$dir/redis.log" >&2 || true
     die "redis-cluster: node did not open 127.0.0.1:$port"
   fi
+  wait_redis_loaded "$port" 300 || die "redis-cluster: node 127.0.0.1:$port did not load its data within 5 min"
 }
 
 # True while a process runs; an exited one that nobody has reaped yet (a zombie: daemonized

@@ -5,6 +5,7 @@
 #   - cargo test --workspace, against the real broker and Redis (and the Redis Cluster)
 #   - the stream tests again with the Redis Cluster as the result store
 #   - the reference-data tests when ../shared/data is present
+#   - the Docker image and docker/compose.yaml, end to end with podman: scripts/docker.sh test
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p risksense-engine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,4 +42,10 @@ if [ -d ../shared/data ]; then
   cargo test --workspace --locked --test reference_data -- --ignored
 else
   echo "[test] NOTE: ../shared/data is absent: the reference-data tests (engine/tests/reference_data.rs) were not run"
+fi
+
+if [ $# -eq 0 ]; then
+  # The image of this build and the compose stack, run for real (podman; no Docker engine).
+  echo "[test] the Docker image and docker/compose.yaml, with podman"
+  scripts/docker.sh test debug
 fi

@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod doctor;
 mod generate;
+mod healthcheck;
 mod import;
 mod model;
 mod produce;
@@ -35,7 +36,8 @@ Examples:
   risksense sql --url http://127.0.0.1:8080 \"SELECT count(*) FROM scored WHERE is_anomaly\"
   risksense rescore --input 'history/**/*.parquet' --out scored/
   risksense sql \"SELECT category, count(*) FROM scored WHERE is_anomaly GROUP BY 1\" --table scored=scored/
-  risksense doctor                                 # is Kafka / Redis / ONNX Runtime reachable?";
+  risksense doctor                                 # is Kafka / Redis / ONNX Runtime reachable?
+  risksense healthcheck --http 127.0.0.1:8080      # does the service answer /healthz? (exit code)";
 
 /// Real-time fraud and anomaly detection for transaction streams.
 #[derive(Parser)]
@@ -72,6 +74,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Check that Kafka, Redis and ONNX Runtime are reachable.
     Doctor(doctor::Args),
+    /// Ask a running service's /healthz; exit non-zero unless it answers (container probes).
+    Healthcheck(healthcheck::Args),
     /// Benchmarks (release build, real services): prints a Markdown table.
     Bench(bench::Args),
 }
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Train(args) => train::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Healthcheck(args) => healthcheck::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -21,10 +21,15 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    UInt64Array,
 };
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type,
+};
 use arrow::error::ArrowError;
+use arrow::ipc::CompressionType;
+use arrow::ipc::writer::IpcWriteOptions;
 use datafusion::physical_expr::PhysicalExpr;
 use parking_lot::{Mutex, RwLock};
 
@@ -76,6 +81,14 @@ const GONE_SITE: &str = "#gone";
 /// A call of a card window in a plan.
 pub type SiteId = u32;
 
+/// What a checkpoint row holds, by its site.
+#[derive(Debug, Clone, Copy)]
+enum RowKind {
+    Site(usize),
+    Seen,
+    Gone,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("history checkpoint: {0}")]
@@ -88,7 +101,23 @@ pub enum HistoryError {
 
 /// Checkpoint rows: one per kept pair, and one per [`Seen`] row (site [`SEEN_SITE`], with
 /// `trans_hash` and `row_id`).
+///
+/// The site is dictionary-encoded and the buffers LZ4-compressed: a site's name as a
+/// string on every row was most of a checkpoint's bytes (77 MB for one partition of
+/// 100,000 cards), and Redis writing such values (and its AOF rewriting them) stalled
+/// the stream's writes behind them.
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = V2_SCHEMA.fields().to_vec();
+    fields[0] = Arc::new(Field::new(
+        "site",
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+});
+
+/// Checkpoints written before sites were dictionary-encoded: restored as they are.
+static V2_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let mut fields = V1_SCHEMA.fields().to_vec();
     fields.push(Arc::new(Field::new("trans_hash", DataType::UInt64, true)));
     fields.push(Arc::new(Field::new("row_id", DataType::Int64, true)));
@@ -426,13 +455,55 @@ impl CardHistory {
         let mut gone = Vec::new();
         if !bytes.is_empty() {
             let reader = arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
-            if reader.schema() != *SCHEMA && reader.schema() != *V1_SCHEMA {
+            let schema = reader.schema();
+            if schema != *SCHEMA && schema != *V2_SCHEMA && schema != *V1_SCHEMA {
                 return Err(HistoryError::Schema);
             }
             let mut sites = self.sites.write();
             for batch in reader {
                 let batch = batch?;
-                let names = batch.column(0).as_string::<i32>();
+                // What each row's site is, resolved once per distinct name.
+                let mut resolve = |name: &str| match name {
+                    GONE_SITE => RowKind::Gone,
+                    SEEN_SITE => RowKind::Seen,
+                    // Checkpoints written before site names were stable carry column
+                    // positions: the same normalisation maps them onto today's sites.
+                    name => RowKind::Site(sites.id(&stable_site_name(name)) as usize),
+                };
+                let kinds: Vec<RowKind> = match batch.column(0).data_type() {
+                    DataType::Dictionary(..) => {
+                        let names: &DictionaryArray<Int32Type> = batch.column(0).as_dictionary();
+                        let values = names.values().as_string::<i32>();
+                        let resolved: Vec<RowKind> = values
+                            .iter()
+                            .map(|name| resolve(name.unwrap_or("")))
+                            .collect();
+                        names
+                            .keys()
+                            .iter()
+                            .map(|key| {
+                                key.and_then(|key| resolved.get(key as usize).copied())
+                                    .ok_or(HistoryError::Schema)
+                            })
+                            .collect::<Result<_, _>>()?
+                    }
+                    _ => {
+                        let names = batch.column(0).as_string::<i32>();
+                        let mut resolved = HashMap::new();
+                        names
+                            .iter()
+                            .map(|name| {
+                                let name = name.unwrap_or("");
+                                if let Some(kind) = resolved.get(name) {
+                                    return *kind;
+                                }
+                                let kind = resolve(name);
+                                resolved.insert(name.to_string(), kind);
+                                kind
+                            })
+                            .collect()
+                    }
+                };
                 let cards = batch.column(1).as_primitive::<Int64Type>();
                 let secs = batch.column(2).as_primitive::<Int64Type>();
                 let values = batch.column(3).as_primitive::<Float64Type>();
@@ -442,32 +513,32 @@ impl CardHistory {
                         batch.column(5).as_primitive::<Int64Type>(),
                     )
                 });
-                for i in 0..batch.num_rows() {
+                for (i, kind) in kinds.into_iter().enumerate() {
                     let card = cards.value(i);
-                    if names.value(i) == GONE_SITE {
-                        gone.push(card);
-                        continue;
-                    }
-                    if names.value(i) == SEEN_SITE {
-                        let Some((hashes, row_ids)) = seen_columns else {
+                    let site = match kind {
+                        RowKind::Gone => {
+                            gone.push(card);
                             continue;
-                        };
-                        if hashes.is_null(i) || row_ids.is_null(i) {
-                            return Err(HistoryError::Schema);
                         }
-                        let rows = Arc::make_mut(history.cards.entry(card).or_default());
-                        rows.push_seen(Seen {
-                            hash: hashes.value(i),
-                            row_id: row_ids.value(i),
-                            secs: secs.value(i),
-                        });
-                        rows.latest_secs = rows.latest_secs.max(secs.value(i));
-                        history.latest_secs = history.latest_secs.max(secs.value(i));
-                        continue;
-                    }
-                    // Checkpoints written before site names were stable carry column
-                    // positions: the same normalisation maps them onto today's sites.
-                    let site = sites.id(&stable_site_name(names.value(i))) as usize;
+                        RowKind::Seen => {
+                            let Some((hashes, row_ids)) = seen_columns else {
+                                continue;
+                            };
+                            if hashes.is_null(i) || row_ids.is_null(i) {
+                                return Err(HistoryError::Schema);
+                            }
+                            let rows = Arc::make_mut(history.cards.entry(card).or_default());
+                            rows.push_seen(Seen {
+                                hash: hashes.value(i),
+                                row_id: row_ids.value(i),
+                                secs: secs.value(i),
+                            });
+                            rows.latest_secs = rows.latest_secs.max(secs.value(i));
+                            history.latest_secs = history.latest_secs.max(secs.value(i));
+                            continue;
+                        }
+                        RowKind::Site(site) => site,
+                    };
                     let entry = Entry {
                         secs: secs.value(i),
                         value: values.is_valid(i).then(|| values.value(i)),
@@ -519,11 +590,14 @@ impl HistorySnapshot {
 
     fn encode(&self, include: impl Fn(i64) -> bool, gone: &[i64]) -> Result<Vec<u8>, HistoryError> {
         let batch = {
-            let (mut site_names, mut cards, mut secs, mut values) =
+            // Dictionary keys: the sites in order, then the two markers.
+            let gone_key = self.site_names.len() as i32;
+            let seen_key = gone_key + 1;
+            let (mut site_keys, mut cards, mut secs, mut values) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut hashes, mut row_ids) = (Vec::new(), Vec::new());
             for card in gone {
-                site_names.push(GONE_SITE);
+                site_keys.push(gone_key);
                 cards.push(*card);
                 secs.push(0);
                 values.push(None);
@@ -534,7 +608,7 @@ impl HistorySnapshot {
                 for (card, rows) in self.cards.iter().filter(|(card, _)| include(*card)) {
                     for (site, entries) in rows.sites.iter().enumerate() {
                         for entry in entries {
-                            site_names.push(self.site_names[site].as_str());
+                            site_keys.push(site as i32);
                             cards.push(*card);
                             secs.push(entry.secs);
                             values.push(entry.value);
@@ -543,7 +617,7 @@ impl HistorySnapshot {
                         }
                     }
                     for seen in &rows.seen {
-                        site_names.push(SEEN_SITE);
+                        site_keys.push(seen_key);
                         cards.push(*card);
                         secs.push(seen.secs);
                         values.push(None);
@@ -552,8 +626,16 @@ impl HistorySnapshot {
                     }
                 }
             }
+            let dictionary = StringArray::from_iter_values(
+                self.site_names
+                    .iter()
+                    .map(String::as_str)
+                    .chain([GONE_SITE, SEEN_SITE]),
+            );
+            let site_column =
+                DictionaryArray::<Int32Type>::try_new(site_keys.into(), Arc::new(dictionary))?;
             let columns: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from(site_names)),
+                Arc::new(site_column),
                 Arc::new(Int64Array::from(cards)),
                 Arc::new(Int64Array::from(secs)),
                 Arc::new(Float64Array::from(values)),
@@ -563,7 +645,10 @@ impl HistorySnapshot {
             RecordBatch::try_new(SCHEMA.clone(), columns)?
         };
         let mut out = Vec::new();
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &SCHEMA)?;
+        let options =
+            IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+        let mut writer =
+            arrow::ipc::writer::StreamWriter::try_new_with_options(&mut out, &SCHEMA, options)?;
         writer.write(&batch)?;
         writer.finish()?;
         drop(writer);
@@ -878,6 +963,61 @@ mod tests {
             .expect("an earlier checkpoint restores");
         assert_eq!(fresh.size(0), (1, 1));
         assert_eq!(fresh.first_seen(&keys(&["t11"], 7)), vec![None]);
+    }
+
+    #[test]
+    fn a_checkpoint_in_the_earlier_plain_encoding_restores_the_same_history() {
+        let history = CardHistory::new();
+        let (amt, count) = (site(&history, "amt"), site(&history, "count"));
+        for card in 0..200_i64 {
+            for i in 0..20 {
+                let secs = 1_000 + i * 60;
+                history.stage(card, amt, vec![entry(secs, Some((card * i) as f64))]);
+                history.stage(card, count, vec![entry(secs, None)]);
+                history.commit_staged(|_| Some(0)).expect("commit");
+                history.remember([(0, card, seen(&format!("c{card}t{i}"), i, secs))]);
+            }
+        }
+        let bytes = history.to_ipc(0).expect("ipc");
+
+        // The same rows as the engine wrote them before: site names as plain strings,
+        // uncompressed.
+        let plain = {
+            let mut batches = arrow::ipc::reader::StreamReader::try_new(&bytes[..], None)
+                .expect("reader")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("batches");
+            assert_eq!(batches.len(), 1);
+            let batch = batches.remove(0);
+            let mut columns = batch.columns().to_vec();
+            columns[0] = arrow::compute::cast(&columns[0], &DataType::Utf8).expect("cast");
+            let batch = RecordBatch::try_new(V2_SCHEMA.clone(), columns).expect("batch");
+            let mut out = Vec::new();
+            let mut writer =
+                arrow::ipc::writer::StreamWriter::try_new(&mut out, &V2_SCHEMA).expect("writer");
+            writer.write(&batch).expect("write");
+            writer.finish().expect("finish");
+            drop(writer);
+            out
+        };
+        assert!(
+            bytes.len() * 3 < plain.len(),
+            "the encoding is at least 3 times smaller: {} against {} bytes",
+            bytes.len(),
+            plain.len()
+        );
+
+        let (from_new, from_plain) = (CardHistory::new(), CardHistory::new());
+        from_new.restore(0, &bytes).expect("restore");
+        from_plain
+            .restore(0, &plain)
+            .expect("an earlier checkpoint restores");
+        assert_eq!(rows_of(&from_new, 0), rows_of(&history, 0));
+        assert_eq!(rows_of(&from_plain, 0), rows_of(&history, 0));
+        assert_eq!(from_plain.size(0), history.size(0));
+        let key = [(7, trans_num_hash("c7t19"))];
+        assert_eq!(from_plain.first_seen(&key), vec![Some(19)]);
+        assert_eq!(from_new.first_seen(&key), vec![Some(19)]);
     }
 
     #[test]
