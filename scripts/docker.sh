@@ -45,8 +45,9 @@ install() {
       { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2; } ||
       die "apt-get could not install ${missing[*]}"
   fi
-  # Debian's podman-compose (1.0.3) ignores profiles and health conditions: a newer one
-  # from PyPI, in .local/ (no system Python packages touched).
+  # Debian's podman-compose (1.0.3) knows no profiles: a newer one from PyPI, in .local/
+  # (no system Python packages touched). On podman 4.3 it still cannot wait on health
+  # conditions (see wait_healthy).
   if [ ! -f "$LOCAL/podman-compose/.complete-$PODMAN_COMPOSE_VERSION" ]; then
     log "installing podman-compose $PODMAN_COMPOSE_VERSION (pip, into .local/docker/)"
     rm -rf "$LOCAL/podman-compose"
@@ -111,7 +112,9 @@ standins() {
 pack() {
   local profile="${1:-release}"
   local binary="$ROOT/target/$profile/risksense"
-  [ -x "$binary" ] || die "$binary not found: build it first (cargo build --bin risksense${profile/debug/})"
+  local flag=""
+  [ "$profile" = release ] && flag=" --release"
+  [ -x "$binary" ] || die "$binary not found: build it first (cargo build$flag --bin risksense)"
   local lib="$ROOT/.local/onnxruntime/libonnxruntime.so.$ORT_VERSION"
   [ -f "$lib" ] || "$ROOT/scripts/services.sh" onnxruntime
   mkdir -p "$ROOT/target/docker"
@@ -156,7 +159,7 @@ test_stack() {
   standins
   image "$profile"
   down
-  trap 'status=$?; if [ $status -ne 0 ]; then compose logs >&2 2>/dev/null | tail -n 80 >&2 || true; fi; down' EXIT
+  trap 'status=$?; if [ $status -ne 0 ]; then compose logs 2>&1 | tail -n 80 >&2 || true; fi; down' EXIT
   log "docker/compose.yaml --profile demo up (kafka :$KAFKA_PORT, redis :$REDIS_PORT, api :$RISKSENSE_PORT)"
   compose --profile demo up -d --no-build >"$LOCAL/compose-up.log" 2>&1 ||
     { tail -n 40 "$LOCAL/compose-up.log" >&2; die "compose up failed"; }
@@ -174,20 +177,20 @@ test_stack() {
   # The demo profile's producer feeds the topic; scored rows reach Redis and the API.
   local api="http://127.0.0.1:$RISKSENSE_PORT" i scored=0
   for ((i = 0; i < 120; i++)); do
-    scored="$(curl -fsS "$api/metrics" 2>/dev/null |
+    # The API may not answer yet: a failed request is another try, not the end.
+    scored="$( (curl -fsS "$api/metrics" 2>/dev/null || true) |
       awk '/^risksense_rows_scored_total/ {print int($2)}' | head -n 1)"
     [ "${scored:-0}" -ge 500 ] && break
     sleep 1
   done
   [ "${scored:-0}" -ge 500 ] || die "fewer than 500 rows scored within 120 s (${scored:-0})"
   log "scored ${scored} rows"
-  local keys
-  keys="$(redis-cli -p "$REDIS_PORT" --scan --pattern 'rs:txs:*' | head -n 5 | wc -l)"
-  [ "$keys" -gt 0 ] || die "no scored transactions in the stack's Redis"
-  local id
-  id="$(redis-cli -p "$REDIS_PORT" --scan --pattern 'rs:txs:*' | head -n 1 |
-    xargs -I{} redis-cli -p "$REDIS_PORT" hrandfield {} 1)"
-  [ -n "$id" ] || die "no transaction id in the stack's Redis"
+  # (`|| true`: head closing the pipe early must not end the script under pipefail.)
+  local key id
+  key="$(redis-cli -p "$REDIS_PORT" --scan --pattern 'rs:txs:*' | head -n 1 || true)"
+  [ -n "$key" ] || die "no scored transactions in the stack's Redis"
+  id="$(redis-cli -p "$REDIS_PORT" hrandfield "$key" 1)"
+  [ -n "$id" ] || die "no transaction id in the stack's Redis ($key)"
   curl -fsS "$api/v1/transactions/$id" | grep -q "\"trans_num\":\"$id\"" ||
     die "the API did not answer for transaction $id"
   curl -fsS "$api/healthz" >/dev/null || die "/healthz failed"

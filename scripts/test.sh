@@ -48,4 +48,6 @@ if [ $# -eq 0 ]; then
   # The image of this build and the compose stack, run for real (podman; no Docker engine).
   echo "[test] the Docker image and docker/compose.yaml, with podman"
   scripts/docker.sh test debug
+else
+  echo "[test] NOTE: arguments given: the Docker image and compose test (scripts/docker.sh test) was not run"
 fi

@@ -13,7 +13,7 @@ pub struct Args {
     /// Redis URL to check.
     #[arg(
         long,
-        env = "RISKSENSE_REDIS_URL",
+        env = "RISKSENSE_REDIS",
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis: String,

@@ -27,6 +27,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
+        // A loopback probe never goes through an HTTP_PROXY the environment sets.
+        .proxy(None)
         .build()
         .into();
     let response = agent
