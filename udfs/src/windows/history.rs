@@ -950,19 +950,24 @@ mod tests {
                 ],
             )
             .expect("batch");
-            let mut out = Vec::new();
-            let mut writer =
-                arrow::ipc::writer::StreamWriter::try_new(&mut out, &V1_SCHEMA).expect("writer");
-            writer.write(&batch).expect("write");
-            writer.finish().expect("finish");
-            drop(writer);
-            out
+            uncompressed_ipc(&batch)
         };
         fresh
             .restore(0, &old)
             .expect("an earlier checkpoint restores");
         assert_eq!(fresh.size(0), (1, 1));
         assert_eq!(fresh.first_seen(&keys(&["t11"], 7)), vec![None]);
+    }
+
+    /// `batch` as an earlier engine wrote checkpoints: plain Arrow IPC.
+    fn uncompressed_ipc(batch: &RecordBatch) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut writer =
+            arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema()).expect("writer");
+        writer.write(batch).expect("write");
+        writer.finish().expect("finish");
+        drop(writer);
+        out
     }
 
     #[test]
@@ -992,13 +997,7 @@ mod tests {
             let mut columns = batch.columns().to_vec();
             columns[0] = arrow::compute::cast(&columns[0], &DataType::Utf8).expect("cast");
             let batch = RecordBatch::try_new(V2_SCHEMA.clone(), columns).expect("batch");
-            let mut out = Vec::new();
-            let mut writer =
-                arrow::ipc::writer::StreamWriter::try_new(&mut out, &V2_SCHEMA).expect("writer");
-            writer.write(&batch).expect("write");
-            writer.finish().expect("finish");
-            drop(writer);
-            out
+            uncompressed_ipc(&batch)
         };
         assert!(
             bytes.len() * 3 < plain.len(),
