@@ -193,9 +193,17 @@ test_stack() {
   [ -n "$id" ] || die "no transaction id in the stack's Redis ($key)"
   curl -fsS "$api/v1/transactions/$id" | grep -q "\"trans_num\":\"$id\"" ||
     die "the API did not answer for transaction $id"
+  # Alerts: what the demo profile promises on the dashboard.
+  local alerts=""
+  for ((i = 0; i < 60; i++)); do
+    alerts="$(curl -fsS "$api/v1/alerts?limit=5" 2>/dev/null || true)"
+    grep -q '"trans_num"' <<<"$alerts" && break
+    sleep 1
+  done
+  grep -q '"trans_num"' <<<"$alerts" || die "no alert within 60 s (/v1/alerts: ${alerts:0:200})"
   curl -fsS "$api/healthz" >/dev/null || die "/healthz failed"
   curl -fsS "$api/" | grep -qi "risksense" || die "the dashboard did not answer"
-  log "compose stack: transactions scored into Redis, the API and dashboard answer"
+  log "compose stack: transactions scored into Redis, alerts raised, the API and dashboard answer"
 }
 
 case "${1:-}" in
