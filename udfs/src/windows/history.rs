@@ -31,7 +31,7 @@ use arrow::error::ArrowError;
 use arrow::ipc::CompressionType;
 use arrow::ipc::writer::IpcWriteOptions;
 use datafusion::physical_expr::PhysicalExpr;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use super::{Entry, WINDOW_SECS};
 
@@ -247,18 +247,29 @@ impl CardHistory {
     }
 
     /// The card's kept pairs for `site`, in window order.
+    #[cfg(test)]
     pub(super) fn entries(&self, card: i64, site: SiteId) -> Vec<Entry> {
-        let partitions = self.partitions.read();
-        partitions
-            .values()
-            .find_map(|p| p.cards.get(&card))
-            .and_then(|rows| rows.sites.get(site as usize))
-            .cloned()
-            .unwrap_or_default()
+        self.reader().entries(card, site).to_vec()
     }
 
+    /// Reads the kept pairs of many cards under one lock: a window call reads a card per
+    /// row of a micro-batch, and with many cards a clone and a lock per card and site was
+    /// much of the engine's cost (BENCHMARKS.md, #14 third session). Holding it keeps
+    /// [`Self::commit_staged`] and checkpoints waiting: drop it when the call is done.
+    pub(super) fn reader(&self) -> HistoryReader<'_> {
+        HistoryReader {
+            partitions: self.partitions.read(),
+        }
+    }
+
+    #[cfg(test)]
     pub(super) fn stage(&self, card: i64, site: SiteId, entries: Vec<Entry>) {
         self.staged.lock().push((card, site, entries));
+    }
+
+    /// Stages a window call's new pairs, `(card, site, entries)`, at once.
+    pub(super) fn stage_all(&self, entries: Vec<(i64, SiteId, Vec<Entry>)>) {
+        self.staged.lock().extend(entries);
     }
 
     /// Forgets what scoring staged (the batch was not scored).
@@ -554,6 +565,22 @@ impl CardHistory {
             }
         }
         Ok((history, gone))
+    }
+}
+
+/// The history as one window call reads it ([`CardHistory::reader`]).
+pub(super) struct HistoryReader<'a> {
+    partitions: RwLockReadGuard<'a, HashMap<i32, PartitionHistory>>,
+}
+
+impl HistoryReader<'_> {
+    /// The card's kept pairs for `site`, in window order.
+    pub(super) fn entries(&self, card: i64, site: SiteId) -> &[Entry] {
+        self.partitions
+            .values()
+            .find_map(|p| p.cards.get(&card))
+            .and_then(|rows| rows.sites.get(site as usize))
+            .map_or(&[], Vec::as_slice)
     }
 }
 

@@ -265,6 +265,11 @@ impl PartitionEvaluator for CardEvaluator {
         let mut out = Vec::with_capacity(num_rows);
         let mut previous_card = None;
         let mut start = 0;
+        let reader = self
+            .site
+            .as_ref()
+            .map(|(history, site)| (history.reader(), *site));
+        let mut staged = Vec::new();
         for run in cards.values().chunk_by(|a, b| a == b) {
             let card = run[0];
             let rows = &rows[start..start + run.len()];
@@ -279,16 +284,20 @@ impl PartitionEvaluator for CardEvaluator {
             if rows.windows(2).any(|pair| pair[1].secs < pair[0].secs) {
                 return exec_err!("{} needs its window ordered by event_secs", kind.name());
             }
-            match &self.site {
+            match &reader {
                 None => out.extend(compute(kind, rows, keep_rows)),
                 Some((history, site)) => {
-                    let earlier = history.entries(card, *site);
-                    let (merged, positions) = merge(&earlier, rows);
+                    let (merged, positions) = merge(history.entries(card, *site), rows);
                     let all = compute(kind, &merged, keep_rows);
                     out.extend(positions.iter().map(|&p| all[p]));
-                    history.stage(card, *site, retain(kind, merged, keep_rows));
+                    staged.push((card, *site, retain(kind, merged, keep_rows)));
                 }
             }
+        }
+        // The read lock goes before staging; a call that failed above staged nothing.
+        drop(reader);
+        if let Some((history, _)) = &self.site {
+            history.stage_all(staged);
         }
         Ok(to_array(out))
     }
