@@ -481,40 +481,24 @@ impl CardHistory {
                     // positions: the same normalisation maps them onto today's sites.
                     name => RowKind::Site(sites.id(&stable_site_name(name)) as usize),
                 };
-                let kinds: Vec<RowKind> = match batch.column(0).data_type() {
-                    DataType::Dictionary(..) => {
-                        let names: &DictionaryArray<Int32Type> = batch.column(0).as_dictionary();
-                        let values = names.values().as_string::<i32>();
-                        let resolved: Vec<RowKind> = values
-                            .iter()
-                            .map(|name| resolve(name.unwrap_or("")))
-                            .collect();
-                        names
-                            .keys()
-                            .iter()
-                            .map(|key| {
-                                key.and_then(|key| resolved.get(key as usize).copied())
-                                    .ok_or(HistoryError::Schema)
-                            })
-                            .collect::<Result<_, _>>()?
-                    }
-                    _ => {
-                        let names = batch.column(0).as_string::<i32>();
-                        let mut resolved = HashMap::new();
-                        names
-                            .iter()
-                            .map(|name| {
-                                let name = name.unwrap_or("");
-                                if let Some(kind) = resolved.get(name) {
-                                    return *kind;
-                                }
-                                let kind = resolve(name);
-                                resolved.insert(name.to_string(), kind);
-                                kind
-                            })
-                            .collect()
-                    }
-                };
+                // Earlier checkpoints' plain names are made a dictionary the same way.
+                let site_column =
+                    arrow::compute::cast(batch.column(0), SCHEMA.field(0).data_type())?;
+                let names: &DictionaryArray<Int32Type> = site_column.as_dictionary();
+                let resolved: Vec<RowKind> = names
+                    .values()
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|name| resolve(name.unwrap_or("")))
+                    .collect();
+                let kinds: Vec<RowKind> = names
+                    .keys()
+                    .iter()
+                    .map(|key| {
+                        key.and_then(|key| resolved.get(key as usize).copied())
+                            .ok_or(HistoryError::Schema)
+                    })
+                    .collect::<Result<_, _>>()?;
                 let cards = batch.column(1).as_primitive::<Int64Type>();
                 let secs = batch.column(2).as_primitive::<Int64Type>();
                 let values = batch.column(3).as_primitive::<Float64Type>();
