@@ -7,7 +7,7 @@
 //! a message over the size limit is refused before parsing. Then [`drop_repeats`] sets
 //! aside transactions the stream has already scored.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::collections::hash_map::Entry;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};

@@ -569,7 +569,7 @@ impl Pipeline {
     fn commit_history(&self, batch: &RecordBatch) -> Result<(), EngineError> {
         let cards = batch.column(idx::CC_NUM).as_primitive::<Int64Type>();
         let ids = batch.column(idx::ROW_ID).as_primitive::<Int64Type>();
-        let partition_of_card: HashMap<i64, i32> = cards
+        let partition_of_card: foldhash::HashMap<i64, i32> = cards
             .values()
             .iter()
             .zip(ids.values())

@@ -16,9 +16,13 @@
 //! least its last [`SEEN_KEEP_ROWS`] rows; a card idle for the stream's `state_idle_secs`
 //! is forgotten with the rest of its history. A repeat older than that is not recognised.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock};
+
+// Per-row lookups by card and by trans_num hash: SipHash was a tenth of the engine's CPU at
+// the drain; foldhash is seeded per process, so crafted keys still cannot aim collisions.
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int64Array, RecordBatch, StringArray,
@@ -163,7 +167,7 @@ struct CardRows {
     seen: Vec<Seen>,
     /// `seen` by hash: the first row id with it. A lookup per incoming row must not scan
     /// the card's day of rows (a producer flooding one card would make it quadratic).
-    seen_index: HashMap<u64, i64>,
+    seen_index: FastMap<u64, i64>,
     latest_secs: i64,
 }
 
@@ -171,6 +175,38 @@ impl CardRows {
     fn push_seen(&mut self, seen: Seen) {
         self.seen_index.entry(seen.hash).or_insert(seen.row_id);
         self.seen.push(seen);
+    }
+
+    /// Forgets the rows before position `keep_from` older than `cutoff`, and the oldest
+    /// past [`SEEN_MAX_ROWS`]; the index follows.
+    ///
+    /// Rows arrive roughly in event time, so what goes is nearly always a run at the front:
+    /// that run is drained without visiting the rows kept (a card's whole list was walked
+    /// per micro-batch before, 2 % of the engine at the drain).
+    fn forget(&mut self, keep_from: usize, cutoff: i64) {
+        let over = self.seen.len().saturating_sub(SEEN_MAX_ROWS);
+        let goes = |position: usize, s: &Seen| {
+            position < over || (position < keep_from && s.secs < cutoff)
+        };
+        let candidates = keep_from.max(over);
+        let run = self.seen[..candidates]
+            .iter()
+            .enumerate()
+            .take_while(|(position, s)| goes(*position, s))
+            .count();
+        let scattered = self.seen[run..candidates]
+            .iter()
+            .enumerate()
+            .any(|(i, s)| goes(run + i, s));
+        if scattered {
+            self.retain_seen(|position, s| !goes(position, s));
+            return;
+        }
+        for s in self.seen.drain(..run) {
+            if self.seen_index.get(&s.hash) == Some(&s.row_id) {
+                self.seen_index.remove(&s.hash);
+            }
+        }
     }
 
     /// Keeps the rows `keep` accepts and at most [`SEEN_MAX_ROWS`] (the newest); the index
@@ -200,12 +236,12 @@ struct PartitionHistory {
     /// Shared with checkpoint snapshots still being written: a card changed meanwhile is
     /// copied first (`Arc::make_mut`), so taking a snapshot costs a pointer per card on
     /// the stream's thread, not a copy of every card's history.
-    cards: HashMap<i64, Arc<CardRows>>,
+    cards: FastMap<i64, Arc<CardRows>>,
     /// Latest event time seen in the partition: the clock idle cards age by.
     latest_secs: i64,
     /// Cards changed, and cards let go, since the last snapshot: what a delta holds.
-    changed: HashSet<i64>,
-    removed: HashSet<i64>,
+    changed: FastSet<i64>,
+    removed: FastSet<i64>,
 }
 
 /// Per-card history of every card window site, for the partitions this engine owns.
@@ -338,10 +374,9 @@ impl CardHistory {
                 .get_mut(&partition)
                 .and_then(|p| p.cards.get_mut(&card))
             {
-                let rows = Arc::make_mut(rows);
                 let cutoff = rows.latest_secs - WINDOW_SECS;
                 let keep_from = rows.seen.len().saturating_sub(SEEN_KEEP_ROWS);
-                rows.retain_seen(|position, s| position >= keep_from || s.secs >= cutoff);
+                Arc::make_mut(rows).forget(keep_from, cutoff);
             }
         }
     }
@@ -420,7 +455,7 @@ impl CardHistory {
         let mut snapshot = HistorySnapshot {
             site_names,
             cards: Vec::new(),
-            changed: HashSet::new(),
+            changed: FastSet::default(),
             removed: Vec::new(),
         };
         if let Some(history) = partitions.get_mut(&partition) {
@@ -572,7 +607,7 @@ impl HistoryReader<'_> {
 pub struct HistorySnapshot {
     site_names: Vec<String>,
     cards: Vec<(i64, Arc<CardRows>)>,
-    changed: HashSet<i64>,
+    changed: FastSet<i64>,
     removed: Vec<i64>,
 }
 
@@ -968,6 +1003,43 @@ mod tests {
             .expect("an earlier checkpoint restores");
         assert_eq!(fresh.size(0), (1, 1));
         assert_eq!(fresh.first_seen(&keys(&["t11"], 7)), vec![None]);
+    }
+
+    #[test]
+    fn a_row_out_of_event_time_order_is_kept_while_older_ones_around_it_go() {
+        let history = CardHistory::new();
+        let day = WINDOW_SECS + 1;
+        // 40 rows a minute apart, but row 5 arrived late with a time a day later; then one
+        // more row a day later, so that rows 0..=10 fall out except row 5 (in the last day).
+        let rows: Vec<(i32, i64, Seen)> = (0..40)
+            .map(|i| {
+                let secs = if i == 5 { 1_000 + day } else { 1_000 + i * 60 };
+                (0, 7, seen(&format!("t{i}"), i, secs))
+            })
+            .chain([(0, 7, seen("late", 40, 1_000 + 39 * 60 + day))])
+            .collect();
+        history.remember(rows);
+        let keys: Vec<(i64, u64)> = ["t4", "t5", "t6", "t10", "t11", "late"]
+            .iter()
+            .map(|n| (7, trans_num_hash(n)))
+            .collect();
+        assert_eq!(
+            history.first_seen(&keys),
+            vec![None, Some(5), None, None, Some(11), Some(40)]
+        );
+        // A front run goes without disturbing the rest: more rows a day later still.
+        let more: Vec<(i32, i64, Seen)> = (41..45)
+            .map(|i| (0, 7, seen(&format!("t{i}"), i, 1_000 + 39 * 60 + 2 * day)))
+            .collect();
+        history.remember(more);
+        assert_eq!(
+            history.first_seen(&keys),
+            vec![None, None, None, None, None, Some(40)]
+        );
+        assert_eq!(
+            history.first_seen(&[(7, trans_num_hash("t15"))]),
+            vec![Some(15)]
+        );
     }
 
     /// `batch` as an earlier engine wrote checkpoints: plain Arrow IPC.

@@ -28,25 +28,28 @@ use risksense_common::time::{parse_date, parse_timestamp_micros};
 /// are ignored. Ranges are [`crate::validate::check_row`]'s business.
 #[derive(Debug, Default)]
 pub struct TransactionMessage<'a> {
-    event_time: i64,
-    cc_num: i64,
-    amt: f64,
-    zip: i32,
-    lat: f64,
-    long: f64,
-    city_pop: i64,
-    dob: i32,
-    unix_time: i64,
-    merch_lat: f64,
-    merch_long: f64,
-    is_fraud: i32,
+    pub(super) event_time: i64,
+    pub(super) cc_num: i64,
+    pub(super) amt: f64,
+    pub(super) zip: i32,
+    pub(super) lat: f64,
+    pub(super) long: f64,
+    pub(super) city_pop: i64,
+    pub(super) dob: i32,
+    pub(super) unix_time: i64,
+    pub(super) merch_lat: f64,
+    pub(super) merch_long: f64,
+    pub(super) is_fraud: i32,
     /// In the order of [`STRING_COLUMNS`].
-    strings: [Cow<'a, str>; 10],
+    pub(super) strings: [Cow<'a, str>; 10],
 }
 
 impl<'a> TransactionMessage<'a> {
     /// Parses one message; the error says which column is wrong and why.
     pub fn parse(payload: &'a [u8]) -> Result<Self, String> {
+        if let Some(message) = super::json_scan::parse(payload) {
+            return Ok(message);
+        }
         serde_json::from_slice(payload).map_err(|error| {
             let text = error.to_string();
             if text.starts_with("trailing characters") {
@@ -94,35 +97,45 @@ impl<'de> de::Deserialize<'de> for Key {
                 f.write_str("a column name")
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
-                Ok(Key(match name {
-                    "trans_date_trans_time" => Some(idx::TRANS_DATE_TRANS_TIME),
-                    "cc_num" => Some(idx::CC_NUM),
-                    "merchant" => Some(idx::MERCHANT),
-                    "category" => Some(idx::CATEGORY),
-                    "amt" => Some(idx::AMT),
-                    "first" => Some(idx::FIRST),
-                    "last" => Some(idx::LAST),
-                    "gender" => Some(idx::GENDER),
-                    "street" => Some(idx::STREET),
-                    "city" => Some(idx::CITY),
-                    "state" => Some(idx::STATE),
-                    "zip" => Some(idx::ZIP),
-                    "lat" => Some(idx::LAT),
-                    "long" => Some(idx::LONG),
-                    "city_pop" => Some(idx::CITY_POP),
-                    "job" => Some(idx::JOB),
-                    "dob" => Some(idx::DOB),
-                    "trans_num" => Some(idx::TRANS_NUM),
-                    "unix_time" => Some(idx::UNIX_TIME),
-                    "merch_lat" => Some(idx::MERCH_LAT),
-                    "merch_long" => Some(idx::MERCH_LONG),
-                    "is_fraud" => Some(idx::IS_FRAUD),
-                    _ => None,
-                }))
+                Ok(Key(column_of(name)))
             }
         }
         deserializer.deserialize_identifier(KeyVisitor)
     }
+}
+
+/// The column a message's key names (None: ignored).
+pub(super) fn column_of(name: &str) -> Option<usize> {
+    match name {
+        "trans_date_trans_time" => Some(idx::TRANS_DATE_TRANS_TIME),
+        "cc_num" => Some(idx::CC_NUM),
+        "merchant" => Some(idx::MERCHANT),
+        "category" => Some(idx::CATEGORY),
+        "amt" => Some(idx::AMT),
+        "first" => Some(idx::FIRST),
+        "last" => Some(idx::LAST),
+        "gender" => Some(idx::GENDER),
+        "street" => Some(idx::STREET),
+        "city" => Some(idx::CITY),
+        "state" => Some(idx::STATE),
+        "zip" => Some(idx::ZIP),
+        "lat" => Some(idx::LAT),
+        "long" => Some(idx::LONG),
+        "city_pop" => Some(idx::CITY_POP),
+        "job" => Some(idx::JOB),
+        "dob" => Some(idx::DOB),
+        "trans_num" => Some(idx::TRANS_NUM),
+        "unix_time" => Some(idx::UNIX_TIME),
+        "merch_lat" => Some(idx::MERCH_LAT),
+        "merch_long" => Some(idx::MERCH_LONG),
+        "is_fraud" => Some(idx::IS_FRAUD),
+        _ => None,
+    }
+}
+
+/// The place of a text column in [`TransactionMessage::strings`].
+pub(super) fn string_slot(column: usize) -> Option<usize> {
+    STRING_COLUMNS.iter().position(|&c| c == column)
 }
 
 /// A JSON string, borrowed from the message unless it holds escapes.
@@ -215,12 +228,9 @@ impl<'de> de::Deserialize<'de> for TransactionMessage<'de> {
                         idx::MERCH_LONG => m.merch_long = value(&mut map, column)?,
                         idx::IS_FRAUD => m.is_fraud = value(&mut map, column)?,
                         _ => {
-                            let slot = STRING_COLUMNS
-                                .iter()
-                                .position(|&c| c == column)
-                                .ok_or_else(|| {
-                                    <A::Error as de::Error>::custom("unexpected column")
-                                })?;
+                            let slot = string_slot(column).ok_or_else(|| {
+                                <A::Error as de::Error>::custom("unexpected column")
+                            })?;
                             let text: Text = value(&mut map, column)?;
                             m.strings[slot] = text.0;
                         }

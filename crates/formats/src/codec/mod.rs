@@ -3,6 +3,7 @@
 pub mod builder;
 pub mod csv;
 pub mod json;
+mod json_scan;
 pub mod parquet;
 
 use arrow::record_batch::RecordBatch;
