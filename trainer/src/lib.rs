@@ -2,13 +2,15 @@
 //!
 //! A dense autoencoder trained with candle (a maintained autodiff framework with Adam) on
 //! legitimate transactions, exported to ONNX for the scoring UDF, with the alert threshold
-//! calibrated and the quality measured on a later validation period. Kept out of the engine
-//! so the streaming build does not carry the training framework.
+//! calibrated and the quality measured on a later validation period; and gradient-boosted
+//! trees for where labels exist, exported as an ONNX tree ensemble (`trees`). Kept out of
+//! the engine so the streaming build does not carry the training frameworks.
 
 pub mod autoencoder;
 pub mod metrics;
 pub mod onnx;
 pub mod pipeline;
+pub mod trees;
 
 pub use autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, Standardizer, TrainConfig};
 

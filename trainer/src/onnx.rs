@@ -6,9 +6,18 @@ use prost::Message;
 
 pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
+/// The domain of the classical machine-learning operators (tree ensembles), and the
+/// version of it we write: TreeEnsembleRegressor as ONNX Runtime runs it from version 3.
+pub const ML_DOMAIN: &str = "ai.onnx.ml";
+pub const ML_OPSET: i64 = 3;
 const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+const ATTRIBUTE_FLOAT: i32 = 1;
 const ATTRIBUTE_INT: i32 = 2;
+const ATTRIBUTE_STRING: i32 = 3;
+const ATTRIBUTE_FLOATS: i32 = 6;
 const ATTRIBUTE_INTS: i32 = 7;
+const ATTRIBUTE_STRINGS: i32 = 8;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ModelProto {
@@ -60,16 +69,27 @@ pub struct NodeProto {
     pub op_type: String,
     #[prost(message, repeated, tag = "5")]
     pub attribute: Vec<AttributeProto>,
+    /// Empty: the default ONNX domain.
+    #[prost(string, tag = "7")]
+    pub domain: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
 pub struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(float, tag = "2")]
+    pub f: f32,
     #[prost(int64, tag = "3")]
     pub i: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub s: Vec<u8>,
+    #[prost(float, repeated, tag = "7")]
+    pub floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    pub strings: Vec<Vec<u8>>,
     #[prost(int32, tag = "20")]
     pub r#type: i32,
 }
@@ -153,12 +173,35 @@ impl GraphBuilder {
         });
     }
 
+    /// An int64 constant (shapes, axes).
+    pub fn constant_i64(&mut self, name: &str, dims: &[i64], values: &[i64]) {
+        self.graph.initializer.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: INT64,
+            name: name.to_string(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+    }
+
     pub fn node(&mut self, op: &str, inputs: &[&str], output: &str) {
         self.node_with(op, inputs, output, Vec::new());
     }
 
     pub fn node_with(
         &mut self,
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) {
+        self.node_in("", op, inputs, output, attribute);
+    }
+
+    /// A node of an operator of `domain` (e.g. [`ML_DOMAIN`]); the model then imports
+    /// that domain at [`ML_OPSET`].
+    pub fn node_in(
+        &mut self,
+        domain: &str,
         op: &str,
         inputs: &[&str],
         output: &str,
@@ -171,21 +214,29 @@ impl GraphBuilder {
             name: format!("{op}_{index}"),
             op_type: op.to_string(),
             attribute,
+            domain: domain.to_string(),
         });
     }
 
     pub fn finish(mut self, name: &str, doc: &str) -> Vec<u8> {
         self.graph.name = name.to_string();
+        let mut opset_import = vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }];
+        if self.graph.node.iter().any(|n| n.domain == ML_DOMAIN) {
+            opset_import.push(OperatorSetIdProto {
+                domain: ML_DOMAIN.to_string(),
+                version: ML_OPSET,
+            });
+        }
         ModelProto {
             ir_version: IR_VERSION,
             producer_name: "risksense".to_string(),
             producer_version: env!("CARGO_PKG_VERSION").to_string(),
             doc_string: doc.to_string(),
             graph: Some(self.graph),
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
-            }],
+            opset_import,
         }
         .encode_to_vec()
     }
@@ -195,17 +246,53 @@ pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
         i: value,
-        ints: Vec::new(),
         r#type: ATTRIBUTE_INT,
+        ..Default::default()
     }
 }
 
 pub fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
-        i: 0,
         ints: values.to_vec(),
         r#type: ATTRIBUTE_INTS,
+        ..Default::default()
+    }
+}
+
+pub fn float_attribute(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        f: value,
+        r#type: ATTRIBUTE_FLOAT,
+        ..Default::default()
+    }
+}
+
+pub fn floats_attribute(name: &str, values: &[f32]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        floats: values.to_vec(),
+        r#type: ATTRIBUTE_FLOATS,
+        ..Default::default()
+    }
+}
+
+pub fn string_attribute(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        s: value.as_bytes().to_vec(),
+        r#type: ATTRIBUTE_STRING,
+        ..Default::default()
+    }
+}
+
+pub fn strings_attribute(name: &str, values: &[&str]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        strings: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+        r#type: ATTRIBUTE_STRINGS,
+        ..Default::default()
     }
 }
 
