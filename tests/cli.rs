@@ -150,3 +150,90 @@ fn a_model_trained_on_other_features_is_refused_before_scoring() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn supervised_trees_train_on_the_labels_and_refuse_a_period_without_fraud() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture = repo.join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let dir = scratch("trees");
+    let model = dir.join("trees");
+    let train = |share: &str| {
+        support::risksense_in(
+            &dir,
+            &[
+                "train",
+                "--model",
+                "trees",
+                "--input",
+                fixture.to_str().unwrap(),
+                "--out",
+                model.to_str().unwrap(),
+                "--trees",
+                "30",
+                "--max-depth",
+                "3",
+                "--validation-share",
+                share,
+            ],
+        )
+    };
+    // In event-time order, the first 2,100 rows hold 10 frauds, the last 900 five.
+    let output = train("0.3");
+    let out = support::text(&output);
+    assert!(output.status.success(), "{out}");
+    let diff: f64 = out
+        .split("ONNX Runtime vs the reference trees: max |diff| ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ONNX comparison in {out}"));
+    assert!(diff < 1e-5, "{out}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card"))
+            .expect("json");
+    assert!(
+        card["kind"]
+            .as_str()
+            .is_some_and(|k| k.contains("30 gradient-boosted trees")),
+        "{card}"
+    );
+    assert_eq!(card["features"].as_array().map(Vec::len), Some(30));
+    assert_eq!(card["validation"]["frauds"].as_u64(), Some(5), "{card}");
+    assert_eq!(
+        card["training"]["train_rows"].as_u64(),
+        Some(2100),
+        "{card}"
+    );
+    // Learnt from ten frauds: they rank above nearly every legitimate row of the later day.
+    assert!(
+        card["validation"]["roc_auc"]
+            .as_f64()
+            .is_some_and(|auc| auc > 0.9),
+        "{card}"
+    );
+    assert!(model.join("model.onnx").is_file());
+
+    // Not an anomaly model: the scoring plan refuses it by name.
+    let output = support::risksense_in(
+        &dir,
+        &[
+            "rescore",
+            "--input",
+            fixture.to_str().unwrap(),
+            "--out",
+            dir.join("scored").to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+    );
+    let out = support::text(&output);
+    assert!(!output.status.success(), "{out}");
+    assert!(out.contains("it is a supervised model"), "{out}");
+
+    // The first 600 rows hold no fraud: nothing to learn from, and it says so.
+    let output = train("0.8");
+    let out = support::text(&output);
+    assert!(!output.status.success(), "{out}");
+    assert!(out.contains("the labels hold one class only"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

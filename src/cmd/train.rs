@@ -6,7 +6,8 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
 use risksense_query::features::feature_matrix;
 use risksense_query::scoring::{self, SessionOptions};
-use risksense_trainer::pipeline::{Period, RunInfo, train_and_export};
+use risksense_trainer::pipeline::{Period, RunInfo, train_and_export, train_trees_and_export};
+use risksense_trainer::trees::BoostConfig;
 use risksense_trainer::{Matrix, TrainConfig};
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +46,25 @@ pub struct Args {
     /// Largest error one feature may add to a score, in units of its training error.
     #[arg(long, default_value_t = 9.0)]
     pub error_cap: f32,
+    /// What to train: the autoencoder (unsupervised, legitimate rows only), or
+    /// gradient-boosted trees on the `is_fraud` labels (needs both classes).
+    #[arg(long, value_enum, default_value_t = ModelKind::Autoencoder)]
+    pub model: ModelKind,
+    /// Trees: boosting rounds.
+    #[arg(long, default_value_t = 300)]
+    pub trees: usize,
+    /// Trees: depth of each tree.
+    #[arg(long, default_value_t = 6)]
+    pub max_depth: usize,
+    /// Trees: shrinkage of each tree's leaves.
+    #[arg(long, default_value_t = 0.1)]
+    pub tree_learning_rate: f32,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    Autoencoder,
+    Trees,
 }
 
 /// Features of `inputs`, computed by sql/features.sql, in event-time order.
@@ -168,6 +188,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             error_cap: args.error_cap,
         },
     };
+    if args.model == ModelKind::Trees {
+        let boost = BoostConfig {
+            iterations: args.trees,
+            learning_rate: args.tree_learning_rate,
+            max_depth: args.max_depth,
+            seed: args.seed,
+            ..BoostConfig::default()
+        };
+        let outcome = train_trees_and_export(&train, &validation, &info, &boost, &args.out)
+            .context("training the trees")?;
+        let card = &outcome.card;
+        eprintln!(
+            "trained {} trees in {:.1} s: log loss {:.4}, validation {:.4}; threshold {:.4}",
+            outcome.ensemble.trees.len(),
+            started.elapsed().as_secs_f64(),
+            card.training.final_train_loss,
+            card.training.final_validation_loss,
+            card.threshold
+        );
+        eprintln!(
+            "ONNX Runtime vs the reference trees: max |diff| {:.2e}",
+            outcome.onnx_max_abs_diff
+        );
+        report_validation(card);
+        eprintln!("wrote {}/model.onnx and model.json", args.out.display());
+        return Ok(());
+    }
     let bar = super::progress(Some((args.epochs * args.ensemble.max(1)) as u64), "epochs");
     let outcome = train_and_export(&train, &validation, &info, &args.out, |restart, report| {
         bar.set_position((restart * report.epochs + report.epoch) as u64);
@@ -193,6 +240,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "ONNX Runtime vs candle scores: max |diff| {:.2e}",
         outcome.onnx_max_abs_diff
     );
+    report_validation(card);
+    eprintln!("wrote {}/model.onnx and model.json", args.out.display());
+    Ok(())
+}
+
+fn report_validation(card: &risksense_udfs::model::ModelCard) {
     if let Some(m) = &card.validation {
         eprintln!(
             "validation ({} rows, {} frauds): ROC-AUC {:.4}, PR-AUC {:.4}, recall {:.3} / precision {:.3} at a {:.1} % alert rate",
@@ -205,6 +258,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             m.alert_rate * 100.0
         );
     }
-    eprintln!("wrote {}/model.onnx and model.json", args.out.display());
-    Ok(())
 }

@@ -26,4 +26,6 @@ pub enum TrainError {
     Model(#[from] risksense_udfs::model::ModelError),
     #[error("writing the model: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Trees(#[from] trees::TreeError),
 }

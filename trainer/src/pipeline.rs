@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::TrainError;
 use crate::autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, TrainConfig};
 use crate::metrics;
+use crate::trees::{self, BoostConfig, TreeEnsemble};
 use risksense_udfs::model::{Metrics, ModelCard, TrainingInfo};
 use risksense_udfs::{Model, SessionOptions};
 
@@ -171,6 +172,123 @@ pub fn train_and_export(
     card.write(out_dir)?;
     Ok(Outcome {
         card,
+        onnx_max_abs_diff,
+    })
+}
+
+/// What a supervised training run produced.
+pub struct TreeOutcome {
+    pub card: ModelCard,
+    pub ensemble: TreeEnsemble,
+    /// Largest difference between ONNX Runtime's and the reference trees' probabilities
+    /// on the validation rows.
+    pub onnx_max_abs_diff: f64,
+}
+
+/// Gradient-boosted trees on the labelled training period, exported to ONNX, the
+/// validation period scored by ONNX Runtime, the threshold calibrated to the alert rate,
+/// the card written. Needs both classes in the training labels.
+pub fn train_trees_and_export(
+    train: &Period,
+    validation: &Period,
+    info: &RunInfo,
+    boost: &BoostConfig,
+    out_dir: &Path,
+) -> Result<TreeOutcome, TrainError> {
+    let cols = train.features.cols;
+    let labels = |period: &Period| -> Vec<f64> {
+        period
+            .labels
+            .iter()
+            .map(|&l| f64::from(u8::from(l)))
+            .collect()
+    };
+    let ensemble = trees::fit_classifier(&train.features.data, cols, &labels(train), boost)?;
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(
+        out_dir.join("model.onnx"),
+        ensemble.to_onnx(&info.name, "gradient-boosted trees: probability of fraud")?,
+    )?;
+    let scores = trees::run_onnx(&out_dir.join("model.onnx"), &validation.features.data, cols)?;
+    let reference: Vec<f64> = validation
+        .features
+        .data
+        .chunks_exact(cols)
+        .map(|row| ensemble.probability(row))
+        .collect();
+    let onnx_max_abs_diff = scores
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    let log_loss = |period: &Period| {
+        let rows = period.features.rows.max(1) as f64;
+        period
+            .features
+            .data
+            .chunks_exact(cols)
+            .zip(&period.labels)
+            .map(|(row, &fraud)| {
+                let p = ensemble.probability(row).clamp(1e-15, 1.0 - 1e-15);
+                -(if fraud { p.ln() } else { (1.0 - p).ln() })
+            })
+            .sum::<f64>()
+            / rows
+    };
+    let threshold = metrics::threshold_for_alert_rate(&scores, info.alert_rate);
+    let frauds = validation.labels.iter().filter(|&&l| l).count();
+    let validation_metrics = (frauds > 0).then(|| {
+        let (recall, precision) =
+            metrics::recall_precision_at(&scores, &validation.labels, threshold);
+        Metrics {
+            rows: validation.features.rows as u64,
+            frauds: frauds as u64,
+            roc_auc: metrics::roc_auc(&scores, &validation.labels),
+            pr_auc: metrics::average_precision(&scores, &validation.labels),
+            recall_at_alert_rate: recall,
+            precision_at_alert_rate: precision,
+            alert_rate: info.alert_rate,
+        }
+    });
+    let card = ModelCard {
+        name: info.name.clone(),
+        kind: format!(
+            "{} gradient-boosted trees (log loss): probability of fraud",
+            ensemble.trees.len()
+        ),
+        features: info.feature_names.clone(),
+        threshold,
+        threshold_rule: format!(
+            "the probability above which {:.2} % of the validation period's transactions \
+             fall (target alert rate)",
+            info.alert_rate * 100.0
+        ),
+        architecture: vec![cols, ensemble.trees.len(), boost.max_depth],
+        training: TrainingInfo {
+            inputs: info.inputs.clone(),
+            period: train.span.clone(),
+            validation_period: validation.span.clone(),
+            train_rows: train.features.rows as u64,
+            validation_rows: validation.features.rows as u64,
+            data_sha256: data_hash(&train.trans_nums),
+            // Boosting rounds.
+            epochs: boost.iterations,
+            batch_size: 0,
+            learning_rate: f64::from(boost.learning_rate),
+            seed: boost.seed,
+            ensemble: 1,
+            error_cap: 0.0,
+            final_train_loss: log_loss(train),
+            final_validation_loss: log_loss(validation),
+            framework: "forust-ml 0.8 (histogram gradient boosting)".to_string(),
+        },
+        validation: validation_metrics,
+        created_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    };
+    card.write(out_dir)?;
+    Ok(TreeOutcome {
+        card,
+        ensemble,
         onnx_max_abs_diff,
     })
 }

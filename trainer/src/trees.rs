@@ -65,6 +65,8 @@ pub enum TreeError {
     Empty,
     #[error("training data: {0}")]
     Data(String),
+    #[error("ONNX Runtime: {0}")]
+    Onnx(String),
 }
 
 impl TreeEnsemble {
@@ -382,6 +384,39 @@ pub fn from_booster(
     Ok(ensemble)
 }
 
+/// Probabilities of `rows` (row-major, `features` wide) from an exported model, as ONNX
+/// Runtime computes them.
+pub fn run_onnx(
+    path: &std::path::Path,
+    rows: &[f32],
+    features: usize,
+) -> Result<Vec<f32>, TreeError> {
+    let onnx = |e: String| TreeError::Onnx(format!("{}: {e}", path.display()));
+    let count = rows.len() / features.max(1);
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let environment =
+        risksense_udfs::onnx_runtime::environment().map_err(|e| onnx(e.to_string()))?;
+    let mut builder =
+        ort::session::Session::builder(environment).map_err(|e| onnx(e.to_string()))?;
+    let mut session = builder
+        .commit_from_file(path)
+        .map_err(|e| onnx(e.to_string()))?;
+    let tensor = ort::value::TensorRef::from_array_view(([count, features], rows))
+        .map_err(|e| onnx(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![INPUT => tensor])
+        .map_err(|e| onnx(e.to_string()))?;
+    let value = outputs
+        .get(PROBABILITY)
+        .ok_or_else(|| onnx(format!("no `{PROBABILITY}` output")))?;
+    let (_, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| onnx(e.to_string()))?;
+    Ok(data.to_vec())
+}
+
 /// The smallest f32 at or above `threshold`: for every f32 `x`, `x < result` exactly when
 /// `x as f64 < threshold`, so ONNX Runtime's f32 comparison splits as the f64 tree does.
 fn f32_at_or_above(threshold: f64) -> f32 {
@@ -455,19 +490,7 @@ mod tests {
                 });
             }
         }
-        let environment = risksense_udfs::onnx_runtime::environment().expect("ONNX Runtime");
-        let mut session = ort::session::Session::builder(environment)
-            .expect("builder")
-            .commit_from_file(&path)
-            .expect("ONNX Runtime loads the tree graph");
-        let tensor = ort::value::TensorRef::from_array_view(([rows, features], matrix.as_slice()))
-            .expect("tensor");
-        let outputs = session.run(ort::inputs![INPUT => tensor]).expect("run");
-        let (_, got) = outputs
-            .get(PROBABILITY)
-            .expect("the probability output")
-            .try_extract_tensor::<f32>()
-            .expect("probabilities");
+        let got = run_onnx(&path, &matrix, features).expect("ONNX Runtime runs the tree graph");
         assert_eq!(got.len(), rows);
         for (row, p) in got.iter().enumerate() {
             let want = ensemble.probability(&matrix[row * features..(row + 1) * features]);

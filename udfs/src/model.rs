@@ -223,8 +223,17 @@ impl Model {
                 card.features.len()
             )));
         }
+        let has = |name: &str| session.outputs().iter().any(|o| o.name() == name);
+        if has("probability") && !has(SCORE) {
+            return Err(mismatch(
+                "it is a supervised model (a `probability` output; `risksense train --model \
+                 trees`), and the scoring plan runs an anomaly model (outputs `output`, \
+                 `feature_error` and `score`)"
+                    .to_string(),
+            ));
+        }
         for name in [OUTPUT, FEATURE_ERROR, SCORE] {
-            if !session.outputs().iter().any(|o| o.name() == name) {
+            if !has(name) {
                 return Err(mismatch(format!("the graph has no `{name}` output")));
             }
         }
