@@ -154,25 +154,35 @@ pub fn train_and_export(
          (target alert rate; labels not used)",
         info.alert_rate * 100.0
     );
-    let frauds = validation.labels.iter().filter(|&&l| l).count();
-    if frauds > 0 {
-        let (recall, precision) =
-            metrics::recall_precision_at(&scores, &validation.labels, card.threshold);
-        card.validation = Some(Metrics {
-            rows: validation.features.rows as u64,
-            frauds: frauds as u64,
-            roc_auc: metrics::roc_auc(&scores, &validation.labels),
-            pr_auc: metrics::average_precision(&scores, &validation.labels),
-            recall_at_alert_rate: recall,
-            precision_at_alert_rate: precision,
-            alert_rate: info.alert_rate,
-        });
-    }
+    card.validation = validation_metrics(&scores, validation, card.threshold, info.alert_rate);
     card.created_at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     card.write(out_dir)?;
     Ok(Outcome {
         card,
         onnx_max_abs_diff,
+    })
+}
+
+/// Quality of `scores` on the validation period at `threshold` (None without frauds).
+fn validation_metrics(
+    scores: &[f32],
+    validation: &Period,
+    threshold: f64,
+    alert_rate: f64,
+) -> Option<Metrics> {
+    let frauds = validation.labels.iter().filter(|&&l| l).count();
+    (frauds > 0).then(|| {
+        let (recall, precision) =
+            metrics::recall_precision_at(scores, &validation.labels, threshold);
+        Metrics {
+            rows: validation.features.rows as u64,
+            frauds: frauds as u64,
+            roc_auc: metrics::roc_auc(scores, &validation.labels),
+            pr_auc: metrics::average_precision(scores, &validation.labels),
+            recall_at_alert_rate: recall,
+            precision_at_alert_rate: precision,
+            alert_rate,
+        }
     })
 }
 
@@ -236,20 +246,6 @@ pub fn train_trees_and_export(
             / rows
     };
     let threshold = metrics::threshold_for_alert_rate(&scores, info.alert_rate);
-    let frauds = validation.labels.iter().filter(|&&l| l).count();
-    let validation_metrics = (frauds > 0).then(|| {
-        let (recall, precision) =
-            metrics::recall_precision_at(&scores, &validation.labels, threshold);
-        Metrics {
-            rows: validation.features.rows as u64,
-            frauds: frauds as u64,
-            roc_auc: metrics::roc_auc(&scores, &validation.labels),
-            pr_auc: metrics::average_precision(&scores, &validation.labels),
-            recall_at_alert_rate: recall,
-            precision_at_alert_rate: precision,
-            alert_rate: info.alert_rate,
-        }
-    });
     let card = ModelCard {
         name: info.name.clone(),
         kind: format!(
@@ -282,7 +278,7 @@ pub fn train_trees_and_export(
             final_validation_loss: log_loss(validation),
             framework: "forust-ml 0.8 (histogram gradient boosting)".to_string(),
         },
-        validation: validation_metrics,
+        validation: validation_metrics(&scores, validation, threshold, info.alert_rate),
         created_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     };
     card.write(out_dir)?;
