@@ -213,6 +213,61 @@ fn supervised_trees_train_on_the_labels_and_refuse_a_period_without_fraud() {
     );
     assert!(model.join("model.onnx").is_file());
 
+    // fraud_probability over the features, in SQL: the frauds score far above the rest.
+    let features = card["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let query = format!(
+        "SELECT is_fraud, avg(fraud_probability({features})) AS p FROM features \
+         GROUP BY is_fraud ORDER BY is_fraud"
+    );
+    let table = format!("transactions={}", fixture.display());
+    let supervised = model.to_str().unwrap();
+    let out = risksense(
+        &[
+            "sql",
+            "--supervised",
+            supervised,
+            "--table",
+            &table,
+            "--format",
+            "csv",
+            &query,
+        ],
+        &dir,
+    );
+    let means: Vec<f64> = out
+        .lines()
+        .filter_map(|line| line.split_once(','))
+        .filter_map(|(_, p)| p.trim().parse().ok())
+        .collect();
+    assert_eq!(means.len(), 2, "{out}");
+    // (10 of the 15 frauds were in its training rows; 30 shallow trees.)
+    assert!(
+        means[1] > 0.2 && means[1] > 50.0 * means[0],
+        "legitimate, fraud: {means:?}"
+    );
+    // An anomaly model is not a supervised one.
+    let default_model = repo.join("models/default");
+    let output = support::risksense_in(
+        &dir,
+        &[
+            "sql",
+            "--supervised",
+            default_model.to_str().unwrap(),
+            "--table",
+            &table,
+            "SELECT 1",
+        ],
+    );
+    let text = support::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("needs a `probability` output"), "{text}");
+
     // Not an anomaly model: the scoring plan refuses it by name.
     let output = support::risksense_in(
         &dir,

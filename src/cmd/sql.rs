@@ -10,6 +10,7 @@ const EXAMPLES: &str = "\
 Examples:
   risksense sql \"SELECT category, count(*) FROM scored WHERE is_anomaly GROUP BY 1\" --table scored=scored/
   risksense sql --url http://127.0.0.1:8080 \"SELECT count(*) FROM scored WHERE is_anomaly\"
+  risksense sql --supervised models/trees --table transactions=q3.csv \"SELECT avg(fraud_probability(log_amt, …)) FROM features\"
   # follow the live stream: each result row as it is scored, until Ctrl-C
   risksense sql --url http://127.0.0.1:8080 --follow \"SELECT trans_num, cc_num, amt, score FROM scored WHERE is_anomaly\"
   # windowed: one row per category and minute of event time, when the minute closes
@@ -27,6 +28,10 @@ pub struct Args {
     pub tables: Vec<(String, String)>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A supervised model folder (`risksense train --model trees`): adds
+    /// `fraud_probability(features…)`, taking the features its card lists, in order.
+    #[arg(long, conflicts_with = "url")]
+    pub supervised: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -66,6 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let model = args.model.load_optional()?;
         let ctx = scoring::new_session(model.clone(), SessionOptions::default())?;
+        if let Some(dir) = &args.supervised {
+            let trees = risksense_udfs::Model::load_supervised(dir, Default::default())
+                .with_context(|| format!("loading the supervised model in {}", dir.display()))?;
+            scoring::add_supervised(&ctx, std::sync::Arc::new(trees));
+        }
         for (name, path) in &args.tables {
             scoring::register_files(&ctx, name, &[PathBuf::from(path)])
                 .await

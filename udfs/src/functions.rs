@@ -6,6 +6,8 @@
 //! - `anomaly_explain(f1, …, fn)`: the three features with the largest reconstruction error
 //!   and their share of it, e.g. `log_amt_over_mean 61%, night_share_24h 22%, hour_cos 6%`.
 //! - `anomaly_threshold()`: the model's alert threshold.
+//! - `fraud_probability(f1, …, fn)`: a supervised model's probability of fraud (registered
+//!   where one is loaded).
 //! - `rolling_sum_24h`, `mean_of_previous`, `secs_since_previous`: per-card window
 //!   functions, see [`crate::windows`].
 //!
@@ -354,6 +356,58 @@ impl ScalarUDFImpl for AnomalyThreshold {
         Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(
             self.model.load().card.threshold,
         ))))
+    }
+}
+
+/// `fraud_probability(features…)`: the supervised model's probability of fraud per row
+/// (null where a feature is null).
+#[derive(Debug)]
+pub struct FraudProbability {
+    model: Arc<Model>,
+    signature: Signature,
+}
+
+impl PartialEq for FraudProbability {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.model, &other.model)
+    }
+}
+impl Eq for FraudProbability {}
+impl std::hash::Hash for FraudProbability {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.model).hash(state);
+    }
+}
+
+impl FraudProbability {
+    pub fn new(model: Arc<Model>) -> Self {
+        Self {
+            model,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for FraudProbability {
+    fn name(&self) -> &str {
+        "fraud_probability"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        check_feature_types(self.name(), &self.model, arg_types)?;
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let features = FeatureColumns::new(&self.model, self.name(), &args)?;
+        let probabilities = features.run(&self.model, crate::model::PROBABILITY)?;
+        let out: Float64Array = probabilities
+            .iter()
+            .enumerate()
+            .map(|(row, &p)| (!features.is_null(row)).then_some(f64::from(p)))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 

@@ -21,6 +21,8 @@ pub const INPUT: &str = "input";
 pub const OUTPUT: &str = "output";
 pub const FEATURE_ERROR: &str = "feature_error";
 pub const SCORE: &str = "score";
+/// A supervised model's output: the probability of fraud per row.
+pub const PROBABILITY: &str = "probability";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -148,6 +150,15 @@ impl Default for SessionOptions {
     }
 }
 
+/// What a model is loaded for: its graph's outputs differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The autoencoder: `output`, `feature_error`, `score`.
+    Anomaly,
+    /// Trees on the labels: `probability`.
+    Supervised,
+}
+
 /// A loaded model: its card and the ONNX Runtime sessions shared by every caller.
 pub struct Model {
     pub card: ModelCard,
@@ -173,8 +184,19 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads `dir/model.onnx` and `dir/model.json`, checking that they agree.
+    /// Loads the anomaly model in `dir` (`model.onnx` and `model.json`), checking that they
+    /// agree and that the graph has the autoencoder's outputs.
     pub fn load(dir: &Path, options: SessionOptions) -> Result<Self, ModelError> {
+        Self::open(dir, options, Role::Anomaly)
+    }
+
+    /// Loads the supervised model in `dir` (`risksense train --model trees`): a graph
+    /// with a [`PROBABILITY`] output.
+    pub fn load_supervised(dir: &Path, options: SessionOptions) -> Result<Self, ModelError> {
+        Self::open(dir, options, Role::Supervised)
+    }
+
+    fn open(dir: &Path, options: SessionOptions, role: Role) -> Result<Self, ModelError> {
         let card = ModelCard::read(dir)?;
         let onnx = dir.join("model.onnx");
         if !onnx.is_file() {
@@ -224,7 +246,14 @@ impl Model {
             )));
         }
         let has = |name: &str| session.outputs().iter().any(|o| o.name() == name);
-        if has("probability") && !has(SCORE) {
+        if role == Role::Supervised {
+            if !has(PROBABILITY) {
+                return Err(mismatch(format!(
+                    "a supervised model needs a `{PROBABILITY}` output (`risksense train \
+                     --model trees` writes one); this graph has none"
+                )));
+            }
+        } else if has(PROBABILITY) && !has(SCORE) {
             return Err(mismatch(
                 "it is a supervised model (a `probability` output; `risksense train --model \
                  trees`), and the scoring plan runs an anomaly model (outputs `output`, \
@@ -233,7 +262,7 @@ impl Model {
             ));
         }
         for name in [OUTPUT, FEATURE_ERROR, SCORE] {
-            if !has(name) {
+            if role == Role::Anomaly && !has(name) {
                 return Err(mismatch(format!("the graph has no `{name}` output")));
             }
         }
