@@ -191,7 +191,11 @@ test_stack() {
   [ -n "$key" ] || die "no scored transactions in the stack's Redis"
   id="$(redis-cli -p "$REDIS_PORT" hrandfield "$key" 1)"
   [ -n "$id" ] || die "no transaction id in the stack's Redis ($key)"
-  curl -fsS "$api/v1/transactions/$id" | grep -q "\"trans_num\":\"$id\"" ||
+  # Bodies are read whole before matching: `curl | grep -q` under pipefail fails when grep
+  # stops reading before curl has written everything ("Failed writing body").
+  local body
+  body="$(curl -fsS "$api/v1/transactions/$id" || true)"
+  grep -q "\"trans_num\":\"$id\"" <<<"$body" ||
     die "the API did not answer for transaction $id"
   # Alerts: what the demo profile promises on the dashboard.
   local alerts=""
@@ -202,7 +206,8 @@ test_stack() {
   done
   grep -q '"trans_num"' <<<"$alerts" || die "no alert within 60 s (/v1/alerts: ${alerts:0:200})"
   curl -fsS "$api/healthz" >/dev/null || die "/healthz failed"
-  curl -fsS "$api/" | grep -qi "risksense" || die "the dashboard did not answer"
+  body="$(curl -fsS "$api/" || true)"
+  grep -qi "risksense" <<<"$body" || die "the dashboard did not answer"
   log "compose stack: transactions scored into Redis, alerts raised, the API and dashboard answer"
 }
 

@@ -5,6 +5,7 @@
 //! - [`sql`]: read-only SQL over the live window (`scored`) and the archive (`history`).
 //! - [`queries`]: standing queries over the stream (created in SQL DDL) and push
 //!   subscriptions to their results as Server-Sent Events.
+//! - [`models`]: the model in service, as its card describes it.
 //! - [`ops`]: Prometheus metrics, health, readiness, dashboard stats, OpenAPI.
 //! - [`dashboard`]: the single-page dashboard and its bundled chart library.
 //!
@@ -21,6 +22,7 @@ pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod lookup;
+pub mod models;
 pub mod ops;
 pub mod pool;
 pub mod queries;
@@ -220,6 +222,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/anomalies", get(lookup::anomalies))
         .route("/v1/alerts", get(lookup::alerts))
+        .route("/v1/models", get(models::list))
         .route("/v1/stats", get(ops::stats))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))

@@ -321,6 +321,7 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoRespo
         crate::queries::delete,
         crate::queries::stream,
         crate::queries::subscribe,
+        crate::models::list,
         stats,
     ),
     modifiers(&BearerAuth, &CommonErrors)

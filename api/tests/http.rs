@@ -414,6 +414,26 @@ async fn tokens_health_and_the_openapi_document() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = get(&state, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The model in service, by id: its name and a hash of its files.
+    let (status, models) = get(&state, "/v1/models").await;
+    assert_eq!(status, StatusCode::OK, "{models}");
+    let champion = &models["champion"];
+    assert_eq!(champion["id"], state.model.id.as_str());
+    assert!(
+        champion["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with(&format!("{}@", state.model.card.name))
+                && id.len() == state.model.card.name.len() + 13),
+        "{champion}"
+    );
+    assert_eq!(
+        champion["features"].as_array().map(Vec::len),
+        Some(state.model.card.features.len())
+    );
+    assert!(
+        champion["validation"]["pr_auc"].as_f64().is_some(),
+        "{champion}"
+    );
     let (status, doc) = get(&state, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     for path in [
@@ -422,6 +442,7 @@ async fn tokens_health_and_the_openapi_document() {
         "/v1/anomalies",
         "/v1/score",
         "/v1/sql",
+        "/v1/models",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),

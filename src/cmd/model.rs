@@ -43,7 +43,7 @@ impl ModelArgs {
             },
         )
         .with_context(|| format!("loading the model in {}", dir.display()))?;
-        tracing::info!(model = %model.card.name, dir = %dir.display(), "model loaded");
+        tracing::info!(model = %model.id, dir = %dir.display(), "model loaded");
         Ok(Arc::new(model))
     }
 

@@ -152,6 +152,16 @@ impl FeatureColumns {
     fn is_null(&self, row: usize) -> bool {
         self.null_rows.as_ref().is_some_and(|n| n[row])
     }
+
+    /// One model output value per row as the function's result (null where a feature is).
+    fn per_row(&self, values: &[f32]) -> ColumnarValue {
+        let out: Float64Array = values
+            .iter()
+            .enumerate()
+            .map(|(row, &v)| (!self.is_null(row)).then_some(f64::from(v)))
+            .collect();
+        ColumnarValue::Array(Arc::new(out))
+    }
 }
 
 /// Rows `start..start + len` of Float32 columns as one row-major matrix in `out` (cleared
@@ -247,12 +257,7 @@ impl ScalarUDFImpl for AnomalyScore {
         let model = self.model.load();
         let features = FeatureColumns::new(&model, self.name(), &args)?;
         let scores = features.run(&model, crate::model::SCORE)?;
-        let out: Float64Array = scores
-            .iter()
-            .enumerate()
-            .map(|(row, &s)| (!features.is_null(row)).then_some(f64::from(s)))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        Ok(features.per_row(&scores))
     }
 }
 
@@ -402,12 +407,7 @@ impl ScalarUDFImpl for FraudProbability {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let features = FeatureColumns::new(&self.model, self.name(), &args)?;
         let probabilities = features.run(&self.model, crate::model::PROBABILITY)?;
-        let out: Float64Array = probabilities
-            .iter()
-            .enumerate()
-            .map(|(row, &p)| (!features.is_null(row)).then_some(f64::from(p)))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        Ok(features.per_row(&probabilities))
     }
 }
 

@@ -150,6 +150,22 @@ impl Default for SessionOptions {
     }
 }
 
+/// See [`Model::id`].
+fn model_id(name: &str, onnx: &Path, card: &Path) -> Result<String, ModelError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for path in [onnx, card] {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Missing {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        hasher.update(&bytes);
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{name}@{hex}"))
+}
+
 /// What a model is loaded for: its graph's outputs differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -163,6 +179,10 @@ enum Role {
 pub struct Model {
     pub card: ModelCard,
     pub dir: PathBuf,
+    /// `name@` and the first 12 hex digits of the SHA-256 of `model.onnx` then
+    /// `model.json`: names exactly what scores (a retrained or recalibrated model under the
+    /// same name gets another id).
+    pub id: String,
     // `Session::run` needs `&mut`, so a session serves one caller at a time. With one
     // intra-op thread a session has no thread pool (it runs on the caller's thread), and
     // one session per core lets the partitions of a plan score in parallel: with a single
@@ -176,7 +196,7 @@ pub struct Model {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
-            .field("name", &self.card.name)
+            .field("id", &self.id)
             .field("dir", &self.dir)
             .field("features", &self.card.features.len())
             .finish()
@@ -212,6 +232,7 @@ impl Model {
         } else {
             1
         };
+        let id = model_id(&card.name, &onnx, &dir.join("model.json"))?;
         let mut sessions = Vec::with_capacity(count);
         for _ in 0..count {
             sessions.push(
@@ -269,6 +290,7 @@ impl Model {
         Ok(Self {
             card,
             dir: dir.to_path_buf(),
+            id,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next_session: AtomicUsize::new(0),
         })

@@ -358,3 +358,25 @@ fn one_run_gives_several_outputs() {
         .expect("no rows");
     assert!(none.is_empty());
 }
+
+#[test]
+fn a_model_id_names_its_files_not_just_its_name() {
+    let first = model();
+    assert_eq!(first.id, model().id, "the same files, the same id");
+    assert!(first.id.starts_with(&format!("{}@", first.card.name)));
+    // The same model recalibrated (another threshold in its card) is another model.
+    let dir = std::env::temp_dir().join(format!("risksense-model-id-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(
+        default_model_dir().join("model.onnx"),
+        dir.join("model.onnx"),
+    )
+    .expect("copy");
+    let mut card = first.card.clone();
+    card.threshold *= 1.5;
+    card.write(&dir).expect("card");
+    let other = Model::load(&dir, SessionOptions::default()).expect("loads");
+    assert_eq!(other.card.name, first.card.name);
+    assert_ne!(other.id, first.id);
+    let _ = std::fs::remove_dir_all(&dir);
+}
