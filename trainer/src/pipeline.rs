@@ -9,7 +9,7 @@ use crate::TrainError;
 use crate::autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, TrainConfig};
 use crate::metrics;
 use crate::trees::{self, BoostConfig, TreeEnsemble};
-use risksense_udfs::model::{Metrics, ModelCard, TrainingInfo};
+use risksense_udfs::model::{Metrics, ModelCard, PROBABILITY, TrainingInfo};
 use risksense_udfs::{Model, SessionOptions};
 
 /// Rows of one period: features, fraud labels (if known), identifiers and time.
@@ -206,31 +206,17 @@ pub fn train_trees_and_export(
     out_dir: &Path,
 ) -> Result<TreeOutcome, TrainError> {
     let cols = train.features.cols;
-    let labels = |period: &Period| -> Vec<f64> {
-        period
-            .labels
-            .iter()
-            .map(|&l| f64::from(u8::from(l)))
-            .collect()
-    };
-    let ensemble = trees::fit_classifier(&train.features.data, cols, &labels(train), boost)?;
+    let labels: Vec<f64> = train
+        .labels
+        .iter()
+        .map(|&l| f64::from(u8::from(l)))
+        .collect();
+    let ensemble = trees::fit_classifier(&train.features.data, cols, &labels, boost)?;
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(
         out_dir.join("model.onnx"),
         ensemble.to_onnx(&info.name, "gradient-boosted trees: probability of fraud")?,
     )?;
-    let scores = trees::run_onnx(&out_dir.join("model.onnx"), &validation.features.data, cols)?;
-    let reference: Vec<f64> = validation
-        .features
-        .data
-        .chunks_exact(cols)
-        .map(|row| ensemble.probability(row))
-        .collect();
-    let onnx_max_abs_diff = scores
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (f64::from(*a) - b).abs())
-        .fold(0.0, f64::max);
     let log_loss = |period: &Period| {
         let rows = period.features.rows.max(1) as f64;
         period
@@ -245,20 +231,17 @@ pub fn train_trees_and_export(
             .sum::<f64>()
             / rows
     };
-    let threshold = metrics::threshold_for_alert_rate(&scores, info.alert_rate);
-    let card = ModelCard {
+    // A provisional card lets the serving loader check the graph; the threshold and the
+    // validation quality come from its scores next.
+    let mut card = ModelCard {
         name: info.name.clone(),
         kind: format!(
             "{} gradient-boosted trees (log loss): probability of fraud",
             ensemble.trees.len()
         ),
         features: info.feature_names.clone(),
-        threshold,
-        threshold_rule: format!(
-            "the probability above which {:.2} % of the validation period's transactions \
-             fall (target alert rate)",
-            info.alert_rate * 100.0
-        ),
+        threshold: 0.0,
+        threshold_rule: String::new(),
         architecture: vec![cols, ensemble.trees.len(), boost.max_depth],
         training: TrainingInfo {
             inputs: info.inputs.clone(),
@@ -278,9 +261,31 @@ pub fn train_trees_and_export(
             final_validation_loss: log_loss(validation),
             framework: "forust-ml 0.8 (histogram gradient boosting)".to_string(),
         },
-        validation: validation_metrics(&scores, validation, threshold, info.alert_rate),
-        created_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        validation: None,
+        created_at: String::new(),
     };
+    card.write(out_dir)?;
+
+    // Scored as `fraud_probability` will score them: the serving loader and session pool.
+    let model = Model::load_supervised(out_dir, SessionOptions::default())?;
+    let scores = model.run(
+        &validation.features.data,
+        validation.features.rows,
+        PROBABILITY,
+    )?;
+    let onnx_max_abs_diff = scores
+        .iter()
+        .zip(validation.features.data.chunks_exact(cols))
+        .map(|(a, row)| (f64::from(*a) - ensemble.probability(row)).abs())
+        .fold(0.0, f64::max);
+    card.threshold = metrics::threshold_for_alert_rate(&scores, info.alert_rate);
+    card.threshold_rule = format!(
+        "the probability above which {:.2} % of the validation period's transactions fall \
+         (target alert rate)",
+        info.alert_rate * 100.0
+    );
+    card.validation = validation_metrics(&scores, validation, card.threshold, info.alert_rate);
+    card.created_at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     card.write(out_dir)?;
     Ok(TreeOutcome {
         card,

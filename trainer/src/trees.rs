@@ -11,15 +11,12 @@
 //! case in ONNX Runtime changes its output with the signs of the leaf weights and the
 //! number of base values given; the regressor sums exactly what it is given.
 
+use risksense_udfs::model::{INPUT, PROBABILITY};
+
 use crate::onnx::{
     Dim, GraphBuilder, ML_DOMAIN, floats_attribute, int_attribute, ints_attribute,
     string_attribute, strings_attribute,
 };
-
-/// The graph's input: rows × features, as for the autoencoder.
-pub const INPUT: &str = "input";
-/// The graph's output: the probability of the positive class per row.
-pub const PROBABILITY: &str = "probability";
 
 /// A node of a tree; children are indices into [`Tree::nodes`].
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +62,6 @@ pub enum TreeError {
     Empty,
     #[error("training data: {0}")]
     Data(String),
-    #[error("ONNX Runtime: {0}")]
-    Onnx(String),
 }
 
 impl TreeEnsemble {
@@ -384,39 +379,6 @@ pub fn from_booster(
     Ok(ensemble)
 }
 
-/// Probabilities of `rows` (row-major, `features` wide) from an exported model, as ONNX
-/// Runtime computes them.
-pub fn run_onnx(
-    path: &std::path::Path,
-    rows: &[f32],
-    features: usize,
-) -> Result<Vec<f32>, TreeError> {
-    let onnx = |e: String| TreeError::Onnx(format!("{}: {e}", path.display()));
-    let count = rows.len() / features.max(1);
-    if count == 0 {
-        return Ok(Vec::new());
-    }
-    let environment =
-        risksense_udfs::onnx_runtime::environment().map_err(|e| onnx(e.to_string()))?;
-    let mut builder =
-        ort::session::Session::builder(environment).map_err(|e| onnx(e.to_string()))?;
-    let mut session = builder
-        .commit_from_file(path)
-        .map_err(|e| onnx(e.to_string()))?;
-    let tensor = ort::value::TensorRef::from_array_view(([count, features], rows))
-        .map_err(|e| onnx(e.to_string()))?;
-    let outputs = session
-        .run(ort::inputs![INPUT => tensor])
-        .map_err(|e| onnx(e.to_string()))?;
-    let value = outputs
-        .get(PROBABILITY)
-        .ok_or_else(|| onnx(format!("no `{PROBABILITY}` output")))?;
-    let (_, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| onnx(e.to_string()))?;
-    Ok(data.to_vec())
-}
-
 /// The smallest f32 at or above `threshold`: for every f32 `x`, `x < result` exactly when
 /// `x as f64 < threshold`, so ONNX Runtime's f32 comparison splits as the f64 tree does.
 fn f32_at_or_above(threshold: f64) -> f32 {
@@ -433,6 +395,26 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    /// Probabilities of `rows` (row-major, `features` wide) from an exported graph, run by
+    /// ONNX Runtime directly (the graph has no card, so `Model` cannot load it).
+    fn run_onnx(path: &std::path::Path, rows: &[f32], features: usize) -> Vec<f32> {
+        let environment = risksense_udfs::onnx_runtime::environment().expect("ONNX Runtime");
+        let mut builder = ort::session::Session::builder(environment).expect("builder");
+        let mut session = builder
+            .commit_from_file(path)
+            .expect("ONNX Runtime loads the tree graph");
+        let count = rows.len() / features;
+        let tensor =
+            ort::value::TensorRef::from_array_view(([count, features], rows)).expect("tensor");
+        let outputs = session.run(ort::inputs![INPUT => tensor]).expect("run");
+        let (_, data) = outputs
+            .get(PROBABILITY)
+            .expect("the probability output")
+            .try_extract_tensor::<f32>()
+            .expect("probabilities");
+        data.to_vec()
+    }
 
     /// A random tree of the given depth over `features`, nodes numbered parent first.
     fn random_tree(rng: &mut ChaCha8Rng, features: usize, depth: usize) -> Tree {
@@ -490,7 +472,7 @@ mod tests {
                 });
             }
         }
-        let got = run_onnx(&path, &matrix, features).expect("ONNX Runtime runs the tree graph");
+        let got = run_onnx(&path, &matrix, features);
         assert_eq!(got.len(), rows);
         for (row, p) in got.iter().enumerate() {
             let want = ensemble.probability(&matrix[row * features..(row + 1) * features]);

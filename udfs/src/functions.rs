@@ -372,17 +372,7 @@ pub struct FraudProbability {
     signature: Signature,
 }
 
-impl PartialEq for FraudProbability {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.model, &other.model)
-    }
-}
-impl Eq for FraudProbability {}
-impl std::hash::Hash for FraudProbability {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.model).hash(state);
-    }
-}
+model_udf_identity!(FraudProbability);
 
 impl FraudProbability {
     pub fn new(model: Arc<Model>) -> Self {

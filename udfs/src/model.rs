@@ -267,24 +267,26 @@ impl Model {
             )));
         }
         let has = |name: &str| session.outputs().iter().any(|o| o.name() == name);
-        if role == Role::Supervised {
-            if !has(PROBABILITY) {
+        match role {
+            Role::Supervised if !has(PROBABILITY) => {
                 return Err(mismatch(format!(
                     "a supervised model needs a `{PROBABILITY}` output (`risksense train \
                      --model trees` writes one); this graph has none"
                 )));
             }
-        } else if has(PROBABILITY) && !has(SCORE) {
-            return Err(mismatch(
-                "it is a supervised model (a `probability` output; `risksense train --model \
-                 trees`), and the scoring plan runs an anomaly model (outputs `output`, \
-                 `feature_error` and `score`)"
-                    .to_string(),
-            ));
-        }
-        for name in [OUTPUT, FEATURE_ERROR, SCORE] {
-            if role == Role::Anomaly && !has(name) {
-                return Err(mismatch(format!("the graph has no `{name}` output")));
+            Role::Supervised => {}
+            Role::Anomaly if has(PROBABILITY) && !has(SCORE) => {
+                return Err(mismatch(
+                    "it is a supervised model (a `probability` output; `risksense train \
+                     --model trees`), and the scoring plan runs an anomaly model (outputs \
+                     `output`, `feature_error` and `score`)"
+                        .to_string(),
+                ));
+            }
+            Role::Anomaly => {
+                if let Some(name) = [OUTPUT, FEATURE_ERROR, SCORE].into_iter().find(|n| !has(n)) {
+                    return Err(mismatch(format!("the graph has no `{name}` output")));
+                }
             }
         }
         Ok(Self {
