@@ -3,7 +3,7 @@
 //! The features come from sql/features.sql over the posted transactions (their history is
 //! each other: a request with a card's last day of transactions gets its 24 h features).
 //! Each row's model inputs (the card's features, taken by name) are hashed with the model's
-//! fingerprint; rows whose hash is cached in the store skip the model, the others are
+//! digest ([`Model::digest`]: its graph and card); rows whose hash is cached in the store skip the model, the others are
 //! scored in one ONNX Runtime run (score and per-feature errors together) and cached.
 //! Repeated transactions (retries, re-checks, replays) are answered from Redis.
 //!
@@ -30,12 +30,10 @@ use sha2::{Digest, Sha256};
 use crate::views::{ScoreResponse, ScoreResult};
 use crate::{ApiError, ApiState};
 
-/// The features plan (planned once, run by requests at once), the model and its
-/// fingerprint.
+/// The features plan (planned once, run by requests at once) and the model.
 pub struct Scorer {
     features: StreamScorer,
     model: Arc<Model>,
-    fingerprint: [u8; 32],
 }
 
 /// What the cache keeps per input.
@@ -53,25 +51,15 @@ impl Scorer {
         };
         let features =
             StreamScorer::with_query(model.clone(), options, "SELECT * FROM features").await?;
-        // The cache must never answer for another model: its bytes are part of every key.
-        let onnx = std::fs::read(model.dir.join("model.onnx")).map_err(|e| {
-            ApiError::internal(format!(
-                "reading {}: {e}",
-                model.dir.join("model.onnx").display()
-            ))
-        })?;
-        let fingerprint: [u8; 32] = Sha256::digest(&onnx).into();
-        Ok(Self {
-            features,
-            model,
-            fingerprint,
-        })
+        Ok(Self { features, model })
     }
 
     /// Cache key of one row of model inputs.
     fn key(&self, inputs: &[f32]) -> String {
         let mut hasher = Sha256::new();
-        hasher.update(self.fingerprint);
+        // The cache must never answer for another model, or the same one recalibrated (an
+        // explanation depends on the threshold): the model's digest is part of every key.
+        hasher.update(self.model.digest);
         for value in inputs {
             hasher.update(value.to_le_bytes());
         }

@@ -1,10 +1,10 @@
 //! The Redis store: a micro-batch's writes as pipelines sent back to back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 // Keyed by card, per row written (see udfs/src/windows/history.rs on foldhash).
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;

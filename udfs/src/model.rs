@@ -150,8 +150,8 @@ impl Default for SessionOptions {
     }
 }
 
-/// See [`Model::id`].
-fn model_id(name: &str, onnx: &Path, card: &Path) -> Result<String, ModelError> {
+/// See [`Model::digest`].
+fn digest_of(onnx: &Path, card: &Path) -> Result<[u8; 32], ModelError> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for path in [onnx, card] {
@@ -161,9 +161,7 @@ fn model_id(name: &str, onnx: &Path, card: &Path) -> Result<String, ModelError> 
         })?;
         hasher.update(&bytes);
     }
-    let digest = hasher.finalize();
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{name}@{hex}"))
+    Ok(hasher.finalize().into())
 }
 
 /// What a model is loaded for: its graph's outputs differ.
@@ -179,9 +177,10 @@ enum Role {
 pub struct Model {
     pub card: ModelCard,
     pub dir: PathBuf,
-    /// `name@` and the first 12 hex digits of the SHA-256 of `model.onnx` then
-    /// `model.json`: names exactly what scores (a retrained or recalibrated model under the
-    /// same name gets another id).
+    /// SHA-256 of `model.onnx` then `model.json`: what exactly scores (a retrained or
+    /// recalibrated model under the same name has another).
+    pub digest: [u8; 32],
+    /// `name@` and the first 12 hex digits of [`Self::digest`].
     pub id: String,
     // `Session::run` needs `&mut`, so a session serves one caller at a time. With one
     // intra-op thread a session has no thread pool (it runs on the caller's thread), and
@@ -232,7 +231,9 @@ impl Model {
         } else {
             1
         };
-        let id = model_id(&card.name, &onnx, &dir.join("model.json"))?;
+        let digest = digest_of(&onnx, &dir.join("model.json"))?;
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let id = format!("{}@{hex}", card.name);
         let mut sessions = Vec::with_capacity(count);
         for _ in 0..count {
             sessions.push(
@@ -292,6 +293,7 @@ impl Model {
         Ok(Self {
             card,
             dir: dir.to_path_buf(),
+            digest,
             id,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next_session: AtomicUsize::new(0),
