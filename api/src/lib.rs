@@ -47,7 +47,7 @@ use risksense_common::metrics::StreamMetrics;
 use risksense_continuous::Registry;
 use risksense_query::LiveWindow;
 use risksense_store::Store;
-use risksense_udfs::Model;
+use risksense_udfs::ModelControl;
 
 pub use error::ApiError;
 
@@ -123,7 +123,8 @@ pub struct ApiCounters {
 pub struct ApiState {
     pub config: ApiConfig,
     pub store: Store,
-    pub model: Arc<Model>,
+    /// The models in service (load `models.api()` once per request) and changes to them.
+    pub models: Arc<ModelControl>,
     /// The live window of the stream in this process, if any.
     pub live: Option<Arc<LiveWindow>>,
     /// The stream's metrics, if a stream runs in this process.
@@ -143,13 +144,14 @@ impl ApiState {
     pub async fn new(
         config: ApiConfig,
         store: Store,
-        model: Arc<Model>,
+        models: Arc<ModelControl>,
         live: Option<Arc<LiveWindow>>,
         stream: Option<Arc<StreamMetrics>>,
         standing: Option<Arc<Registry>>,
     ) -> Result<Arc<Self>, ApiError> {
+        let model = models.api().load();
         let scorer = score::Scorer::new(model.clone()).await?;
-        let scored_schema = sql::scored_schema(model.clone()).await?;
+        let scored_schema = sql::scored_schema(model).await?;
         // Queries back off while the stream in this process is behind: a full micro-batch
         // within the last second.
         let pressure = stream
@@ -160,7 +162,7 @@ impl ApiState {
         Ok(Arc::new(Self {
             config,
             store,
-            model,
+            models,
             live,
             stream,
             counters: ApiCounters::default(),
@@ -200,6 +202,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let guarded = Router::new()
         .route("/v1/score", post(score::score))
         .route("/v1/sql", post(sql::query))
+        .route("/v1/models/champion", post(models::set_champion))
+        .route(
+            "/v1/models/challenger",
+            post(models::set_challenger).delete(models::remove_challenger),
+        )
         .route("/v1/queries", get(queries::list).post(queries::create))
         .route(
             "/v1/queries/{name}",

@@ -1,13 +1,17 @@
-//! The models the service scores with, as their cards describe them.
+//! The models the service scores with, as their cards describe them, the registry they
+//! can be changed to, and the changes: a new champion, a challenger (shadow model) set or
+//! removed. A change is loaded and checked before anything switches (a model that does
+//! not fit the plan is refused with 422 and the running one stays), and a stream in this
+//! process switches between two micro-batches (see `risksense_udfs::control`).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use risksense_udfs::Model;
-use serde::Serialize;
+use risksense_udfs::{ControlError, Model, Slot};
+use serde::{Deserialize, Serialize};
 
-use crate::ApiState;
+use crate::{ApiError, ApiState};
 
 /// A loaded model: what it is, what it takes and how it was validated.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -28,6 +32,8 @@ pub struct ModelView {
     #[schema(value_type = Option<Object>)]
     pub validation: Option<serde_json::Value>,
     pub created_at: String,
+    /// `anomaly` (the autoencoder) or `supervised` (a fraud probability).
+    pub role: String,
 }
 
 impl From<&Model> for ModelView {
@@ -46,8 +52,24 @@ impl From<&Model> for ModelView {
                 .as_ref()
                 .and_then(|m| serde_json::to_value(m).ok()),
             created_at: card.created_at.clone(),
+            role: match model.role {
+                risksense_udfs::model::Role::Anomaly => "anomaly",
+                risksense_udfs::model::Role::Supervised => "supervised",
+            }
+            .to_string(),
         }
     }
+}
+
+/// A model folder of the registry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RegistryView {
+    /// Its folder name: what `POST /v1/models/champion` takes (or its id).
+    pub name: String,
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    /// Why it cannot be served, if it cannot.
+    pub problem: Option<String>,
 }
 
 /// The models in service.
@@ -55,12 +77,145 @@ impl From<&Model> for ModelView {
 pub struct ModelList {
     /// The model that scores every row, raises alerts and answers `/v1/score`.
     pub champion: ModelView,
+    /// The shadow model scoring every row beside it (archive and metrics only), if any.
+    pub challenger: Option<ModelView>,
+    /// The registry folder's models, when one is configured.
+    pub registry: Vec<RegistryView>,
 }
 
-/// The models this service scores with.
+/// The models this service scores with, and those it could.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
-pub async fn list(State(state): State<Arc<ApiState>>) -> Json<ModelList> {
-    Json(ModelList {
-        champion: ModelView::from(state.model.as_ref()),
+pub async fn list(State(state): State<Arc<ApiState>>) -> Result<Json<ModelList>, ApiError> {
+    let handle = state.models.api();
+    let registry = match state.models.registry() {
+        Some(registry) => {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.list())
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::unavailable(e.to_string()))?
+                .into_iter()
+                .map(|e| RegistryView {
+                    name: e.name,
+                    id: e.id,
+                    kind: e.kind,
+                    problem: e.problem,
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(Json(ModelList {
+        champion: ModelView::from(handle.load().as_ref()),
+        challenger: handle.challenger().map(|m| ModelView::from(m.as_ref())),
+        registry,
+    }))
+}
+
+/// Which registry model to serve.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ModelChoice {
+    /// A folder name of the registry (`GET /v1/models`) or a model id (`name@hash`, which
+    /// also pins the exact files).
+    pub model: String,
+}
+
+/// What a change did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelChanged {
+    /// `champion` or `challenger`.
+    pub slot: String,
+    /// The id now in the slot (null: the challenger was removed).
+    pub current: Option<String>,
+    pub previous: Option<String>,
+}
+
+fn choice(body: &[u8]) -> Result<ModelChoice, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"model\": \"<registry name or id>\"}}: {e}"
+        ))
     })
+}
+
+fn changed(
+    result: Result<risksense_udfs::control::Changed, ControlError>,
+) -> Result<Json<ModelChanged>, ApiError> {
+    match result {
+        Ok(changed) => Ok(Json(ModelChanged {
+            slot: changed.slot.to_string(),
+            current: changed.current,
+            previous: changed.previous,
+        })),
+        Err(error) => Err(match &error {
+            ControlError::Registry(risksense_udfs::registry::RegistryError::BadName(_)) => {
+                ApiError::bad_request(error.to_string())
+            }
+            ControlError::Registry(risksense_udfs::registry::RegistryError::Unknown { .. }) => {
+                ApiError::not_found(error.to_string())
+            }
+            ControlError::Load { .. }
+            | ControlError::Refused(_)
+            | ControlError::ChampionRequired => ApiError::unprocessable(error.to_string()),
+            ControlError::NoRegistry => ApiError::conflict(error.to_string()),
+            ControlError::StreamBusy(_) | ControlError::Changed { .. } => {
+                let mut api = ApiError::unavailable(error.to_string());
+                api.retry_after = Some(1);
+                api
+            }
+            ControlError::Registry(_) | ControlError::StreamStopped => {
+                ApiError::unavailable(error.to_string())
+            }
+        }),
+    }
+}
+
+/// Serve another registry model as the champion, with no restart: a stream in this
+/// process switches between two micro-batches, keeping its per-card state; every row
+/// carries the id of the model that scored it. A model whose features are not the plan's,
+/// or that is not an anomaly model, is refused (422) and the champion stays.
+#[utoipa::path(post, path = "/v1/models/champion", request_body = ModelChoice,
+    responses((status = 200, body = ModelChanged), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_champion(
+    State(state): State<Arc<ApiState>>,
+    body: crate::extract::Body,
+) -> Result<Json<ModelChanged>, ApiError> {
+    let choice = choice(&body.0)?;
+    changed(
+        state
+            .models
+            .change(Slot::Champion, Some(&choice.model))
+            .await,
+    )
+}
+
+/// Score every row with a registry model beside the champion (an anomaly or a supervised
+/// model): its score and flag go to the archive and metrics, never to alerts.
+#[utoipa::path(post, path = "/v1/models/challenger", request_body = ModelChoice,
+    responses((status = 200, body = ModelChanged), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_challenger(
+    State(state): State<Arc<ApiState>>,
+    body: crate::extract::Body,
+) -> Result<Json<ModelChanged>, ApiError> {
+    let choice = choice(&body.0)?;
+    changed(
+        state
+            .models
+            .change(Slot::Challenger, Some(&choice.model))
+            .await,
+    )
+}
+
+/// Stop shadow scoring.
+#[utoipa::path(delete, path = "/v1/models/challenger",
+    responses((status = 200, body = ModelChanged), (status = 503, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_challenger(
+    State(state): State<Arc<ApiState>>,
+) -> Result<Json<ModelChanged>, ApiError> {
+    changed(state.models.change(Slot::Challenger, None).await)
 }

@@ -113,7 +113,8 @@ pub struct Stats {
 pub async fn stats(State(state): State<Arc<ApiState>>) -> Json<Stats> {
     let get = |c: Option<&AtomicU64>| c.map_or(0, |c| c.load(Relaxed));
     let stream = state.stream.as_deref();
-    let threshold = state.model.card.threshold;
+    let model = state.models.api().load();
+    let threshold = model.card.threshold;
     // 30 buckets up to twice the threshold; the last holds everything above.
     let buckets = 30usize;
     let width = (2.0 * threshold / buckets as f64).max(1e-9);
@@ -143,7 +144,7 @@ pub async fn stats(State(state): State<Arc<ApiState>>) -> Json<Stats> {
         dead_letters: get(stream.map(|s| &s.dead_letters)),
         consumer_lag: get(stream.map(|s| &s.lag)),
         threshold,
-        model: state.model.card.name.clone(),
+        model: model.id.clone(),
         series: state.series.snapshot(),
         histogram_edges: edges,
         histogram_counts: counts,
@@ -322,6 +323,9 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoRespo
         crate::queries::stream,
         crate::queries::subscribe,
         crate::models::list,
+        crate::models::set_champion,
+        crate::models::set_challenger,
+        crate::models::remove_challenger,
         stats,
     ),
     modifiers(&BearerAuth, &CommonErrors)

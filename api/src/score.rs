@@ -30,10 +30,10 @@ use sha2::{Digest, Sha256};
 use crate::views::{ScoreResponse, ScoreResult};
 use crate::{ApiError, ApiState};
 
-/// The features plan (planned once, run by requests at once) and the model.
+/// The features plan (planned once, run by requests at once). The model is the API's
+/// champion, loaded once per request.
 pub struct Scorer {
     features: StreamScorer,
-    model: Arc<Model>,
 }
 
 /// What the cache keeps per input.
@@ -51,21 +51,21 @@ impl Scorer {
         };
         let features =
             StreamScorer::with_query(model.clone(), options, "SELECT * FROM features").await?;
-        Ok(Self { features, model })
+        Ok(Self { features })
     }
+}
 
-    /// Cache key of one row of model inputs.
-    fn key(&self, inputs: &[f32]) -> String {
-        let mut hasher = Sha256::new();
-        // The cache must never answer for another model, or the same one recalibrated (an
-        // explanation depends on the threshold): the model's digest is part of every key.
-        hasher.update(self.model.digest);
-        for value in inputs {
-            hasher.update(value.to_le_bytes());
-        }
-        let digest = hasher.finalize();
-        digest.iter().take(20).map(|b| format!("{b:02x}")).collect()
+/// Cache key of one row of model inputs.
+fn cache_key(model: &Model, inputs: &[f32]) -> String {
+    let mut hasher = Sha256::new();
+    // The cache must never answer for another model, or the same one recalibrated (an
+    // explanation depends on the threshold): the model's digest is part of every key.
+    hasher.update(model.digest);
+    for value in inputs {
+        hasher.update(value.to_le_bytes());
     }
+    let digest = hasher.finalize();
+    digest.iter().take(20).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Score transactions (a JSON array of objects with the Kaggle columns).
@@ -123,12 +123,11 @@ pub async fn score(
     let Some(batch) = decoded.batch else {
         return Err(ApiError::bad_request("no transactions to score"));
     };
-    let scorer = &state.scorer;
-    let model = &scorer.model;
-    let features = scorer.features.score(vec![batch]).await?;
+    let model = state.models.api().load();
+    let features = state.scorer.features.score(vec![batch]).await?;
     let rows = feature_rows(&features, &model.card.features)?;
 
-    let keys: Vec<String> = rows.iter().map(|r| scorer.key(&r.inputs)).collect();
+    let keys: Vec<String> = rows.iter().map(|r| cache_key(&model, &r.inputs)).collect();
     let cached = state.store_call(state.store.cache_get(&keys)).await?;
     let threshold = model.card.threshold;
     let mut results: Vec<Option<ScoreResult>> = vec![None; rows.len()];
@@ -145,6 +144,7 @@ pub async fn score(
                     is_anomaly: hit.score >= threshold,
                     explanation: hit.explanation,
                     cached: true,
+                    model_id: model.id.clone(),
                 });
             }
             None => misses.push(i),
@@ -189,6 +189,7 @@ pub async fn score(
                 is_anomaly: score >= threshold,
                 explanation,
                 cached: false,
+                model_id: model.id.clone(),
             });
         }
         state

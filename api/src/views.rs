@@ -86,6 +86,8 @@ pub struct ScoreResult {
     pub explanation: Option<String>,
     /// Answered from the cache (the same model inputs were scored before).
     pub cached: bool,
+    /// The model that scored it (`name@hash`, see `/v1/models`).
+    pub model_id: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -177,7 +177,7 @@ async fn score_matches_the_batch_path_and_repeats_come_from_the_cache() {
     // and in the batch job over the fixture.
     let n = 300;
     let body = transactions_json(n);
-    let batches = common::batch_scored(&state.model, fixture().slice(0, n)).await;
+    let batches = common::batch_scored(&state.models.api().load(), fixture().slice(0, n)).await;
     let mut expected = std::collections::HashMap::new();
     for batch in &batches {
         for row in risksense_store::from_batch(batch).expect("rows") {
@@ -418,17 +418,16 @@ async fn tokens_health_and_the_openapi_document() {
     let (status, models) = get(&state, "/v1/models").await;
     assert_eq!(status, StatusCode::OK, "{models}");
     let champion = &models["champion"];
-    assert_eq!(champion["id"], state.model.id.as_str());
+    assert_eq!(champion["id"], state.models.api().load().id.as_str());
     assert!(
-        champion["id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with(&format!("{}@", state.model.card.name))
-                && id.len() == state.model.card.name.len() + 13),
+        champion["id"].as_str().is_some_and(|id| id
+            .starts_with(&format!("{}@", state.models.api().load().card.name))
+            && id.len() == state.models.api().load().card.name.len() + 13),
         "{champion}"
     );
     assert_eq!(
         champion["features"].as_array().map(Vec::len),
-        Some(state.model.card.features.len())
+        Some(state.models.api().load().card.features.len())
     );
     assert!(
         champion["validation"]["pr_auc"].as_f64().is_some(),

@@ -64,9 +64,16 @@ async fn setup(config: ApiConfig) -> Setup {
         kafka: None,
     };
     let registry = Registry::new(catalog, connections, "test");
-    let state = ApiState::new(config, store, model, None, None, Some(registry.clone()))
-        .await
-        .expect("state");
+    let state = ApiState::new(
+        config,
+        store,
+        risksense_udfs::ModelControl::fixed(model),
+        None,
+        None,
+        Some(registry.clone()),
+    )
+    .await
+    .expect("state");
     Setup {
         state,
         registry,
@@ -381,7 +388,7 @@ async fn without_a_stream_in_the_process_queries_are_unavailable() {
     let state = ApiState::new(
         ApiConfig::default(),
         store,
-        support::model(),
+        risksense_udfs::ModelControl::fixed(support::model()),
         None,
         None,
         None,
@@ -404,7 +411,7 @@ async fn without_a_stream_in_the_process_queries_are_unavailable() {
     let state = ApiState::new(
         ApiConfig::default(),
         Store::memory(Retention::default()),
-        support::model(),
+        risksense_udfs::ModelControl::fixed(support::model()),
         None,
         None,
         Some(registry),

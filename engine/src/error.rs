@@ -19,6 +19,9 @@ pub enum EngineError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error(transparent)]
     History(#[from] risksense_udfs::windows::HistoryError),
+    /// A model that does not fit the plan (at start: the challenger).
+    #[error(transparent)]
+    Model(#[from] risksense_udfs::SwapError),
     #[error("config: {0}")]
     Config(String),
     #[error("cannot read the config file {path}: {source}")]

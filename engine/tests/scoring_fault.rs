@@ -105,6 +105,7 @@ fn a_scoring_fault_stops_the_stream_and_commits_nothing_past_it() {
             stop_when_idle: Some(Duration::from_secs(3)),
             live: None,
             queries: None,
+            ..RunOptions::default()
         },
     );
     let error = result

@@ -103,6 +103,7 @@ fn stream_error(config: StreamConfig, store: Store, what: &str) -> String {
                 stop_when_idle: Some(Duration::from_secs(3)),
                 live: None,
                 queries: None,
+                ..RunOptions::default()
             },
         );
         let _ = done.send(result.map(|_| ()).map_err(|e| e.to_string()));
@@ -137,6 +138,7 @@ fn run_with_metrics(
             stop_when_idle: Some(idle),
             live: None,
             queries: None,
+            ..RunOptions::default()
         },
     )
     .expect("stream ran")

@@ -264,6 +264,8 @@ fn stream(args: StreamArgs) -> StreamOptions {
             model: None,
             model_threads: 1,
             no_model: false,
+            challenger: None,
+            registry: None,
         }),
         brokers: args.brokers,
         redis: args.redis,

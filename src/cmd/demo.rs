@@ -124,12 +124,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.prefix,
     );
 
+    let challenger = args.model.load_challenger()?;
+    let models = args
+        .model
+        .control(args.model.load()?, args.model.load_challenger()?)?;
+    super::model::reload_on_hangup(&runtime, models.clone());
+
     // The API first, so the dashboard is up before traffic starts.
     let inputs = ApiInputs {
         config: args.api.config(Some(archive.clone())),
         store: store.clone(),
         // Sessions of its own, as in `run`: a query never holds one the stream waits for.
-        model: args.model.load()?,
+        models: models.clone(),
         live: Some(live.clone()),
         stream: Some(metrics.clone()),
         queries: Some(queries.clone()),
@@ -154,13 +160,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let engine = {
-        let (model, store, stop, metrics, live, queries) = (
+        let (model, store, stop, metrics, live, queries, models) = (
             model.clone(),
             store.clone(),
             stop.clone(),
             metrics.clone(),
             live.clone(),
             queries.clone(),
+            models.clone(),
         );
         let handle = runtime.handle().clone();
         let create_topics = args.kafka.is_some();
@@ -179,6 +186,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         stop_when_idle: None,
                         live: Some(live),
                         queries: Some(queries),
+                        models: Some(models),
+                        challenger,
                     },
                 )
             })?

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use risksense_udfs::{Model, SessionOptions};
+use risksense_udfs::{Model, ModelControl, ModelRegistry, SessionOptions};
 
 /// Where the default model lives, relative to the working directory or the source tree.
 const DEFAULT_MODEL: &str = "models/default";
@@ -19,6 +19,14 @@ pub struct ModelArgs {
     /// Run without a model (features only; anomaly_score is not registered).
     #[arg(long, conflicts_with = "model")]
     pub no_model: bool,
+    /// Shadow model folder: scores every row beside the champion (its score and flag go
+    /// to the archive and metrics, never to alerts). An anomaly or a supervised model.
+    #[arg(long, env = "RISKSENSE_CHALLENGER")]
+    pub challenger: Option<PathBuf>,
+    /// Registry: the folder of model folders `POST /v1/models/champion` and
+    /// `/v1/models/challenger` choose from [default: the champion's parent folder]
+    #[arg(long, env = "RISKSENSE_REGISTRY")]
+    pub registry: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -47,6 +55,41 @@ impl ModelArgs {
         Ok(Arc::new(model))
     }
 
+    fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            threads: self.model_threads,
+        }
+    }
+
+    /// The shadow model (`--challenger`), if one is given: each call loads its own
+    /// sessions.
+    pub fn load_challenger(&self) -> anyhow::Result<Option<Arc<Model>>> {
+        let Some(dir) = &self.challenger else {
+            return Ok(None);
+        };
+        let model = Model::load_any(dir, self.session_options())
+            .with_context(|| format!("loading the challenger in {}", dir.display()))?;
+        tracing::info!(challenger = %model.id, role = %model.role, "challenger loaded");
+        Ok(Some(Arc::new(model)))
+    }
+
+    /// The models in service for the API and model changes, starting from `champion` and
+    /// `challenger` (the API's instances).
+    pub fn control(
+        &self,
+        champion: Arc<Model>,
+        challenger: Option<Arc<Model>>,
+    ) -> anyhow::Result<Arc<ModelControl>> {
+        let registry = self
+            .registry
+            .clone()
+            .or_else(|| champion.dir.parent().map(std::path::Path::to_path_buf))
+            .map(ModelRegistry::new);
+        let control = ModelControl::new(champion, challenger, registry, self.session_options())
+            .context("the challenger does not fit the champion's plan")?;
+        Ok(Arc::new(control))
+    }
+
     pub fn load_optional(&self) -> anyhow::Result<Option<Arc<Model>>> {
         if self.no_model {
             Ok(None)
@@ -54,4 +97,28 @@ impl ModelArgs {
             self.load().map(Some)
         }
     }
+}
+
+/// Loads the served models again on SIGHUP and switches to those whose files changed (a
+/// retrained model written over its folder), between micro-batches as any change.
+pub fn reload_on_hangup(runtime: &tokio::runtime::Runtime, control: Arc<ModelControl>) {
+    runtime.spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let results = control.reload().await;
+            if results.is_empty() {
+                tracing::info!("SIGHUP: the served models' files are unchanged");
+            }
+            for result in results {
+                match result {
+                    Ok(changed) => tracing::info!(slot = %changed.slot, current = ?changed.current, previous = ?changed.previous, "SIGHUP: model reloaded"),
+                    Err(error) => tracing::error!(%error, "SIGHUP: reloading a model failed; the running one stays"),
+                }
+            }
+        }
+    });
 }

@@ -183,11 +183,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let runtime = super::runtime()?;
-    let model = ModelArgs {
+    let model_args = ModelArgs {
         model: Some(config.model.clone()),
         ..args.model.clone()
-    }
-    .load()?;
+    };
+    let model = model_args.load()?;
+    let challenger = model_args.load_challenger()?;
     let store = runtime.block_on(async {
         if config.redis.is_empty() {
             Ok(Store::memory(config.retention.clone()))
@@ -214,21 +215,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         2_000_000,
     ));
     let queries = standing_queries(&runtime, &config, &store)?;
+    // The API scores with sessions of its own: an ad-hoc query calling the model on the
+    // low-priority query pool must never hold a session the stream waits for. Without an
+    // API the control only takes changes (SIGHUP), and shares the stream's models.
+    let models = if config.http.is_empty() {
+        model_args.control(model.clone(), challenger.clone())?
+    } else {
+        model_args.control(model_args.load()?, model_args.load_challenger()?)?
+    };
+    super::model::reload_on_hangup(&runtime, models.clone());
     let api = if config.http.is_empty() {
         None
     } else {
         let archive = (!config.archive.as_os_str().is_empty()).then(|| config.archive.clone());
-        // The API gets ONNX Runtime sessions of its own: an ad-hoc query calling the model
-        // on the low-priority query pool must never hold a session the stream waits for.
-        let api_model = ModelArgs {
-            model: Some(config.model.clone()),
-            ..args.model.clone()
-        }
-        .load()?;
         let inputs = super::serve::ApiInputs {
             config: args.api.config(archive),
             store: store.clone(),
-            model: api_model,
+            models: models.clone(),
             live: Some(live.clone()),
             stream: Some(metrics.clone()),
             queries: Some(queries.clone()),
@@ -243,6 +246,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stop_when_idle: args.stop_when_idle.map(Duration::from_secs_f64),
         live: api.is_some().then_some(live),
         queries: Some(queries),
+        models: Some(models),
+        challenger,
     };
     let summary = run_stream(
         config,

@@ -11,7 +11,6 @@ use risksense_api::{ApiConfig, ApiState};
 use risksense_continuous::Registry;
 use risksense_engine::stream::{LiveWindow, StreamMetrics};
 use risksense_store::{Retention, Store};
-use risksense_udfs::Model;
 
 use super::model::ModelArgs;
 
@@ -85,7 +84,7 @@ pub struct Args {
 pub struct ApiInputs {
     pub config: ApiConfig,
     pub store: Store,
-    pub model: Arc<Model>,
+    pub models: Arc<risksense_udfs::ModelControl>,
     /// The live window of a stream in this process.
     pub live: Option<Arc<LiveWindow>>,
     /// The metrics of a stream in this process.
@@ -107,13 +106,13 @@ pub fn spawn_api(
     let ApiInputs {
         config,
         store,
-        model,
+        models,
         live,
         stream,
         queries,
     } = inputs;
     let state = runtime
-        .block_on(ApiState::new(config, store, model, live, stream, queries))
+        .block_on(ApiState::new(config, store, models, live, stream, queries))
         .context("starting the API")?;
     let handle = runtime.spawn(async move {
         let shutdown = async move {
@@ -130,7 +129,10 @@ pub fn spawn_api(
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
-    let model = args.model.load()?;
+    let models = args
+        .model
+        .control(args.model.load()?, args.model.load_challenger()?)?;
+    super::model::reload_on_hangup(&runtime, models.clone());
     let retention = Retention {
         prefix: args.prefix.clone(),
         ..Retention::default()
@@ -143,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let inputs = ApiInputs {
         config: args.api.config(args.archive.clone()),
         store,
-        model,
+        models,
         live: None,
         stream: None,
         // No stream here: /v1/queries answers 503.

@@ -149,6 +149,9 @@ pub struct Alert {
     pub category: String,
     pub score: f64,
     pub explanation: Option<String>,
+    /// The model that raised it.
+    #[serde(default)]
+    pub model_id: Option<String>,
 }
 
 use serde::{Deserialize, Serialize};
@@ -163,6 +166,7 @@ impl From<&ScoredTransaction> for Alert {
             category: row.category.clone(),
             score: row.score,
             explanation: row.explanation.clone(),
+            model_id: row.model_id.clone(),
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct ScoredTransaction {
     pub explanation: Option<String>,
     /// The label, when the source has one.
     pub is_fraud: Option<i32>,
+    /// The model that scored it (`name@hash`; absent in records written before ids).
+    #[serde(default)]
+    pub model_id: Option<String>,
 }
 
 /// Reads the rows of a batch of the `scored` view (found by column name, so extra columns
@@ -73,6 +76,9 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
     let is_fraud = batch
         .column_by_name("is_fraud")
         .and_then(|c| c.as_primitive_opt::<Int32Type>());
+    let model_id = batch
+        .column_by_name("model_id")
+        .and_then(|c| c.as_string_opt::<i32>());
 
     let mut rows = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -89,6 +95,7 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
             is_anomaly: !is_anomaly.is_null(i) && is_anomaly.value(i),
             explanation: (!explanation.is_null(i)).then(|| explanation.value(i).to_string()),
             is_fraud: is_fraud.and_then(|c| (!c.is_null(i)).then(|| c.value(i))),
+            model_id: model_id.and_then(|c| (!c.is_null(i)).then(|| c.value(i).to_string())),
         });
     }
     Ok(rows)

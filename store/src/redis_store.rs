@@ -348,7 +348,9 @@ impl RedisStore {
                     .arg("score")
                     .arg(row.score)
                     .arg("explanation")
-                    .arg(row.explanation.as_deref().unwrap_or(""));
+                    .arg(row.explanation.as_deref().unwrap_or(""))
+                    .arg("model_id")
+                    .arg(row.model_id.as_deref().unwrap_or(""));
             }
         }
         // Per bucket, once per write: its records in this period's hash (HSET of a field
@@ -582,6 +584,7 @@ fn encode_transaction(row: &ScoredTransaction) -> String {
         u8::from(row.is_anomaly),
         &row.explanation,
         row.is_fraud,
+        &row.model_id,
     );
     // Numbers, strings and options always serialize.
     serde_json::to_string(&value).unwrap_or_default()
@@ -597,7 +600,29 @@ type Encoded = (
     u8,
     Option<String>,
     Option<i32>,
+    Option<String>,
 );
+
+/// A record as written before rows carried their model's id (still readable until its
+/// period expires).
+type EncodedBeforeIds = (
+    i64,
+    String,
+    String,
+    String,
+    Option<f64>,
+    Option<f64>,
+    u8,
+    Option<String>,
+    Option<i32>,
+);
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnyEncoded {
+    Current(Encoded),
+    BeforeIds(EncodedBeforeIds),
+}
 
 fn decode_transaction(
     key: &str,
@@ -608,8 +633,21 @@ fn decode_transaction(
         key: key.to_string(),
         reason,
     };
-    let (cc_num, event_time, category, merchant, amt, score, is_anomaly, explanation, is_fraud): Encoded =
-        serde_json::from_str(value).map_err(|e| malformed(e.to_string()))?;
+    let (
+        cc_num,
+        event_time,
+        category,
+        merchant,
+        amt,
+        score,
+        is_anomaly,
+        explanation,
+        is_fraud,
+        model_id,
+    ): Encoded = match serde_json::from_str(value).map_err(|e| malformed(e.to_string()))? {
+        AnyEncoded::Current(encoded) => encoded,
+        AnyEncoded::BeforeIds((a, b, c, d, e, f, g, h, i)) => (a, b, c, d, e, f, g, h, i, None),
+    };
     let event_secs = risksense_common::time::parse_timestamp_micros(&event_time)
         .ok_or_else(|| {
             malformed(format!(
@@ -629,6 +667,7 @@ fn decode_transaction(
         is_anomaly: is_anomaly == 1,
         explanation: explanation.filter(|e| !e.is_empty()),
         is_fraud,
+        model_id,
     })
 }
 
@@ -643,6 +682,7 @@ fn parse_alert(entry: &redis::streams::StreamId) -> (u64, Alert) {
     };
     let number = |name: &str| text(name).parse::<f64>().unwrap_or(f64::NAN);
     let explanation = text("explanation");
+    let model_id = text("model_id");
     (
         text("us").parse().unwrap_or_default(),
         Alert {
@@ -653,6 +693,7 @@ fn parse_alert(entry: &redis::streams::StreamId) -> (u64, Alert) {
             category: text("category"),
             score: number("score"),
             explanation: (!explanation.is_empty()).then_some(explanation),
+            model_id: (!model_id.is_empty()).then_some(model_id),
         },
     )
 }

@@ -174,6 +174,7 @@ fn row(trans_num: &str, card: i64, secs: i64, score: f64, anomaly: bool) -> Scor
         is_anomaly: anomaly,
         explanation: anomaly.then(|| "log_amt".to_string()),
         is_fraud: Some(0),
+        model_id: Some("default@0123456789ab".to_string()),
     }
 }
 

@@ -6,6 +6,10 @@
 //! - `anomaly_explain(f1, …, fn)`: the three features with the largest reconstruction error
 //!   and their share of it, e.g. `log_amt_over_mean 61%, night_share_24h 22%, hour_cos 6%`.
 //! - `anomaly_threshold()`: the model's alert threshold.
+//! - `model_id()`: the id of the model that scores (`name@` and a hash of its files).
+//! - `challenger_score(f1, …, fn)`, `challenger_threshold()`, `challenger_id()`: the
+//!   shadow model's score (reconstruction error or fraud probability), threshold and id;
+//!   null when no challenger is set.
 //! - `fraud_probability(f1, …, fn)`: a supervised model's probability of fraud (registered
 //!   where one is loaded).
 //! - `rolling_sum_24h`, `mean_of_previous`, `secs_since_previous`: per-card window
@@ -364,6 +368,124 @@ impl ScalarUDFImpl for AnomalyThreshold {
     }
 }
 
+/// A nullary function of the handle's models, evaluated once per batch: volatile for the
+/// reason [`AnomalyThreshold`] gives.
+#[derive(Debug)]
+pub struct HandleValue {
+    model: Arc<ModelHandle>,
+    signature: Signature,
+    name: &'static str,
+    value: fn(&ModelHandle) -> ScalarValue,
+}
+
+impl PartialEq for HandleValue {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.model, &other.model) && self.name == other.name
+    }
+}
+impl Eq for HandleValue {}
+impl Hash for HandleValue {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.model).hash(state);
+        self.name.hash(state);
+    }
+}
+
+impl HandleValue {
+    fn new(
+        model: Arc<ModelHandle>,
+        name: &'static str,
+        value: fn(&ModelHandle) -> ScalarValue,
+    ) -> Self {
+        Self {
+            model,
+            signature: Signature::nullary(Volatility::Volatile),
+            name,
+            value,
+        }
+    }
+
+    /// `model_id()`: the champion's id.
+    pub fn model_id(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "model_id", |h| {
+            ScalarValue::Utf8(Some(h.load().id.clone()))
+        })
+    }
+
+    /// `challenger_id()`: the challenger's id, null without one.
+    pub fn challenger_id(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "challenger_id", |h| {
+            ScalarValue::Utf8(h.challenger().map(|m| m.id.clone()))
+        })
+    }
+
+    /// `challenger_threshold()`: the challenger's alert threshold, null without one.
+    pub fn challenger_threshold(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "challenger_threshold", |h| {
+            ScalarValue::Float64(h.challenger().map(|m| m.card.threshold))
+        })
+    }
+}
+
+impl ScalarUDFImpl for HandleValue {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(match (self.value)(&self.model) {
+            ScalarValue::Float64(_) => DataType::Float64,
+            _ => DataType::Utf8,
+        })
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar((self.value)(&self.model)))
+    }
+}
+
+/// `challenger_score(features…)`: the shadow model's score of each row (its
+/// reconstruction error, or its fraud probability for a supervised model); null without a
+/// challenger, so a plan built once carries the column whether or not one is set.
+#[derive(Debug)]
+pub struct ChallengerScore {
+    model: Arc<ModelHandle>,
+    signature: Signature,
+}
+model_udf_identity!(ChallengerScore);
+
+impl ChallengerScore {
+    pub fn new(model: Arc<ModelHandle>) -> Self {
+        Self {
+            model,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ChallengerScore {
+    fn name(&self) -> &str {
+        "challenger_score"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        // Checked against the champion: every challenger takes the same features.
+        check_feature_types(self.name(), &self.model.load(), arg_types)?;
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(model) = self.model.challenger() else {
+            return Ok(ColumnarValue::Scalar(ScalarValue::Float64(None)));
+        };
+        let features = FeatureColumns::new(&model, self.name(), &args)?;
+        let scores = features.run(&model, model.role.score_output())?;
+        Ok(features.per_row(&scores))
+    }
+}
+
 /// `fraud_probability(features…)`: the supervised model's probability of fraud per row
 /// (null where a feature is null).
 #[derive(Debug)]
@@ -416,7 +538,19 @@ pub fn register(
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyExplain::new(
             model.clone(),
         ))))?;
-        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyThreshold::new(model))))?;
+        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyThreshold::new(
+            model.clone(),
+        ))))?;
+        registry.register_udf(Arc::new(ScalarUDF::from(ChallengerScore::new(
+            model.clone(),
+        ))))?;
+        for value in [
+            HandleValue::model_id(model.clone()),
+            HandleValue::challenger_id(model.clone()),
+            HandleValue::challenger_threshold(model),
+        ] {
+            registry.register_udf(Arc::new(ScalarUDF::from(value)))?;
+        }
     }
     Ok(())
 }

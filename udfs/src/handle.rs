@@ -7,13 +7,22 @@
 //!
 //! What a plan fixed when it was built cannot change: the calls' arguments are the feature
 //! columns of the model the handle started with, in that order. A model whose card lists
-//! other features is refused ([`SwapError::FeaturesDiffer`]).
+//! other features is refused ([`SwapError::FeaturesDiffer`]), and so is a champion that
+//! is not an anomaly model (the plan calls `anomaly_explain`, which needs the
+//! autoencoder's per-feature errors).
+//!
+//! The handle also holds the optional *challenger* (shadow model): `challenger_score`
+//! scores every row with it beside the champion, for comparison only.
+//!
+//! Nothing here orders a swap against a running batch: the functions of one batch load
+//! the handle separately, so whoever swaps must do it between batches (the stream applies
+//! swaps between micro-batches, see `crate::control`).
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::model::Model;
+use crate::model::{Model, Role};
 
 /// Why [`ModelHandle::swap`] refused a model.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +38,18 @@ pub enum SwapError {
         expected: Vec<String>,
         offered: Vec<String>,
     },
+    /// The champion must be an autoencoder; this model is of another kind.
+    #[error(
+        "model `{model}` is {role}: the champion must be an anomaly model (the plan explains \
+         anomalies with its per-feature errors); serve it as the challenger instead"
+    )]
+    NotAnomaly { model: String, role: Role },
 }
 
 /// The current model of a session's model functions (see the module documentation).
 pub struct ModelHandle {
     current: ArcSwap<Model>,
+    challenger: ArcSwapOption<Model>,
     /// The feature list every model of this handle takes (the first model's).
     features: Vec<String>,
 }
@@ -42,6 +58,7 @@ impl std::fmt::Debug for ModelHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelHandle")
             .field("current", &*self.current.load())
+            .field("challenger", &*self.challenger.load())
             .finish()
     }
 }
@@ -52,6 +69,7 @@ impl ModelHandle {
         Self {
             features: model.card.features.clone(),
             current: ArcSwap::new(model),
+            challenger: ArcSwapOption::empty(),
         }
     }
 
@@ -65,14 +83,59 @@ impl ModelHandle {
     /// already scoring finishes with the model it loaded) and returns the previous one.
     /// Refuses a model whose card lists other features, or the same in another order.
     pub fn swap(&self, model: Arc<Model>) -> Result<Arc<Model>, SwapError> {
+        self.check_champion(&model)?;
+        Ok(self.current.swap(model))
+    }
+
+    /// Whether `model` could become the champion ([`Self::swap`] would take it).
+    pub fn check_champion(&self, model: &Model) -> Result<(), SwapError> {
+        self.check_features(model)?;
+        if model.role != Role::Anomaly {
+            return Err(SwapError::NotAnomaly {
+                model: model.id.clone(),
+                role: model.role,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `model` takes the plan's features (a challenger of either kind must).
+    pub fn check_features(&self, model: &Model) -> Result<(), SwapError> {
         if model.card.features != self.features {
             return Err(SwapError::FeaturesDiffer {
-                model: model.card.name.clone(),
+                model: model.id.clone(),
                 expected: self.features.clone(),
                 offered: model.card.features.clone(),
             });
         }
-        Ok(self.current.swap(model))
+        Ok(())
+    }
+
+    /// The challenger, if one is set.
+    pub fn challenger(&self) -> Option<Arc<Model>> {
+        self.challenger.load_full()
+    }
+
+    /// Sets (or with `None` removes) the challenger for every batch that starts from now
+    /// on, and returns the previous one. Refuses a model that takes other features.
+    pub fn set_challenger(
+        &self,
+        model: Option<Arc<Model>>,
+    ) -> Result<Option<Arc<Model>>, SwapError> {
+        if let Some(model) = &model {
+            self.check_features(model)?;
+        }
+        Ok(self.challenger.swap(model))
+    }
+
+    /// A new handle holding this one's champion and challenger as they are now: one
+    /// request's session then sees one pair of models, whatever changes meanwhile.
+    pub fn snapshot(&self) -> Self {
+        Self {
+            current: ArcSwap::new(self.load()),
+            challenger: ArcSwapOption::new(self.challenger()),
+            features: self.features.clone(),
+        }
     }
 
     /// The features every model of this handle takes, in the order the plan passes them.

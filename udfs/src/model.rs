@@ -150,8 +150,14 @@ impl Default for SessionOptions {
     }
 }
 
+/// A model's id: its card's name, `@`, and the first 12 hex digits of its digest.
+pub(crate) fn id_of(name: &str, digest: &[u8; 32]) -> String {
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}@{hex}")
+}
+
 /// See [`Model::digest`].
-fn digest_of(onnx: &Path, card: &Path) -> Result<[u8; 32], ModelError> {
+pub(crate) fn digest_of(onnx: &Path, card: &Path) -> Result<[u8; 32], ModelError> {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for path in [onnx, card] {
@@ -164,13 +170,34 @@ fn digest_of(onnx: &Path, card: &Path) -> Result<[u8; 32], ModelError> {
     Ok(hasher.finalize().into())
 }
 
-/// What a model is loaded for: its graph's outputs differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The autoencoder: `output`, `feature_error`, `score`.
+/// What a model is for: its graph's outputs differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The autoencoder: `output`, `feature_error`, `score` (the reconstruction error).
     Anomaly,
     /// Trees on the labels: `probability`.
     Supervised,
+}
+
+impl Role {
+    /// The output that scores a row: higher is more suspicious, and the card's threshold
+    /// applies to it.
+    pub fn score_output(self) -> &'static str {
+        match self {
+            Role::Anomaly => SCORE,
+            Role::Supervised => PROBABILITY,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Anomaly => "anomaly (autoencoder)",
+            Role::Supervised => "supervised (fraud probability)",
+        })
+    }
 }
 
 /// A loaded model: its card and the ONNX Runtime sessions shared by every caller.
@@ -182,6 +209,7 @@ pub struct Model {
     pub digest: [u8; 32],
     /// `name@` and the first 12 hex digits of [`Self::digest`].
     pub id: String,
+    pub role: Role,
     // `Session::run` needs `&mut`, so a session serves one caller at a time. With one
     // intra-op thread a session has no thread pool (it runs on the caller's thread), and
     // one session per core lets the partitions of a plan score in parallel: with a single
@@ -206,16 +234,23 @@ impl Model {
     /// Loads the anomaly model in `dir` (`model.onnx` and `model.json`), checking that they
     /// agree and that the graph has the autoencoder's outputs.
     pub fn load(dir: &Path, options: SessionOptions) -> Result<Self, ModelError> {
-        Self::open(dir, options, Role::Anomaly)
+        Self::open(dir, options, Some(Role::Anomaly))
     }
 
     /// Loads the supervised model in `dir` (`risksense train --model trees`): a graph
     /// with a [`PROBABILITY`] output.
     pub fn load_supervised(dir: &Path, options: SessionOptions) -> Result<Self, ModelError> {
-        Self::open(dir, options, Role::Supervised)
+        Self::open(dir, options, Some(Role::Supervised))
     }
 
-    fn open(dir: &Path, options: SessionOptions, role: Role) -> Result<Self, ModelError> {
+    /// Loads whichever kind of model `dir` holds (a shadow model may be either): a graph
+    /// with a [`PROBABILITY`] output and no [`SCORE`] is supervised, any other an anomaly
+    /// model, checked as [`Self::load`] checks it.
+    pub fn load_any(dir: &Path, options: SessionOptions) -> Result<Self, ModelError> {
+        Self::open(dir, options, None)
+    }
+
+    fn open(dir: &Path, options: SessionOptions, role: Option<Role>) -> Result<Self, ModelError> {
         let card = ModelCard::read(dir)?;
         let onnx = dir.join("model.onnx");
         if !onnx.is_file() {
@@ -232,8 +267,7 @@ impl Model {
             1
         };
         let digest = digest_of(&onnx, &dir.join("model.json"))?;
-        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-        let id = format!("{}@{hex}", card.name);
+        let id = id_of(&card.name, &digest);
         let mut sessions = Vec::with_capacity(count);
         for _ in 0..count {
             sessions.push(
@@ -268,6 +302,11 @@ impl Model {
             )));
         }
         let has = |name: &str| session.outputs().iter().any(|o| o.name() == name);
+        let role = role.unwrap_or(if has(PROBABILITY) && !has(SCORE) {
+            Role::Supervised
+        } else {
+            Role::Anomaly
+        });
         match role {
             Role::Supervised if !has(PROBABILITY) => {
                 return Err(mismatch(format!(
@@ -295,6 +334,7 @@ impl Model {
             dir: dir.to_path_buf(),
             digest,
             id,
+            role,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next_session: AtomicUsize::new(0),
         })

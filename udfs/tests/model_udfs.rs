@@ -312,8 +312,11 @@ fn a_handle_refuses_a_model_with_other_features() {
             model,
             expected,
             offered,
-        } = &error;
-        assert_eq!(model, &other.card.name);
+        } = &error
+        else {
+            panic!("not a feature mismatch: {error}");
+        };
+        assert_eq!(model, &other.id);
         assert_eq!(expected, &a.card.features);
         assert_eq!(offered, &other.card.features);
         assert!(error.to_string().contains("needs a new plan"), "{error}");
@@ -379,4 +382,168 @@ fn a_model_id_names_its_files_not_just_its_name() {
     assert_eq!(other.card.name, first.card.name);
     assert_ne!(other.id, first.id);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn trees() -> Arc<Model> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/trees");
+    Arc::new(Model::load_any(&dir, SessionOptions::default()).expect("models/trees loads"))
+}
+
+#[tokio::test]
+async fn a_supervised_model_cannot_be_champion_but_shadows_every_row_as_challenger() {
+    let a = model();
+    let trees = trees();
+    assert_eq!(trees.role, risksense_udfs::model::Role::Supervised);
+    assert_eq!(
+        Model::load_any(&default_model_dir(), SessionOptions::default())
+            .expect("loads")
+            .role,
+        risksense_udfs::model::Role::Anomaly
+    );
+    let handle = Arc::new(ModelHandle::new(a.clone()));
+    let error = handle
+        .swap(trees.clone())
+        .expect_err("not an anomaly model");
+    assert!(matches!(error, SwapError::NotAnomaly { .. }), "{error}");
+    assert!(error.to_string().contains("challenger"), "{error}");
+    assert!(Arc::ptr_eq(&handle.load(), &a));
+
+    let batch = feature_batch(&a, 40);
+    let ctx = context_with_handle(&handle, &batch, 16);
+    let args = a.card.features.join(", ");
+    let query = format!(
+        "SELECT model_id() AS m, challenger_id() AS c, challenger_score({args}) AS s, \
+         challenger_score({args}) >= challenger_threshold() AS flag FROM f"
+    );
+    let plan = ctx
+        .sql(&query)
+        .await
+        .expect("plans")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+    type Row = (String, Option<String>, Option<f64>, Option<bool>);
+    let run = || async {
+        let batches = collect(plan.clone(), ctx.task_ctx()).await.expect("runs");
+        let mut rows: Vec<Row> = Vec::new();
+        for batch in &batches {
+            let m = batch.column(0).as_string::<i32>();
+            let c = batch.column(1).as_string::<i32>();
+            let s = batch.column(2).as_primitive::<Float64Type>();
+            let flag = batch.column(3).as_boolean();
+            for i in 0..batch.num_rows() {
+                rows.push((
+                    m.value(i).to_string(),
+                    c.is_valid(i).then(|| c.value(i).to_string()),
+                    s.is_valid(i).then(|| s.value(i)),
+                    flag.is_valid(i).then(|| flag.value(i)),
+                ));
+            }
+        }
+        rows
+    };
+    // No challenger: the columns exist, all null.
+    let none = run().await;
+    assert_eq!(none.len(), 40);
+    assert!(
+        none.iter()
+            .all(|r| r.0 == a.id && r.1.is_none() && r.2.is_none() && r.3.is_none())
+    );
+
+    // The same plan, with the trees set as challenger: their probabilities, row by row.
+    handle
+        .set_challenger(Some(trees.clone()))
+        .expect("same features");
+    let shadowed = run().await;
+    let mut matrix: Vec<f32> = Vec::new();
+    for row in 0..40 {
+        for column in batch.columns() {
+            matrix.push(column.as_primitive::<Float64Type>().value(row) as f32);
+        }
+    }
+    let expected = trees
+        .run(&matrix, 40, risksense_udfs::model::PROBABILITY)
+        .expect("trees run");
+    for (row, (m, c, s, flag)) in shadowed.iter().enumerate() {
+        assert_eq!(m, &a.id, "the champion still scores");
+        assert_eq!(c.as_deref(), Some(trees.id.as_str()));
+        let s = s.expect("scored");
+        assert!(
+            (s - f64::from(expected[row])).abs() < 1e-6,
+            "{s} vs {}",
+            expected[row]
+        );
+        assert_eq!(*flag, Some(s >= trees.card.threshold));
+    }
+
+    // A challenger with other features is refused and the trees stay.
+    let (dir, renamed) = variant("renamed-shadow", |card| {
+        card.features[0] = "log_amount".into()
+    });
+    assert!(handle.set_challenger(Some(renamed)).is_err());
+    assert_eq!(
+        handle.challenger().map(|m| m.id.clone()),
+        Some(trees.id.clone())
+    );
+    handle.set_challenger(None).expect("removed");
+    assert!(run().await.iter().all(|r| r.1.is_none() && r.2.is_none()));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_registry_finds_models_by_folder_name_or_id_and_nothing_outside_it() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let registry = risksense_udfs::ModelRegistry::new(&root);
+    let entries = registry.list().expect("lists");
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(
+        names.contains(&"default") && names.contains(&"trees"),
+        "{names:?}"
+    );
+    let default = model();
+    let found = entries
+        .iter()
+        .find(|e| e.name == "default")
+        .expect("default");
+    assert_eq!(found.id.as_deref(), Some(default.id.as_str()));
+    assert!(found.problem.is_none());
+
+    assert_eq!(
+        registry
+            .resolve("default")
+            .expect("by name")
+            .canonicalize()
+            .ok(),
+        default_model_dir().canonicalize().ok()
+    );
+    assert_eq!(
+        registry
+            .resolve(&default.id)
+            .expect("by id")
+            .canonicalize()
+            .ok(),
+        default_model_dir().canonicalize().ok()
+    );
+    // An id whose files are not there (another version of the model) is not found.
+    let error = registry
+        .resolve("default@000000000000")
+        .expect_err("no such version");
+    assert!(
+        error.to_string().contains(&default.id),
+        "lists what exists: {error}"
+    );
+    for bad in [
+        "../models/default",
+        "default/..",
+        "..",
+        "",
+        "a b",
+        "default@xyz",
+    ] {
+        let error = registry.resolve(bad).expect_err(bad);
+        assert!(
+            matches!(error, risksense_udfs::registry::RegistryError::BadName(_)),
+            "{bad}: {error}"
+        );
+    }
 }

@@ -29,7 +29,7 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use risksense_query::scorer::StreamScorer;
-use risksense_query::scoring::{SessionOptions, new_session};
+use risksense_query::scoring::{SessionOptions, new_session_with_handle};
 use risksense_udfs::Model;
 
 use self::encode::{Encoder, Format};
@@ -55,7 +55,9 @@ async fn session(state: &ApiState) -> Result<SessionContext, ApiError> {
         batch_size: 8192,
         memory_limit: Some(state.config.sql_memory_bytes),
     };
-    let ctx = new_session(Some(state.model.clone()), options)?;
+    // The models as they are now, for the whole query.
+    let models = Arc::new(state.models.api().snapshot());
+    let ctx = new_session_with_handle(Some(models), options)?;
     bounded::install(&ctx, bounded::MAX_CALL_BYTES)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let live = state

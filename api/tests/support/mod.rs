@@ -12,7 +12,7 @@ use risksense_common::metrics::StreamMetrics;
 use risksense_formats::source::TransactionFile;
 use risksense_query::LiveWindow;
 use risksense_store::{Retention, ScoredTransaction, Store};
-use risksense_udfs::Model;
+use risksense_udfs::{Model, ModelControl};
 
 use crate::common;
 
@@ -67,7 +67,7 @@ pub async fn api(config: ApiConfig) -> Api {
     let state = ApiState::new(
         config,
         store,
-        model,
+        ModelControl::fixed(model),
         Some(live),
         Some(Arc::new(StreamMetrics::default())),
         None,
@@ -105,8 +105,15 @@ pub async fn private_redis_api(port_base: u16) -> (std::process::Child, Arc<ApiS
     let store = Store::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
         .await
         .expect("redis");
-    let state = ApiState::new(ApiConfig::default(), store, model(), None, None, None)
-        .await
-        .expect("state");
+    let state = ApiState::new(
+        ApiConfig::default(),
+        store,
+        ModelControl::fixed(model()),
+        None,
+        None,
+        None,
+    )
+    .await
+    .expect("state");
     (redis, state)
 }

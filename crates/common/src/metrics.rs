@@ -183,6 +183,35 @@ pub struct StreamMetrics {
     pub arrival_latency: LatencyHistogram,
     /// From a micro-batch's close to its results in every sink.
     pub batch_latency: LatencyHistogram,
+    /// Rows scored and flagged per model (champion, and challenger in shadow).
+    pub models: ModelCounts,
+}
+
+/// Rows scored and flagged per (slot, model id): how a challenger's alert rate compares
+/// with the champion's on the same rows.
+#[derive(Default, Debug)]
+pub struct ModelCounts(std::sync::Mutex<std::collections::BTreeMap<(String, String), [u64; 2]>>);
+
+impl ModelCounts {
+    /// Adds `rows` scored by `model` in `slot` (`champion`, `challenger`), `flagged` of
+    /// them at or above its threshold.
+    pub fn add(&self, slot: &str, model: &str, rows: u64, flagged: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = counts
+            .entry((slot.to_string(), model.to_string()))
+            .or_default();
+        entry[0] += rows;
+        entry[1] += flagged;
+    }
+
+    /// (slot, model id, rows, flagged) for every model that scored.
+    pub fn snapshot(&self) -> Vec<(String, String, u64, u64)> {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|((slot, model), [rows, flagged])| (slot.clone(), model.clone(), *rows, *flagged))
+            .collect()
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch (the clock Kafka timestamps use).
@@ -354,6 +383,31 @@ impl Collector for StreamCollector {
         }
         for (name, help, histogram) in metrics.histograms() {
             histogram.encode(&mut encoder, name, help)?;
+        }
+        let models = metrics.models.snapshot();
+        if !models.is_empty() {
+            for (name, help, flagged) in [
+                (
+                    "risksense_model_rows",
+                    "Rows scored per model and slot (champion, challenger).",
+                    false,
+                ),
+                (
+                    "risksense_model_flagged",
+                    "Rows at or above the model's threshold, per model and slot (a challenger's never alert).",
+                    true,
+                ),
+            ] {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (slot, model, rows, flags) in &models {
+                    let value = ConstCounter::new(if flagged { *flags } else { *rows });
+                    value.encode(
+                        family
+                            .encode_family(&[("slot", slot.as_str()), ("model", model.as_str())])?,
+                    )?;
+                }
+            }
         }
         Ok(())
     }

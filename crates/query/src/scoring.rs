@@ -353,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn score_sql_passes_the_features_in_view_order() {
-        // The arguments of anomaly_score and anomaly_explain in score.sql, as written.
+        // The arguments of the model calls in score.sql, as written.
         let arguments_of = |call: &str| -> Vec<String> {
             let start = SCORE_SQL.find(call).expect("call") + call.len();
             let end = start + SCORE_SQL[start..].find(')').expect("close");
@@ -364,6 +364,7 @@ mod tests {
         };
         let arguments = arguments_of("anomaly_score(");
         assert_eq!(arguments_of("anomaly_explain("), arguments);
+        assert_eq!(arguments_of("challenger_score("), arguments);
         // The feature columns the features view produces, from DataFusion's own plan.
         let ctx = new_session(None, SessionOptions::default()).expect("session");
         register_batches(

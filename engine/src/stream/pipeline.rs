@@ -269,6 +269,12 @@ fn interrupted(what: &str) -> EngineError {
 }
 
 impl Pipeline {
+    /// The handle the scoring plan's model functions read: changed between micro-batches
+    /// only (see `risksense_udfs::control`).
+    pub fn models(&self) -> &Arc<risksense_udfs::ModelHandle> {
+        self.scorer.model()
+    }
+
     /// A pipeline scoring with `scorer` (which must keep a history: the stream's) into
     /// `sinks`, saving checkpoints in `store`.
     pub fn new(
@@ -533,6 +539,7 @@ impl Pipeline {
         let produced_ms: Vec<i64> = messages.iter().filter_map(|m| m.timestamp_ms).collect();
         let started = Instant::now();
         let was_scored = !scored.is_empty();
+        let per_model = count_per_model(&scored);
         let batch = SinkBatch::new(self.seq, scored, dead_letters).with_input(
             decoded.batch.iter().cloned().collect(),
             produced_ms.iter().min().copied(),
@@ -540,6 +547,9 @@ impl Pipeline {
         self.seq += 1;
         self.write_sinks(batch, produced_ms, closed_at).await?;
         StreamMetrics::add(&self.metrics.sink_ns, started.elapsed().as_nanos() as u64);
+        for ((slot, model), (rows, flagged)) in per_model {
+            self.metrics.models.add(slot, &model, rows, flagged);
+        }
 
         // The batch is scored and in the sinks (the background ones finish before the next
         // checkpoint): what its card windows staged becomes history, its offsets progress.
@@ -947,4 +957,58 @@ async fn background_writes(
     }
     StreamMetrics::add(&metrics.remote_sink_ns, started.elapsed().as_nanos() as u64);
     Ok(())
+}
+
+/// Rows and flags per (slot, model id) in scored batches: the champion's `model_id` and
+/// `is_anomaly`, the challenger's `challenger_id` and `challenger_flag`.
+fn count_per_model(
+    scored: &[RecordBatch],
+) -> std::collections::BTreeMap<(&'static str, String), (u64, u64)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for batch in scored {
+        for (slot, id, flag) in [
+            ("champion", "model_id", "is_anomaly"),
+            ("challenger", "challenger_id", "challenger_flag"),
+        ] {
+            let (Some(ids), Some(flags)) = (
+                batch
+                    .column_by_name(id)
+                    .and_then(|c| c.as_string_opt::<i32>()),
+                batch.column_by_name(flag).and_then(|c| c.as_boolean_opt()),
+            ) else {
+                continue;
+            };
+            // A micro-batch has one model per slot: count runs of one id, so a string is
+            // made per run, not per row.
+            let mut run: Option<(&str, u64, u64)> = None;
+            for row in 0..batch.num_rows() {
+                if arrow::array::Array::is_null(ids, row) {
+                    continue;
+                }
+                let id = ids.value(row);
+                let flagged =
+                    u64::from(arrow::array::Array::is_valid(flags, row) && flags.value(row));
+                match &mut run {
+                    Some((current, rows, flags)) if *current == id => {
+                        *rows += 1;
+                        *flags += flagged;
+                    }
+                    _ => {
+                        if let Some((current, rows, flags)) = run.replace((id, 1, flagged)) {
+                            let entry: &mut (u64, u64) =
+                                counts.entry((slot, current.to_string())).or_default();
+                            entry.0 += rows;
+                            entry.1 += flags;
+                        }
+                    }
+                }
+            }
+            if let Some((current, rows, flags)) = run {
+                let entry: &mut (u64, u64) = counts.entry((slot, current.to_string())).or_default();
+                entry.0 += rows;
+                entry.1 += flags;
+            }
+        }
+    }
+    counts
 }

@@ -41,6 +41,11 @@ pub struct RunOptions {
     /// The standing queries (shared with the API): the stream attaches its tables, loads
     /// `config.queries` and the saved ones, and runs each micro-batch through them.
     pub queries: Option<Arc<risksense_continuous::Registry>>,
+    /// Changes to the models in service (API, SIGHUP), applied between micro-batches.
+    /// The stream starts with the control's champion and challenger.
+    pub models: Option<Arc<risksense_udfs::ModelControl>>,
+    /// The shadow model the stream starts with (its own instance of the control's).
+    pub challenger: Option<Arc<Model>>,
 }
 
 /// Gives the standing queries the stream's tables and producer, then starts the queries of
@@ -280,6 +285,9 @@ pub fn run_stream(
         })?;
     }
     let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
+    if let Some(challenger) = options.challenger.clone() {
+        scorer.model().set_challenger(Some(challenger))?;
+    }
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
     if let Some(queries) = &options.queries {
@@ -331,6 +339,19 @@ pub fn run_stream(
         "stream started"
     );
 
+    // Detached again however the loop ends: a change waiting then fails instead of hanging.
+    struct Attached(Option<Arc<risksense_udfs::ModelControl>>);
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            if let Some(models) = &self.0 {
+                models.detach_stream();
+            }
+        }
+    }
+    let attached = Attached(options.models.clone());
+    if let Some(models) = &attached.0 {
+        models.attach_stream();
+    }
     let started = Instant::now();
     let mut first_message: Option<Instant> = None;
     let mut last_message = Instant::now();
@@ -441,6 +462,10 @@ pub fn run_stream(
                     .store(now_ms().max(0) as u64, Ordering::Relaxed);
             }
             let mut guard = lock(&pipeline);
+            // Between micro-batches: the only place the plan's models change.
+            if let Some(models) = &attached.0 {
+                models.apply_pending(guard.models());
+            }
             if !buffer.is_empty() {
                 let batch = std::mem::take(&mut buffer);
                 runtime.block_on(guard.process(batch))?;

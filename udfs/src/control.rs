@@ -1,0 +1,325 @@
+//! Which models a process serves with, and changes to them while it runs.
+//!
+//! A process scores in two places with separate ONNX Runtime sessions: the stream (its
+//! plan's [`ModelHandle`]) and the API (ad-hoc scoring and SQL, through
+//! [`ModelControl::api`]). A change (a new champion, a challenger set or removed) is
+//! loaded and checked here first, off the stream's thread; a model that does not fit the
+//! plan is refused and nothing changes. The stream then applies it between two
+//! micro-batches ([`ModelControl::apply_pending`], called by its loop), so every row of a
+//! micro-batch is scored by one model and carries its id; the API's handle follows once the
+//! stream has switched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::handle::{ModelHandle, SwapError};
+use crate::model::{Model, ModelError, SessionOptions};
+use crate::registry::{ModelRegistry, RegistryError};
+
+/// Which model a change is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Scores every row, raises alerts and answers `/v1/score`.
+    Champion,
+    /// Scores every row beside the champion, for comparison only.
+    Challenger,
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Slot::Champion => "champion",
+            Slot::Challenger => "challenger",
+        })
+    }
+}
+
+/// Why a change was not made. The models in service are then unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("loading model {dir}: {source}")]
+    Load {
+        dir: String,
+        #[source]
+        source: ModelError,
+    },
+    /// The model does not fit the running plan.
+    #[error(transparent)]
+    Refused(#[from] SwapError),
+    #[error("the model's files changed while it was loaded ({first}, then {second}); try again")]
+    Changed { first: String, second: String },
+    /// The stream did not reach a micro-batch boundary in time (it may be stuck on a
+    /// sink); nothing changed. Retryable.
+    #[error("the stream did not take the change within {0:?} (nothing changed; retry)")]
+    StreamBusy(Duration),
+    #[error("the stream stopped before it took the change (nothing changed)")]
+    StreamStopped,
+    #[error("the champion cannot be removed, only replaced")]
+    ChampionRequired,
+    #[error("no registry folder is configured: models can only be changed by name from one")]
+    NoRegistry,
+}
+
+/// What a change did.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub slot: Slot,
+    /// The id of the model now in the slot (None: the challenger was removed).
+    pub current: Option<String>,
+    /// The id of the model that was there.
+    pub previous: Option<String>,
+}
+
+struct Pending {
+    slot: Slot,
+    model: Option<Arc<Model>>,
+    reply: oneshot::Sender<Result<(), SwapError>>,
+}
+
+/// The models in service and the changes the stream has yet to apply (see the module
+/// documentation).
+pub struct ModelControl {
+    api: Arc<ModelHandle>,
+    registry: Option<ModelRegistry>,
+    options: SessionOptions,
+    /// Some while a stream runs in this process: the changes it has not applied yet.
+    stream: Mutex<Option<Vec<Pending>>>,
+    /// Serialises changes: two at once would race between the stream and the API.
+    changing: tokio::sync::Mutex<()>,
+    /// How long a change waits for the stream to reach a micro-batch boundary.
+    pub stream_timeout: Duration,
+}
+
+impl std::fmt::Debug for ModelControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelControl")
+            .field("api", &self.api)
+            .field("registry", &self.registry)
+            .finish()
+    }
+}
+
+impl ModelControl {
+    /// Serves `champion` (and `challenger`) in the API; `registry` is where changes are
+    /// found by name; `options` how changed models are loaded.
+    pub fn new(
+        champion: Arc<Model>,
+        challenger: Option<Arc<Model>>,
+        registry: Option<ModelRegistry>,
+        options: SessionOptions,
+    ) -> Result<Self, SwapError> {
+        let api = Arc::new(ModelHandle::new(champion));
+        api.set_challenger(challenger)?;
+        Ok(Self {
+            api,
+            registry,
+            options,
+            stream: Mutex::new(None),
+            changing: tokio::sync::Mutex::new(()),
+            stream_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// A fixed champion, no registry (tests, tools).
+    pub fn fixed(champion: Arc<Model>) -> Arc<Self> {
+        Arc::new(Self {
+            api: Arc::new(ModelHandle::new(champion)),
+            registry: None,
+            options: SessionOptions::default(),
+            stream: Mutex::new(None),
+            changing: tokio::sync::Mutex::new(()),
+            stream_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// The models the API scores with. Load it once per request.
+    pub fn api(&self) -> &Arc<ModelHandle> {
+        &self.api
+    }
+
+    pub fn registry(&self) -> Option<&ModelRegistry> {
+        self.registry.as_ref()
+    }
+
+    /// A stream in this process applies changes from now on (until [`Self::detach_stream`]).
+    pub fn attach_stream(&self) {
+        *self.stream.lock() = Some(Vec::new());
+    }
+
+    /// The stream stopped: changes apply to the API alone; waiting ones fail.
+    pub fn detach_stream(&self) {
+        if let Some(pending) = self.stream.lock().take() {
+            drop(pending); // their senders dropped: the waiters see StreamStopped
+        }
+    }
+
+    /// Applies the changes waiting for the stream to its plan's handle. The stream calls
+    /// this between micro-batches only.
+    pub fn apply_pending(&self, stream: &ModelHandle) {
+        let pending = match self.stream.lock().as_mut() {
+            Some(pending) if !pending.is_empty() => std::mem::take(pending),
+            _ => return,
+        };
+        for change in pending {
+            let result = match change.slot {
+                Slot::Champion => match change.model {
+                    Some(model) => stream.swap(model).map(|previous| {
+                        tracing::info!(from = %previous.id, to = %stream.load().id, "champion switched between micro-batches");
+                    }),
+                    None => Ok(()),
+                },
+                Slot::Challenger => stream.set_challenger(change.model).map(|_| {
+                    tracing::info!(challenger = ?stream.challenger().map(|m| m.id.clone()), "challenger set between micro-batches");
+                }),
+            };
+            // The requester may have given up waiting; the change stands either way.
+            let _ = change.reply.send(result);
+        }
+    }
+
+    /// Puts the registry's model `name` (folder name or id) in `slot`, or with `None`
+    /// removes the challenger. Loads and checks it first (a model that does not fit is
+    /// refused and nothing changes), then waits for the stream, if one runs, to switch
+    /// between micro-batches, then switches the API.
+    pub async fn change(&self, slot: Slot, name: Option<&str>) -> Result<Changed, ControlError> {
+        let dir = match name {
+            Some(name) => Some(
+                self.registry
+                    .as_ref()
+                    .ok_or(ControlError::NoRegistry)?
+                    .resolve(name)?,
+            ),
+            None => None,
+        };
+        self.change_to(slot, dir).await
+    }
+
+    /// Loads the models in their folders again and switches to those whose files changed
+    /// (SIGHUP: a retrained model written over the served folder).
+    pub async fn reload(&self) -> Vec<Result<Changed, ControlError>> {
+        let mut results = Vec::new();
+        let champion = self.api.load();
+        if let Ok(digest) = crate::model::digest_of(
+            &champion.dir.join("model.onnx"),
+            &champion.dir.join("model.json"),
+        ) && digest != champion.digest
+        {
+            results.push(
+                self.change_to(Slot::Champion, Some(champion.dir.clone()))
+                    .await,
+            );
+        }
+        if let Some(challenger) = self.api.challenger()
+            && let Ok(digest) = crate::model::digest_of(
+                &challenger.dir.join("model.onnx"),
+                &challenger.dir.join("model.json"),
+            )
+            && digest != challenger.digest
+        {
+            results.push(
+                self.change_to(Slot::Challenger, Some(challenger.dir.clone()))
+                    .await,
+            );
+        }
+        results
+    }
+
+    async fn change_to(
+        &self,
+        slot: Slot,
+        dir: Option<std::path::PathBuf>,
+    ) -> Result<Changed, ControlError> {
+        let _one_at_a_time = self.changing.lock().await;
+        if slot == Slot::Champion && dir.is_none() {
+            return Err(ControlError::ChampionRequired);
+        }
+        let streaming = self.stream.lock().is_some();
+        let (for_api, for_stream) = match &dir {
+            Some(dir) => {
+                let api = self.load(slot, dir.clone()).await?;
+                match slot {
+                    Slot::Champion => self.api.check_champion(&api)?,
+                    Slot::Challenger => self.api.check_features(&api)?,
+                }
+                // The stream gets sessions of its own (an ad-hoc query must never hold a
+                // session the stream waits for), from the same files.
+                let stream = if streaming {
+                    let stream = self.load(slot, dir.clone()).await?;
+                    if stream.digest != api.digest {
+                        return Err(ControlError::Changed {
+                            first: api.id.clone(),
+                            second: stream.id.clone(),
+                        });
+                    }
+                    Some(stream)
+                } else {
+                    None
+                };
+                (Some(api), stream)
+            }
+            None => (None, None),
+        };
+        if streaming {
+            let (reply, answer) = oneshot::channel();
+            match self.stream.lock().as_mut() {
+                Some(pending) => pending.push(Pending {
+                    slot,
+                    model: for_stream,
+                    reply,
+                }),
+                None => return Err(ControlError::StreamStopped),
+            }
+            match tokio::time::timeout(self.stream_timeout, answer).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(_)) => return Err(ControlError::StreamStopped),
+                Err(_) => {
+                    // Withdraw it, unless the stream took it meanwhile.
+                    let mut stream = self.stream.lock();
+                    if let Some(pending) = stream.as_mut() {
+                        let before = pending.len();
+                        pending.retain(|p| !p.reply.is_closed());
+                        if pending.len() < before {
+                            return Err(ControlError::StreamBusy(self.stream_timeout));
+                        }
+                    }
+                }
+            }
+        }
+        let current = for_api.as_ref().map(|m| m.id.clone());
+        let previous = match slot {
+            Slot::Champion => match for_api {
+                Some(model) => Some(self.api.swap(model)?.id.clone()),
+                None => None,
+            },
+            Slot::Challenger => self.api.set_challenger(for_api)?.map(|m| m.id.clone()),
+        };
+        tracing::info!(%slot, ?current, ?previous, "model changed");
+        Ok(Changed {
+            slot,
+            current,
+            previous,
+        })
+    }
+
+    async fn load(&self, slot: Slot, dir: std::path::PathBuf) -> Result<Arc<Model>, ControlError> {
+        let options = self.options;
+        let shown = dir.display().to_string();
+        let loaded = tokio::task::spawn_blocking(move || match slot {
+            Slot::Champion => Model::load(&dir, options),
+            Slot::Challenger => Model::load_any(&dir, options),
+        })
+        .await
+        .map_err(|e| ControlError::Load {
+            dir: shown.clone(),
+            source: ModelError::Ort(format!("the loading task failed: {e}")),
+        })?;
+        loaded
+            .map(Arc::new)
+            .map_err(|source| ControlError::Load { dir: shown, source })
+    }
+}
