@@ -1,0 +1,217 @@
+//! `/v1/models`: the registry, champion swaps and the challenger through the API, against
+//! the real Redis (`scripts/services.sh up`): a swap changes what `/v1/score` answers with
+//! (its rows name the new model, and nothing comes from the old one's cache); a model that
+//! does not fit is refused and the champion stays.
+
+#[path = "../../engine/tests/common.rs"]
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use risksense_api::{ApiConfig, ApiState, router};
+use risksense_store::{Retention, Store};
+use risksense_udfs::{Model, ModelCard, ModelControl, ModelRegistry, SessionOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret";
+
+async fn call(
+    state: &Arc<ApiState>,
+    method: &str,
+    uri: &str,
+    body: Option<String>,
+    token: bool,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if token {
+        request = request.header("authorization", format!("Bearer {TOKEN}"));
+    }
+    let request = request
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
+    let response = router(state.clone())
+        .oneshot(request)
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// `a` (the default model), `b` (its graph, half the threshold), `renamed` (a feature
+/// renamed) and `trees`.
+fn registry(root: &Path) -> ModelRegistry {
+    let models = common::repo_root().join("models");
+    let copy = |from: &str, to: &str, edit: &dyn Fn(&mut ModelCard)| {
+        let dir = root.join(to);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::copy(models.join(from).join("model.onnx"), dir.join("model.onnx")).expect("copy");
+        let mut card = ModelCard::read(&models.join(from)).expect("card");
+        card.name = to.to_string();
+        edit(&mut card);
+        card.write(&dir).expect("card written");
+    };
+    copy("default", "a", &|_| {});
+    copy("default", "b", &|card| card.threshold *= 0.5);
+    copy("default", "renamed", &|card| {
+        card.features[0] = "log_amount".into()
+    });
+    copy("trees", "trees", &|_| {});
+    ModelRegistry::new(root)
+}
+
+fn transactions_json(n: usize) -> String {
+    let path = common::repo_root().join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let batches: Vec<_> = risksense_formats::source::TransactionFile::open(&path, 8192, false)
+        .expect("fixture")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let batch = common::concat(&batches);
+    let encoder = risksense_formats::codec::json::JsonRowEncoder::new(&batch).expect("encoder");
+    let mut items = Vec::new();
+    for row in 0..n {
+        let mut out = Vec::new();
+        encoder.encode_row(row, &mut out);
+        items.push(String::from_utf8(out).expect("utf8"));
+    }
+    format!("[{}]", items.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_champion_changes_through_the_api_and_a_misfit_is_refused() {
+    let url = common::redis_url();
+    let scratch = risksense_testkit::Scratch::new("risksense-api-models");
+    let registry = registry(&scratch);
+    let a = Arc::new(Model::load(&scratch.join("a"), SessionOptions::default()).expect("a"));
+    let control = Arc::new(
+        ModelControl::new(a.clone(), None, Some(registry), SessionOptions::default())
+            .expect("control"),
+    );
+    let store = Store::redis(
+        &url,
+        Retention {
+            prefix: common::unique_topic("api-models"),
+            ..Retention::default()
+        },
+    )
+    .await
+    .expect("redis");
+    let config = ApiConfig {
+        token: Some(TOKEN.to_string()),
+        ..ApiConfig::default()
+    };
+    let state = ApiState::new(config, store, control, None, None, None)
+        .await
+        .expect("state");
+
+    let (status, models) = call(&state, "GET", "/v1/models", None, false).await;
+    assert_eq!(status, StatusCode::OK, "{models}");
+    assert_eq!(models["champion"]["id"], a.id.as_str());
+    assert_eq!(models["champion"]["role"], "anomaly");
+    assert!(models["challenger"].is_null());
+    let names: Vec<&str> = models["registry"]
+        .as_array()
+        .expect("registry")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "renamed", "trees"]);
+
+    // /v1/score names the model.
+    let n = 60;
+    let body = transactions_json(n);
+    let (status, scored_a) = call(&state, "POST", "/v1/score", Some(body.clone()), true).await;
+    assert_eq!(status, StatusCode::OK, "{scored_a}");
+    let results_a = scored_a["results"].as_array().expect("results").clone();
+    assert!(results_a.iter().all(|r| r["model_id"] == a.id.as_str()));
+
+    // Changes need the token; bad names, unknown models and misfits change nothing.
+    let choose = |name: &str| Some(json!({ "model": name }).to_string());
+    let (status, _) = call(&state, "POST", "/v1/models/champion", choose("b"), false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for (name, want, says) in [
+        ("../default", StatusCode::BAD_REQUEST, "not a model name"),
+        ("zzz", StatusCode::NOT_FOUND, "b ("),
+        ("renamed", StatusCode::UNPROCESSABLE_ENTITY, "log_amount"),
+        ("trees", StatusCode::UNPROCESSABLE_ENTITY, "supervised"),
+    ] {
+        let (status, error) = call(&state, "POST", "/v1/models/champion", choose(name), true).await;
+        assert_eq!(status, want, "{name}: {error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{name}: {message}");
+    }
+    let (status, error) = call(
+        &state,
+        "POST",
+        "/v1/models/champion",
+        Some("{\"name\": 1}".into()),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
+    assert_eq!(models["champion"]["id"], a.id.as_str(), "still a");
+
+    // The swap: /v1/score answers with b, none of it from a's cache entries.
+    let (status, changed) = call(&state, "POST", "/v1/models/champion", choose("b"), true).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["previous"], a.id.as_str());
+    let b_id = changed["current"].as_str().expect("b's id").to_string();
+    assert!(b_id.starts_with("b@"), "{b_id}");
+    let (status, scored_b) = call(&state, "POST", "/v1/score", Some(body), true).await;
+    assert_eq!(status, StatusCode::OK, "{scored_b}");
+    assert_eq!(scored_b["cache_hits"], 0);
+    let results_b = scored_b["results"].as_array().expect("results");
+    assert!(results_b.iter().all(|r| r["model_id"] == b_id.as_str()));
+    assert_eq!(scored_b["threshold"].as_f64(), Some(a.card.threshold * 0.5));
+    // The same graph: the same scores, flagged against b's threshold.
+    for (x, y) in results_a.iter().zip(results_b) {
+        assert_eq!(x["score"], y["score"]);
+        let score = y["score"].as_f64().expect("score");
+        assert_eq!(y["is_anomaly"], score >= a.card.threshold * 0.5);
+    }
+
+    // A challenger: either kind of model; removed again.
+    let (status, changed) = call(
+        &state,
+        "POST",
+        "/v1/models/challenger",
+        choose("trees"),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
+    assert_eq!(models["challenger"]["id"], changed["current"]);
+    assert_eq!(models["challenger"]["role"], "supervised");
+    let (status, removed) = call(&state, "DELETE", "/v1/models/challenger", None, true).await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    assert!(removed["current"].is_null());
+    assert_eq!(removed["previous"], changed["current"]);
+    let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
+    assert!(models["challenger"].is_null());
+
+    let (_, doc) = call(&state, "GET", "/openapi.json", None, false).await;
+    for path in ["/v1/models/champion", "/v1/models/challenger"] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} in the OpenAPI document"
+        );
+    }
+}
