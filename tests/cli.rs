@@ -292,3 +292,121 @@ fn supervised_trees_train_on_the_labels_and_refuse_a_period_without_fraud() {
     assert!(out.contains("the labels hold one class only"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rescoring_with_a_challenger_and_evaluating_compares_the_two_models() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture = repo.join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let dir = scratch("evaluate");
+    let (shadowed, alone) = (dir.join("shadowed"), dir.join("alone"));
+    let trees = repo.join("models/trees");
+    risksense(
+        &[
+            "rescore",
+            "--input",
+            fixture.to_str().unwrap(),
+            "--out",
+            shadowed.to_str().unwrap(),
+            "--challenger",
+            trees.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let out = risksense(
+        &[
+            "evaluate",
+            "--archive",
+            shadowed.to_str().unwrap(),
+            "--json",
+        ],
+        &dir,
+    );
+    let pairs: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let pairs = pairs.as_array().expect("array");
+    assert_eq!(pairs.len(), 1, "one champion and one challenger: {out}");
+    let pair = &pairs[0];
+    assert!(
+        pair["champion"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("default@")),
+        "{pair}"
+    );
+    assert!(
+        pair["challenger"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("trees@")),
+        "{pair}"
+    );
+    let comparison = &pair["comparison"];
+    assert_eq!(comparison["rows"], 3000);
+    assert_eq!(comparison["frauds"], 15);
+    // The champion's alert rate is its share of is_anomaly rows in the output.
+    let flagged = risksense(
+        &[
+            "sql",
+            "--table",
+            &format!("scored={}", shadowed.display()),
+            "--format",
+            "csv",
+            "SELECT count(*) FILTER (WHERE is_anomaly) AS n FROM scored",
+        ],
+        &dir,
+    );
+    let flagged: f64 = flagged
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("{flagged}"));
+    assert_eq!(
+        comparison["champion"]["alert_rate"].as_f64(),
+        Some(flagged / 3000.0)
+    );
+    // The trees learnt these rows' labels (the fixture is the start of their training half).
+    assert!(
+        comparison["challenger"]["roc_auc"]
+            .as_f64()
+            .is_some_and(|auc| auc > 0.99),
+        "{comparison}"
+    );
+    for share in ["challenger_recall_at_champion_rate", "alert_overlap"] {
+        assert!(
+            comparison[share]
+                .as_f64()
+                .is_some_and(|x| (0.0..=1.0).contains(&x)),
+            "{share}"
+        );
+    }
+    // The table says the same.
+    let table = risksense(&["evaluate", "--archive", shadowed.to_str().unwrap()], &dir);
+    assert!(
+        table.contains("| ROC-AUC |") && table.contains("at the champion's alert rate"),
+        "{table}"
+    );
+
+    // Without a challenger: the champion's figures alone.
+    risksense(
+        &[
+            "rescore",
+            "--input",
+            fixture.to_str().unwrap(),
+            "--out",
+            alone.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let out = risksense(
+        &["evaluate", "--archive", alone.to_str().unwrap(), "--json"],
+        &dir,
+    );
+    let pairs: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(pairs[0]["challenger"].is_null() && pairs[0]["comparison"]["challenger"].is_null());
+    // Rows without labels cannot be evaluated: a clear error.
+    let output = support::risksense_in(&dir, &["evaluate", "--archive", fixture.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        support::text(&output).contains("is it scored rows"),
+        "{}",
+        support::text(&output)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,6 +5,7 @@ mod bench;
 
 mod demo;
 mod doctor;
+mod evaluate;
 mod generate;
 mod healthcheck;
 mod import;
@@ -33,6 +34,9 @@ Examples:
   risksense train --model trees --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/trees
   risksense import --input ../shared/data/ --out history/
   risksense run --kafka 127.0.0.1:9092 --redis redis://127.0.0.1:6379/ --archive archive/ --http 127.0.0.1:8080
+  risksense run --kafka 127.0.0.1:9092 --archive archive/ --http 127.0.0.1:8080 --challenger models/trees
+  curl -X POST 127.0.0.1:8080/v1/models/champion -d '{\"model\": \"default\"}'   # swap models, no restart
+  risksense evaluate --archive archive/           # champion vs challenger on the labelled rows
   risksense serve --redis redis://127.0.0.1:6379/ --archive archive/
   risksense sql --url http://127.0.0.1:8080 \"SELECT count(*) FROM scored WHERE is_anomaly\"
   risksense rescore --input 'history/**/*.parquet' --out scored/
@@ -65,6 +69,8 @@ pub enum Command {
     Run(run::Args),
     /// Score Parquet history with the same SQL and model as the stream.
     Rescore(rescore::Args),
+    /// Compare the champion with the challenger it shadowed, over labelled scored rows.
+    Evaluate(evaluate::Args),
     /// Convert transaction CSV into Parquet.
     Import(import::Args),
     /// Run SQL over Parquet / CSV tables with the RiskSense functions registered.
@@ -91,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(args),
         Command::Run(args) => run::run(args),
         Command::Rescore(args) => rescore::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Import(args) => import::run(args),
         Command::Train(args) => train::run(args),
         Command::Doctor(args) => doctor::run(args),

@@ -41,7 +41,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(p) = args.partitions {
             options.target_partitions = p;
         }
-        let ctx = scoring::new_session(Some(model.clone()), options)?;
+        // A challenger (`--challenger`) scores beside the model: `risksense evaluate`
+        // compares them over the output.
+        let handle = std::sync::Arc::new(risksense_udfs::ModelHandle::new(model.clone()));
+        handle
+            .set_challenger(args.model.load_challenger()?)
+            .context("the challenger does not fit the plan")?;
+        let ctx = scoring::new_session_with_handle(Some(handle), options)?;
         scoring::register_files(&ctx, scoring::TRANSACTIONS, &args.input)
             .await
             .context("registering the input")?;

@@ -7,6 +7,7 @@
 //! the engine so the streaming build does not carry the training frameworks.
 
 pub mod autoencoder;
+pub mod evaluate;
 pub mod metrics;
 pub mod onnx;
 pub mod pipeline;

@@ -1,0 +1,188 @@
+//! `risksense evaluate`: the champion against the challenger it shadowed, over the archive.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int32Type};
+use risksense_query::scoring::{self, SessionOptions};
+use risksense_trainer::evaluate::{Comparison, ModelFigures, Scored, compare};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Scored rows with labels: the stream's Parquet archive (a folder, file or glob) or
+    /// `rescore --challenger` output. Rows without `is_fraud` are left out.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub archive: Vec<PathBuf>,
+    /// Print the comparisons as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Pair {
+    champion: Option<String>,
+    challenger: Option<String>,
+    comparison: Comparison,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    let pairs = runtime.block_on(read(&args.archive))?;
+    if pairs.is_empty() {
+        anyhow::bail!(
+            "no labelled rows in {}: evaluation needs `is_fraud` on the scored rows",
+            args.archive
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let pairs: Vec<Pair> = pairs
+        .into_iter()
+        .map(|((champion, challenger), rows)| Pair {
+            champion,
+            challenger,
+            comparison: compare(&rows),
+        })
+        .collect();
+    if args.json {
+        let pairs: Vec<serde_json::Value> = pairs
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "champion": p.champion,
+                    "challenger": p.challenger,
+                    "comparison": p.comparison,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&pairs)?);
+        return Ok(());
+    }
+    for pair in &pairs {
+        print_table(pair);
+    }
+    Ok(())
+}
+
+/// The labelled rows by (champion id, challenger id).
+async fn read(
+    inputs: &[PathBuf],
+) -> anyhow::Result<BTreeMap<(Option<String>, Option<String>), Vec<Scored>>> {
+    let ctx = scoring::new_session(None, SessionOptions::default())?;
+    scoring::register_files(&ctx, "archive", inputs)
+        .await
+        .context("reading the archive")?;
+    let schema = ctx.table("archive").await?.schema().as_arrow().clone();
+    for needed in ["score", "is_anomaly", "is_fraud"] {
+        if schema.field_with_name(needed).is_err() {
+            anyhow::bail!("the input has no `{needed}` column: is it scored rows?");
+        }
+    }
+    // Rows archived before ids and shadow models have neither.
+    let or_null = |name: &str, cast: &str| {
+        if schema.field_with_name(name).is_ok() {
+            name.to_string()
+        } else {
+            format!("CAST(NULL AS {cast}) AS {name}")
+        }
+    };
+    let sql = format!(
+        "SELECT {}, {}, score, is_anomaly, {}, {}, CAST(is_fraud AS INT) AS is_fraud FROM archive \
+         WHERE is_fraud IS NOT NULL AND score IS NOT NULL",
+        or_null("model_id", "VARCHAR"),
+        or_null("challenger_id", "VARCHAR"),
+        or_null("challenger_score", "DOUBLE"),
+        or_null("challenger_flag", "BOOLEAN"),
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let mut pairs: BTreeMap<(Option<String>, Option<String>), Vec<Scored>> = BTreeMap::new();
+    for batch in &batches {
+        let text = |i: usize| {
+            let column = arrow::compute::cast(batch.column(i), &DataType::Utf8)?;
+            Ok::<_, arrow::error::ArrowError>(column)
+        };
+        let (model, challenger) = (text(0)?, text(1)?);
+        let (model, challenger) = (model.as_string::<i32>(), challenger.as_string::<i32>());
+        let score = batch.column(2).as_primitive::<Float64Type>();
+        let flag = batch.column(3).as_boolean();
+        let shadow = batch.column(4).as_primitive::<Float64Type>();
+        let shadow_flag = batch.column(5).as_boolean();
+        let fraud = batch.column(6).as_primitive::<Int32Type>();
+        for i in 0..batch.num_rows() {
+            let id = |c: &arrow::array::StringArray| c.is_valid(i).then(|| c.value(i).to_string());
+            pairs
+                .entry((id(model), id(challenger)))
+                .or_default()
+                .push(Scored {
+                    score: score.value(i),
+                    flag: flag.is_valid(i) && flag.value(i),
+                    challenger_score: shadow.is_valid(i).then(|| shadow.value(i)),
+                    challenger_flag: shadow_flag.is_valid(i) && shadow_flag.value(i),
+                    is_fraud: fraud.value(i) != 0,
+                });
+        }
+    }
+    Ok(pairs)
+}
+
+fn print_table(pair: &Pair) {
+    let name = |id: &Option<String>| id.clone().unwrap_or_else(|| "(no id)".to_string());
+    let c = &pair.comparison;
+    println!(
+        "\nchampion {} vs challenger {}: {} labelled rows, {} frauds\n",
+        name(&pair.champion),
+        pair.challenger
+            .clone()
+            .unwrap_or_else(|| "(none)".to_string()),
+        super::thousands(c.rows as u64),
+        super::thousands(c.frauds as u64)
+    );
+    let shadow = c.challenger.as_ref();
+    let cell = |f: &dyn Fn(&ModelFigures) -> String| shadow.map_or("–".to_string(), f);
+    let ratio = |x: f64| format!("{x:.3}");
+    let percent = |x: f64| format!("{:.2} %", 100.0 * x);
+    println!("| | champion | challenger |");
+    println!("|---|---:|---:|");
+    println!(
+        "| ROC-AUC | {} | {} |",
+        ratio(c.champion.roc_auc),
+        cell(&|f| ratio(f.roc_auc))
+    );
+    println!(
+        "| PR-AUC | {} | {} |",
+        ratio(c.champion.pr_auc),
+        cell(&|f| ratio(f.pr_auc))
+    );
+    println!(
+        "| alert rate at its own threshold | {} | {} |",
+        percent(c.champion.alert_rate),
+        cell(&|f| percent(f.alert_rate))
+    );
+    println!(
+        "| recall / precision of its own flags | {} / {} | {} |",
+        ratio(c.champion.recall),
+        ratio(c.champion.precision),
+        cell(&|f| format!("{} / {}", ratio(f.recall), ratio(f.precision)))
+    );
+    if let (Some(recall), Some(precision)) = (
+        c.challenger_recall_at_champion_rate,
+        c.challenger_precision_at_champion_rate,
+    ) {
+        println!(
+            "| recall / precision at the champion's alert rate | {} / {} | {} / {} |",
+            ratio(c.champion.recall),
+            ratio(c.champion.precision),
+            ratio(recall),
+            ratio(precision)
+        );
+    }
+    if let Some(overlap) = c.alert_overlap {
+        println!(
+            "| alerts in common (of either's, at the champion's rate) | {} | |",
+            percent(overlap)
+        );
+    }
+}
