@@ -5,6 +5,8 @@
 //! |---------------------------------------|--------|---------------------------------------------------|
 //! | `{p}:txs:{B}:{length}:{period}`       | hash   | the scored transactions of one bucket written in  |
 //! |                                       |        | one period: trans_num → a JSON array (EXPIREAT)   |
+//! | `{p}:labels:{B}:{length}:{period}`    | hash   | labels learnt in one period: trans_num → a JSON   |
+//! |                                       |        | array `[is_fraud, labelled_ms]` (EXPIREAT)        |
 //! | `{p}:layout`                          | string | the writer's TTL in seconds, which the periods    |
 //! |                                       |        | follow (readers take it from here; TTL)           |
 //! | `{p}:cardlist:{B}:{cc_num}`           | list   | the card's recent trans_nums, newest arrival      |
@@ -115,6 +117,16 @@ pub fn shard_of(trans_num: &str) -> usize {
 pub fn transactions(prefix: &str, bucket: usize, ttl_secs: u64, period: u64) -> String {
     let tag = &BUCKET_TAGS[bucket % BUCKETS];
     format!("{prefix}:txs:{{{tag}}}:{}:{period}", period_secs(ttl_secs))
+}
+
+/// The hash holding the labels of `bucket`'s transactions learnt in `period`, as
+/// [`transactions`] (trans_num → `[is_fraud (0/1), labelled_ms]`).
+pub fn labels(prefix: &str, bucket: usize, ttl_secs: u64, period: u64) -> String {
+    let tag = &BUCKET_TAGS[bucket % BUCKETS];
+    format!(
+        "{prefix}:labels:{{{tag}}}:{}:{period}",
+        period_secs(ttl_secs)
+    )
 }
 
 /// The TTL the writer under `prefix` uses (its seconds as text): readers find the periods'

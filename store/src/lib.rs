@@ -139,6 +139,15 @@ pub enum DeltaSaved {
     NotParent,
 }
 
+/// What a fraud team learns about a transaction later (a chargeback, a confirmation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Label {
+    pub trans_num: String,
+    pub is_fraud: bool,
+    /// When it was learnt, in ms since the epoch.
+    pub labelled_ms: i64,
+}
+
 /// An alert as the alerts stream holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -217,6 +226,22 @@ pub trait ResultStore: Send + Sync + 'static {
     /// The transaction written under `trans_num`, exactly as written (an empty
     /// `explanation` may load as None); None if it never was or no longer is kept.
     async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError>;
+
+    /// The transactions written under `trans_nums` that are still kept (as
+    /// [`transaction`](Self::transaction) reads each), in the order asked, skipping those
+    /// not found; one round trip per bucket, not per transaction.
+    async fn transactions(
+        &self,
+        trans_nums: &[String],
+    ) -> Result<Vec<ScoredTransaction>, StoreError>;
+
+    /// Records labels. Returns, per label, whether it was new: a `trans_num` keeps its
+    /// first label (a repeat — a replayed message, a second report — is not written again
+    /// and returns false), kept as long as records are.
+    async fn write_labels(&self, labels: &[Label]) -> Result<Vec<bool>, StoreError>;
+
+    /// The label of each of `trans_nums`, in the same order, None where there is none.
+    async fn labels(&self, trans_nums: &[String]) -> Result<Vec<Option<Label>>, StoreError>;
 
     /// The card's most recent scored transactions, newest event time first (ties: greater
     /// `trans_num` first), at most `limit` (none for 0 or an unknown card). Only rows still

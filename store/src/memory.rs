@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::output::{self, StreamId};
 use crate::{
-    Alert, Checkpoint, DeltaSaved, OutputRecord, ResultStore, Retention, ScoredTransaction,
+    Alert, Checkpoint, DeltaSaved, Label, OutputRecord, ResultStore, Retention, ScoredTransaction,
     StoreError, WriteOutcome,
 };
 
@@ -35,6 +35,9 @@ struct Inner {
     /// Output hashes with a TTL, by the instant they expire, so that writes drop them.
     expiring: BTreeSet<(Instant, String)>,
     queries: BTreeMap<String, String>,
+    /// Labels by trans_num (bounded like the transactions: the oldest go first).
+    labels: HashMap<String, Label>,
+    label_order: VecDeque<String>,
 }
 
 enum Output {
@@ -263,6 +266,45 @@ impl ResultStore for MemoryStore {
 
     async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
         Ok(self.lock().transactions.get(trans_num).cloned())
+    }
+
+    async fn transactions(
+        &self,
+        trans_nums: &[String],
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        let inner = self.lock();
+        Ok(trans_nums
+            .iter()
+            .filter_map(|t| inner.transactions.get(t).cloned())
+            .collect())
+    }
+
+    async fn write_labels(&self, labels: &[Label]) -> Result<Vec<bool>, StoreError> {
+        let mut inner = self.lock();
+        let mut new = Vec::with_capacity(labels.len());
+        for label in labels {
+            if inner.labels.contains_key(&label.trans_num) {
+                new.push(false);
+                continue;
+            }
+            inner.labels.insert(label.trans_num.clone(), label.clone());
+            inner.label_order.push_back(label.trans_num.clone());
+            if inner.label_order.len() > MAX_TRANSACTIONS
+                && let Some(oldest) = inner.label_order.pop_front()
+            {
+                inner.labels.remove(&oldest);
+            }
+            new.push(true);
+        }
+        Ok(new)
+    }
+
+    async fn labels(&self, trans_nums: &[String]) -> Result<Vec<Option<Label>>, StoreError> {
+        let inner = self.lock();
+        Ok(trans_nums
+            .iter()
+            .map(|t| inner.labels.get(t).cloned())
+            .collect())
     }
 
     async fn card_transactions(

@@ -28,6 +28,12 @@ pub struct ScoredTransaction {
     /// The model that scored it (`name@hash`; absent in records written before ids).
     #[serde(default)]
     pub model_id: Option<String>,
+    /// The challenger that shadowed the champion on it, and whether it flagged the row
+    /// (for comparing the two once labels arrive; never an alert).
+    #[serde(default)]
+    pub challenger_id: Option<String>,
+    #[serde(default)]
+    pub challenger_flag: Option<bool>,
 }
 
 /// Reads the rows of a batch of the `scored` view (found by column name, so extra columns
@@ -79,6 +85,12 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
     let model_id = batch
         .column_by_name("model_id")
         .and_then(|c| c.as_string_opt::<i32>());
+    let challenger_id = batch
+        .column_by_name("challenger_id")
+        .and_then(|c| c.as_string_opt::<i32>());
+    let challenger_flag = batch
+        .column_by_name("challenger_flag")
+        .and_then(|c| c.as_boolean_opt());
 
     let mut rows = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -96,6 +108,9 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
             explanation: (!explanation.is_null(i)).then(|| explanation.value(i).to_string()),
             is_fraud: is_fraud.and_then(|c| (!c.is_null(i)).then(|| c.value(i))),
             model_id: model_id.and_then(|c| (!c.is_null(i)).then(|| c.value(i).to_string())),
+            challenger_id: challenger_id
+                .and_then(|c| (!c.is_null(i)).then(|| c.value(i).to_string())),
+            challenger_flag: challenger_flag.and_then(|c| (!c.is_null(i)).then(|| c.value(i))),
         });
     }
     Ok(rows)

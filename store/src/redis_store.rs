@@ -14,7 +14,7 @@ use crate::layout;
 use crate::output::{self, OutputRecord};
 use crate::redis_connection::Connection;
 use crate::{
-    Alert, Checkpoint, DeltaSaved, ResultStore, Retention, ScoredTransaction, StoreError,
+    Alert, Checkpoint, DeltaSaved, Label, ResultStore, Retention, ScoredTransaction, StoreError,
     WriteOutcome,
 };
 
@@ -475,10 +475,34 @@ impl RedisStore {
     /// per bucket one pipeline over the newest [`FIRST_PERIODS`] periods' hashes, then one
     /// over the older live ones for what was not found, all buckets at once. Where a record
     /// is in two periods (a batch replayed across a period's end), the newer wins.
-    async fn transactions(
+    async fn read_transactions(
         &self,
         trans_nums: &[String],
     ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        let prefix = &self.retention.prefix;
+        let found = self
+            .read_fields(trans_nums, |bucket, ttl, period| {
+                layout::transactions(prefix, bucket, ttl, period)
+            })
+            .await?;
+        let mut rows = Vec::with_capacity(found.len());
+        for (trans_num, value) in trans_nums.iter().zip(found) {
+            if let Some((key, value)) = value {
+                rows.push(decode_transaction(&key, trans_num, &value)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Each of `trans_nums`' field in the period hashes `key` names (by bucket, TTL and
+    /// period), with the key it was found in: per bucket one pipeline over the newest
+    /// [`FIRST_PERIODS`] periods' hashes, then one over the older live ones for what was
+    /// not found, all buckets at once. Where a field is in two periods, the newer wins.
+    async fn read_fields(
+        &self,
+        trans_nums: &[String],
+        key: impl Fn(usize, u64, u64) -> String,
+    ) -> Result<Vec<Option<(String, String)>>, StoreError> {
         if trans_nums.is_empty() {
             return Ok(Vec::new());
         }
@@ -502,9 +526,7 @@ impl RedisStore {
             let reads = by_bucket.into_iter().map(|(bucket, indices)| {
                 let keys: Vec<String> = periods
                     .iter()
-                    .map(|&period| {
-                        layout::transactions(&self.retention.prefix, bucket, ttl, period)
-                    })
+                    .map(|&period| key(bucket, ttl, period))
                     .collect();
                 let mut pipe = redis::pipe();
                 let fields: Vec<&str> = indices.iter().map(|&i| trans_nums[i].as_str()).collect();
@@ -536,13 +558,7 @@ impl RedisStore {
                 }
             }
         }
-        let mut rows = Vec::with_capacity(found.len());
-        for (trans_num, value) in trans_nums.iter().zip(found) {
-            if let Some((key, value)) = value {
-                rows.push(decode_transaction(&key, trans_num, &value)?);
-            }
-        }
-        Ok(rows)
+        Ok(found)
     }
 
     /// Members of a sorted set with their scores, highest first, from `offset` on.
@@ -569,7 +585,9 @@ impl RedisStore {
 }
 
 /// A transaction's value: `[cc_num, event_time, category, merchant, amt, score, is_anomaly
-/// (0/1), explanation or null, is_fraud or null]`. Non-finite numbers are null.
+/// (0/1), explanation or null, is_fraud or null, model_id or null, challenger_id or null,
+/// challenger_flag (0/1) or null]`. Non-finite numbers are null. Records written before
+/// model ids end at is_fraud and still read.
 fn encode_transaction(row: &ScoredTransaction) -> String {
     let number = |x: f64| x.is_finite().then_some(x);
     // A tuple is written as a JSON array straight into the string (a `serde_json::Value`
@@ -585,6 +603,8 @@ fn encode_transaction(row: &ScoredTransaction) -> String {
         &row.explanation,
         row.is_fraud,
         &row.model_id,
+        &row.challenger_id,
+        row.challenger_flag.map(u8::from),
     );
     // Numbers, strings and options always serialize.
     serde_json::to_string(&value).unwrap_or_default()
@@ -601,6 +621,8 @@ type Encoded = (
     Option<String>,
     Option<i32>,
     Option<String>,
+    Option<String>,
+    Option<u8>,
 );
 
 /// A record as written before rows carried their model's id (still readable until its
@@ -644,9 +666,13 @@ fn decode_transaction(
         explanation,
         is_fraud,
         model_id,
+        challenger_id,
+        challenger_flag,
     ): Encoded = match serde_json::from_str(value).map_err(|e| malformed(e.to_string()))? {
         AnyEncoded::Current(encoded) => encoded,
-        AnyEncoded::BeforeIds((a, b, c, d, e, f, g, h, i)) => (a, b, c, d, e, f, g, h, i, None),
+        AnyEncoded::BeforeIds((a, b, c, d, e, f, g, h, i)) => {
+            (a, b, c, d, e, f, g, h, i, None, None, None)
+        }
     };
     let event_secs = risksense_common::time::parse_timestamp_micros(&event_time)
         .ok_or_else(|| {
@@ -668,6 +694,8 @@ fn decode_transaction(
         explanation: explanation.filter(|e| !e.is_empty()),
         is_fraud,
         model_id,
+        challenger_id,
+        challenger_flag: challenger_flag.map(|f| f == 1),
     })
 }
 
@@ -723,10 +751,98 @@ impl ResultStore for RedisStore {
 
     async fn transaction(&self, trans_num: &str) -> Result<Option<ScoredTransaction>, StoreError> {
         Ok(self
-            .transactions(&[trans_num.to_string()])
+            .read_transactions(&[trans_num.to_string()])
             .await?
             .into_iter()
             .next())
+    }
+
+    async fn transactions(
+        &self,
+        trans_nums: &[String],
+    ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        self.read_transactions(trans_nums).await
+    }
+
+    async fn write_labels(&self, labels: &[Label]) -> Result<Vec<bool>, StoreError> {
+        if labels.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded(async {
+            // Labels already kept in an earlier period are not written again; within this
+            // period HSETNX keeps the first.
+            let trans_nums: Vec<String> = labels.iter().map(|l| l.trans_num.clone()).collect();
+            let known = self.labels(&trans_nums).await?;
+            let ttl = self.written_ttl().await?;
+            let period = layout::period_of(unix_secs(), ttl);
+            let expires_at = layout::period_expires_at(period, ttl);
+            let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (i, label) in labels.iter().enumerate() {
+                if known[i].is_none() {
+                    by_bucket
+                        .entry(layout::bucket_of(&label.trans_num))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            let writes = by_bucket.into_iter().map(|(bucket, indices)| {
+                let key = layout::labels(&self.retention.prefix, bucket, ttl, period);
+                let mut pipe = redis::pipe();
+                for &i in &indices {
+                    let label = &labels[i];
+                    pipe.cmd("HSETNX").arg(&key).arg(&label.trans_num).arg(
+                        serde_json::to_string(&(u8::from(label.is_fraud), label.labelled_ms))
+                            .unwrap_or_default(),
+                    );
+                }
+                pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();
+                let mut connection = self.conn();
+                async move {
+                    let added: Vec<u8> = pipe.query_async(&mut connection).await?;
+                    Ok::<_, redis::RedisError>((indices, added))
+                }
+            });
+            let written = futures::future::try_join_all(writes)
+                .await
+                .map_err(|e| self.error(e))?;
+            let mut new = vec![false; labels.len()];
+            for (indices, added) in written {
+                for (i, added) in indices.into_iter().zip(added) {
+                    new[i] = added == 1;
+                }
+            }
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn labels(&self, trans_nums: &[String]) -> Result<Vec<Option<Label>>, StoreError> {
+        let prefix = &self.retention.prefix;
+        let found = self
+            .read_fields(trans_nums, |bucket, ttl, period| {
+                layout::labels(prefix, bucket, ttl, period)
+            })
+            .await?;
+        found
+            .into_iter()
+            .zip(trans_nums)
+            .map(|(value, trans_num)| {
+                value
+                    .map(|(key, value)| {
+                        let (is_fraud, labelled_ms): (u8, i64) = serde_json::from_str(&value)
+                            .map_err(|e| StoreError::Malformed {
+                                key,
+                                reason: e.to_string(),
+                            })?;
+                        Ok(Label {
+                            trans_num: trans_num.clone(),
+                            is_fraud: is_fraud == 1,
+                            labelled_ms,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
     }
 
     async fn card_transactions(
@@ -755,7 +871,7 @@ impl ResultStore for RedisStore {
             .into_iter()
             .filter(|member| seen.insert(member.clone()))
             .collect();
-        let mut rows = self.transactions(&members).await?;
+        let mut rows = self.read_transactions(&members).await?;
         rows.sort_by(|a, b| {
             b.event_secs
                 .cmp(&a.event_secs)
@@ -824,7 +940,7 @@ impl ResultStore for RedisStore {
                 }
                 continue;
             }
-            for row in self.transactions(&batch).await? {
+            for row in self.read_transactions(&batch).await? {
                 if min_score.is_none_or(|m| row.score >= m) && out.len() < limit {
                     out.push(row);
                 }
@@ -1230,5 +1346,34 @@ mod redact_tests {
             "rediss://user:***@host/0"
         );
         assert_eq!(redact("redis://user@host"), "redis://user:***@host");
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_model_ids_still_read() {
+        let old = r#"[4000,"2019-01-01 00:05:02","misc_net","m",12.5,0.75,1,"log_amt 60%",0]"#;
+        let row = decode_transaction("k", "t1", old).expect("an old record reads");
+        assert_eq!(
+            (row.cc_num, row.is_anomaly, row.is_fraud),
+            (4000, true, Some(0))
+        );
+        assert_eq!(
+            (row.model_id, row.challenger_id, row.challenger_flag),
+            (None, None, None)
+        );
+        // And a current one round-trips.
+        let current = ScoredTransaction {
+            model_id: Some("default@0123456789ab".into()),
+            challenger_id: Some("trees@ba9876543210".into()),
+            challenger_flag: Some(false),
+            ..row
+        };
+        let again = decode_transaction("k", "t1", &encode_transaction(&current)).expect("reads");
+        assert_eq!(again, current);
+        assert!(decode_transaction("k", "t1", "[1,2]").is_err());
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use risksense_store::{
-    Alert, Checkpoint, OutputRecord, Retention, ScoredTransaction, Store, StoreError,
+    Alert, Checkpoint, Label, OutputRecord, Retention, ScoredTransaction, Store, StoreError,
 };
 
 /// The test Redis, failing loudly when it is not there (these tests never skip).
@@ -144,6 +144,7 @@ macro_rules! conformance {
 conformance!(
     answers,
     writes_read_back,
+    labels_keep_the_first,
     replays_change_nothing,
     card_history,
     anomalies,
@@ -175,6 +176,8 @@ fn row(trans_num: &str, card: i64, secs: i64, score: f64, anomaly: bool) -> Scor
         explanation: anomaly.then(|| "log_amt".to_string()),
         is_fraud: Some(0),
         model_id: Some("default@0123456789ab".to_string()),
+        challenger_id: None,
+        challenger_flag: None,
     }
 }
 
@@ -201,17 +204,25 @@ async fn writes_read_back(store: &Store) {
     let mut labelled = row("t5", 9, 301, 7.25, true);
     labelled.is_fraud = Some(1);
     labelled.explanation = Some("log_amt,hour_sin,cat_misc_net".to_string());
+    // Shadowed by a challenger that flagged it; another row by one that did not.
+    labelled.challenger_id = Some("trees@0123456789ab".to_string());
+    labelled.challenger_flag = Some(true);
+    let mut shadowed = row("t6", 10, 302, 0.2, false);
+    shadowed.challenger_id = Some("trees@0123456789ab".to_string());
+    shadowed.challenger_flag = Some(false);
+    shadowed.model_id = None;
     let rows = vec![
         row("t1", 7, 100, 0.5, false),
         row("t2", 7, 200, 3.0, true),
         row("t3", 8, 150, 2.5, true),
         odd,
         labelled,
+        shadowed,
     ];
     let outcome = store.write(&rows).await.expect("write");
     assert_eq!(
         (outcome.rows, outcome.anomalies, outcome.new_alerts),
-        (5, 3, 3)
+        (6, 3, 3)
     );
     // Every row exactly as written (floats, labels and missing fields included).
     for written in &rows {
@@ -223,6 +234,54 @@ async fn writes_read_back(store: &Store) {
         );
     }
     assert_eq!(store.transaction("nope").await.expect("get"), None);
+    // Many at once, in the order asked, the unknown skipped.
+    let asked: Vec<String> = ["t6", "nope", "t1", "t5"].map(String::from).to_vec();
+    let many = store.transactions(&asked).await.expect("many");
+    assert_eq!(names(&many), ["t6", "t1", "t5"]);
+    assert_eq!(many[0], rows[5]);
+    assert!(store.transactions(&[]).await.expect("none").is_empty());
+}
+
+async fn labels_keep_the_first(store: &Store) {
+    let label = |trans_num: &str, is_fraud: bool, labelled_ms: i64| Label {
+        trans_num: trans_num.to_string(),
+        is_fraud,
+        labelled_ms,
+    };
+    assert!(store.write_labels(&[]).await.expect("none").is_empty());
+    let first = [label("t1", true, 1_000), label("t2", false, 2_000)];
+    assert_eq!(
+        store.write_labels(&first).await.expect("write"),
+        [true, true]
+    );
+    // A replay, a contradicting second report, and a new one: only the new one is taken.
+    let again = [
+        label("t1", true, 1_000),
+        label("t2", true, 9_000),
+        label("t3", true, 3_000),
+    ];
+    assert_eq!(
+        store.write_labels(&again).await.expect("again"),
+        [false, false, true]
+    );
+    let asked: Vec<String> = ["t2", "nope", "t1", "t3"].map(String::from).to_vec();
+    assert_eq!(
+        store.labels(&asked).await.expect("read"),
+        [
+            Some(first[1].clone()),
+            None,
+            Some(first[0].clone()),
+            Some(again[2].clone())
+        ]
+    );
+    // The same trans_num twice in one call: the first wins.
+    let twice = [label("t4", false, 4_000), label("t4", true, 5_000)];
+    let taken = store.write_labels(&twice).await.expect("twice");
+    assert_eq!(taken.iter().filter(|t| **t).count(), 1, "{taken:?}");
+    assert_eq!(
+        store.labels(&["t4".to_string()]).await.expect("read"),
+        [Some(twice[0].clone())]
+    );
 }
 
 async fn replays_change_nothing(store: &Store) {
