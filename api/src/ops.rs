@@ -106,6 +106,61 @@ pub struct Stats {
     pub live_rows: usize,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Per model and slot: rows scored and flagged, and against the labels received so far
+    /// (label feedback), its precision and recall.
+    pub models: Vec<ModelQuality>,
+    /// Labels received, and those still waiting for their transaction's score.
+    pub labels_received: u64,
+    pub labels_pending: u64,
+}
+
+/// One model's live figures.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelQuality {
+    /// `champion` or `challenger`.
+    pub slot: String,
+    pub model: String,
+    pub rows: u64,
+    pub flagged: u64,
+    /// Rows of it with a label, and its flags' precision and recall on them (null until
+    /// a flagged row, or a fraud, is labelled).
+    pub labelled: u64,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
+/// The stream's per-model counts joined with the label figures, by (slot, model).
+fn model_quality(metrics: &StreamMetrics) -> Vec<ModelQuality> {
+    let mut quality: std::collections::BTreeMap<(String, String), ModelQuality> =
+        std::collections::BTreeMap::new();
+    fn entry<'a>(
+        quality: &'a mut std::collections::BTreeMap<(String, String), ModelQuality>,
+        slot: &str,
+        model: &str,
+    ) -> &'a mut ModelQuality {
+        quality
+            .entry((slot.to_string(), model.to_string()))
+            .or_insert_with(|| ModelQuality {
+                slot: slot.to_string(),
+                model: model.to_string(),
+                rows: 0,
+                flagged: 0,
+                labelled: 0,
+                precision: None,
+                recall: None,
+            })
+    }
+    for (slot, model, rows, flagged) in metrics.models.snapshot() {
+        let e = entry(&mut quality, &slot, &model);
+        (e.rows, e.flagged) = (rows, flagged);
+    }
+    for (slot, model, confusion) in metrics.labels.snapshot() {
+        let e = entry(&mut quality, &slot, &model);
+        e.labelled = confusion.labelled();
+        e.precision = confusion.precision();
+        e.recall = confusion.recall();
+    }
+    quality.into_values().collect()
 }
 
 /// Counters, the last five minutes of throughput, and the live window's score histogram.
@@ -151,6 +206,9 @@ pub async fn stats(State(state): State<Arc<ApiState>>) -> Json<Stats> {
         live_rows,
         cache_hits: state.counters.cache_hits.load(Relaxed),
         cache_misses: state.counters.cache_misses.load(Relaxed),
+        models: stream.map(model_quality).unwrap_or_default(),
+        labels_received: get(stream.map(|s| &s.labels.received)),
+        labels_pending: get(stream.map(|s| &s.labels.pending)),
     })
 }
 

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use risksense_connectors::kafka::{EmbeddedBroker, KafkaSettings, Pace, ReplayProducer};
+use risksense_connectors::kafka::{
+    EmbeddedBroker, KafkaSettings, LabelReplayer, Pace, ReplayProducer,
+};
 use risksense_engine::stream::{LiveWindow, RunOptions, StreamConfig, StreamMetrics, run_stream};
 use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
@@ -66,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let alerts_topic = format!("{}.alerts", args.topic);
     let dead_letter_topic = format!("{}.dlq", args.topic);
+    let labels_topic = format!("{}.labels", args.topic);
 
     let _embedded; // keeps the in-process broker alive for the whole demo
     let brokers = match &args.kafka {
@@ -85,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 (args.topic.as_str(), 4),
                 (alerts_topic.as_str(), 4),
                 (dead_letter_topic.as_str(), 4),
+                (labels_topic.as_str(), 4),
             ])
             .context("starting the in-process Kafka broker")?;
             let servers = broker.bootstrap_servers();
@@ -149,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         group: format!("risksense-demo-{}", std::process::id()),
         alerts_topic,
         dead_letter_topic,
+        labels_topic: labels_topic.clone(),
         archive: archive.clone(),
         model: model.dir.clone(),
         start_from: "earliest".to_string(),
@@ -159,6 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("Standing queries: {}", config.queries.display());
     }
 
+    let labels = super::run::spawn_labels(&runtime, &config, &store, &metrics, &stop)?;
     let engine = {
         let (model, store, stop, metrics, live, queries, models) = (
             model.clone(),
@@ -199,20 +205,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let topic = args.topic.clone();
         let stop = stop.clone();
         let (customers, seed, rate) = (args.customers, args.seed, args.rate.max(1));
+        let labels_topic = labels_topic.clone();
+        let label_delay = Duration::from_secs(5);
         std::thread::Builder::new()
             .name("producer".to_string())
             .spawn(move || -> anyhow::Result<u64> {
                 let config = SynthConfig::new(customers, "2019-01-01", "2039-12-31", seed)?;
                 let mut producer = ReplayProducer::new(&settings, &topic, Pace::PerSecond(rate))?;
+                // The generated is_fraud column comes back as labels a few seconds later
+                // (chargebacks): the dashboard's live precision and recall per model.
+                let mut labels = LabelReplayer::new(&settings, &labels_topic, label_delay)?;
                 for batch in Generator::new(config) {
                     let batch = batch?;
                     // Small slices keep the stop request responsive at any rate.
                     for start in (0..batch.num_rows()).step_by(256) {
                         if stop.load(Ordering::Relaxed) {
+                            labels.finish(true, Duration::from_secs(10))?;
                             return Ok(producer.finish(Duration::from_secs(10))?.messages);
                         }
                         let length = 256.min(batch.num_rows() - start);
-                        producer.send_batch(&batch.slice(start, length))?;
+                        let slice = batch.slice(start, length);
+                        producer.send_batch(&slice)?;
+                        labels.schedule(&slice)?;
                     }
                 }
                 Ok(producer.finish(Duration::from_secs(10))?.messages)
@@ -261,6 +275,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?
         .context("running the stream")?;
+    if let Some(labels) = labels {
+        labels
+            .join()
+            .map_err(|_| anyhow::anyhow!("the labels thread panicked"))?
+            .context("reading labels")?;
+    }
     runtime.block_on(api)?;
     println!(
         "stopped: produced {}, scored {}, {} anomalies, {} dead letters",

@@ -66,7 +66,7 @@ pub enum Command {
     /// Train the autoencoder on transaction files and export it to ONNX.
     Train(train::Args),
     /// Run the streaming engine: Kafka -> features + model SQL -> Redis, alerts, archive.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Score Parquet history with the same SQL and model as the stream.
     Rescore(rescore::Args),
     /// Compare the champion with the challenger it shadowed, over labelled scored rows.
@@ -95,7 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Sql(args) => sql::run(args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Rescore(args) => rescore::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Import(args) => import::run(args),

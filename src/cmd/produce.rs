@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arrow::record_batch::RecordBatch;
-use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ReplayStats, ensure_topic};
+use risksense_connectors::kafka::{
+    KafkaSettings, LabelReplayer, Pace, ReplayProducer, ReplayStats, ensure_topic,
+};
 use risksense_formats::source::{TransactionFile, expand_inputs};
 
 use super::generate::SynthArgs;
@@ -56,6 +58,14 @@ pub struct Args {
     /// Skip malformed input rows (counted and reported) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Also replay the `is_fraud` column as labels on TOPIC.labels (`run` joins them with
+    /// the scores: live precision and recall per model), each --label-delay-secs after
+    /// its transaction: chargebacks arriving after the scores.
+    #[arg(long)]
+    pub labels: bool,
+    /// How long after its transaction a label is sent, in seconds.
+    #[arg(long, default_value_t = 5.0, requires = "labels")]
+    pub label_delay_secs: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -75,11 +85,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut producer = ReplayProducer::new(&settings, &args.topic, pace)
         .with_context(|| format!("connecting to Kafka at {}", settings.brokers))?;
+    let labels_topic = format!("{}.labels", args.topic);
+    let mut labels = if args.labels {
+        runtime
+            .block_on(ensure_topic(&settings, &labels_topic, args.partitions))
+            .with_context(|| format!("creating topic `{labels_topic}`"))?;
+        Some(LabelReplayer::new(
+            &settings,
+            &labels_topic,
+            Duration::from_secs_f64(args.label_delay_secs.max(0.0)),
+        )?)
+    } else {
+        None
+    };
     let bar = super::progress(None, "msgs");
     let mut skipped = 0u64;
     let mut send = |batch: anyhow::Result<RecordBatch>, what: &str| -> anyhow::Result<()> {
         let batch = batch.with_context(|| format!("reading {what}"))?;
         producer.send_batch(&batch).context("producing to Kafka")?;
+        if let Some(labels) = &mut labels {
+            labels.schedule(&batch).context("producing labels")?;
+        }
         bar.set_position(producer.messages_sent());
         Ok(())
     };
@@ -111,6 +137,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let stats = producer
         .finish(Duration::from_secs(120))
         .context("waiting for the broker to acknowledge")?;
+    if let Some(labels) = labels {
+        bar.set_message("sending the last labels as they fall due");
+        let sent = labels
+            .finish(false, Duration::from_secs(120))
+            .context("producing labels")?;
+        eprintln!(
+            "produced {} labels to `{labels_topic}`",
+            super::thousands(sent)
+        );
+    }
     bar.finish_and_clear();
     report(&stats, &args.topic, skipped);
     Ok(())

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use risksense_continuous::Registry;
+use risksense_engine::EngineError;
+use risksense_engine::labels::{LabelSummary, run_labels};
 use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
 use risksense_store::Store;
 
@@ -36,6 +38,10 @@ pub struct Args {
     /// Dead-letter topic.
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
+    /// Labels topic ("" for none): `{"trans_num", "is_fraud"}` learnt later, joined with
+    /// the scores for live precision and recall per model.
+    #[arg(long)]
+    pub labels_topic: Option<String>,
     /// Parquet archive folder ("" for none).
     #[arg(long, env = "RISKSENSE_ARCHIVE")]
     pub archive: Option<PathBuf>,
@@ -96,6 +102,7 @@ impl Args {
         set(&mut config.group, &self.group);
         set(&mut config.alerts_topic, &self.alerts_topic);
         set(&mut config.dead_letter_topic, &self.dead_letter_topic);
+        set(&mut config.labels_topic, &self.labels_topic);
         set(&mut config.start_from, &self.start_from);
         set(&mut config.instance, &self.instance);
         set(&mut config.http, &self.http);
@@ -151,6 +158,32 @@ pub fn standing_queries(
         lookups,
         Some(store.clone()),
         &config.retention.prefix,
+    ))
+}
+
+/// Starts the label consumer (see `risksense_engine::labels`) in its own thread, unless
+/// the config has no labels topic.
+pub fn spawn_labels(
+    runtime: &tokio::runtime::Runtime,
+    config: &StreamConfig,
+    store: &Store,
+    metrics: &Arc<StreamMetrics>,
+    shutdown: &Arc<AtomicBool>,
+) -> anyhow::Result<Option<std::thread::JoinHandle<Result<LabelSummary, EngineError>>>> {
+    if config.labels_topic.is_empty() {
+        return Ok(None);
+    }
+    let (config, store, metrics, shutdown) = (
+        config.clone(),
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let handle = runtime.handle().clone();
+    Ok(Some(
+        std::thread::Builder::new()
+            .name("labels".to_string())
+            .spawn(move || run_labels(&config, store, &handle, metrics, shutdown, None))?,
     ))
 }
 
@@ -241,6 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("API and dashboard on http://{address}/");
         Some(handle)
     };
+    let labels = spawn_labels(&runtime, &config, &store, &metrics, &shutdown)?;
     let options = RunOptions {
         create_topics: true,
         stop_when_idle: args.stop_when_idle.map(Duration::from_secs_f64),
@@ -259,6 +293,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         options,
     )
     .context("running the stream")?;
+    shutdown.store(true, Ordering::Relaxed);
+    if let Some(labels) = labels {
+        let summary = labels
+            .join()
+            .map_err(|_| anyhow::anyhow!("the labels thread panicked"))?
+            .context("reading labels")?;
+        tracing::info!(?summary, "labels stopped");
+    }
     if let Some(api) = api {
         shutdown.store(true, Ordering::Relaxed);
         runtime.block_on(api)?;

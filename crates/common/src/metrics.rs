@@ -185,6 +185,87 @@ pub struct StreamMetrics {
     pub batch_latency: LatencyHistogram,
     /// Rows scored and flagged per model (champion, and challenger in shadow).
     pub models: ModelCounts,
+    /// Labels joined with what each model said: live precision and recall per model.
+    pub labels: LabelCounts,
+}
+
+/// What the label consumer has seen.
+#[derive(Default, Debug)]
+pub struct LabelCounts {
+    /// Label messages read (bad ones included).
+    pub received: AtomicU64,
+    /// Labels recorded for the first time (repeats are not counted twice anywhere).
+    pub new: AtomicU64,
+    /// Label messages that could not be read (dead-lettered).
+    pub rejected: AtomicU64,
+    /// New labels whose transaction the store did not hold after waiting for it.
+    pub unmatched: AtomicU64,
+    /// New labels waiting for their transaction to be scored.
+    pub pending: AtomicU64,
+    /// Per (slot, model id): [true positives, false positives, false negatives, true
+    /// negatives] of its flags against the labels.
+    confusion: std::sync::Mutex<std::collections::BTreeMap<(String, String), [u64; 4]>>,
+}
+
+/// One model's flags against the labels so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confusion {
+    pub true_positives: u64,
+    pub false_positives: u64,
+    pub false_negatives: u64,
+    pub true_negatives: u64,
+}
+
+impl Confusion {
+    pub fn labelled(&self) -> u64 {
+        self.true_positives + self.false_positives + self.false_negatives + self.true_negatives
+    }
+    /// Of the flagged labelled rows, the share that are fraud (None before any flag).
+    pub fn precision(&self) -> Option<f64> {
+        let flagged = self.true_positives + self.false_positives;
+        (flagged > 0).then(|| self.true_positives as f64 / flagged as f64)
+    }
+    /// Of the labelled frauds, the share flagged (None before any fraud).
+    pub fn recall(&self) -> Option<f64> {
+        let frauds = self.true_positives + self.false_negatives;
+        (frauds > 0).then(|| self.true_positives as f64 / frauds as f64)
+    }
+}
+
+impl LabelCounts {
+    /// Counts one label against a model's flag on the row.
+    pub fn add(&self, slot: &str, model: &str, flagged: bool, is_fraud: bool) {
+        let mut confusion = self.confusion.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = confusion
+            .entry((slot.to_string(), model.to_string()))
+            .or_default();
+        cell[match (flagged, is_fraud) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, true) => 2,
+            (false, false) => 3,
+        }] += 1;
+    }
+
+    /// (slot, model id, its confusion) for every model with labelled rows.
+    pub fn snapshot(&self) -> Vec<(String, String, Confusion)> {
+        let confusion = self.confusion.lock().unwrap_or_else(|e| e.into_inner());
+        confusion
+            .iter()
+            .map(|((slot, model), [tp, fp, fn_, tn])| {
+                (
+                    slot.clone(),
+                    model.clone(),
+                    Confusion {
+                        true_positives: *tp,
+                        false_positives: *fp,
+                        false_negatives: *fn_,
+                        true_negatives: *tn,
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 /// Rows scored and flagged per (slot, model id): how a challenger's alert rate compares
@@ -383,6 +464,81 @@ impl Collector for StreamCollector {
         }
         for (name, help, histogram) in metrics.histograms() {
             histogram.encode(&mut encoder, name, help)?;
+        }
+        for (name, help, counter) in [
+            (
+                "risksense_labels_received",
+                "Label messages read.",
+                &metrics.labels.received,
+            ),
+            (
+                "risksense_labels_new",
+                "Labels recorded for the first time.",
+                &metrics.labels.new,
+            ),
+            (
+                "risksense_labels_rejected",
+                "Label messages that could not be read (dead-lettered).",
+                &metrics.labels.rejected,
+            ),
+            (
+                "risksense_labels_unmatched",
+                "New labels whose transaction was never found scored.",
+                &metrics.labels.unmatched,
+            ),
+        ] {
+            encode_counter(&mut encoder, name, help, StreamMetrics::get(counter))?;
+        }
+        encode_gauge(
+            &mut encoder,
+            "risksense_labels_pending",
+            "New labels waiting for their transaction to be scored.",
+            StreamMetrics::get(&metrics.labels.pending),
+        )?;
+        let labelled = metrics.labels.snapshot();
+        if !labelled.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "risksense_labelled",
+                "Labelled rows per model and slot, by outcome of its flag (tp, fp, fn, tn).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (slot, model, c) in &labelled {
+                for (outcome, n) in [
+                    ("tp", c.true_positives),
+                    ("fp", c.false_positives),
+                    ("fn", c.false_negatives),
+                    ("tn", c.true_negatives),
+                ] {
+                    ConstCounter::new(n).encode(family.encode_family(&[
+                        ("slot", slot.as_str()),
+                        ("model", model.as_str()),
+                        ("outcome", outcome),
+                    ])?)?;
+                }
+            }
+            for (name, help, value) in [
+                (
+                    "risksense_model_precision",
+                    "Of a model's flagged labelled rows, the share labelled fraud.",
+                    Confusion::precision as fn(&Confusion) -> Option<f64>,
+                ),
+                (
+                    "risksense_model_recall",
+                    "Of the labelled frauds, the share a model flagged.",
+                    Confusion::recall,
+                ),
+            ] {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (slot, model, c) in &labelled {
+                    if let Some(v) = value(c) {
+                        ConstGauge::new(v).encode(family.encode_family(&[
+                            ("slot", slot.as_str()),
+                            ("model", model.as_str()),
+                        ])?)?;
+                    }
+                }
+            }
         }
         let models = metrics.models.snapshot();
         if !models.is_empty() {

@@ -279,6 +279,121 @@ impl ReplayProducer {
     }
 }
 
+/// Replays the `is_fraud` column of transaction batches as label messages on a labels
+/// topic, each `delay` after its transaction was sent: the chargebacks of a demo or a
+/// test, arriving after the scores they judge. A message is
+/// `{"trans_num", "is_fraud" (0/1), "labelled_at_ms"}`, keyed by `trans_num`.
+pub struct LabelReplayer {
+    producer: ThreadedProducer<DeliveryCounter>,
+    topic: String,
+    delay: Duration,
+    due: std::collections::VecDeque<(Instant, String, bool)>,
+    sent: u64,
+}
+
+impl LabelReplayer {
+    pub fn new(
+        settings: &KafkaSettings,
+        topic: &str,
+        delay: Duration,
+    ) -> Result<Self, ConnectorError> {
+        let producer: ThreadedProducer<DeliveryCounter> =
+            settings
+                .client_config(REPLAY_DEFAULTS)
+                .create_with_context(DeliveryCounter::default())?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            delay,
+            due: std::collections::VecDeque::new(),
+            sent: 0,
+        })
+    }
+
+    /// Schedules the labels of a batch of transactions (rows without `is_fraud` have none),
+    /// then sends those whose time has come.
+    pub fn schedule(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        use arrow::array::{Array, AsArray};
+        use risksense_common::schema::idx;
+        let at = Instant::now() + self.delay;
+        let trans_nums = batch.column(idx::TRANS_NUM).as_string::<i32>();
+        let labels = batch
+            .column(idx::IS_FRAUD)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        for row in 0..batch.num_rows() {
+            if labels.is_valid(row) && trans_nums.is_valid(row) {
+                self.due.push_back((
+                    at,
+                    trans_nums.value(row).to_string(),
+                    labels.value(row) != 0,
+                ));
+            }
+        }
+        self.send_due()
+    }
+
+    /// Sends the labels whose time has come.
+    pub fn send_due(&mut self) -> Result<(), ConnectorError> {
+        let now = Instant::now();
+        while self.due.front().is_some_and(|(at, _, _)| *at <= now) {
+            let Some((_, trans_num, is_fraud)) = self.due.pop_front() else {
+                break;
+            };
+            let payload = format!(
+                r#"{{"trans_num":{},"is_fraud":{},"labelled_at_ms":{}}}"#,
+                serde_json::Value::String(trans_num.clone()),
+                u8::from(is_fraud),
+                risksense_common::metrics::now_ms()
+            );
+            loop {
+                let record = BaseRecord::to(&self.topic)
+                    .key(trans_num.as_bytes())
+                    .payload(payload.as_bytes());
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
+            self.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Labels scheduled and not sent yet.
+    pub fn waiting(&self) -> usize {
+        self.due.len()
+    }
+
+    /// Sends the rest as their time comes (or at once when `now` is set), waits for every
+    /// acknowledgement and returns how many labels were sent.
+    pub fn finish(mut self, now: bool, timeout: Duration) -> Result<u64, ConnectorError> {
+        if now {
+            for entry in &mut self.due {
+                entry.0 = Instant::now();
+            }
+        }
+        while !self.due.is_empty() {
+            self.send_due()?;
+            if let Some((at, _, _)) = self.due.front() {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
+        }
+        self.producer.flush(timeout)?;
+        let context = self.producer.context();
+        let delivered = context.delivered.load(Ordering::Relaxed);
+        if delivered != self.sent {
+            return Err(ConnectorError::Unacknowledged {
+                missing: self.sent - delivered,
+                attempted: self.sent,
+            });
+        }
+        Ok(self.sent)
+    }
+}
+
 /// What [`read_topic`] found.
 #[derive(Debug, Default)]
 pub struct TopicContents {

@@ -23,6 +23,12 @@ pub struct StreamConfig {
     pub alerts_topic: String,
     /// Topic for messages that could not be scored, with the reason in a header.
     pub dead_letter_topic: String,
+    /// Topic of labels learnt later (`{"trans_num", "is_fraud"}` JSON; empty: none): joined
+    /// with the scored records for live precision and recall per model (see `labels`).
+    pub labels_topic: String,
+    /// How long a label waits for its transaction to be scored before it counts as
+    /// unmatched, in seconds.
+    pub label_wait_secs: u64,
     /// Redis URL; empty means the in-process store.
     pub redis: String,
     /// Folder for the Parquet archive of every scored row (empty: no archive).
@@ -84,6 +90,8 @@ impl Default for StreamConfig {
             group: "risksense".to_string(),
             alerts_topic: "alerts".to_string(),
             dead_letter_topic: "transactions.dlq".to_string(),
+            labels_topic: "transactions.labels".to_string(),
+            label_wait_secs: 600,
             redis: String::new(),
             archive: PathBuf::from("archive"),
             model: PathBuf::from("models/default"),
@@ -141,6 +149,12 @@ impl StreamConfig {
         }
         if self.alerts_topic == self.topic {
             return fail("alerts_topic must differ from topic".to_string());
+        }
+        if !self.labels_topic.is_empty()
+            && [&self.topic, &self.alerts_topic, &self.dead_letter_topic]
+                .contains(&&self.labels_topic)
+        {
+            return fail("labels_topic must differ from the other topics".to_string());
         }
         if self.batch_rows == 0 || self.batch_wait_ms == 0 {
             return fail("batch_rows and batch_wait_ms must be positive".to_string());
