@@ -410,3 +410,80 @@ fn rescoring_with_a_challenger_and_evaluating_compares_the_two_models() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn evaluate_takes_labels_learnt_later_from_the_labels_table() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture = repo.join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let dir = scratch("evaluate-labels");
+    let scored = dir.join("scored");
+    risksense(
+        &[
+            "rescore",
+            "--input",
+            fixture.to_str().unwrap(),
+            "--out",
+            scored.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    // Labels for the first 1,000 rows of the fixture: the truth as the file has it, except
+    // that the first 40 are reported as fraud, then (a later, ignored report) as not.
+    let rows = risksense_formats::source::TransactionFile::open(&fixture, 8192, false)
+        .expect("fixture")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    let mut labels = Vec::new();
+    let mut later = Vec::new();
+    let mut frauds = 0;
+    for batch in &rows {
+        use arrow::array::AsArray;
+        let trans_nums = batch
+            .column(risksense_common::schema::idx::TRANS_NUM)
+            .as_string::<i32>();
+        let is_fraud = batch
+            .column(risksense_common::schema::idx::IS_FRAUD)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        for i in 0..batch.num_rows() {
+            if labels.len() == 1000 {
+                break;
+            }
+            let fraud = labels.len() < 40 || is_fraud.value(i) == 1;
+            frauds += usize::from(fraud);
+            let label = |is_fraud: bool, labelled_ms: i64| risksense_store::Label {
+                trans_num: trans_nums.value(i).to_string(),
+                is_fraud,
+                labelled_ms,
+            };
+            if labels.len() < 40 {
+                later.push(label(false, 2_000));
+            }
+            labels.push(label(fraud, 1_000));
+        }
+    }
+    let table = dir.join("labels");
+    std::fs::create_dir_all(&table).expect("dir");
+    risksense_engine::labels::write_labels_table_file(&table, "a", &labels).expect("written");
+    risksense_engine::labels::write_labels_table_file(&table, "b", &later).expect("written");
+    let out = risksense(
+        &[
+            "evaluate",
+            "--archive",
+            scored.to_str().unwrap(),
+            "--labels",
+            table.to_str().unwrap(),
+            "--json",
+        ],
+        &dir,
+    );
+    let pairs: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        pairs[0]["comparison"]["rows"], 1000,
+        "only the labelled rows: {out}"
+    );
+    assert_eq!(
+        pairs[0]["comparison"]["frauds"], frauds as u64,
+        "the first label counts: {out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -238,7 +238,7 @@ pub fn run_labels(
             if let Some(dir) = &table
                 && !unpublished.is_empty()
             {
-                write_table_file(dir, &config.instance, &unpublished)?;
+                write_labels_table_file(dir, &config.instance, &unpublished)?;
                 summary.files += 1;
             }
             unpublished.clear();
@@ -331,9 +331,13 @@ fn join_pending(
     Ok(())
 }
 
-/// Writes `labels` as one Parquet file of the labels table: to a hidden name, then renamed
-/// into place once complete (readers never see half a file).
-fn write_table_file(dir: &Path, instance: &str, labels: &[Label]) -> Result<(), EngineError> {
+/// Writes `labels` as one Parquet file of the labels table in `dir`: to a hidden name,
+/// then renamed into place once complete (readers never see half a file).
+pub fn write_labels_table_file(
+    dir: &Path,
+    instance: &str,
+    labels: &[Label],
+) -> Result<(), EngineError> {
     use datafusion::parquet::arrow::ArrowWriter;
     let batch = RecordBatch::try_new(
         labels_schema(),

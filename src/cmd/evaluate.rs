@@ -15,6 +15,11 @@ pub struct Args {
     /// `rescore --challenger` output. Rows without `is_fraud` are left out.
     #[arg(long, short, required = true, num_args = 1..)]
     pub archive: Vec<PathBuf>,
+    /// Labels learnt later (the labels table `run` writes beside the archive, a folder of
+    /// Parquet files of `trans_num`, `is_fraud`, `labelled_at`): they replace the rows'
+    /// `is_fraud`, the first label of a `trans_num` counting; unlabelled rows are left out.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
     /// Print the comparisons as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -28,7 +33,7 @@ struct Pair {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
-    let pairs = runtime.block_on(read(&args.archive))?;
+    let pairs = runtime.block_on(read(&args.archive, args.labels.as_deref()))?;
     if pairs.is_empty() {
         anyhow::bail!(
             "no labelled rows in {}: evaluation needs `is_fraud` on the scored rows",
@@ -70,11 +75,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The labelled rows by (champion id, challenger id).
 async fn read(
     inputs: &[PathBuf],
+    labels: Option<&std::path::Path>,
 ) -> anyhow::Result<BTreeMap<(Option<String>, Option<String>), Vec<Scored>>> {
     let ctx = scoring::new_session(None, SessionOptions::default())?;
-    scoring::register_files(&ctx, "archive", inputs)
+    scoring::register_files(&ctx, "scored_rows", inputs)
         .await
         .context("reading the archive")?;
+    match labels {
+        Some(dir) => {
+            scoring::register_files(&ctx, "labels", &[dir.to_path_buf()])
+                .await
+                .with_context(|| format!("reading the labels in {}", dir.display()))?;
+            // A trans_num's first label counts (a replay may have written it twice).
+            ctx.sql(
+                "CREATE VIEW archive AS \
+                 WITH first_labels AS (SELECT trans_num, is_fraud, row_number() OVER \
+                   (PARTITION BY trans_num ORDER BY labelled_at) AS nth FROM labels) \
+                 SELECT s.* EXCLUDE (is_fraud), l.is_fraud FROM scored_rows s \
+                 JOIN first_labels l ON s.trans_num = l.trans_num AND l.nth = 1",
+            )
+            .await
+            .context("joining the labels")?;
+        }
+        None => {
+            ctx.sql("CREATE VIEW archive AS SELECT * FROM scored_rows")
+                .await?;
+        }
+    }
     let schema = ctx.table("archive").await?.schema().as_arrow().clone();
     for needed in ["score", "is_anomaly", "is_fraud"] {
         if schema.field_with_name(needed).is_err() {
