@@ -81,27 +81,37 @@ pub struct ModelList {
     pub challenger: Option<ModelView>,
     /// The registry folder's models, when one is configured.
     pub registry: Vec<RegistryView>,
+    /// Why the registry could not be listed, if it could not.
+    pub registry_problem: Option<String>,
 }
 
 /// The models this service scores with, and those it could.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
 pub async fn list(State(state): State<Arc<ApiState>>) -> Result<Json<ModelList>, ApiError> {
     let handle = state.models.api();
+    let mut registry_problem = None;
     let registry = match state.models.registry() {
         Some(registry) => {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.list())
+            match tokio::task::spawn_blocking(move || registry.list())
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| ApiError::unavailable(e.to_string()))?
-                .into_iter()
-                .map(|e| RegistryView {
-                    name: e.name,
-                    id: e.id,
-                    kind: e.kind,
-                    problem: e.problem,
-                })
-                .collect()
+            {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|e| RegistryView {
+                        name: e.name,
+                        id: e.id,
+                        kind: e.kind,
+                        problem: e.problem,
+                    })
+                    .collect(),
+                // The models in service are still worth answering with.
+                Err(error) => {
+                    registry_problem = Some(error.to_string());
+                    Vec::new()
+                }
+            }
         }
         None => Vec::new(),
     };
@@ -109,6 +119,7 @@ pub async fn list(State(state): State<Arc<ApiState>>) -> Result<Json<ModelList>,
         champion: ModelView::from(handle.load().as_ref()),
         challenger: handle.challenger().map(|m| ModelView::from(m.as_ref())),
         registry,
+        registry_problem,
     }))
 }
 
@@ -154,9 +165,17 @@ fn changed(
             ControlError::Registry(risksense_udfs::registry::RegistryError::Unknown { .. }) => {
                 ApiError::not_found(error.to_string())
             }
-            ControlError::Load { .. }
+            // The model's own files do not make a servable model: the request's to fix.
+            ControlError::Load {
+                source:
+                    risksense_udfs::model::ModelError::Missing { .. }
+                    | risksense_udfs::model::ModelError::BadCard { .. }
+                    | risksense_udfs::model::ModelError::Mismatch { .. },
+                ..
+            }
             | ControlError::Refused(_)
             | ControlError::ChampionRequired => ApiError::unprocessable(error.to_string()),
+            ControlError::Load { .. } => ApiError::internal(error.to_string()),
             ControlError::NoRegistry => ApiError::conflict(error.to_string()),
             ControlError::StreamBusy(_) | ControlError::Changed { .. } => {
                 let mut api = ApiError::unavailable(error.to_string());
@@ -164,7 +183,9 @@ fn changed(
                 api
             }
             ControlError::Registry(_) | ControlError::StreamStopped => {
-                ApiError::unavailable(error.to_string())
+                let mut api = ApiError::unavailable(error.to_string());
+                api.retry_after = Some(1);
+                api
             }
         }),
     }

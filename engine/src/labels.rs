@@ -47,6 +47,11 @@ use crate::stream::StreamConfig;
 const POLL_LABELS: usize = 2_000;
 /// Labels waiting for their transaction, at most (the oldest are counted unmatched).
 const MAX_PENDING: usize = 200_000;
+/// How often labels still waiting are looked up again, and how many per store read: a
+/// backlog of chargebacks for transactions past retention must not load the store the
+/// stream writes to.
+const RECHECK_EVERY: Duration = Duration::from_secs(2);
+const LOOKUP_CHUNK: usize = 5_000;
 
 /// The columns of the labels table.
 pub fn labels_schema() -> SchemaRef {
@@ -162,6 +167,7 @@ pub fn run_labels(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut unpublished: Vec<Label> = Vec::new();
     let mut last_publish = Instant::now();
+    let mut last_recheck = Instant::now();
     let mut last_message = Instant::now();
     let mut seq = 0u64;
     loop {
@@ -212,10 +218,21 @@ pub fn run_labels(
             StreamMetrics::add(&metrics.labels.rejected, rejected.len() as u64);
             let batch = SinkBatch::new(seq, Vec::new(), rejected);
             seq += 1;
-            runtime
-                .block_on(dead_letters.write(&batch))
-                .map_err(EngineError::from)?;
+            // Retried while Kafka is away; a refusal for good stops the consumer.
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match runtime.block_on(dead_letters.write(&batch)) {
+                    Ok(_) => break,
+                    Err(error) if error.is_retryable() && !shutdown.load(Ordering::Relaxed) => {
+                        tracing::warn!(%error, "dead-lettering bad labels failed; retrying");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
         }
+        let mut fresh = VecDeque::new();
         if !labels.is_empty() {
             let new = runtime.block_on(write_with_retry(&store, &labels, &shutdown))?;
             let until = Instant::now() + wait;
@@ -223,7 +240,7 @@ pub fn run_labels(
                 if new {
                     summary.new += 1;
                     StreamMetrics::add(&metrics.labels.new, 1);
-                    pending.push_back(Pending {
+                    fresh.push_back(Pending {
                         label: label.clone(),
                         until,
                     });
@@ -231,8 +248,22 @@ pub fn run_labels(
             }
             unpublished.extend(labels);
         }
-        // Join what waits with the scored records the store holds now.
-        join_pending(&store, runtime, &metrics, &mut pending, stopping)?;
+        // Join new labels with the scored records the store holds now; those still
+        // waiting are looked up again every RECHECK_EVERY.
+        join_pending(&store, runtime, &metrics, &mut fresh, false);
+        if last_recheck.elapsed() >= RECHECK_EVERY || stopping {
+            join_pending(&store, runtime, &metrics, &mut pending, stopping);
+            last_recheck = Instant::now();
+        }
+        pending.append(&mut fresh);
+        while pending.len() > MAX_PENDING {
+            pending.pop_front();
+            StreamMetrics::add(&metrics.labels.unmatched, 1);
+        }
+        metrics
+            .labels
+            .pending
+            .store(pending.len() as u64, Ordering::Relaxed);
         let due = last_publish.elapsed() >= config.checkpoint_interval() || stopping;
         if due {
             if let Some(dir) = &table
@@ -283,52 +314,54 @@ async fn write_with_retry(
 }
 
 /// Counts the waiting labels whose transaction the store now holds, per model; drops those
-/// past their wait as unmatched (all of them when `last`).
+/// past their wait as unmatched (all of them when `last`). A store that does not answer
+/// leaves them waiting (logged): live figures are never worth stopping for.
 fn join_pending(
     store: &Store,
     runtime: &Handle,
     metrics: &StreamMetrics,
     pending: &mut VecDeque<Pending>,
     last: bool,
-) -> Result<(), EngineError> {
-    while pending.len() > MAX_PENDING {
-        pending.pop_front();
-        StreamMetrics::add(&metrics.labels.unmatched, 1);
+) {
+    if pending.is_empty() {
+        return;
     }
-    if !pending.is_empty() {
-        let trans_nums: Vec<String> = pending.iter().map(|p| p.label.trans_num.clone()).collect();
-        let found = runtime.block_on(store.transactions(&trans_nums))?;
-        let found: std::collections::HashMap<&str, &risksense_store::ScoredTransaction> =
-            found.iter().map(|r| (r.trans_num.as_str(), r)).collect();
-        let now = Instant::now();
-        pending.retain(|p| {
-            if let Some(row) = found.get(p.label.trans_num.as_str()) {
-                let champion = row.model_id.as_deref().unwrap_or("unknown");
-                metrics
-                    .labels
-                    .add("champion", champion, row.is_anomaly, p.label.is_fraud);
-                if let Some(challenger) = &row.challenger_id {
-                    metrics.labels.add(
-                        "challenger",
-                        challenger,
-                        row.challenger_flag.unwrap_or(false),
-                        p.label.is_fraud,
-                    );
-                }
-                false
-            } else if last || now >= p.until {
-                StreamMetrics::add(&metrics.labels.unmatched, 1);
-                false
-            } else {
-                true
+    let mut found: std::collections::HashMap<String, risksense_store::ScoredTransaction> =
+        std::collections::HashMap::new();
+    let items: Vec<&Pending> = pending.iter().collect();
+    for chunk in items.chunks(LOOKUP_CHUNK) {
+        let trans_nums: Vec<String> = chunk.iter().map(|p| p.label.trans_num.clone()).collect();
+        match runtime.block_on(store.transactions(&trans_nums)) {
+            Ok(rows) => found.extend(rows.into_iter().map(|r| (r.trans_num.clone(), r))),
+            Err(error) => {
+                tracing::warn!(%error, "looking up labelled transactions failed; trying later");
+                return;
             }
-        });
+        }
     }
-    metrics
-        .labels
-        .pending
-        .store(pending.len() as u64, Ordering::Relaxed);
-    Ok(())
+    let now = Instant::now();
+    pending.retain(|p| {
+        if let Some(row) = found.get(&p.label.trans_num) {
+            let champion = row.model_id.as_deref().unwrap_or("unknown");
+            metrics
+                .labels
+                .add("champion", champion, row.is_anomaly, p.label.is_fraud);
+            if let Some(challenger) = &row.challenger_id {
+                metrics.labels.add(
+                    "challenger",
+                    challenger,
+                    row.challenger_flag.unwrap_or(false),
+                    p.label.is_fraud,
+                );
+            }
+            false
+        } else if last || now >= p.until {
+            StreamMetrics::add(&metrics.labels.unmatched, 1);
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// Writes `labels` as one Parquet file of the labels table in `dir`: to a hidden name,
@@ -361,13 +394,19 @@ pub fn write_labels_table_file(
     let hidden = dir.join(format!(".{name}.inprogress"));
     let io = |e: std::io::Error| EngineError::Config(format!("writing the labels table: {e}"));
     let file = std::fs::File::create(&hidden).map_err(io)?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), None)
+    let mut writer = ArrowWriter::try_new(file.try_clone().map_err(io)?, batch.schema(), None)
         .map_err(|e| EngineError::Config(format!("writing the labels table: {e}")))?;
     writer
         .write(&batch)
         .and_then(|_| writer.close().map(|_| ()))
         .map_err(|e| EngineError::Config(format!("writing the labels table: {e}")))?;
+    // On disk before the rename, and the rename before the offsets are committed: a
+    // crash must not lose labels the store already calls known.
+    file.sync_all().map_err(io)?;
     std::fs::rename(&hidden, dir.join(name)).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }
 

@@ -132,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let models = args
         .model
         .control(args.model.load()?, args.model.load_challenger()?)?;
+    models.attach_stream();
     super::model::reload_on_hangup(&runtime, models.clone());
 
     // The API first, so the dashboard is up before traffic starts.

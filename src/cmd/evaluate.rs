@@ -77,6 +77,11 @@ async fn read(
     inputs: &[PathBuf],
     labels: Option<&std::path::Path>,
 ) -> anyhow::Result<BTreeMap<(Option<String>, Option<String>), Vec<Scored>>> {
+    if inputs.len() != 1 {
+        anyhow::bail!(
+            "give the scored rows as one folder, file or quoted glob (e.g. 'archive/*.parquet')"
+        );
+    }
     let ctx = scoring::new_session(None, SessionOptions::default())?;
     scoring::register_files(&ctx, "scored_rows", inputs)
         .await
@@ -108,21 +113,24 @@ async fn read(
             anyhow::bail!("the input has no `{needed}` column: is it scored rows?");
         }
     }
-    // Rows archived before ids and shadow models have neither.
-    let or_null = |name: &str, cast: &str| {
+    // Each column cast to what is read below (a file written by another tool may hold
+    // other, compatible types); rows archived before ids and shadow models have neither.
+    let column = |name: &str, cast: &str| {
         if schema.field_with_name(name).is_ok() {
-            name.to_string()
+            format!("CAST({name} AS {cast}) AS {name}")
         } else {
             format!("CAST(NULL AS {cast}) AS {name}")
         }
     };
     let sql = format!(
-        "SELECT {}, {}, score, is_anomaly, {}, {}, CAST(is_fraud AS INT) AS is_fraud FROM archive \
+        "SELECT {}, {}, {}, {}, {}, {}, CAST(is_fraud AS INT) AS is_fraud FROM archive \
          WHERE is_fraud IS NOT NULL AND score IS NOT NULL",
-        or_null("model_id", "VARCHAR"),
-        or_null("challenger_id", "VARCHAR"),
-        or_null("challenger_score", "DOUBLE"),
-        or_null("challenger_flag", "BOOLEAN"),
+        column("model_id", "VARCHAR"),
+        column("challenger_id", "VARCHAR"),
+        column("score", "DOUBLE"),
+        column("is_anomaly", "BOOLEAN"),
+        column("challenger_score", "DOUBLE"),
+        column("challenger_flag", "BOOLEAN"),
     );
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut pairs: BTreeMap<(Option<String>, Option<String>), Vec<Scored>> = BTreeMap::new();

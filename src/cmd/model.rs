@@ -80,10 +80,17 @@ impl ModelArgs {
         champion: Arc<Model>,
         challenger: Option<Arc<Model>>,
     ) -> anyhow::Result<Arc<ModelControl>> {
+        // The champion's folder's parent, absolute (`--model mymodel` has the parent "").
         let registry = self
             .registry
             .clone()
-            .or_else(|| champion.dir.parent().map(std::path::Path::to_path_buf))
+            .or_else(|| {
+                champion
+                    .dir
+                    .canonicalize()
+                    .ok()
+                    .and_then(|dir| dir.parent().map(std::path::Path::to_path_buf))
+            })
             .map(ModelRegistry::new);
         let control = ModelControl::new(champion, challenger, registry, self.session_options())
             .context("the challenger does not fit the champion's plan")?;

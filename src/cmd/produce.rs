@@ -93,7 +93,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(LabelReplayer::new(
             &settings,
             &labels_topic,
-            Duration::from_secs_f64(args.label_delay_secs.max(0.0)),
+            Duration::try_from_secs_f64(args.label_delay_secs).map_err(|_| {
+                anyhow::anyhow!(
+                    "--label-delay-secs {} is not a delay in seconds",
+                    args.label_delay_secs
+                )
+            })?,
         )?)
     } else {
         None

@@ -183,7 +183,14 @@ pub fn spawn_labels(
     Ok(Some(
         std::thread::Builder::new()
             .name("labels".to_string())
-            .spawn(move || run_labels(&config, store, &handle, metrics, shutdown, None))?,
+            .spawn(move || {
+                let result = run_labels(&config, store, &handle, metrics, shutdown, None);
+                if let Err(error) = &result {
+                    // Said now, not when the stream stops: scoring goes on without labels.
+                    tracing::error!(%error, "the labels consumer stopped");
+                }
+                result
+            })?,
     ))
 }
 
@@ -256,6 +263,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         model_args.control(model_args.load()?, model_args.load_challenger()?)?
     };
+    // Changes wait for the stream from now on, also while it starts (see ModelControl).
+    models.attach_stream();
     super::model::reload_on_hangup(&runtime, models.clone());
     let api = if config.http.is_empty() {
         None

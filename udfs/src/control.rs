@@ -6,8 +6,10 @@
 //! loaded and checked here first, off the stream's thread; a model that does not fit the
 //! plan is refused and nothing changes. The stream then applies it between two
 //! micro-batches ([`ModelControl::apply_pending`], called by its loop), so every row of a
-//! micro-batch is scored by one model and carries its id; the API's handle follows once the
-//! stream has switched.
+//! micro-batch is scored by one model and carries its id; the API's handle switches in the
+//! same step, so the two never disagree (even when the requester gave up waiting). A
+//! change the stream has not taken when its requester stops waiting (a timeout, a client
+//! gone) is withdrawn: it happens everywhere or nowhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +67,37 @@ pub enum ControlError {
     NoRegistry,
 }
 
+/// Takes a change back out of the stream's queue unless the stream took it already.
+struct Withdraw<'a> {
+    control: &'a ModelControl,
+    ticket: u64,
+}
+
+impl Withdraw<'_> {
+    /// Withdraws it now; true if it was still waiting.
+    fn now(self) -> bool {
+        let withdrawn = self.take();
+        std::mem::forget(self);
+        withdrawn
+    }
+
+    fn take(&self) -> bool {
+        let mut stream = self.control.stream.lock();
+        let Some(pending) = stream.as_mut() else {
+            return false;
+        };
+        let before = pending.len();
+        pending.retain(|p| p.ticket != self.ticket);
+        pending.len() < before
+    }
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.take();
+    }
+}
+
 /// What a change did.
 #[derive(Debug, Clone)]
 pub struct Changed {
@@ -76,9 +109,12 @@ pub struct Changed {
 }
 
 struct Pending {
+    ticket: u64,
     slot: Slot,
-    model: Option<Arc<Model>>,
-    reply: oneshot::Sender<Result<(), SwapError>>,
+    /// The stream's instance and the API's, from the same files.
+    for_stream: Option<Arc<Model>>,
+    for_api: Option<Arc<Model>>,
+    reply: oneshot::Sender<Result<Changed, SwapError>>,
 }
 
 /// The models in service and the changes the stream has yet to apply (see the module
@@ -91,6 +127,7 @@ pub struct ModelControl {
     stream: Mutex<Option<Vec<Pending>>>,
     /// Serialises changes: two at once would race between the stream and the API.
     changing: tokio::sync::Mutex<()>,
+    tickets: std::sync::atomic::AtomicU64,
     /// How long a change waits for the stream to reach a micro-batch boundary.
     pub stream_timeout: Duration,
 }
@@ -121,6 +158,7 @@ impl ModelControl {
             options,
             stream: Mutex::new(None),
             changing: tokio::sync::Mutex::new(()),
+            tickets: std::sync::atomic::AtomicU64::new(0),
             stream_timeout: Duration::from_secs(60),
         })
     }
@@ -133,6 +171,7 @@ impl ModelControl {
             options: SessionOptions::default(),
             stream: Mutex::new(None),
             changing: tokio::sync::Mutex::new(()),
+            tickets: std::sync::atomic::AtomicU64::new(0),
             stream_timeout: Duration::from_secs(60),
         })
     }
@@ -147,8 +186,11 @@ impl ModelControl {
     }
 
     /// A stream in this process applies changes from now on (until [`Self::detach_stream`]).
+    /// Changes made from now on wait for it; attach before the API starts taking changes,
+    /// so that none made while the stream is starting bypasses it (they wait for its first
+    /// loop). Attaching again keeps what waits.
     pub fn attach_stream(&self) {
-        *self.stream.lock() = Some(Vec::new());
+        self.stream.lock().get_or_insert_with(Vec::new);
     }
 
     /// The stream stopped: changes apply to the API alone; waiting ones fail.
@@ -161,25 +203,65 @@ impl ModelControl {
     /// Applies the changes waiting for the stream to its plan's handle. The stream calls
     /// this between micro-batches only.
     pub fn apply_pending(&self, stream: &ModelHandle) {
+        let stream = Some(stream);
         let pending = match self.stream.lock().as_mut() {
             Some(pending) if !pending.is_empty() => std::mem::take(pending),
             _ => return,
         };
         for change in pending {
-            let result = match change.slot {
-                Slot::Champion => match change.model {
-                    Some(model) => stream.swap(model).map(|previous| {
-                        tracing::info!(from = %previous.id, to = %stream.load().id, "champion switched between micro-batches");
-                    }),
-                    None => Ok(()),
-                },
-                Slot::Challenger => stream.set_challenger(change.model).map(|_| {
-                    tracing::info!(challenger = ?stream.challenger().map(|m| m.id.clone()), "challenger set between micro-batches");
-                }),
-            };
-            // The requester may have given up waiting; the change stands either way.
+            let result = self.apply(stream, change.slot, change.for_stream, change.for_api);
+            if let Ok(changed) = &result {
+                tracing::info!(slot = %changed.slot, current = ?changed.current, previous = ?changed.previous, "model changed between micro-batches");
+            }
+            // Applied to both handles, whether or not the requester still waits.
             let _ = change.reply.send(result);
         }
+    }
+
+    /// Puts the models in the stream's handle (when there is a stream) and the API's.
+    fn apply(
+        &self,
+        stream: Option<&ModelHandle>,
+        slot: Slot,
+        for_stream: Option<Arc<Model>>,
+        for_api: Option<Arc<Model>>,
+    ) -> Result<Changed, SwapError> {
+        // Checked against both before either changes.
+        if let Some(model) = &for_api {
+            match slot {
+                Slot::Champion => self.api.check_champion(model)?,
+                Slot::Challenger => self.api.check_features(model)?,
+            }
+        }
+        if let (Some(stream), Some(model)) = (stream, &for_stream) {
+            match slot {
+                Slot::Champion => stream.check_champion(model)?,
+                Slot::Challenger => stream.check_features(model)?,
+            }
+        }
+        let current = for_api.as_ref().map(|m| m.id.clone());
+        let previous = match slot {
+            Slot::Champion => {
+                if let (Some(stream), Some(model)) = (stream, for_stream) {
+                    stream.swap(model)?;
+                }
+                match for_api {
+                    Some(model) => Some(self.api.swap(model)?.id.clone()),
+                    None => None,
+                }
+            }
+            Slot::Challenger => {
+                if let Some(stream) = stream {
+                    stream.set_challenger(for_stream)?;
+                }
+                self.api.set_challenger(for_api)?.map(|m| m.id.clone())
+            }
+        };
+        Ok(Changed {
+            slot,
+            current,
+            previous,
+        })
     }
 
     /// Puts the registry's model `name` (folder name or id) in `slot`, or with `None`
@@ -196,7 +278,9 @@ impl ModelControl {
             ),
             None => None,
         };
-        self.change_to(slot, dir).await
+        // An id names exact files: what loads must still be them.
+        let pinned = name.filter(|n| n.contains('@'));
+        self.change_to(slot, dir, pinned).await
     }
 
     /// Loads the models in their folders again and switches to those whose files changed
@@ -210,7 +294,7 @@ impl ModelControl {
         ) && digest != champion.digest
         {
             results.push(
-                self.change_to(Slot::Champion, Some(champion.dir.clone()))
+                self.change_to(Slot::Champion, Some(champion.dir.clone()), None)
                     .await,
             );
         }
@@ -222,7 +306,7 @@ impl ModelControl {
             && digest != challenger.digest
         {
             results.push(
-                self.change_to(Slot::Challenger, Some(challenger.dir.clone()))
+                self.change_to(Slot::Challenger, Some(challenger.dir.clone()), None)
                     .await,
             );
         }
@@ -233,6 +317,7 @@ impl ModelControl {
         &self,
         slot: Slot,
         dir: Option<std::path::PathBuf>,
+        pinned: Option<&str>,
     ) -> Result<Changed, ControlError> {
         let _one_at_a_time = self.changing.lock().await;
         if slot == Slot::Champion && dir.is_none() {
@@ -242,6 +327,14 @@ impl ModelControl {
         let (for_api, for_stream) = match &dir {
             Some(dir) => {
                 let api = self.load(slot, dir.clone()).await?;
+                if let Some(id) = pinned
+                    && api.id != id
+                {
+                    return Err(ControlError::Changed {
+                        first: id.to_string(),
+                        second: api.id.clone(),
+                    });
+                }
                 match slot {
                     Slot::Champion => self.api.check_champion(&api)?,
                     Slot::Challenger => self.api.check_features(&api)?,
@@ -264,46 +357,46 @@ impl ModelControl {
             }
             None => (None, None),
         };
-        if streaming {
-            let (reply, answer) = oneshot::channel();
-            match self.stream.lock().as_mut() {
-                Some(pending) => pending.push(Pending {
-                    slot,
-                    model: for_stream,
-                    reply,
-                }),
-                None => return Err(ControlError::StreamStopped),
-            }
-            match tokio::time::timeout(self.stream_timeout, answer).await {
-                Ok(Ok(result)) => result?,
-                Ok(Err(_)) => return Err(ControlError::StreamStopped),
-                Err(_) => {
-                    // Withdraw it, unless the stream took it meanwhile.
-                    let mut stream = self.stream.lock();
-                    if let Some(pending) = stream.as_mut() {
-                        let before = pending.len();
-                        pending.retain(|p| !p.reply.is_closed());
-                        if pending.len() < before {
-                            return Err(ControlError::StreamBusy(self.stream_timeout));
-                        }
-                    }
-                }
-            }
+        if !streaming {
+            let changed = self.apply(None, slot, None, for_api)?;
+            tracing::info!(%slot, current = ?changed.current, previous = ?changed.previous, "model changed");
+            return Ok(changed);
         }
-        let current = for_api.as_ref().map(|m| m.id.clone());
-        let previous = match slot {
-            Slot::Champion => match for_api {
-                Some(model) => Some(self.api.swap(model)?.id.clone()),
-                None => None,
-            },
-            Slot::Challenger => self.api.set_challenger(for_api)?.map(|m| m.id.clone()),
+        let ticket = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        match self.stream.lock().as_mut() {
+            Some(pending) => pending.push(Pending {
+                ticket,
+                slot,
+                for_stream,
+                for_api,
+                reply,
+            }),
+            None => return Err(ControlError::StreamStopped),
+        }
+        // Withdrawn if this future ends (or is dropped) before the stream took it.
+        let withdraw = Withdraw {
+            control: self,
+            ticket,
         };
-        tracing::info!(%slot, ?current, ?previous, "model changed");
-        Ok(Changed {
-            slot,
-            current,
-            previous,
-        })
+        let outcome = tokio::time::timeout(self.stream_timeout, answer).await;
+        let withdrawn = withdraw.now();
+        match outcome {
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(_)) => Err(ControlError::StreamStopped),
+            Err(_) if withdrawn => Err(ControlError::StreamBusy(self.stream_timeout)),
+            // Taken between the deadline and the withdrawal: it was applied.
+            Err(_) => Ok(Changed {
+                slot,
+                current: match slot {
+                    Slot::Champion => Some(self.api.load().id.clone()),
+                    Slot::Challenger => self.api.challenger().map(|m| m.id.clone()),
+                },
+                previous: None,
+            }),
+        }
     }
 
     async fn load(&self, slot: Slot, dir: std::path::PathBuf) -> Result<Arc<Model>, ControlError> {

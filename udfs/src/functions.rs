@@ -480,9 +480,23 @@ impl ScalarUDFImpl for ChallengerScore {
         let Some(model) = self.model.challenger() else {
             return Ok(ColumnarValue::Scalar(ScalarValue::Float64(None)));
         };
-        let features = FeatureColumns::new(&model, self.name(), &args)?;
-        let scores = features.run(&model, model.role.score_output())?;
-        Ok(features.per_row(&scores))
+        // A shadow model must never stop the champion's scoring: if it fails, its scores
+        // are null for the batch, the failure is counted and logged (the first, then every
+        // 1,000th).
+        let scored = FeatureColumns::new(&model, self.name(), &args).and_then(|features| {
+            let scores = features.run(&model, model.role.score_output())?;
+            Ok(features.per_row(&scores))
+        });
+        match scored {
+            Ok(scores) => Ok(scores),
+            Err(error) => {
+                let failures = self.model.challenger_failed();
+                if failures % 1000 == 1 {
+                    tracing::warn!(challenger = %model.id, failures, %error, "the challenger failed; its scores are null for this batch");
+                }
+                Ok(ColumnarValue::Scalar(ScalarValue::Float64(None)))
+            }
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub enum SwapError {
 pub struct ModelHandle {
     current: ArcSwap<Model>,
     challenger: ArcSwapOption<Model>,
+    /// Batches the challenger failed to score (its scores were null instead).
+    challenger_failures: std::sync::atomic::AtomicU64,
     /// The feature list every model of this handle takes (the first model's).
     features: Vec<String>,
 }
@@ -70,6 +72,7 @@ impl ModelHandle {
             features: model.card.features.clone(),
             current: ArcSwap::new(model),
             challenger: ArcSwapOption::empty(),
+            challenger_failures: Default::default(),
         }
     }
 
@@ -111,6 +114,19 @@ impl ModelHandle {
         Ok(())
     }
 
+    /// Counts a batch the challenger failed to score; returns the count so far.
+    pub fn challenger_failed(&self) -> u64 {
+        self.challenger_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// Batches the challenger failed to score so far.
+    pub fn challenger_failures(&self) -> u64 {
+        self.challenger_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The challenger, if one is set.
     pub fn challenger(&self) -> Option<Arc<Model>> {
         self.challenger.load_full()
@@ -134,6 +150,7 @@ impl ModelHandle {
         Self {
             current: ArcSwap::new(self.load()),
             challenger: ArcSwapOption::new(self.challenger()),
+            challenger_failures: Default::default(),
             features: self.features.clone(),
         }
     }

@@ -139,8 +139,27 @@ async fn changes_reach_the_stream_between_batches_and_a_misfit_changes_nothing()
         .await
         .expect_err("busy");
     assert!(matches!(error, ControlError::StreamBusy(_)), "{error}");
+    // A requester that gives up (its request dropped) withdraws the change too.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        control.change(Slot::Champion, Some("a")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the stream was not taking changes");
     on.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ids(), (b_id.clone(), b_id.clone()));
+
+    // An id names exact files: once the folder holds others, the change is refused.
+    let a_id = a.id.clone();
+    let mut card = ModelCard::read(&scratch.join("a")).expect("card");
+    card.threshold *= 3.0;
+    card.write(&scratch.join("a")).expect("rewritten");
+    let error = control
+        .change(Slot::Champion, Some(&a_id))
+        .await
+        .expect_err("other files");
+    assert!(matches!(error, ControlError::Registry(_)), "{error}");
     assert_eq!(ids(), (b_id.clone(), b_id.clone()));
 
     // Once the stream has stopped, changes apply to the API alone.
@@ -148,11 +167,12 @@ async fn changes_reach_the_stream_between_batches_and_a_misfit_changes_nothing()
     looping.join().expect("loop");
     control.detach_stream();
     let changed = control
-        .change(Slot::Champion, Some(&a.id))
+        .change(Slot::Champion, Some("a"))
         .await
-        .expect("by id");
-    assert_eq!(changed.current.as_deref(), Some(a.id.as_str()));
-    assert_eq!(ids(), (a.id.clone(), b_id));
+        .expect("by name");
+    let a_now = changed.current.expect("a's new id");
+    assert_ne!(a_now, a.id, "the rewritten files have another id");
+    assert_eq!(ids(), (a_now, b_id));
     std::fs::remove_dir_all(&scratch).ok();
 }
 

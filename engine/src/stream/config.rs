@@ -90,7 +90,8 @@ impl Default for StreamConfig {
             group: "risksense".to_string(),
             alerts_topic: "alerts".to_string(),
             dead_letter_topic: "transactions.dlq".to_string(),
-            labels_topic: "transactions.labels".to_string(),
+            // Opt in: a labels consumer (and topic) only where labels are sent.
+            labels_topic: String::new(),
             label_wait_secs: 600,
             redis: String::new(),
             archive: PathBuf::from("archive"),

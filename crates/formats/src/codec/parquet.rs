@@ -183,8 +183,16 @@ impl Iterator for ParquetTransactionReader {
 }
 
 /// Columns of scored rows with few distinct values: the only ones written with a
-/// dictionary in scored files (archive, rescoring).
-pub const SCORED_DICTIONARY_COLUMNS: [&str; 4] = ["cc_num", "category", "merchant", "is_fraud"];
+/// dictionary in scored files (archive, rescoring). The model ids are one or two values a
+/// file.
+pub const SCORED_DICTIONARY_COLUMNS: [&str; 6] = [
+    "cc_num",
+    "category",
+    "merchant",
+    "is_fraud",
+    "model_id",
+    "challenger_id",
+];
 
 /// Rows per row group of transaction and rescored files.
 pub const FILE_ROW_GROUP_ROWS: usize = 1 << 20;
