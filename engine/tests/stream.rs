@@ -622,6 +622,7 @@ impl Drop for PrivateRedis {
 
 #[test]
 fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
+    common::capture_logs();
     let _ = common::redis_url(); // Redis must be installed and running for this suite.
     let runtime = runtime();
     let rows = generate(100, "2019-01-01", "2019-03-31", 13);
@@ -673,6 +674,7 @@ fn redis_restarting_mid_stream_pauses_the_stream_and_loses_nothing() {
 /// of a batch the shard half took change nothing).
 #[test]
 fn a_cluster_shard_restarting_mid_stream_loses_nothing_and_alerts_once() {
+    common::capture_logs();
     let url = risksense_testkit::redis_cluster_url();
     let runtime = runtime();
     let rows = generate(100, "2019-01-01", "2019-03-31", 14);
