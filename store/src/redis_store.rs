@@ -223,28 +223,37 @@ impl RedisStore {
         request: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(REQUEST_DEADLINE, request).await {
+            // The client's own response timeout: after a cluster shard restarted, every
+            // request on the old connection timed out this way for minutes (the client's
+            // background repair never finished), so it counts as wedged too.
+            Ok(Err(StoreError::Redis { url, source })) if source.is_timeout() => {
+                self.reconnect("a Redis request timed out; connecting again")
+                    .await;
+                Err(StoreError::Redis { url, source })
+            }
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!(
-                    url = %self.url,
-                    deadline_secs = REQUEST_DEADLINE.as_secs(),
-                    "a Redis request outlived its deadline; connecting again"
-                );
-                // Bounded too: a cluster client's first connection can hang as well.
-                match tokio::time::timeout(RECONNECT_DEADLINE, Connection::open(&self.target)).await
-                {
-                    Ok(Ok(fresh)) => *self.connection.write() = fresh,
-                    Ok(Err(error)) => {
-                        tracing::warn!(url = %self.url, %error, "connecting to Redis again failed")
-                    }
-                    Err(_) => {
-                        tracing::warn!(url = %self.url, "connecting to Redis again timed out")
-                    }
-                }
+                self.reconnect("a Redis request outlived its deadline; connecting again")
+                    .await;
                 Err(self.error(redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no answer within {} s", REQUEST_DEADLINE.as_secs()),
                 ))))
+            }
+        }
+    }
+
+    /// Replaces the connection with a new one (if one can be opened in time).
+    async fn reconnect(&self, why: &str) {
+        tracing::warn!(url = %self.url, deadline_secs = REQUEST_DEADLINE.as_secs(), "{why}");
+        // Bounded too: a cluster client's first connection can hang as well.
+        match tokio::time::timeout(RECONNECT_DEADLINE, Connection::open(&self.target)).await {
+            Ok(Ok(fresh)) => *self.connection.write() = fresh,
+            Ok(Err(error)) => {
+                tracing::warn!(url = %self.url, %error, "connecting to Redis again failed")
+            }
+            Err(_) => {
+                tracing::warn!(url = %self.url, "connecting to Redis again timed out")
             }
         }
     }
