@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use risksense_api::{ApiConfig, ApiState, router};
 use risksense_store::{Retention, Store};
-use risksense_udfs::{Model, ModelCard, ModelControl, ModelRegistry, SessionOptions};
+use risksense_udfs::{Model, ModelControl, ModelRegistry, SessionOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -54,25 +54,10 @@ async fn call(
     )
 }
 
-/// `a` (the default model), `b` (its graph, half the threshold), `renamed` (a feature
-/// renamed) and `trees`.
+/// The test registry (see `risksense_testkit::test_registry`): `a`, `b` (half the
+/// threshold), `renamed` and `trees`.
 fn registry(root: &Path) -> ModelRegistry {
-    let models = common::repo_root().join("models");
-    let copy = |from: &str, to: &str, edit: &dyn Fn(&mut ModelCard)| {
-        let dir = root.join(to);
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::copy(models.join(from).join("model.onnx"), dir.join("model.onnx")).expect("copy");
-        let mut card = ModelCard::read(&models.join(from)).expect("card");
-        card.name = to.to_string();
-        edit(&mut card);
-        card.write(&dir).expect("card written");
-    };
-    copy("default", "a", &|_| {});
-    copy("default", "b", &|card| card.threshold *= 0.5);
-    copy("default", "renamed", &|card| {
-        card.features[0] = "log_amount".into()
-    });
-    copy("trees", "trees", &|_| {});
+    risksense_testkit::test_registry(&common::repo_root().join("models"), root, 0.5);
     ModelRegistry::new(root)
 }
 

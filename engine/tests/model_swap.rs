@@ -21,9 +21,7 @@ use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stre
 use risksense_query::scoring;
 use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
-use risksense_udfs::{
-    Model, ModelCard, ModelControl, ModelHandle, ModelRegistry, SessionOptions, Slot,
-};
+use risksense_udfs::{Model, ModelControl, ModelHandle, ModelRegistry, SessionOptions, Slot};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -43,26 +41,11 @@ fn produce(runtime: &tokio::runtime::Runtime, topic: &str, rows: &RecordBatch) {
     producer.finish(Duration::from_secs(60)).expect("delivered");
 }
 
-/// A registry holding `a` (the default model), `b` (its graph with 0.6× the threshold:
-/// more anomalies, so the flags show which model scored), `renamed` (a feature renamed:
-/// does not fit) and `trees` (the supervised model).
+/// The test registry (see `risksense_testkit::test_registry`): `a`, `b` (its graph with
+/// 0.6× the threshold: more anomalies, so the flags show which model scored), `renamed`
+/// (does not fit) and `trees`.
 fn registry(root: &Path) -> ModelRegistry {
-    let models = common::repo_root().join("models");
-    let copy = |from: &str, to: &str, edit: &dyn Fn(&mut ModelCard)| {
-        let dir = root.join(to);
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::copy(models.join(from).join("model.onnx"), dir.join("model.onnx")).expect("copy");
-        let mut card = ModelCard::read(&models.join(from)).expect("card");
-        card.name = to.to_string();
-        edit(&mut card);
-        card.write(&dir).expect("card written");
-    };
-    copy("default", "a", &|_| {});
-    copy("default", "b", &|card| card.threshold *= 0.6);
-    copy("default", "renamed", &|card| {
-        card.features[0] = "log_amount".into()
-    });
-    copy("trees", "trees", &|_| {});
+    risksense_testkit::test_registry(&common::repo_root().join("models"), root, 0.6);
     ModelRegistry::new(root)
 }
 

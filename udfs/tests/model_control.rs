@@ -16,28 +16,10 @@ fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
-/// A registry with `a` (the default model), `b` (the same graph, half the threshold),
-/// `renamed` (a feature renamed) and `trees` (the supervised model).
+/// The test registry (see `risksense_testkit::test_registry`): `a`, `b` (half the
+/// threshold), `renamed` and `trees`.
 fn registry(root: &Path) -> ModelRegistry {
-    let copy = |from: &str, to: &str, edit: &dyn Fn(&mut ModelCard)| {
-        let dir = root.join(to);
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::copy(
-            models_dir().join(from).join("model.onnx"),
-            dir.join("model.onnx"),
-        )
-        .expect("copy");
-        let mut card = ModelCard::read(&models_dir().join(from)).expect("card");
-        card.name = to.to_string();
-        edit(&mut card);
-        card.write(&dir).expect("card written");
-    };
-    copy("default", "a", &|_| {});
-    copy("default", "b", &|card| card.threshold *= 0.5);
-    copy("default", "renamed", &|card| {
-        card.features[0] = "log_amount".into()
-    });
-    copy("trees", "trees", &|_| {});
+    risksense_testkit::test_registry(&models_dir(), root, 0.5);
     ModelRegistry::new(root)
 }
 

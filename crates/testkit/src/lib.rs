@@ -5,9 +5,11 @@
 //! test loudly when nothing answers: these tests never skip. [`Probe`] reads back what the
 //! engine wrote, through either, by the key layout of `risksense_store::layout`.
 
+mod models;
 mod probe;
 mod scratch;
 
+pub use models::{model_variant, test_registry};
 pub use probe::Probe;
 pub use scratch::Scratch;
 
