@@ -141,12 +141,14 @@ pub struct ModelChanged {
     pub previous: Option<String>,
 }
 
-fn choice(body: &[u8]) -> Result<ModelChoice, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+/// Puts the registry model the body names (`{"model": …}`) in `slot`.
+async fn choose(state: &ApiState, slot: Slot, body: &[u8]) -> Result<Json<ModelChanged>, ApiError> {
+    let choice: ModelChoice = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be {{\"model\": \"<registry name or id>\"}}: {e}"
         ))
-    })
+    })?;
+    changed(state.models.change(slot, Some(&choice.model)).await)
 }
 
 fn changed(
@@ -203,13 +205,7 @@ pub async fn set_champion(
     State(state): State<Arc<ApiState>>,
     body: crate::extract::Body,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    let choice = choice(&body.0)?;
-    changed(
-        state
-            .models
-            .change(Slot::Champion, Some(&choice.model))
-            .await,
-    )
+    choose(&state, Slot::Champion, &body.0).await
 }
 
 /// Score every row with a registry model beside the champion (an anomaly or a supervised
@@ -222,13 +218,7 @@ pub async fn set_challenger(
     State(state): State<Arc<ApiState>>,
     body: crate::extract::Body,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    let choice = choice(&body.0)?;
-    changed(
-        state
-            .models
-            .change(Slot::Challenger, Some(&choice.model))
-            .await,
-    )
+    choose(&state, Slot::Challenger, &body.0).await
 }
 
 /// Stop shadow scoring.

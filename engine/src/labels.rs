@@ -42,6 +42,7 @@ use tokio::runtime::Handle;
 
 use crate::error::EngineError;
 use crate::stream::StreamConfig;
+use crate::stream::pipeline::retry;
 
 /// Labels read per poll at most.
 const POLL_LABELS: usize = 2_000;
@@ -219,22 +220,20 @@ pub fn run_labels(
             let batch = SinkBatch::new(seq, Vec::new(), rejected);
             seq += 1;
             // Retried while Kafka is away; a refusal for good stops the consumer.
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match runtime.block_on(dead_letters.write(&batch)) {
-                    Ok(_) => break,
-                    Err(error) if error.is_retryable() && !shutdown.load(Ordering::Relaxed) => {
-                        tracing::warn!(%error, "dead-lettering bad labels failed; retrying");
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            }
+            runtime.block_on(retry(
+                &metrics,
+                &shutdown,
+                "dead-lettering bad labels",
+                || async { Ok(dead_letters.write(&batch).await?) },
+            ))?;
         }
         let mut fresh = VecDeque::new();
         if !labels.is_empty() {
-            let new = runtime.block_on(write_with_retry(&store, &labels, &shutdown))?;
+            // Retried while the store is away (a Redis restart): labels are never dropped
+            // for an outage; a stop request ends the wait.
+            let new = runtime.block_on(retry(&metrics, &shutdown, "writing labels", || async {
+                Ok(store.write_labels(&labels).await?)
+            }))?;
             let until = Instant::now() + wait;
             for (label, new) in labels.iter().zip(new) {
                 if new {
@@ -288,27 +287,6 @@ pub fn run_labels(
         }
         if stopping {
             return Ok(summary);
-        }
-    }
-}
-
-/// Writes labels to the store, retrying while it is away (a Redis restart): labels are
-/// never dropped for an outage, and a stop request ends the wait.
-async fn write_with_retry(
-    store: &Store,
-    labels: &[Label],
-    shutdown: &AtomicBool,
-) -> Result<Vec<bool>, EngineError> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match store.write_labels(labels).await {
-            Ok(new) => return Ok(new),
-            Err(error) if error.is_unavailable() && !shutdown.load(Ordering::Relaxed) => {
-                tracing::warn!(%error, "the store is away; retrying the labels");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => return Err(error.into()),
         }
     }
 }

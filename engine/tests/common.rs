@@ -18,6 +18,33 @@ pub fn capture_logs() {
         .try_init();
 }
 
+/// A two-worker runtime, as the engine's tests drive the stream with.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A topic with `partitions` partitions (created if missing) holding `rows` as JSON, keyed
+/// by card, every message acknowledged.
+pub fn produce(
+    runtime: &tokio::runtime::Runtime,
+    topic: &str,
+    partitions: i32,
+    rows: &RecordBatch,
+) {
+    use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
+    let settings = KafkaSettings::new(kafka_brokers());
+    runtime
+        .block_on(ensure_topic(&settings, topic, partitions))
+        .expect("topic");
+    let mut producer = ReplayProducer::new(&settings, topic, Pace::Unlimited).expect("producer");
+    producer.send_batch(rows).expect("send");
+    producer.finish(Duration::from_secs(60)).expect("delivered");
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::runtime;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,14 +24,6 @@ use risksense_engine::stream::{RunOptions, StreamConfig, run_stream};
 use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::{Model, SessionOptions};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn model(name: &str) -> Arc<Model> {
     let dir = common::repo_root().join("models").join(name);

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{produce, runtime};
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -16,30 +18,11 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use risksense_common::schema::idx;
-use risksense_connectors::kafka::{KafkaSettings, Pace, ReplayProducer, ensure_topic};
 use risksense_engine::stream::{RunOptions, StreamConfig, StreamMetrics, run_stream};
 use risksense_query::scoring;
 use risksense_store::{Retention, Store};
 use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::{Model, ModelControl, ModelHandle, ModelRegistry, SessionOptions, Slot};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn produce(runtime: &tokio::runtime::Runtime, topic: &str, rows: &RecordBatch) {
-    let settings = KafkaSettings::new(common::kafka_brokers());
-    runtime
-        .block_on(ensure_topic(&settings, topic, 4))
-        .expect("topic");
-    let mut producer = ReplayProducer::new(&settings, topic, Pace::Unlimited).expect("producer");
-    producer.send_batch(rows).expect("send");
-    producer.finish(Duration::from_secs(60)).expect("delivered");
-}
 
 /// The test registry (see `risksense_testkit::test_registry`): `a`, `b` (its graph with
 /// 0.6× the threshold: more anomalies, so the flags show which model scored), `renamed`
@@ -168,7 +151,7 @@ fn a_champion_swap_mid_stream_scores_each_row_once_with_one_model_and_keeps_pari
         .expect("control"),
     );
     let topic = common::unique_topic("swap");
-    produce(&runtime, &topic, &first);
+    produce(&runtime, &topic, 4, &first);
     let archive = root.join("archive");
     let config = StreamConfig {
         brokers: common::kafka_brokers(),
@@ -238,7 +221,7 @@ fn a_champion_swap_mid_stream_scores_each_row_once_with_one_model_and_keeps_pari
         .expect("swapped between micro-batches");
     let b_id = changed.current.clone().expect("b's id");
     assert_eq!(changed.previous.as_deref(), Some(a.id.as_str()));
-    produce(&runtime, &topic, &second);
+    produce(&runtime, &topic, 4, &second);
     let summary = loop {
         if engine.is_finished() {
             break engine.join().expect("engine thread").expect("stream ran");

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{produce, runtime};
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -36,25 +38,6 @@ fn generate(customers: u32, start: &str, end: &str, seed: u64) -> RecordBatch {
         .collect::<Result<_, _>>()
         .expect("generated");
     common::concat(&batches)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// A topic with `partitions` partitions holding `rows` as JSON, keyed by card.
-fn produce(runtime: &tokio::runtime::Runtime, topic: &str, partitions: i32, rows: &RecordBatch) {
-    let settings = KafkaSettings::new(common::kafka_brokers());
-    runtime
-        .block_on(ensure_topic(&settings, topic, partitions))
-        .expect("topic");
-    let mut producer = ReplayProducer::new(&settings, topic, Pace::Unlimited).expect("producer");
-    producer.send_batch(rows).expect("send");
-    producer.finish(Duration::from_secs(60)).expect("delivered");
 }
 
 fn scratch(name: &str) -> risksense_testkit::Scratch {

@@ -488,9 +488,13 @@ impl RedisStore {
         &self,
         trans_nums: &[String],
     ) -> Result<Vec<ScoredTransaction>, StoreError> {
+        if trans_nums.is_empty() {
+            return Ok(Vec::new());
+        }
         let prefix = &self.retention.prefix;
+        let ttl = self.written_ttl().await?;
         let found = self
-            .read_fields(trans_nums, |bucket, ttl, period| {
+            .read_fields(trans_nums, ttl, |bucket, period| {
                 layout::transactions(prefix, bucket, ttl, period)
             })
             .await?;
@@ -503,19 +507,17 @@ impl RedisStore {
         Ok(rows)
     }
 
-    /// Each of `trans_nums`' field in the period hashes `key` names (by bucket, TTL and
-    /// period), with the key it was found in: per bucket one pipeline over the newest
-    /// [`FIRST_PERIODS`] periods' hashes, then one over the older live ones for what was
-    /// not found, all buckets at once. Where a field is in two periods, the newer wins.
+    /// Each of `trans_nums`' field in the period hashes `key` names (by bucket and period,
+    /// of a writer whose TTL is `ttl`), with the key it was found in: per bucket one
+    /// pipeline over the newest [`FIRST_PERIODS`] periods' hashes, then one over the older
+    /// live ones for what was not found, all buckets at once. Where a field is in two
+    /// periods, the newer wins.
     async fn read_fields(
         &self,
         trans_nums: &[String],
-        key: impl Fn(usize, u64, u64) -> String,
+        ttl: u64,
+        key: impl Fn(usize, u64) -> String,
     ) -> Result<Vec<Option<(String, String)>>, StoreError> {
-        if trans_nums.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ttl = self.written_ttl().await?;
         let periods: Vec<u64> = layout::live_periods(unix_secs(), ttl).collect();
         let (newest, older) = periods.split_at(FIRST_PERIODS.min(periods.len()));
         let mut found: Vec<Option<(String, String)>> = vec![None; trans_nums.len()];
@@ -533,10 +535,7 @@ impl RedisStore {
                 break;
             }
             let reads = by_bucket.into_iter().map(|(bucket, indices)| {
-                let keys: Vec<String> = periods
-                    .iter()
-                    .map(|&period| key(bucket, ttl, period))
-                    .collect();
+                let keys: Vec<String> = periods.iter().map(|&period| key(bucket, period)).collect();
                 let mut pipe = redis::pipe();
                 let fields: Vec<&str> = indices.iter().map(|&i| trans_nums[i].as_str()).collect();
                 for key in &keys {
@@ -568,6 +567,40 @@ impl RedisStore {
             }
         }
         Ok(found)
+    }
+
+    /// The labels of `trans_nums` in the period hashes of a writer whose TTL is `ttl`.
+    async fn read_labels(
+        &self,
+        trans_nums: &[String],
+        ttl: u64,
+    ) -> Result<Vec<Option<Label>>, StoreError> {
+        let prefix = &self.retention.prefix;
+        let found = self
+            .read_fields(trans_nums, ttl, |bucket, period| {
+                layout::labels(prefix, bucket, ttl, period)
+            })
+            .await?;
+        found
+            .into_iter()
+            .zip(trans_nums)
+            .map(|(value, trans_num)| {
+                value
+                    .map(|(key, value)| {
+                        let (is_fraud, labelled_ms): (u8, i64) = serde_json::from_str(&value)
+                            .map_err(|e| StoreError::Malformed {
+                                key,
+                                reason: e.to_string(),
+                            })?;
+                        Ok(Label {
+                            trans_num: trans_num.clone(),
+                            is_fraud: is_fraud == 1,
+                            labelled_ms,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
     }
 
     /// Members of a sorted set with their scores, highest first, from `offset` on.
@@ -781,8 +814,8 @@ impl ResultStore for RedisStore {
             // Labels already kept in an earlier period are not written again; within this
             // period HSETNX keeps the first.
             let trans_nums: Vec<String> = labels.iter().map(|l| l.trans_num.clone()).collect();
-            let known = self.labels(&trans_nums).await?;
             let ttl = self.written_ttl().await?;
+            let known = self.read_labels(&trans_nums, ttl).await?;
             let period = layout::period_of(unix_secs(), ttl);
             let expires_at = layout::period_expires_at(period, ttl);
             let mut by_bucket: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -826,32 +859,11 @@ impl ResultStore for RedisStore {
     }
 
     async fn labels(&self, trans_nums: &[String]) -> Result<Vec<Option<Label>>, StoreError> {
-        let prefix = &self.retention.prefix;
-        let found = self
-            .read_fields(trans_nums, |bucket, ttl, period| {
-                layout::labels(prefix, bucket, ttl, period)
-            })
-            .await?;
-        found
-            .into_iter()
-            .zip(trans_nums)
-            .map(|(value, trans_num)| {
-                value
-                    .map(|(key, value)| {
-                        let (is_fraud, labelled_ms): (u8, i64) = serde_json::from_str(&value)
-                            .map_err(|e| StoreError::Malformed {
-                                key,
-                                reason: e.to_string(),
-                            })?;
-                        Ok(Label {
-                            trans_num: trans_num.clone(),
-                            is_fraud: is_fraud == 1,
-                            labelled_ms,
-                        })
-                    })
-                    .transpose()
-            })
-            .collect()
+        if trans_nums.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ttl = self.written_ttl().await?;
+        self.read_labels(trans_nums, ttl).await
     }
 
     async fn card_transactions(

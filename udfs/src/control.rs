@@ -150,30 +150,30 @@ impl ModelControl {
         registry: Option<ModelRegistry>,
         options: SessionOptions,
     ) -> Result<Self, SwapError> {
-        let api = Arc::new(ModelHandle::new(champion));
-        api.set_challenger(challenger)?;
-        Ok(Self {
-            api,
+        let control = Self::serving(champion, registry, options);
+        control.api.set_challenger(challenger)?;
+        Ok(control)
+    }
+
+    /// A fixed champion, no registry (tests, tools).
+    pub fn fixed(champion: Arc<Model>) -> Arc<Self> {
+        Arc::new(Self::serving(champion, None, SessionOptions::default()))
+    }
+
+    fn serving(
+        champion: Arc<Model>,
+        registry: Option<ModelRegistry>,
+        options: SessionOptions,
+    ) -> Self {
+        Self {
+            api: Arc::new(ModelHandle::new(champion)),
             registry,
             options,
             stream: Mutex::new(None),
             changing: tokio::sync::Mutex::new(()),
             tickets: std::sync::atomic::AtomicU64::new(0),
             stream_timeout: Duration::from_secs(60),
-        })
-    }
-
-    /// A fixed champion, no registry (tests, tools).
-    pub fn fixed(champion: Arc<Model>) -> Arc<Self> {
-        Arc::new(Self {
-            api: Arc::new(ModelHandle::new(champion)),
-            registry: None,
-            options: SessionOptions::default(),
-            stream: Mutex::new(None),
-            changing: tokio::sync::Mutex::new(()),
-            tickets: std::sync::atomic::AtomicU64::new(0),
-            stream_timeout: Duration::from_secs(60),
-        })
+        }
     }
 
     /// The models the API scores with. Load it once per request.
@@ -287,28 +287,20 @@ impl ModelControl {
     /// (SIGHUP: a retrained model written over the served folder).
     pub async fn reload(&self) -> Vec<Result<Changed, ControlError>> {
         let mut results = Vec::new();
-        let champion = self.api.load();
-        if let Ok(digest) = crate::model::digest_of(
-            &champion.dir.join("model.onnx"),
-            &champion.dir.join("model.json"),
-        ) && digest != champion.digest
-        {
-            results.push(
-                self.change_to(Slot::Champion, Some(champion.dir.clone()), None)
-                    .await,
-            );
-        }
-        if let Some(challenger) = self.api.challenger()
-            && let Ok(digest) = crate::model::digest_of(
-                &challenger.dir.join("model.onnx"),
-                &challenger.dir.join("model.json"),
+        let served = [
+            (Slot::Champion, Some(self.api.load())),
+            (Slot::Challenger, self.api.challenger()),
+        ];
+        for (slot, model) in served {
+            let Some(model) = model else { continue };
+            let changed = crate::model::digest_of(
+                &model.dir.join("model.onnx"),
+                &model.dir.join("model.json"),
             )
-            && digest != challenger.digest
-        {
-            results.push(
-                self.change_to(Slot::Challenger, Some(challenger.dir.clone()), None)
-                    .await,
-            );
+            .is_ok_and(|digest| digest != model.digest);
+            if changed {
+                results.push(self.change_to(slot, Some(model.dir.clone()), None).await);
+            }
         }
         results
     }

@@ -157,6 +157,19 @@ impl FeatureColumns {
         self.null_rows.as_ref().is_some_and(|n| n[row])
     }
 
+    /// `output` of `model` for each row of the call, as the function's result: the
+    /// features gathered, one run per [`MAX_RUN_ROWS`], null where a feature is.
+    fn score(
+        model: &Model,
+        name: &str,
+        args: &ScalarFunctionArgs,
+        output: &str,
+    ) -> Result<ColumnarValue> {
+        let features = Self::new(model, name, args)?;
+        let values = features.run(model, output)?;
+        Ok(features.per_row(&values))
+    }
+
     /// One model output value per row as the function's result (null where a feature is).
     fn per_row(&self, values: &[f32]) -> ColumnarValue {
         let out: Float64Array = values
@@ -258,10 +271,7 @@ impl ScalarUDFImpl for AnomalyScore {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let model = self.model.load();
-        let features = FeatureColumns::new(&model, self.name(), &args)?;
-        let scores = features.run(&model, crate::model::SCORE)?;
-        Ok(features.per_row(&scores))
+        FeatureColumns::score(&self.model.load(), self.name(), &args, crate::model::SCORE)
     }
 }
 
@@ -331,45 +341,11 @@ impl ScalarUDFImpl for AnomalyExplain {
     }
 }
 
-/// `anomaly_threshold()`: the current model's alert threshold. Volatile, although it is a
-/// constant for a model: DataFusion folds immutable and stable calls without arguments
-/// into a literal when planning, and a plan built once must see the threshold of the
-/// model its handle holds when each batch runs.
-#[derive(Debug)]
-pub struct AnomalyThreshold {
-    model: Arc<ModelHandle>,
-    signature: Signature,
-}
-model_udf_identity!(AnomalyThreshold);
-
-impl AnomalyThreshold {
-    pub fn new(model: Arc<ModelHandle>) -> Self {
-        Self {
-            model,
-            signature: Signature::nullary(Volatility::Volatile),
-        }
-    }
-}
-
-impl ScalarUDFImpl for AnomalyThreshold {
-    fn name(&self) -> &str {
-        "anomaly_threshold"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Float64(Some(
-            self.model.load().card.threshold,
-        ))))
-    }
-}
-
-/// A nullary function of the handle's models, evaluated once per batch: volatile for the
-/// reason [`AnomalyThreshold`] gives.
+/// A nullary function of the handle's models (`anomaly_threshold()`, `model_id()`,
+/// `challenger_id()`, `challenger_threshold()`), evaluated once per batch. Volatile,
+/// although it is a constant for a model: DataFusion folds immutable and stable calls
+/// without arguments into a literal when planning, and a plan built once must see the
+/// models its handle holds when each batch runs.
 #[derive(Debug)]
 pub struct HandleValue {
     model: Arc<ModelHandle>,
@@ -403,6 +379,13 @@ impl HandleValue {
             name,
             value,
         }
+    }
+
+    /// `anomaly_threshold()`: the champion's alert threshold.
+    pub fn anomaly_threshold(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "anomaly_threshold", |h| {
+            ScalarValue::Float64(Some(h.load().card.threshold))
+        })
     }
 
     /// `model_id()`: the champion's id.
@@ -483,11 +466,7 @@ impl ScalarUDFImpl for ChallengerScore {
         // A shadow model must never stop the champion's scoring: if it fails, its scores
         // are null for the batch, the failure is counted and logged (the first, then every
         // 1,000th).
-        let scored = FeatureColumns::new(&model, self.name(), &args).and_then(|features| {
-            let scores = features.run(&model, model.role.score_output())?;
-            Ok(features.per_row(&scores))
-        });
-        match scored {
+        match FeatureColumns::score(&model, self.name(), &args, model.role.score_output()) {
             Ok(scores) => Ok(scores),
             Err(error) => {
                 let failures = self.model.challenger_failed();
@@ -531,9 +510,7 @@ impl ScalarUDFImpl for FraudProbability {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let features = FeatureColumns::new(&self.model, self.name(), &args)?;
-        let probabilities = features.run(&self.model, crate::model::PROBABILITY)?;
-        Ok(features.per_row(&probabilities))
+        FeatureColumns::score(&self.model, self.name(), &args, crate::model::PROBABILITY)
     }
 }
 
@@ -552,13 +529,11 @@ pub fn register(
         registry.register_udf(Arc::new(ScalarUDF::from(AnomalyExplain::new(
             model.clone(),
         ))))?;
-        registry.register_udf(Arc::new(ScalarUDF::from(AnomalyThreshold::new(
-            model.clone(),
-        ))))?;
         registry.register_udf(Arc::new(ScalarUDF::from(ChallengerScore::new(
             model.clone(),
         ))))?;
         for value in [
+            HandleValue::anomaly_threshold(model.clone()),
             HandleValue::model_id(model.clone()),
             HandleValue::challenger_id(model.clone()),
             HandleValue::challenger_threshold(model),

@@ -842,7 +842,7 @@ impl Pipeline {
 /// asked to stop: an outage pauses the stream, it never drops data. An error no retry can
 /// fix ([`EngineError::is_retryable`]: WRONGTYPE, OOM, NOAUTH, a refused record) is
 /// returned at once: the stream stops with it rather than retry forever.
-async fn retry<T, F, Fut>(
+pub(crate) async fn retry<T, F, Fut>(
     metrics: &StreamMetrics,
     shutdown: &AtomicBool,
     what: &str,
@@ -978,35 +978,21 @@ fn count_per_model(
             ) else {
                 continue;
             };
-            // A micro-batch has one model per slot: count runs of one id, so a string is
-            // made per run, not per row.
-            let mut run: Option<(&str, u64, u64)> = None;
+            // Keyed by the ids as the column holds them: a string is made per model, not
+            // per row (a micro-batch has one model per slot).
+            let mut by_id: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
             for row in 0..batch.num_rows() {
                 if arrow::array::Array::is_null(ids, row) {
                     continue;
                 }
-                let id = ids.value(row);
-                let flagged =
-                    u64::from(arrow::array::Array::is_valid(flags, row) && flags.value(row));
-                match &mut run {
-                    Some((current, rows, flags)) if *current == id => {
-                        *rows += 1;
-                        *flags += flagged;
-                    }
-                    _ => {
-                        if let Some((current, rows, flags)) = run.replace((id, 1, flagged)) {
-                            let entry: &mut (u64, u64) =
-                                counts.entry((slot, current.to_string())).or_default();
-                            entry.0 += rows;
-                            entry.1 += flags;
-                        }
-                    }
-                }
+                let entry = by_id.entry(ids.value(row)).or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(arrow::array::Array::is_valid(flags, row) && flags.value(row));
             }
-            if let Some((current, rows, flags)) = run {
-                let entry: &mut (u64, u64) = counts.entry((slot, current.to_string())).or_default();
+            for (id, (rows, flagged)) in by_id {
+                let entry: &mut (u64, u64) = counts.entry((slot, id.to_string())).or_default();
                 entry.0 += rows;
-                entry.1 += flags;
+                entry.1 += flagged;
             }
         }
     }
