@@ -160,6 +160,25 @@ fn scores_of(batches: &[RecordBatch]) -> HashMap<String, (f64, bool)> {
 }
 
 /// Every row of the finished archive files.
+/// Each archived row's `row_id` (its partition and offset) by `trans_num`.
+fn row_ids_of(batches: &[RecordBatch]) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for batch in batches {
+        let trans_num = batch
+            .column_by_name("trans_num")
+            .expect("trans_num")
+            .as_string::<i32>();
+        let row_id = batch
+            .column_by_name("row_id")
+            .expect("row_id")
+            .as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            out.insert(trans_num.value(i).to_string(), row_id.value(i));
+        }
+    }
+    out
+}
+
 fn archive_rows(dir: &Path) -> Vec<RecordBatch> {
     common::read_parquet(&common::parquet_files(dir))
 }
@@ -819,8 +838,12 @@ fn bad_values_and_repeats_never_reach_a_cards_state() {
         }
     }
     let key = card.to_string();
+    // Idempotent, as a production producer is: without it librdkafka may reorder a
+    // partition's messages when it retries a request (as on a broker just started), and
+    // the stream scores a card's rows in the order the topic holds them.
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", common::kafka_brokers())
+        .set("enable.idempotence", "true")
         .create()
         .expect("producer");
     for (payload, _) in &messages {
@@ -882,8 +905,16 @@ fn bad_values_and_repeats_never_reach_a_cards_state() {
     // Every valid row archived once (scores_of panics on a second copy), every score
     // finite, and equal to the batch path's over the valid rows alone: the card's windows
     // saw neither the bad rows nor the repeat.
-    let archived = scores_of(&archive_rows(&archive));
+    let archived_rows = archive_rows(&archive);
+    let archived = scores_of(&archived_rows);
     assert!(archived.values().all(|(score, _)| score.is_finite()));
+    // The topic holds the card's rows in the order they were sent (the stream's order).
+    let offsets = row_ids_of(&archived_rows);
+    let sent: Vec<i64> = trans_nums(&mine).iter().map(|t| offsets[t]).collect();
+    assert!(
+        sent.windows(2).all(|pair| pair[0] < pair[1]),
+        "the topic holds the card's rows out of the order sent: {sent:?}"
+    );
     assert_parity(&archived, &batch_scores(&rows));
     let found = redis_has(&url, &topic, &trans_nums(&mine));
     assert!(found.iter().all(|f| *f));

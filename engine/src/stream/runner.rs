@@ -355,6 +355,9 @@ pub fn run_stream(
     let started = Instant::now();
     let mut first_message: Option<Instant> = None;
     let mut last_message = Instant::now();
+    // When the loop last finished a micro-batch: time blocked in a sink (retrying through
+    // an outage) is not idle time, or the idle stop would end a stream with a backlog.
+    let mut last_busy = Instant::now();
     let mut last_lag_update = Instant::now();
     let mut buffer: Vec<Incoming> = Vec::with_capacity(config.batch_rows);
     let result = (|| -> Result<(), EngineError> {
@@ -364,7 +367,9 @@ pub fn run_stream(
             }
             let stopping = shutdown.load(Ordering::Relaxed);
             let assigned_at = *lock(&consumer.context().assigned_at);
-            let idle_since = assigned_at.map_or(last_message, |a| a.max(last_message));
+            let idle_since = assigned_at
+                .map_or(last_message, |a| a.max(last_message))
+                .max(last_busy);
             // (Never assigned anything for a minute past the limit: nothing will come.)
             let idle = options.stop_when_idle.is_some_and(|limit| {
                 idle_since.elapsed() >= limit
@@ -469,6 +474,7 @@ pub fn run_stream(
             if !buffer.is_empty() {
                 let batch = std::mem::take(&mut buffer);
                 runtime.block_on(guard.process(batch))?;
+                last_busy = Instant::now();
             }
             if guard.checkpoint_due() {
                 let offsets = runtime.block_on(guard.checkpoint_next())?;
