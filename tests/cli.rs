@@ -487,3 +487,96 @@ fn evaluate_takes_labels_learnt_later_from_the_labels_table() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--supervised`: the trees' fraud probability joins the autoencoder's score in
+/// score.sql's alert rule, row by row as the rule says; without it the columns are null
+/// and the alerts are the autoencoder's alone.
+#[test]
+fn a_supervised_model_beside_the_champion_raises_alerts_by_the_combined_rule() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixture = repo.join("data/fixtures/sparkov-2019h1-head3000.csv");
+    let dir = scratch("combined");
+    let trees = repo.join("models/trees");
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(trees.join("model.json")).expect("trees card"),
+    )
+    .expect("card json");
+    let threshold = card["threshold"].as_f64().expect("threshold");
+    let (combined, alone) = (dir.join("combined"), dir.join("alone"));
+    for (out, supervised) in [(&combined, true), (&alone, false)] {
+        let mut args = vec![
+            "rescore",
+            "--input",
+            fixture.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if supervised {
+            args.extend(["--supervised", trees.to_str().unwrap()]);
+        }
+        risksense(&args, &dir);
+    }
+    // Per row: (fraud_probability, fraud_flag, anomaly_flag, is_anomaly, risk, score,
+    // supervised_id, explanation).
+    let rows = |out: &Path| -> Vec<Vec<String>> {
+        let output = support::risksense_ok(
+            &dir,
+            &[
+                "sql",
+                "--table",
+                &format!("scored={}", out.display()),
+                "--format",
+                "csv",
+                "--max-rows",
+                "10000",
+                "SELECT fraud_probability, fraud_flag, anomaly_flag, is_anomaly, risk, score, \
+                 supervised_id, replace(coalesce(explanation, ''), ',', ';') AS why FROM scored",
+            ],
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    };
+    let number = |s: &str| s.parse::<f64>().unwrap_or_else(|_| panic!("{s}"));
+    let truth = |s: &str| s == "true";
+
+    let combined_rows = rows(&combined);
+    assert_eq!(combined_rows.len(), 3000);
+    let (mut only_trees, mut trees_flags) = (0, 0);
+    for row in &combined_rows {
+        let p = number(&row[0]);
+        assert_eq!(truth(&row[1]), p >= threshold, "{row:?}");
+        assert_eq!(truth(&row[3]), truth(&row[1]) || truth(&row[2]), "{row:?}");
+        let risk = number(&row[4]);
+        assert!(risk >= p && risk < p + 0.001, "risk {risk} for p {p}");
+        assert!(row[6].starts_with("trees@"), "{row:?}");
+        trees_flags += usize::from(truth(&row[1]));
+        if truth(&row[1]) && !truth(&row[2]) {
+            only_trees += 1;
+            let shown = row[7]
+                .strip_prefix("fraud probability ")
+                .map(number)
+                .unwrap_or_else(|| panic!("{row:?}"));
+            assert!((shown - p).abs() <= 0.0005, "{row:?}");
+        }
+    }
+    // The trees learnt these rows (the start of their training half): they flag the
+    // fixture's frauds, most of which the autoencoder does not.
+    assert!(trees_flags >= 10, "{trees_flags} rows flagged by the trees");
+    assert!(only_trees > 0, "no alert of the trees' alone");
+
+    for row in rows(&alone) {
+        assert!(
+            row[0].is_empty() && row[1].is_empty() && row[6].is_empty(),
+            "{row:?}"
+        );
+        assert_eq!(truth(&row[3]), truth(&row[2]), "{row:?}");
+        let (risk, score) = (number(&row[4]), number(&row[5]));
+        // The score mapped into [0, 1): 0.5 at the autoencoder's threshold.
+        assert!((0.0..1.0).contains(&risk), "{risk}");
+        assert_eq!(risk >= 0.5, truth(&row[2]), "risk {risk}, score {score}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -207,6 +207,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/models/challenger",
             post(models::set_challenger).delete(models::remove_challenger),
         )
+        .route(
+            "/v1/models/supervised",
+            post(models::set_supervised).delete(models::remove_supervised),
+        )
         .route("/v1/queries", get(queries::list).post(queries::create))
         .route(
             "/v1/queries/{name}",

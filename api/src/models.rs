@@ -1,6 +1,6 @@
 //! The models the service scores with, as their cards describe them, the registry they
-//! can be changed to, and the changes: a new champion, a challenger (shadow model) set or
-//! removed. A change is loaded and checked before anything switches (a model that does
+//! can be changed to, and the changes: a new champion, a challenger (shadow model) or a
+//! supervised model set or removed. A change is loaded and checked before anything switches (a model that does
 //! not fit the plan is refused with 422 and the running one stays), and a stream in this
 //! process switches between two micro-batches (see `risksense_udfs::control`).
 
@@ -79,6 +79,9 @@ pub struct ModelList {
     pub champion: ModelView,
     /// The shadow model scoring every row beside it (archive and metrics only), if any.
     pub challenger: Option<ModelView>,
+    /// The supervised model whose flags raise alerts beside the champion's (score.sql's
+    /// combined rule), if any.
+    pub supervised: Option<ModelView>,
     /// The registry folder's models, when one is configured.
     pub registry: Vec<RegistryView>,
     /// Why the registry could not be listed, if it could not.
@@ -118,6 +121,7 @@ pub async fn list(State(state): State<Arc<ApiState>>) -> Result<Json<ModelList>,
     Ok(Json(ModelList {
         champion: ModelView::from(handle.load().as_ref()),
         challenger: handle.challenger().map(|m| ModelView::from(m.as_ref())),
+        supervised: handle.supervised().map(|m| ModelView::from(m.as_ref())),
         registry,
         registry_problem,
     }))
@@ -134,9 +138,9 @@ pub struct ModelChoice {
 /// What a change did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelChanged {
-    /// `champion` or `challenger`.
+    /// `champion`, `challenger` or `supervised`.
     pub slot: String,
-    /// The id now in the slot (null: the challenger was removed).
+    /// The id now in the slot (null: the slot was emptied).
     pub current: Option<String>,
     pub previous: Option<String>,
 }
@@ -229,4 +233,28 @@ pub async fn remove_challenger(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
     changed(state.models.change(Slot::Challenger, None).await)
+}
+
+/// Raise alerts with a registry supervised model (`risksense train --model trees`) beside
+/// the champion: a row is an alert when either flags it, and `risk` orders alerts by its
+/// fraud probability first (sql/score.sql). Any other kind of model is refused (422).
+#[utoipa::path(post, path = "/v1/models/supervised", request_body = ModelChoice,
+    responses((status = 200, body = ModelChanged), (status = 404, body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_supervised(
+    State(state): State<Arc<ApiState>>,
+    body: crate::extract::Body,
+) -> Result<Json<ModelChanged>, ApiError> {
+    choose(&state, Slot::Supervised, &body.0).await
+}
+
+/// Stop alerting on the supervised model's flags (the champion alone raises alerts).
+#[utoipa::path(delete, path = "/v1/models/supervised",
+    responses((status = 200, body = ModelChanged), (status = 503, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_supervised(
+    State(state): State<Arc<ApiState>>,
+) -> Result<Json<ModelChanged>, ApiError> {
+    changed(state.models.change(Slot::Supervised, None).await)
 }

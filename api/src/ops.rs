@@ -117,7 +117,7 @@ pub struct Stats {
 /// One model's live figures.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelQuality {
-    /// `champion` or `challenger`.
+    /// `champion`, `challenger` or `supervised`.
     pub slot: String,
     pub model: String,
     pub rows: u64,
@@ -384,6 +384,8 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Result<impl IntoRespo
         crate::models::set_champion,
         crate::models::set_challenger,
         crate::models::remove_challenger,
+        crate::models::set_supervised,
+        crate::models::remove_supervised,
         stats,
     ),
     modifiers(&BearerAuth, &CommonErrors)

@@ -124,6 +124,7 @@ pub async fn score(
         return Err(ApiError::bad_request("no transactions to score"));
     };
     let model = state.models.api().load();
+    let supervised = state.models.api().supervised();
     let features = state.scorer.features.score(vec![batch]).await?;
     let rows = feature_rows(&features, &model.card.features)?;
 
@@ -145,6 +146,8 @@ pub async fn score(
                     explanation: hit.explanation,
                     cached: true,
                     model_id: model.id.clone(),
+                    fraud_probability: None,
+                    supervised_id: None,
                 });
             }
             None => misses.push(i),
@@ -190,11 +193,17 @@ pub async fn score(
                 explanation,
                 cached: false,
                 model_id: model.id.clone(),
+                fraud_probability: None,
+                supervised_id: None,
             });
         }
         state
             .store_call(state.store.cache_put(&fresh, state.config.cache_ttl_secs))
             .await?;
+    }
+    let mut results: Vec<ScoreResult> = results.into_iter().flatten().collect();
+    if let Some(supervised) = supervised {
+        add_supervised(&supervised, &rows, &mut results).await?;
     }
     state.counters.cache_hits.fetch_add(hits, Relaxed);
     state
@@ -206,11 +215,43 @@ pub async fn score(
         .scored_rows
         .fetch_add(rows.len() as u64, Relaxed);
     Ok(Json(ScoreResponse {
-        results: results.into_iter().flatten().collect(),
+        results,
         cache_hits: hits,
         cache_misses: misses.len() as u64,
         threshold,
     }))
+}
+
+/// Applies score.sql's combined rule with the supervised model: its probability on every
+/// row (not cached: the trees are a fraction of the autoencoder's cost), an alert when it
+/// reaches its threshold, explained by the probability when the autoencoder did not flag.
+async fn add_supervised(
+    supervised: &Arc<Model>,
+    rows: &[FeatureRow],
+    results: &mut [ScoreResult],
+) -> Result<(), ApiError> {
+    let matrix: Vec<f32> = rows.iter().flat_map(|r| r.inputs.iter().copied()).collect();
+    let count = rows.len();
+    let probabilities = tokio::task::spawn_blocking({
+        let supervised = supervised.clone();
+        move || supervised.run(&matrix, count, risksense_udfs::model::PROBABILITY)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    for (result, p) in results.iter_mut().zip(probabilities) {
+        let p = f64::from(p);
+        if p >= supervised.card.threshold && !result.is_anomaly {
+            result.is_anomaly = true;
+            result.explanation = Some(format!(
+                "fraud probability {}",
+                (p * 1000.0).round() / 1000.0
+            ));
+        }
+        result.fraud_probability = Some(p);
+        result.supervised_id = Some(supervised.id.clone());
+    }
+    Ok(())
 }
 
 struct FeatureRow {

@@ -88,6 +88,12 @@ pub struct ScoreResult {
     pub cached: bool,
     /// The model that scored it (`name@hash`, see `/v1/models`).
     pub model_id: String,
+    /// The supervised model's probability of fraud, when one is served beside the
+    /// champion (`is_anomaly` is then either's flag, as in sql/score.sql).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraud_probability: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervised_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -192,8 +192,56 @@ async fn the_champion_changes_through_the_api_and_a_misfit_is_refused() {
     let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
     assert!(models["challenger"].is_null());
 
+    // A supervised model: only that kind; its flags join the champion's in /v1/score.
+    let (status, error) = call(&state, "POST", "/v1/models/supervised", choose("a"), true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("supervised"), "{message}");
+    let (status, changed) = call(
+        &state,
+        "POST",
+        "/v1/models/supervised",
+        choose("trees"),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let trees_id = changed["current"].as_str().expect("trees' id").to_string();
+    let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
+    assert_eq!(models["supervised"]["id"], trees_id.as_str());
+    let trees_threshold = models["supervised"]["threshold"]
+        .as_f64()
+        .expect("threshold");
+    let (status, combined) = call(
+        &state,
+        "POST",
+        "/v1/score",
+        Some(transactions_json(n)),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{combined}");
+    for (alone, both) in results_b
+        .iter()
+        .zip(combined["results"].as_array().expect("results"))
+    {
+        let p = both["fraud_probability"].as_f64().expect("a probability");
+        assert_eq!(both["supervised_id"], trees_id.as_str());
+        assert_eq!(both["score"], alone["score"]);
+        let ae = alone["is_anomaly"].as_bool().expect("flag");
+        assert_eq!(both["is_anomaly"], ae || p >= trees_threshold, "{both}");
+    }
+    let (status, removed) = call(&state, "DELETE", "/v1/models/supervised", None, true).await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+    let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
+    assert!(models["supervised"].is_null());
+
     let (_, doc) = call(&state, "GET", "/openapi.json", None, false).await;
-    for path in ["/v1/models/champion", "/v1/models/challenger"] {
+    for path in [
+        "/v1/models/champion",
+        "/v1/models/challenger",
+        "/v1/models/supervised",
+    ] {
         assert!(
             doc["paths"][path].is_object(),
             "{path} in the OpenAPI document"

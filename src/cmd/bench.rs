@@ -265,6 +265,7 @@ fn stream(args: StreamArgs) -> StreamOptions {
             model_threads: 1,
             no_model: false,
             challenger: None,
+            supervised: None,
             registry: None,
         }),
         brokers: args.brokers,

@@ -129,9 +129,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let challenger = args.model.load_challenger()?;
-    let models = args
-        .model
-        .control(args.model.load()?, args.model.load_challenger()?)?;
+    let supervised = args.model.load_supervised()?;
+    let models = args.model.control(
+        args.model.load()?,
+        args.model.load_challenger()?,
+        args.model.load_supervised()?,
+    )?;
     models.attach_stream();
     super::model::reload_on_hangup(&runtime, models.clone());
 
@@ -195,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         queries: Some(queries),
                         models: Some(models),
                         challenger,
+                        supervised,
                     },
                 )
             })?

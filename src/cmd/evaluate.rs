@@ -122,13 +122,19 @@ async fn read(
             format!("CAST(NULL AS {cast}) AS {name}")
         }
     };
+    // The champion's own flag: with a supervised model beside it, is_anomaly is either's.
+    let champion_flag = if schema.field_with_name("anomaly_flag").is_ok() {
+        "CAST(anomaly_flag AS BOOLEAN) AS is_anomaly"
+    } else {
+        "CAST(is_anomaly AS BOOLEAN) AS is_anomaly"
+    };
     let sql = format!(
         "SELECT {}, {}, {}, {}, {}, {}, CAST(is_fraud AS INT) AS is_fraud FROM archive \
          WHERE is_fraud IS NOT NULL AND score IS NOT NULL",
         column("model_id", "VARCHAR"),
         column("challenger_id", "VARCHAR"),
         column("score", "DOUBLE"),
-        column("is_anomaly", "BOOLEAN"),
+        champion_flag,
         column("challenger_score", "DOUBLE"),
         column("challenger_flag", "BOOLEAN"),
     );

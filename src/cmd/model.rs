@@ -23,6 +23,11 @@ pub struct ModelArgs {
     /// to the archive and metrics, never to alerts). An anomaly or a supervised model.
     #[arg(long, env = "RISKSENSE_CHALLENGER")]
     pub challenger: Option<PathBuf>,
+    /// Supervised model folder (`risksense train --model trees`): its fraud probability
+    /// joins the champion's anomaly score in score.sql's alert rule (an alert when either
+    /// flags a row; `risk` ranks by the probability first).
+    #[arg(long, env = "RISKSENSE_SUPERVISED")]
+    pub supervised: Option<PathBuf>,
     /// Registry: the folder of model folders `POST /v1/models/champion` and
     /// `/v1/models/challenger` choose from [default: the champion's parent folder]
     #[arg(long, env = "RISKSENSE_REGISTRY")]
@@ -73,12 +78,25 @@ impl ModelArgs {
         Ok(Some(Arc::new(model)))
     }
 
-    /// The models in service for the API and model changes, starting from `champion` and
-    /// `challenger` (the API's instances).
+    /// The supervised model (`--supervised`), if one is given: each call loads its own
+    /// sessions.
+    pub fn load_supervised(&self) -> anyhow::Result<Option<Arc<Model>>> {
+        let Some(dir) = &self.supervised else {
+            return Ok(None);
+        };
+        let model = Model::load_supervised(dir, self.session_options())
+            .with_context(|| format!("loading the supervised model in {}", dir.display()))?;
+        tracing::info!(supervised = %model.id, "supervised model loaded");
+        Ok(Some(Arc::new(model)))
+    }
+
+    /// The models in service for the API and model changes, starting from `champion`,
+    /// `challenger` and `supervised` (the API's instances).
     pub fn control(
         &self,
         champion: Arc<Model>,
         challenger: Option<Arc<Model>>,
+        supervised: Option<Arc<Model>>,
     ) -> anyhow::Result<Arc<ModelControl>> {
         // The champion's folder's parent, absolute (`--model mymodel` has the parent "").
         let registry = self
@@ -94,6 +112,10 @@ impl ModelArgs {
             .map(ModelRegistry::new);
         let control = ModelControl::new(champion, challenger, registry, self.session_options())
             .context("the challenger does not fit the champion's plan")?;
+        control
+            .api()
+            .put(risksense_udfs::Slot::Supervised, supervised)
+            .context("the supervised model does not fit the champion's plan")?;
         Ok(Arc::new(control))
     }
 

@@ -47,6 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         handle
             .set_challenger(args.model.load_challenger()?)
             .context("the challenger does not fit the plan")?;
+        // A supervised model (`--supervised`) joins the alert rule (sql/score.sql).
+        handle
+            .put(risksense_udfs::Slot::Supervised, args.model.load_supervised()?)
+            .context("the supervised model does not fit the plan")?;
         let ctx = scoring::new_session_with_handle(Some(handle), options)?;
         scoring::register_files(&ctx, scoring::TRANSACTIONS, &args.input)
             .await

@@ -229,6 +229,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let model = model_args.load()?;
     let challenger = model_args.load_challenger()?;
+    let supervised = model_args.load_supervised()?;
     let store = runtime.block_on(async {
         if config.redis.is_empty() {
             Ok(Store::memory(config.retention.clone()))
@@ -259,9 +260,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // low-priority query pool must never hold a session the stream waits for. Without an
     // API the control only takes changes (SIGHUP), and shares the stream's models.
     let models = if config.http.is_empty() {
-        model_args.control(model.clone(), challenger.clone())?
+        model_args.control(model.clone(), challenger.clone(), supervised.clone())?
     } else {
-        model_args.control(model_args.load()?, model_args.load_challenger()?)?
+        model_args.control(
+            model_args.load()?,
+            model_args.load_challenger()?,
+            model_args.load_supervised()?,
+        )?
     };
     // Changes wait for the stream from now on, also while it starts (see ModelControl).
     models.attach_stream();
@@ -291,6 +296,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         queries: Some(queries),
         models: Some(models),
         challenger,
+        supervised,
     };
     let summary = run_stream(
         config,

@@ -129,9 +129,11 @@ pub fn spawn_api(
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
-    let models = args
-        .model
-        .control(args.model.load()?, args.model.load_challenger()?)?;
+    let models = args.model.control(
+        args.model.load()?,
+        args.model.load_challenger()?,
+        args.model.load_supervised()?,
+    )?;
     super::model::reload_on_hangup(&runtime, models.clone());
     let retention = Retention {
         prefix: args.prefix.clone(),

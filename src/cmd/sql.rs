@@ -28,10 +28,6 @@ pub struct Args {
     pub tables: Vec<(String, String)>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A supervised model folder (`risksense train --model trees`): adds
-    /// `fraud_probability(features…)`, taking the features its card lists, in order.
-    #[arg(long, conflicts_with = "url")]
-    pub supervised: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -70,12 +66,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let model = args.model.load_optional()?;
-        let ctx = scoring::new_session(model.clone(), SessionOptions::default())?;
-        if let Some(dir) = &args.supervised {
-            let trees = risksense_udfs::Model::load_supervised(dir, Default::default())
-                .with_context(|| format!("loading the supervised model in {}", dir.display()))?;
-            scoring::add_supervised(&ctx, std::sync::Arc::new(trees));
+        let handle = model
+            .clone()
+            .map(|m| std::sync::Arc::new(risksense_udfs::ModelHandle::new(m)));
+        if let Some(supervised) = args.model.load_supervised()? {
+            handle
+                .as_ref()
+                .context("--supervised needs an anomaly model beside it (not --no-model)")?
+                .put(risksense_udfs::Slot::Supervised, Some(supervised))?;
         }
+        let ctx = scoring::new_session_with_handle(handle, SessionOptions::default())?;
         for (name, path) in &args.tables {
             scoring::register_files(&ctx, name, &[PathBuf::from(path)])
                 .await

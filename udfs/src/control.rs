@@ -2,7 +2,7 @@
 //!
 //! A process scores in two places with separate ONNX Runtime sessions: the stream (its
 //! plan's [`ModelHandle`]) and the API (ad-hoc scoring and SQL, through
-//! [`ModelControl::api`]). A change (a new champion, a challenger set or removed) is
+//! [`ModelControl::api`]). A change (a new champion, a challenger or supervised model set or removed) is
 //! loaded and checked here first, off the stream's thread; a model that does not fit the
 //! plan is refused and nothing changes. The stream then applies it between two
 //! micro-batches ([`ModelControl::apply_pending`], called by its loop), so every row of a
@@ -17,27 +17,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+pub use crate::handle::Slot;
 use crate::handle::{ModelHandle, SwapError};
 use crate::model::{Model, ModelError, SessionOptions};
 use crate::registry::{ModelRegistry, RegistryError};
-
-/// Which model a change is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    /// Scores every row, raises alerts and answers `/v1/score`.
-    Champion,
-    /// Scores every row beside the champion, for comparison only.
-    Challenger,
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Slot::Champion => "champion",
-            Slot::Challenger => "challenger",
-        })
-    }
-}
 
 /// Why a change was not made. The models in service are then unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +85,7 @@ impl Drop for Withdraw<'_> {
 #[derive(Debug, Clone)]
 pub struct Changed {
     pub slot: Slot,
-    /// The id of the model now in the slot (None: the challenger was removed).
+    /// The id of the model now in the slot (None: the slot was emptied).
     pub current: Option<String>,
     /// The id of the model that was there.
     pub previous: Option<String>,
@@ -228,35 +211,16 @@ impl ModelControl {
     ) -> Result<Changed, SwapError> {
         // Checked against both before either changes.
         if let Some(model) = &for_api {
-            match slot {
-                Slot::Champion => self.api.check_champion(model)?,
-                Slot::Challenger => self.api.check_features(model)?,
-            }
+            self.api.check(slot, model)?;
         }
         if let (Some(stream), Some(model)) = (stream, &for_stream) {
-            match slot {
-                Slot::Champion => stream.check_champion(model)?,
-                Slot::Challenger => stream.check_features(model)?,
-            }
+            stream.check(slot, model)?;
         }
         let current = for_api.as_ref().map(|m| m.id.clone());
-        let previous = match slot {
-            Slot::Champion => {
-                if let (Some(stream), Some(model)) = (stream, for_stream) {
-                    stream.swap(model)?;
-                }
-                match for_api {
-                    Some(model) => Some(self.api.swap(model)?.id.clone()),
-                    None => None,
-                }
-            }
-            Slot::Challenger => {
-                if let Some(stream) = stream {
-                    stream.set_challenger(for_stream)?;
-                }
-                self.api.set_challenger(for_api)?.map(|m| m.id.clone())
-            }
-        };
+        if let Some(stream) = stream {
+            stream.put(slot, for_stream)?;
+        }
+        let previous = self.api.put(slot, for_api)?.map(|m| m.id.clone());
         Ok(Changed {
             slot,
             current,
@@ -265,7 +229,7 @@ impl ModelControl {
     }
 
     /// Puts the registry's model `name` (folder name or id) in `slot`, or with `None`
-    /// removes the challenger. Loads and checks it first (a model that does not fit is
+    /// empties the slot (not the champion's). Loads and checks it first (a model that does not fit is
     /// refused and nothing changes), then waits for the stream, if one runs, to switch
     /// between micro-batches, then switches the API.
     pub async fn change(&self, slot: Slot, name: Option<&str>) -> Result<Changed, ControlError> {
@@ -287,12 +251,10 @@ impl ModelControl {
     /// (SIGHUP: a retrained model written over the served folder).
     pub async fn reload(&self) -> Vec<Result<Changed, ControlError>> {
         let mut results = Vec::new();
-        let served = [
-            (Slot::Champion, Some(self.api.load())),
-            (Slot::Challenger, self.api.challenger()),
-        ];
-        for (slot, model) in served {
-            let Some(model) = model else { continue };
+        for slot in Slot::ALL {
+            let Some(model) = self.api.in_slot(slot) else {
+                continue;
+            };
             let changed = crate::model::digest_of(
                 &model.dir.join("model.onnx"),
                 &model.dir.join("model.json"),
@@ -327,10 +289,7 @@ impl ModelControl {
                         second: api.id.clone(),
                     });
                 }
-                match slot {
-                    Slot::Champion => self.api.check_champion(&api)?,
-                    Slot::Challenger => self.api.check_features(&api)?,
-                }
+                self.api.check(slot, &api)?;
                 // The stream gets sessions of its own (an ad-hoc query must never hold a
                 // session the stream waits for), from the same files.
                 let stream = if streaming {
@@ -382,10 +341,7 @@ impl ModelControl {
             // Taken between the deadline and the withdrawal: it was applied.
             Err(_) => Ok(Changed {
                 slot,
-                current: match slot {
-                    Slot::Champion => Some(self.api.load().id.clone()),
-                    Slot::Challenger => self.api.challenger().map(|m| m.id.clone()),
-                },
+                current: self.api.in_slot(slot).map(|m| m.id.clone()),
                 previous: None,
             }),
         }
@@ -397,6 +353,7 @@ impl ModelControl {
         let loaded = tokio::task::spawn_blocking(move || match slot {
             Slot::Champion => Model::load(&dir, options),
             Slot::Challenger => Model::load_any(&dir, options),
+            Slot::Supervised => Model::load_supervised(&dir, options),
         })
         .await
         .map_err(|e| ControlError::Load {

@@ -10,8 +10,9 @@
 //! - `challenger_score(f1, …, fn)`, `challenger_threshold()`, `challenger_id()`: the
 //!   shadow model's score (reconstruction error or fraud probability), threshold and id;
 //!   null when no challenger is set.
-//! - `fraud_probability(f1, …, fn)`: a supervised model's probability of fraud (registered
-//!   where one is loaded).
+//! - `fraud_probability(f1, …, fn)`, `fraud_threshold()`, `supervised_id()`: the
+//!   supervised model's probability of fraud, alert threshold and id; null when no
+//!   supervised model is set.
 //! - `rolling_sum_24h`, `mean_of_previous`, `secs_since_previous`: per-card window
 //!   functions, see [`crate::windows`].
 //!
@@ -402,6 +403,21 @@ impl HandleValue {
         })
     }
 
+    /// `supervised_id()`: the supervised model's id, null without one.
+    pub fn supervised_id(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "supervised_id", |h| {
+            ScalarValue::Utf8(h.supervised().map(|m| m.id.clone()))
+        })
+    }
+
+    /// `fraud_threshold()`: the supervised model's alert threshold (a probability), null
+    /// without one.
+    pub fn fraud_threshold(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "fraud_threshold", |h| {
+            ScalarValue::Float64(h.supervised().map(|m| m.card.threshold))
+        })
+    }
+
     /// `challenger_threshold()`: the challenger's alert threshold, null without one.
     pub fn challenger_threshold(model: Arc<ModelHandle>) -> Self {
         Self::new(model, "challenger_threshold", |h| {
@@ -480,17 +496,18 @@ impl ScalarUDFImpl for ChallengerScore {
 }
 
 /// `fraud_probability(features…)`: the supervised model's probability of fraud per row
-/// (null where a feature is null).
+/// (null where a feature is null); null without a supervised model, so a plan built once
+/// carries the column whether or not one is set.
 #[derive(Debug)]
 pub struct FraudProbability {
-    model: Arc<Model>,
+    model: Arc<ModelHandle>,
     signature: Signature,
 }
 
 model_udf_identity!(FraudProbability);
 
 impl FraudProbability {
-    pub fn new(model: Arc<Model>) -> Self {
+    pub fn new(model: Arc<ModelHandle>) -> Self {
         Self {
             model,
             signature: Signature::variadic_any(Volatility::Immutable),
@@ -506,11 +523,19 @@ impl ScalarUDFImpl for FraudProbability {
         &self.signature
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        check_feature_types(self.name(), &self.model, arg_types)?;
+        // Checked against the champion: the supervised model takes the same features.
+        check_feature_types(self.name(), &self.model.load(), arg_types)?;
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        FeatureColumns::score(&self.model, self.name(), &args, crate::model::PROBABILITY)
+        // Unlike a shadow model's, its failure fails the batch: its flags raise alerts, so
+        // a batch scored without it would miss them (the stream retries the batch).
+        match self.model.supervised() {
+            Some(model) => {
+                FeatureColumns::score(&model, self.name(), &args, crate::model::PROBABILITY)
+            }
+            None => Ok(ColumnarValue::Scalar(ScalarValue::Float64(None))),
+        }
     }
 }
 
@@ -532,11 +557,16 @@ pub fn register(
         registry.register_udf(Arc::new(ScalarUDF::from(ChallengerScore::new(
             model.clone(),
         ))))?;
+        registry.register_udf(Arc::new(ScalarUDF::from(FraudProbability::new(
+            model.clone(),
+        ))))?;
         for value in [
             HandleValue::anomaly_threshold(model.clone()),
             HandleValue::model_id(model.clone()),
             HandleValue::challenger_id(model.clone()),
-            HandleValue::challenger_threshold(model),
+            HandleValue::challenger_threshold(model.clone()),
+            HandleValue::supervised_id(model.clone()),
+            HandleValue::fraud_threshold(model),
         ] {
             registry.register_udf(Arc::new(ScalarUDF::from(value)))?;
         }

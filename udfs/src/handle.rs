@@ -11,8 +11,10 @@
 //! is not an anomaly model (the plan calls `anomaly_explain`, which needs the
 //! autoencoder's per-feature errors).
 //!
-//! The handle also holds the optional *challenger* (shadow model): `challenger_score`
-//! scores every row with it beside the champion, for comparison only.
+//! The handle also holds two optional models beside the champion, each in its [`Slot`]:
+//! the *challenger* (shadow model), which `challenger_score` runs on every row for
+//! comparison only, and the *supervised* model, whose `fraud_probability` score.sql
+//! combines with the champion's anomaly score into the alert decision.
 //!
 //! Nothing here orders a swap against a running batch: the functions of one batch load
 //! the handle separately, so whoever swaps must do it between batches (the stream applies
@@ -23,6 +25,32 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::model::{Model, Role};
+
+/// Which of a handle's models something is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The anomaly model: scores every row, raises alerts and answers `/v1/score`.
+    Champion,
+    /// Scores every row beside the champion, for comparison only (either kind).
+    Challenger,
+    /// A supervised model (a fraud probability) that score.sql combines with the
+    /// champion's score: its flags raise alerts too.
+    Supervised,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 3] = [Slot::Champion, Slot::Challenger, Slot::Supervised];
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Slot::Champion => "champion",
+            Slot::Challenger => "challenger",
+            Slot::Supervised => "supervised",
+        })
+    }
+}
 
 /// Why [`ModelHandle::swap`] refused a model.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +72,19 @@ pub enum SwapError {
          anomalies with its per-feature errors); serve it as the challenger instead"
     )]
     NotAnomaly { model: String, role: Role },
+    /// The supervised slot takes a fraud probability; this model is of another kind.
+    #[error(
+        "model `{model}` is {role}: the supervised slot takes a supervised model (`risksense \
+         train --model trees`); serve an anomaly model as the champion or the challenger"
+    )]
+    NotSupervised { model: String, role: Role },
 }
 
 /// The current model of a session's model functions (see the module documentation).
 pub struct ModelHandle {
     current: ArcSwap<Model>,
     challenger: ArcSwapOption<Model>,
+    supervised: ArcSwapOption<Model>,
     /// Batches the challenger failed to score (its scores were null instead).
     challenger_failures: std::sync::atomic::AtomicU64,
     /// The feature list every model of this handle takes (the first model's).
@@ -61,6 +96,7 @@ impl std::fmt::Debug for ModelHandle {
         f.debug_struct("ModelHandle")
             .field("current", &*self.current.load())
             .field("challenger", &*self.challenger.load())
+            .field("supervised", &*self.supervised.load())
             .finish()
     }
 }
@@ -72,6 +108,7 @@ impl ModelHandle {
             features: model.card.features.clone(),
             current: ArcSwap::new(model),
             challenger: ArcSwapOption::empty(),
+            supervised: ArcSwapOption::empty(),
             challenger_failures: Default::default(),
         }
     }
@@ -144,12 +181,65 @@ impl ModelHandle {
         Ok(self.challenger.swap(model))
     }
 
-    /// A new handle holding this one's champion and challenger as they are now: one
-    /// request's session then sees one pair of models, whatever changes meanwhile.
+    /// The supervised model, if one is set.
+    pub fn supervised(&self) -> Option<Arc<Model>> {
+        self.supervised.load_full()
+    }
+
+    /// Whether `model` could go in `slot`: the plan's features, and the kind of model the
+    /// slot takes.
+    pub fn check(&self, slot: Slot, model: &Model) -> Result<(), SwapError> {
+        match slot {
+            Slot::Champion => self.check_champion(model),
+            Slot::Challenger => self.check_features(model),
+            Slot::Supervised => {
+                self.check_features(model)?;
+                if model.role != Role::Supervised {
+                    return Err(SwapError::NotSupervised {
+                        model: model.id.clone(),
+                        role: model.role,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The model in `slot` (the champion is always there).
+    pub fn in_slot(&self, slot: Slot) -> Option<Arc<Model>> {
+        match slot {
+            Slot::Champion => Some(self.load()),
+            Slot::Challenger => self.challenger(),
+            Slot::Supervised => self.supervised(),
+        }
+    }
+
+    /// Puts `model` in `slot` for every batch that starts from now on (None empties the
+    /// slot; the champion can only be replaced, so None leaves it) and returns the
+    /// previous one. Refuses a model [`Self::check`] refuses.
+    pub fn put(
+        &self,
+        slot: Slot,
+        model: Option<Arc<Model>>,
+    ) -> Result<Option<Arc<Model>>, SwapError> {
+        if let Some(model) = &model {
+            self.check(slot, model)?;
+        }
+        Ok(match (slot, model) {
+            (Slot::Champion, Some(model)) => Some(self.current.swap(model)),
+            (Slot::Champion, None) => None,
+            (Slot::Challenger, model) => self.challenger.swap(model),
+            (Slot::Supervised, model) => self.supervised.swap(model),
+        })
+    }
+
+    /// A new handle holding this one's models as they are now: one request's session then
+    /// sees one set of models, whatever changes meanwhile.
     pub fn snapshot(&self) -> Self {
         Self {
             current: ArcSwap::new(self.load()),
             challenger: ArcSwapOption::new(self.challenger()),
+            supervised: ArcSwapOption::new(self.supervised()),
             challenger_failures: Default::default(),
             features: self.features.clone(),
         }

@@ -104,14 +104,6 @@ pub fn new_session_with_handle(
     Ok(SessionContext::new_with_state(state))
 }
 
-/// Adds `fraud_probability(features…)` over a supervised model
-/// ([`risksense_udfs::Model::load_supervised`]) to `ctx`.
-pub fn add_supervised(ctx: &SessionContext, model: Arc<risksense_udfs::Model>) {
-    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
-        risksense_udfs::functions::FraudProbability::new(model),
-    ));
-}
-
 /// Where to read the SQL from instead of the compiled-in text (to try a feature change
 /// without rebuilding): a folder with features.sql and score.sql.
 pub const SQL_DIR_ENV: &str = "RISKSENSE_SQL_DIR";

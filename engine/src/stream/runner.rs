@@ -42,10 +42,12 @@ pub struct RunOptions {
     /// `config.queries` and the saved ones, and runs each micro-batch through them.
     pub queries: Option<Arc<risksense_continuous::Registry>>,
     /// Changes to the models in service (API, SIGHUP), applied between micro-batches.
-    /// The stream starts with the control's champion and challenger.
+    /// The stream starts with the control's champion, challenger and supervised model.
     pub models: Option<Arc<risksense_udfs::ModelControl>>,
     /// The shadow model the stream starts with (its own instance of the control's).
     pub challenger: Option<Arc<Model>>,
+    /// The supervised model the stream starts with (its own instance of the control's).
+    pub supervised: Option<Arc<Model>>,
 }
 
 /// Gives the standing queries the stream's tables and producer, then starts the queries of
@@ -287,6 +289,11 @@ pub fn run_stream(
     let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
     if let Some(challenger) = options.challenger.clone() {
         scorer.model().set_challenger(Some(challenger))?;
+    }
+    if let Some(supervised) = options.supervised.clone() {
+        scorer
+            .model()
+            .put(risksense_udfs::Slot::Supervised, Some(supervised))?;
     }
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;

@@ -185,13 +185,14 @@ impl Iterator for ParquetTransactionReader {
 /// Columns of scored rows with few distinct values: the only ones written with a
 /// dictionary in scored files (archive, rescoring). The model ids are one or two values a
 /// file.
-pub const SCORED_DICTIONARY_COLUMNS: [&str; 6] = [
+pub const SCORED_DICTIONARY_COLUMNS: [&str; 7] = [
     "cc_num",
     "category",
     "merchant",
     "is_fraud",
     "model_id",
     "challenger_id",
+    "supervised_id",
 ];
 
 /// Rows per row group of transaction and rescored files.
