@@ -83,7 +83,8 @@ SELECT
       log_secs_since_prev, log_count_24h, log_amt_over_mean, log_spend_24h_over_mean,
       night_share_24h, log_night_spend_24h_over_mean, log_night_count_24h
   ) WHEN fraud_flag THEN
-    concat('fraud probability ', CAST(round(fraud_probability, 3) AS VARCHAR))
+    -- (arrow_cast: concat gives Utf8View, and a column has one type.)
+    arrow_cast(concat('fraud probability ', CAST(round(fraud_probability, 3) AS VARCHAR)), 'Utf8')
   END AS explanation,
   model_id() AS model_id,
   challenger_id() AS challenger_id,

@@ -132,6 +132,9 @@ fn labels_join_the_scores_and_move_live_precision_and_recall_per_model() {
                 RunOptions {
                     create_topics: true,
                     challenger: Some(model("trees")),
+                    // Its flags raise alerts beside the champion's (score.sql's rule): the
+                    // champion's live figures count the alerts.
+                    supervised: Some(model("trees")),
                     ..RunOptions::default()
                 },
             )
@@ -188,6 +191,7 @@ fn labels_join_the_scores_and_move_live_precision_and_recall_per_model() {
         }
     };
     let mut archived_rows = 0;
+    let trees_id = model("trees").id.clone();
     for batch in &archived {
         let column = |name: &str| batch.column_by_name(name).expect(name).clone();
         let (fraud, flag, shadow_flag) = (
@@ -196,8 +200,23 @@ fn labels_join_the_scores_and_move_live_precision_and_recall_per_model() {
             column("challenger_flag"),
         );
         let (model_id, shadow_id) = (column("model_id"), column("challenger_id"));
+        let (anomaly_flag, fraud_flag, supervised_id) = (
+            column("anomaly_flag"),
+            column("fraud_flag"),
+            column("supervised_id"),
+        );
         for i in 0..batch.num_rows() {
             let is_fraud = fraud.as_primitive::<arrow::datatypes::Int32Type>().value(i) == 1;
+            assert_eq!(
+                flag.as_boolean().value(i),
+                anomaly_flag.as_boolean().value(i) || fraud_flag.as_boolean().value(i),
+                "an alert is either model's flag"
+            );
+            assert_eq!(
+                supervised_id.as_string::<i32>().value(i),
+                trees_id,
+                "the supervised model's id on every row"
+            );
             count(
                 "champion",
                 model_id.as_string::<i32>().value(i).to_string(),
