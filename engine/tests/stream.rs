@@ -858,6 +858,10 @@ fn bad_values_and_repeats_never_reach_a_cards_state() {
         // Small micro-batches: the repeat arrives batches after its first copy, so it is
         // recognised from the card's remembered rows (a repeat within a batch: decode.rs).
         batch_rows: 7,
+        // A checkpoint after every micro-batch: the card's rows (all of them older than
+        // the partition's clock, which the other cards' rows moved to the end of February)
+        // must survive each one's idle-card eviction.
+        checkpoint_interval_ms: 1,
         ..config(&topic, &archive)
     };
     let store = redis_store(&runtime, &url, &config);

@@ -13,8 +13,9 @@
 //! Each card also remembers the `trans_num`s of its recent rows (see [`Seen`]), so the
 //! stream can recognise a repeated transaction before it counts twice. The horizon is the
 //! one the windows keep: the card's rows of the last 24 hours of its event time, and at
-//! least its last [`SEEN_KEEP_ROWS`] rows; a card idle for the stream's `state_idle_secs`
-//! is forgotten with the rest of its history. A repeat older than that is not recognised.
+//! least its last [`SEEN_KEEP_ROWS`] rows; a card that received no row while its
+//! partition's event time advanced the stream's `state_idle_secs` is forgotten with the
+//! rest of its history. A repeat older than that is not recognised.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -169,6 +170,12 @@ struct CardRows {
     /// the card's day of rows (a producer flooding one card would make it quadratic).
     seen_index: FastMap<u64, i64>,
     latest_secs: i64,
+    /// The partition's event time (its clock, see [`PartitionHistory::latest_secs`]) when
+    /// the card last received a row: idleness is measured from it, not from the card's
+    /// own event time, so a card whose rows arrive late (a backfill behind the rest of the
+    /// partition) is not forgotten while they keep arriving. 0 after a restore: the card's
+    /// own latest time counts.
+    active_secs: i64,
 }
 
 impl CardRows {
@@ -330,6 +337,7 @@ impl CardHistory {
                 rows.latest_secs = rows.latest_secs.max(last.secs);
                 history.latest_secs = history.latest_secs.max(last.secs);
             }
+            rows.active_secs = history.latest_secs;
             let site = site as usize;
             if rows.sites.len() <= site {
                 rows.sites.resize_with(site + 1, Vec::new);
@@ -364,6 +372,7 @@ impl CardHistory {
             let card_rows = Arc::make_mut(history.cards.entry(card).or_default());
             card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
             history.latest_secs = history.latest_secs.max(seen.secs);
+            card_rows.active_secs = history.latest_secs;
             card_rows.push_seen(seen);
             if touched.last() != Some(&(partition, card)) {
                 touched.push((partition, card));
@@ -394,8 +403,10 @@ impl CardHistory {
         })
     }
 
-    /// Drops the cards of `partition` with no row in the last `horizon_secs` of its event
-    /// time, so that history follows the active cards instead of every card ever seen.
+    /// Drops the cards of `partition` that received no row while its event time advanced
+    /// `horizon_secs`, so that history follows the active cards instead of every card ever
+    /// seen. (Measured on the partition's clock from the card's last row's arrival: a card
+    /// receiving rows is active however old their event times are.)
     ///
     /// A card seen again after that is scored as new (no previous row, 30-row or 24 h
     /// history): the stream then differs from a batch job over the whole history for that
@@ -411,7 +422,7 @@ impl CardHistory {
                 ..
             } = history;
             cards.retain(|card, rows| {
-                let kept = rows.latest_secs >= cutoff;
+                let kept = rows.latest_secs.max(rows.active_secs) >= cutoff;
                 if !kept {
                     changed.remove(card);
                     removed.insert(*card);
@@ -845,6 +856,34 @@ mod tests {
         fresh.evict_idle(0, 86_400);
         assert!(fresh.entries(7, amt_again).is_empty());
         assert_eq!(fresh.size(0), (1, 1));
+    }
+
+    /// A card whose rows arrive after the partition's clock moved far past them (a
+    /// backfill of one card behind the others) is active while they arrive; it goes once
+    /// the partition's clock has moved the horizon past its last arrival.
+    #[test]
+    fn a_card_whose_old_rows_are_still_arriving_is_not_idle() {
+        let day = 86_400;
+        let history = CardHistory::new();
+        let amt = site(&history, "amt");
+        // Card 8 has brought partition 0 to day 60; card 7's rows of day 1 arrive now.
+        history.stage(8, amt, vec![entry(60 * day, Some(1.0))]);
+        history.commit_staged(|_| Some(0)).expect("commit");
+        history.stage(7, amt, vec![entry(day, Some(2.0))]);
+        history.commit_staged(|_| Some(0)).expect("commit");
+        history.remember([(0, 7, seen("t1", 1, day))]);
+        history.evict_idle(0, 30 * day);
+        assert_eq!(history.entries(7, amt), vec![entry(day, Some(2.0))]);
+        assert_eq!(
+            history.first_seen(&[(7, trans_num_hash("t1"))]),
+            vec![Some(1)]
+        );
+        // 31 days of the partition's time later, with nothing for card 7: it goes.
+        history.stage(8, amt, vec![entry(91 * day, Some(1.0))]);
+        history.commit_staged(|_| Some(0)).expect("commit");
+        history.evict_idle(0, 30 * day);
+        assert!(history.entries(7, amt).is_empty());
+        assert_eq!(history.size(0), (1, 1));
     }
 
     fn seen(name: &str, row_id: i64, secs: i64) -> Seen {
