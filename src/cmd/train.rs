@@ -46,6 +46,19 @@ pub struct Args {
     /// Largest error one feature may add to a score, in units of its training error.
     #[arg(long, default_value_t = 9.0)]
     pub error_cap: f32,
+    /// Denoising: Gaussian noise of this standard deviation on the standardised inputs
+    /// while training (the target stays the clean row). 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    pub input_noise: f32,
+    /// Early stopping: keep each member's epoch with the lowest loss on the validation
+    /// period's legitimate rows, stopping after this many epochs without a better one.
+    /// 0: keep the last epoch.
+    #[arg(long, default_value_t = 0)]
+    pub patience: usize,
+    /// Scale features by median and interquartile range instead of mean and standard
+    /// deviation.
+    #[arg(long)]
+    pub robust_scaling: bool,
     /// What to train: the autoencoder (unsupervised, legitimate rows only), or
     /// gradient-boosted trees on the `is_fraud` labels (needs both classes).
     #[arg(long, value_enum, default_value_t = ModelKind::Autoencoder)]
@@ -186,6 +199,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             learning_rate: args.learning_rate,
             seed: args.seed,
             error_cap: args.error_cap,
+            input_noise: args.input_noise,
+            patience: args.patience,
+            robust_scaling: args.robust_scaling,
         },
     };
     if args.model == ModelKind::Trees {

@@ -65,6 +65,40 @@ impl Standardizer {
         Self { mean, std }
     }
 
+    /// Like [`Self::fit`], with the median and the interquartile range (over 1.349, the
+    /// standard deviation's equal for normal data) instead of the mean and the standard
+    /// deviation: a few extreme amounts then do not squeeze every other row together.
+    /// A column whose quartiles meet keeps its standard deviation.
+    pub fn fit_robust(matrix: &Matrix) -> Self {
+        let mut fitted = Self::fit(matrix);
+        let mut values = Vec::with_capacity(matrix.rows);
+        for col in 0..matrix.cols {
+            // Binary columns were left as they are by `fit` (mean 0, scale 1).
+            if fitted.mean[col] == 0.0 && fitted.std[col] == 1.0 {
+                continue;
+            }
+            values.clear();
+            values.extend((0..matrix.rows).map(|r| matrix.data[r * matrix.cols + col]));
+            values.sort_by(f32::total_cmp);
+            let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+            let iqr = (at(0.75) - at(0.25)) / 1.349;
+            fitted.mean[col] = at(0.5);
+            if iqr > 1e-6 {
+                fitted.std[col] = iqr;
+            }
+        }
+        fitted
+    }
+
+    /// Which columns are scaled (not 0/1 columns).
+    fn scaled_columns(&self) -> Vec<bool> {
+        self.mean
+            .iter()
+            .zip(&self.std)
+            .map(|(&m, &s)| !(m == 0.0 && s == 1.0))
+            .collect()
+    }
+
     pub fn apply(&self, matrix: &Matrix) -> Matrix {
         let mut data = matrix.data.clone();
         for row in data.chunks_mut(matrix.cols) {
@@ -87,6 +121,15 @@ pub struct TrainConfig {
     pub seed: u64,
     /// See [`ErrorModel::cap`].
     pub error_cap: f32,
+    /// Denoising: the standard deviation of Gaussian noise added to the scaled (non-0/1)
+    /// standardised inputs while training; the target stays the clean row. 0: off.
+    pub input_noise: f32,
+    /// Early stopping: keep the weights of the epoch with the lowest loss on the
+    /// validation period's legitimate rows, and stop after this many epochs without a
+    /// better one. 0: train every epoch and keep the last.
+    pub patience: usize,
+    /// Median / interquartile-range scaling instead of mean / standard deviation.
+    pub robust_scaling: bool,
 }
 
 impl Default for TrainConfig {
@@ -99,6 +142,9 @@ impl Default for TrainConfig {
             learning_rate: 1e-3,
             seed: 42,
             error_cap: 9.0,
+            input_noise: 0.0,
+            patience: 0,
+            robust_scaling: false,
         }
     }
 }
@@ -136,6 +182,13 @@ pub struct Autoencoder {
     /// (weight [out, in], bias [out]) per layer.
     layers: Vec<(Var, Var)>,
     pub config: TrainConfig,
+}
+
+/// A standard normal draw (Box-Muller): the noise of denoising training.
+fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
 fn init_layer(
@@ -203,7 +256,12 @@ impl Autoencoder {
             return Err(TrainError::NoData("no training rows".to_string()));
         }
         let device = Device::Cpu;
-        let standardizer = Standardizer::fit(train);
+        let standardizer = if config.robust_scaling {
+            Standardizer::fit_robust(train)
+        } else {
+            Standardizer::fit(train)
+        };
+        let noisy_columns = standardizer.scaled_columns();
         let z_train = standardizer.apply(train);
         let z_valid = standardizer.apply(validation);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -246,6 +304,9 @@ impl Autoencoder {
             train_loss: f64::NAN,
             validation_loss: f64::NAN,
         };
+        let mut noisy = Vec::with_capacity(config.batch_size * f);
+        // (best validation loss, its epoch, its weights) for early stopping.
+        let mut best: Option<(f64, usize, Vec<(Tensor, Tensor)>)> = None;
         for epoch in 1..=config.epochs {
             order.shuffle(&mut rng);
             let (mut loss_sum, mut seen) = (0.0, 0usize);
@@ -255,7 +316,20 @@ impl Autoencoder {
                     batch.extend_from_slice(z_train.row(row));
                 }
                 let x = Tensor::from_slice(&batch, (chunk.len(), f), &device)?;
-                let loss = (model.forward(&x)? - &x)?.sqr()?.mean_all()?;
+                let input = if config.input_noise > 0.0 {
+                    noisy.clear();
+                    for (i, &v) in batch.iter().enumerate() {
+                        noisy.push(if noisy_columns[i % f] {
+                            v + config.input_noise * standard_normal(&mut rng)
+                        } else {
+                            v
+                        });
+                    }
+                    Tensor::from_slice(&noisy, (chunk.len(), f), &device)?
+                } else {
+                    x.clone()
+                };
+                let loss = (model.forward(&input)? - &x)?.sqr()?.mean_all()?;
                 optimizer.backward_step(&loss)?;
                 loss_sum += f64::from(loss.to_scalar::<f32>()?) * chunk.len() as f64;
                 seen += chunk.len();
@@ -267,6 +341,37 @@ impl Autoencoder {
                 validation_loss: model.loss_on(&z_valid)?,
             };
             on_epoch(report);
+            if config.patience > 0 && z_valid.rows > 0 {
+                let improved = best
+                    .as_ref()
+                    .is_none_or(|(loss, _, _)| report.validation_loss < *loss);
+                if improved {
+                    let weights = model
+                        .layers
+                        .iter()
+                        .map(|(w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?)))
+                        .collect::<Result<Vec<_>, TrainError>>()?;
+                    best = Some((report.validation_loss, epoch, weights));
+                } else if best
+                    .as_ref()
+                    .is_some_and(|(_, at, _)| epoch - at >= config.patience)
+                {
+                    break;
+                }
+            }
+        }
+        if let Some((loss, epoch, weights)) = best {
+            for ((w, b), (best_w, best_b)) in model.layers.iter().zip(weights) {
+                w.set(&best_w)?;
+                b.set(&best_b)?;
+            }
+            tracing::debug!(
+                epoch,
+                validation_loss = loss,
+                "kept the best epoch's weights"
+            );
+            report.epoch = epoch;
+            report.validation_loss = loss;
         }
         model.fit_error_model(&z_train)?;
         Ok((model, report))

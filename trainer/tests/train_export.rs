@@ -59,6 +59,7 @@ fn trains_exports_and_onnx_runtime_matches_the_network() {
             learning_rate: 3e-3,
             seed: 3,
             error_cap: 9.0,
+            ..TrainConfig::default()
         },
         ensemble: 2,
     };
@@ -111,5 +112,79 @@ fn trains_exports_and_onnx_runtime_matches_the_network() {
         again.card.training.data_sha256,
         outcome.card.training.data_sha256
     );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// Denoising, robust scaling and early stopping together: the kept weights are those of
+/// each member's best validation epoch (training stops `patience` epochs after it), the
+/// export still reproduces them, and the planted anomalies are still found.
+#[test]
+fn early_stopping_keeps_the_best_epoch_and_denoising_still_finds_the_anomalies() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let train = period(4000, 0, &mut rng, 0);
+    let validation = period(2000, 50, &mut rng, 10_000);
+    let out = std::env::temp_dir().join(format!("risksense-train-es-{}", std::process::id()));
+    let patience = 2;
+    let info = RunInfo {
+        name: "test".to_string(),
+        feature_names: (0..COLS).map(|i| format!("f{i}")).collect(),
+        inputs: vec!["synthetic".to_string()],
+        alert_rate: 0.02,
+        config: TrainConfig {
+            hidden: 16,
+            code: 2,
+            epochs: 60,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            seed: 5,
+            input_noise: 0.1,
+            patience,
+            robust_scaling: true,
+            ..TrainConfig::default()
+        },
+        ensemble: 2,
+    };
+    let mut losses: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let outcome = train_and_export(&train, &validation, &info, &out, |k, report| {
+        losses[k].push(report.validation_loss)
+    })
+    .expect("trains");
+    let mut best = Vec::new();
+    for member in &losses {
+        let (at, min) = member
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f64::INFINITY),
+                |acc, (i, &l)| if l < acc.1 { (i, l) } else { acc },
+            );
+        // Stopped `patience` epochs after the best one, or ran out of epochs.
+        assert!(
+            member.len() == at + 1 + patience || member.len() == 60,
+            "best epoch {} of {}: {member:?}",
+            at + 1,
+            member.len()
+        );
+        best.push(min);
+    }
+    // The card's validation loss is the members' best ones averaged: their weights kept.
+    let mean = (best[0] + best[1]) / 2.0;
+    assert!(
+        (outcome.card.training.final_validation_loss - mean).abs() < 1e-9,
+        "{} vs {mean}",
+        outcome.card.training.final_validation_loss
+    );
+    assert!(outcome.card.training.robust_scaling && outcome.card.training.patience == 2);
+    assert!(
+        outcome.onnx_max_abs_diff < 1e-4,
+        "{}",
+        outcome.onnx_max_abs_diff
+    );
+    let metrics = outcome
+        .card
+        .validation
+        .as_ref()
+        .expect("labelled validation");
+    assert!(metrics.roc_auc > 0.95, "{metrics:?}");
     std::fs::remove_dir_all(&out).ok();
 }

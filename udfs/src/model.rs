@@ -114,6 +114,14 @@ pub struct TrainingInfo {
     pub final_train_loss: f64,
     pub final_validation_loss: f64,
     pub framework: String,
+    /// Autoencoders: the denoising noise, the early-stopping patience (0: none) and
+    /// whether the scaling was robust (median / IQR). Absent from older cards.
+    #[serde(default)]
+    pub input_noise: f32,
+    #[serde(default)]
+    pub patience: usize,
+    #[serde(default)]
+    pub robust_scaling: bool,
 }
 
 impl ModelCard {
