@@ -123,8 +123,9 @@ pub async fn score(
     let Some(batch) = decoded.batch else {
         return Err(ApiError::bad_request("no transactions to score"));
     };
-    let model = state.models.api().load();
-    let supervised = state.models.api().supervised();
+    // One request, one set of models, whatever changes meanwhile.
+    let models = state.models.api().snapshot();
+    let (model, supervised) = (models.load(), models.supervised());
     let features = state.scorer.features.score(vec![batch]).await?;
     let rows = feature_rows(&features, &model.card.features)?;
 

@@ -123,8 +123,9 @@ async fn read(
         }
     };
     // The champion's own flag: with a supervised model beside it, is_anomaly is either's.
+    // (Rows archived before anomaly_flag existed read it as null: is_anomaly was it.)
     let champion_flag = if schema.field_with_name("anomaly_flag").is_ok() {
-        "CAST(anomaly_flag AS BOOLEAN) AS is_anomaly"
+        "coalesce(CAST(anomaly_flag AS BOOLEAN), CAST(is_anomaly AS BOOLEAN)) AS is_anomaly"
     } else {
         "CAST(is_anomaly AS BOOLEAN) AS is_anomaly"
     };

@@ -28,8 +28,9 @@ pub struct ModelArgs {
     /// flags a row; `risk` ranks by the probability first).
     #[arg(long, env = "RISKSENSE_SUPERVISED")]
     pub supervised: Option<PathBuf>,
-    /// Registry: the folder of model folders `POST /v1/models/champion` and
-    /// `/v1/models/challenger` choose from [default: the champion's parent folder]
+    /// Registry: the folder of model folders `POST /v1/models/champion`,
+    /// `/v1/models/challenger` and `/v1/models/supervised` choose from [default: the
+    /// champion's parent folder]
     #[arg(long, env = "RISKSENSE_REGISTRY")]
     pub registry: Option<PathBuf>,
 }

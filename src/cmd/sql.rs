@@ -58,6 +58,12 @@ pub enum Format {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.url {
+        if args.model.supervised.is_some() || args.model.challenger.is_some() {
+            anyhow::bail!(
+                "--supervised and --challenger are for local tables; a service at --url \
+                 scores with the models it serves (GET {url}/v1/models)"
+            );
+        }
         if args.follow {
             return follow(url, &args);
         }
@@ -69,6 +75,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let handle = model
             .clone()
             .map(|m| std::sync::Arc::new(risksense_udfs::ModelHandle::new(m)));
+        if let Some(challenger) = args.model.load_challenger()? {
+            handle
+                .as_ref()
+                .context("--challenger needs an anomaly model beside it (not --no-model)")?
+                .set_challenger(Some(challenger))?;
+        }
         if let Some(supervised) = args.model.load_supervised()? {
             handle
                 .as_ref()

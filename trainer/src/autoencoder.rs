@@ -305,8 +305,11 @@ impl Autoencoder {
             validation_loss: f64::NAN,
         };
         let mut noisy = Vec::with_capacity(config.batch_size * f);
-        // (best validation loss, its epoch, its weights) for early stopping.
-        let mut best: Option<(f64, usize, Vec<(Tensor, Tensor)>)> = None;
+        // The best epoch's report and weights, for early stopping.
+        let mut best: Option<(EpochReport, Vec<(Tensor, Tensor)>)> = None;
+        if config.patience > 0 && z_valid.rows == 0 {
+            tracing::warn!("no validation rows: early stopping is off, every epoch runs");
+        }
         for epoch in 1..=config.epochs {
             order.shuffle(&mut rng);
             let (mut loss_sum, mut seen) = (0.0, 0usize);
@@ -344,34 +347,35 @@ impl Autoencoder {
             if config.patience > 0 && z_valid.rows > 0 {
                 let improved = best
                     .as_ref()
-                    .is_none_or(|(loss, _, _)| report.validation_loss < *loss);
+                    .is_none_or(|(kept, _)| report.validation_loss < kept.validation_loss);
                 if improved {
                     let weights = model
                         .layers
                         .iter()
                         .map(|(w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?)))
                         .collect::<Result<Vec<_>, TrainError>>()?;
-                    best = Some((report.validation_loss, epoch, weights));
+                    best = Some((report, weights));
                 } else if best
                     .as_ref()
-                    .is_some_and(|(_, at, _)| epoch - at >= config.patience)
+                    .is_some_and(|(kept, _)| epoch - kept.epoch >= config.patience)
                 {
                     break;
                 }
             }
         }
-        if let Some((loss, epoch, weights)) = best {
+        if let Some((kept, weights)) = best {
             for ((w, b), (best_w, best_b)) in model.layers.iter().zip(weights) {
                 w.set(&best_w)?;
                 b.set(&best_b)?;
             }
             tracing::debug!(
-                epoch,
-                validation_loss = loss,
+                epoch = kept.epoch,
+                validation_loss = kept.validation_loss,
                 "kept the best epoch's weights"
             );
-            report.epoch = epoch;
-            report.validation_loss = loss;
+            report = kept;
+            // Recomputed from the weights now in the model: the kept epoch's, restored.
+            report.validation_loss = model.loss_on(&z_valid)?;
         }
         model.fit_error_model(&z_train)?;
         Ok((model, report))

@@ -343,7 +343,8 @@ impl ScalarUDFImpl for AnomalyExplain {
 }
 
 /// A nullary function of the handle's models (`anomaly_threshold()`, `model_id()`,
-/// `challenger_id()`, `challenger_threshold()`), evaluated once per batch. Volatile,
+/// `challenger_id()`, `challenger_threshold()`, `supervised_id()`, `fraud_threshold()`),
+/// evaluated once per batch. Volatile,
 /// although it is a constant for a model: DataFusion folds immutable and stable calls
 /// without arguments into a literal when planning, and a plan built once must see the
 /// models its handle holds when each batch runs.
@@ -528,8 +529,9 @@ impl ScalarUDFImpl for FraudProbability {
         Ok(DataType::Float64)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        // Unlike a shadow model's, its failure fails the batch: its flags raise alerts, so
-        // a batch scored without it would miss them (the stream retries the batch).
+        // Unlike a shadow model's, its failure fails the batch, as the champion's does: its
+        // flags raise alerts, so a batch scored without it would miss them (the stream
+        // tries once more, then stops and resumes from its last checkpoint on restart).
         match self.model.supervised() {
             Some(model) => {
                 FeatureColumns::score(&model, self.name(), &args, crate::model::PROBABILITY)

@@ -69,7 +69,8 @@ pub enum SwapError {
     /// The champion must be an autoencoder; this model is of another kind.
     #[error(
         "model `{model}` is {role}: the champion must be an anomaly model (the plan explains \
-         anomalies with its per-feature errors); serve it as the challenger instead"
+         anomalies with its per-feature errors); serve it as the challenger or, if it is \
+         supervised, in the supervised slot instead"
     )]
     NotAnomaly { model: String, role: Role },
     /// The supervised slot takes a fraud probability; this model is of another kind.

@@ -183,7 +183,7 @@ pub struct StreamMetrics {
     pub arrival_latency: LatencyHistogram,
     /// From a micro-batch's close to its results in every sink.
     pub batch_latency: LatencyHistogram,
-    /// Rows scored and flagged per model (champion, and challenger in shadow).
+    /// Rows scored and flagged per model (champion, challenger in shadow, supervised).
     pub models: ModelCounts,
     /// Labels joined with what each model said: live precision and recall per model.
     pub labels: LabelCounts,
@@ -274,7 +274,7 @@ impl LabelCounts {
 pub struct ModelCounts(std::sync::Mutex<std::collections::BTreeMap<(String, String), [u64; 2]>>);
 
 impl ModelCounts {
-    /// Adds `rows` scored by `model` in `slot` (`champion`, `challenger`), `flagged` of
+    /// Adds `rows` scored by `model` in `slot` (`champion`, `challenger`, `supervised`), `flagged` of
     /// them at or above its threshold.
     pub fn add(&self, slot: &str, model: &str, rows: u64, flagged: u64) {
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -545,12 +545,12 @@ impl Collector for StreamCollector {
             for (name, help, flagged) in [
                 (
                     "risksense_model_rows",
-                    "Rows scored per model and slot (champion, challenger).",
+                    "Rows scored per model and slot (champion, challenger, supervised).",
                     false,
                 ),
                 (
                     "risksense_model_flagged",
-                    "Rows at or above the model's threshold, per model and slot (a challenger's never alert).",
+                    "Rows flagged per model and slot: the champion's are the alerts (with a supervised model, either's flag); a challenger's never alert.",
                     true,
                 ),
             ] {

@@ -960,27 +960,24 @@ async fn background_writes(
 }
 
 /// Rows and flags per (slot, model id) in scored batches: the champion's `model_id` and
-/// `anomaly_flag` (`is_anomaly` in a score.sql without it), the challenger's
-/// `challenger_id` and `challenger_flag`, the supervised model's `supervised_id` and
-/// `fraud_flag`.
+/// `is_anomaly` (the alerts: with a supervised model, either's flag, as the labels count
+/// them from the Redis record), the challenger's `challenger_id` and `challenger_flag`,
+/// the supervised model's `supervised_id` and `fraud_flag`.
 fn count_per_model(
     scored: &[RecordBatch],
 ) -> std::collections::BTreeMap<(&'static str, String), (u64, u64)> {
     let mut counts = std::collections::BTreeMap::new();
     for batch in scored {
-        for (slot, id, flags) in [
-            ("champion", "model_id", &["anomaly_flag", "is_anomaly"][..]),
-            ("challenger", "challenger_id", &["challenger_flag"]),
-            ("supervised", "supervised_id", &["fraud_flag"]),
+        for (slot, id, flag) in [
+            ("champion", "model_id", "is_anomaly"),
+            ("challenger", "challenger_id", "challenger_flag"),
+            ("supervised", "supervised_id", "fraud_flag"),
         ] {
             let (Some(ids), Some(flags)) = (
                 batch
                     .column_by_name(id)
                     .and_then(|c| c.as_string_opt::<i32>()),
-                flags
-                    .iter()
-                    .find_map(|flag| batch.column_by_name(flag))
-                    .and_then(|c| c.as_boolean_opt()),
+                batch.column_by_name(flag).and_then(|c| c.as_boolean_opt()),
             ) else {
                 continue;
             };

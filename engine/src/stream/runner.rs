@@ -42,7 +42,8 @@ pub struct RunOptions {
     /// `config.queries` and the saved ones, and runs each micro-batch through them.
     pub queries: Option<Arc<risksense_continuous::Registry>>,
     /// Changes to the models in service (API, SIGHUP), applied between micro-batches.
-    /// The stream starts with the control's champion, challenger and supervised model.
+    /// Give the stream its own instances of the control's models (`challenger`,
+    /// `supervised` below): it starts with those.
     pub models: Option<Arc<risksense_udfs::ModelControl>>,
     /// The shadow model the stream starts with (its own instance of the control's).
     pub challenger: Option<Arc<Model>>,

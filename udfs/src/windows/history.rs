@@ -173,8 +173,8 @@ struct CardRows {
     /// The partition's event time (its clock, see [`PartitionHistory::latest_secs`]) when
     /// the card last received a row: idleness is measured from it, not from the card's
     /// own event time, so a card whose rows arrive late (a backfill behind the rest of the
-    /// partition) is not forgotten while they keep arriving. 0 after a restore: the card's
-    /// own latest time counts.
+    /// partition) is not forgotten while they keep arriving. Not in checkpoints: a restore
+    /// counts every card as active at the partition's clock.
     active_secs: i64,
 }
 
@@ -487,7 +487,14 @@ impl CardHistory {
     /// none). Replaces whatever was kept for it. A checkpoint of the earlier four-column
     /// schema restores with no rows remembered for the duplicate check.
     pub fn restore(&self, partition: i32, bytes: &[u8]) -> Result<(), HistoryError> {
-        let (history, _) = self.parse(bytes)?;
+        let (mut history, _) = self.parse(bytes)?;
+        // When each card last received a row is not in a checkpoint: count every card
+        // restored as active now, so a backfilled card is not forgotten at the first
+        // checkpoint after a restart (an idle one then goes one horizon later).
+        let now = history.latest_secs;
+        for rows in history.cards.values_mut() {
+            Arc::make_mut(rows).active_secs = now;
+        }
         self.partitions.write().insert(partition, history);
         Ok(())
     }
@@ -502,7 +509,14 @@ impl CardHistory {
             history.cards.remove(&card);
         }
         history.latest_secs = history.latest_secs.max(delta.latest_secs);
-        history.cards.extend(delta.cards);
+        // The cards of a delta changed in its interval: active as of the partition's clock.
+        let now = history.latest_secs;
+        history
+            .cards
+            .extend(delta.cards.into_iter().map(|(card, mut rows)| {
+                Arc::make_mut(&mut rows).active_secs = now;
+                (card, rows)
+            }));
         Ok(())
     }
 
@@ -878,6 +892,13 @@ mod tests {
             history.first_seen(&[(7, trans_num_hash("t1"))]),
             vec![Some(1)]
         );
+        // A restart in between: the restored card is active as of the checkpoint.
+        let bytes = history.to_ipc(0).expect("ipc");
+        let history = CardHistory::new();
+        let amt = site(&history, "amt");
+        history.restore(0, &bytes).expect("restore");
+        history.evict_idle(0, 30 * day);
+        assert_eq!(history.entries(7, amt), vec![entry(day, Some(2.0))]);
         // 31 days of the partition's time later, with nothing for card 7: it goes.
         history.stage(8, amt, vec![entry(91 * day, Some(1.0))]);
         history.commit_staged(|_| Some(0)).expect("commit");
