@@ -412,11 +412,15 @@ mod tests {
         false
     }
 
-    /// Burns CPU in slices of ~1 ms, yielding between them as DataFusion's streams do.
+    /// Burns CPU in slices of ~1 ms of the thread's own CPU time (not wall time: on a
+    /// loaded machine a wall-clock slice got a fraction of a millisecond of CPU, and the
+    /// pool, which books CPU, saw too little to throttle), yielding between them as
+    /// DataFusion's streams do.
     async fn burn(total: Duration) {
+        let thread_cpu = || read_clock(libc::CLOCK_THREAD_CPUTIME_ID);
         for _ in 0..total.as_millis() {
-            let slice = Instant::now();
-            while slice.elapsed() < Duration::from_millis(1) {
+            let slice = thread_cpu();
+            while thread_cpu().saturating_sub(slice) < 1_000_000 {
                 std::hint::black_box(0u64);
             }
             tokio::task::yield_now().await;
