@@ -152,18 +152,41 @@ async fn choose(state: &ApiState, slot: Slot, body: &[u8]) -> Result<Json<ModelC
             "the body must be {{\"model\": \"<registry name or id>\"}}: {e}"
         ))
     })?;
-    changed(state.models.change(slot, Some(&choice.model)).await)
+    let result = state.models.change(slot, Some(&choice.model)).await;
+    changed(state, result).await
 }
 
-fn changed(
+/// The answer to a change; a change made is recorded in the store for the rest of the
+/// group to follow (`follow_group`).
+async fn changed(
+    state: &ApiState,
     result: Result<risksense_udfs::control::Changed, ControlError>,
 ) -> Result<Json<ModelChanged>, ApiError> {
     match result {
-        Ok(changed) => Ok(Json(ModelChanged {
-            slot: changed.slot.to_string(),
-            current: changed.current,
-            previous: changed.previous,
-        })),
+        Ok(changed) => {
+            let slot = changed.slot.to_string();
+            if let Err(mut error) = state
+                .store_call(
+                    state
+                        .store
+                        .save_served_model(&slot, changed.current.as_deref()),
+                )
+                .await
+            {
+                // Retrying is safe: the same change again, then recorded.
+                error.message = format!(
+                    "the {slot} changed in this process, but the change could not be recorded \
+                     for the rest of its group (retry): {}",
+                    error.message
+                );
+                return Err(error);
+            }
+            Ok(Json(ModelChanged {
+                slot,
+                current: changed.current,
+                previous: changed.previous,
+            }))
+        }
         Err(error) => Err(match &error {
             ControlError::Registry(risksense_udfs::registry::RegistryError::BadName(_)) => {
                 ApiError::bad_request(error.to_string())
@@ -232,7 +255,8 @@ pub async fn set_challenger(
 pub async fn remove_challenger(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    changed(state.models.change(Slot::Challenger, None).await)
+    let result = state.models.change(Slot::Challenger, None).await;
+    changed(&state, result).await
 }
 
 /// Raise alerts with a registry supervised model (`risksense train --model trees`) beside
@@ -256,5 +280,48 @@ pub async fn set_supervised(
 pub async fn remove_supervised(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    changed(state.models.change(Slot::Supervised, None).await)
+    let result = state.models.change(Slot::Supervised, None).await;
+    changed(&state, result).await
+}
+
+/// How often a process looks for changes recorded by the rest of its group.
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps this process's models those its group records in `store` (a change made through
+/// any member's API, or a member started later): every [`FOLLOW_EVERY`], each slot whose
+/// record differs from what it serves is changed to it, by id from the registry, through
+/// `control` (so a stream here switches between micro-batches). A record this process
+/// cannot follow (the model is not in its registry, or does not fit) is logged and tried
+/// again; the store being away only delays it.
+pub fn follow_group(
+    control: Arc<risksense_udfs::ModelControl>,
+    store: risksense_store::Store,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing: std::collections::HashSet<String> = Default::default();
+        loop {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            let served = match store.served_models().await {
+                Ok(served) => served,
+                Err(error) => {
+                    tracing::debug!(%error, "reading the group's models");
+                    continue;
+                }
+            };
+            for result in control.follow(&served).await {
+                match result {
+                    Ok(changed) => {
+                        failing.clear();
+                        tracing::info!(slot = %changed.slot, current = ?changed.current, previous = ?changed.previous, "followed the group's model change");
+                    }
+                    // Warned once per distinct reason, not every two seconds.
+                    Err(error) => {
+                        if failing.insert(error.to_string()) {
+                            tracing::warn!(%error, "cannot follow the group's model change; retrying");
+                        }
+                    }
+                }
+            }
+        }
+    })
 }

@@ -248,3 +248,99 @@ async fn the_champion_changes_through_the_api_and_a_misfit_is_refused() {
         );
     }
 }
+
+/// Two processes of a group over one store: a change through either's API reaches the
+/// other (each follows the records in the store), and so does a process started later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_member_reaches_the_whole_group() {
+    let url = common::redis_url();
+    let scratch = risksense_testkit::Scratch::new("risksense-api-group");
+    registry(&scratch);
+    let prefix = common::unique_topic("api-group");
+    let member = || async {
+        let a = Arc::new(Model::load(&scratch.join("a"), SessionOptions::default()).expect("a"));
+        let control = Arc::new(
+            ModelControl::new(
+                a,
+                None,
+                Some(ModelRegistry::new(&*scratch)),
+                SessionOptions::default(),
+            )
+            .expect("control"),
+        );
+        let store = Store::redis(
+            &url,
+            Retention {
+                prefix: prefix.clone(),
+                ..Retention::default()
+            },
+        )
+        .await
+        .expect("redis");
+        let follower = risksense_api::models::follow_group(control.clone(), store.clone());
+        let config = ApiConfig {
+            token: Some(TOKEN.to_string()),
+            ..ApiConfig::default()
+        };
+        let state = ApiState::new(config, store, control, None, None, None)
+            .await
+            .expect("state");
+        (state, follower)
+    };
+    let ((first, first_follower), (second, second_follower)) = (member().await, member().await);
+    let choose = |name: &str| Some(json!({ "model": name }).to_string());
+    // Waits (at most 10 s: the followers look every 2 s) until `state` serves `id` in
+    // `slot` (null: none).
+    let served = |state: Arc<ApiState>, slot: &'static str, id: Value| async move {
+        for _ in 0..100 {
+            let (_, models) = call(&state, "GET", "/v1/models", None, false).await;
+            let now = if models[slot].is_null() {
+                Value::Null
+            } else {
+                models[slot]["id"].clone()
+            };
+            if now == id {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{slot} never became {id}");
+    };
+
+    let (status, b) = call(&first, "POST", "/v1/models/champion", choose("b"), true).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    served(second.clone(), "champion", b["current"].clone()).await;
+    let (status, trees) = call(
+        &second,
+        "POST",
+        "/v1/models/challenger",
+        choose("trees"),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{trees}");
+    served(first.clone(), "challenger", trees["current"].clone()).await;
+    let (status, supervised) = call(
+        &first,
+        "POST",
+        "/v1/models/supervised",
+        choose("trees"),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{supervised}");
+    served(second.clone(), "supervised", supervised["current"].clone()).await;
+    let (status, _) = call(&second, "DELETE", "/v1/models/supervised", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    served(first.clone(), "supervised", Value::Null).await;
+
+    // A member started now, on its flags (champion a, nothing else), joins the group's.
+    let (third, third_follower) = member().await;
+    served(third.clone(), "champion", b["current"].clone()).await;
+    served(third.clone(), "challenger", trees["current"].clone()).await;
+    let (_, models) = call(&third, "GET", "/v1/models", None, false).await;
+    assert!(models["supervised"].is_null(), "{models}");
+    for follower in [first_follower, second_follower, third_follower] {
+        follower.abort();
+    }
+}

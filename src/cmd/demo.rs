@@ -137,6 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     models.attach_stream();
     super::model::reload_on_hangup(&runtime, models.clone());
+    super::model::follow_group(&runtime, models.clone(), store.clone());
 
     // The API first, so the dashboard is up before traffic starts.
     let inputs = ApiInputs {

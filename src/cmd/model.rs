@@ -129,6 +129,17 @@ impl ModelArgs {
     }
 }
 
+/// Keeps this process's models those its consumer group records in `store` (changes made
+/// through any member's API; see `risksense_api::models::follow_group`).
+pub fn follow_group(
+    runtime: &tokio::runtime::Runtime,
+    control: Arc<ModelControl>,
+    store: risksense_store::Store,
+) {
+    let _inside = runtime.enter();
+    risksense_api::models::follow_group(control, store);
+}
+
 /// Loads the served models again on SIGHUP and switches to those whose files changed (a
 /// retrained model written over its folder), between micro-batches as any change.
 pub fn reload_on_hangup(runtime: &tokio::runtime::Runtime, control: Arc<ModelControl>) {

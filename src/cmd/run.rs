@@ -271,6 +271,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Changes wait for the stream from now on, also while it starts (see ModelControl).
     models.attach_stream();
     super::model::reload_on_hangup(&runtime, models.clone());
+    super::model::follow_group(&runtime, models.clone(), store.clone());
     let api = if config.http.is_empty() {
         None
     } else {

@@ -142,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store = runtime
         .block_on(Store::redis(&args.redis, retention))
         .with_context(|| format!("connecting to Redis at {}", args.redis))?;
+    super::model::follow_group(&runtime, models.clone(), store.clone());
     let stop = Arc::new(AtomicBool::new(false));
     super::run::stop_on_signal(&runtime, stop.clone());
     let inputs = ApiInputs {

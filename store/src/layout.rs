@@ -197,6 +197,11 @@ pub fn queries(prefix: &str) -> String {
     format!("{prefix}:queries")
 }
 
+/// The models a group serves, by slot (see `ResultStore::save_served_model`).
+pub fn served_models(prefix: &str) -> String {
+    format!("{prefix}:models")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -368,6 +368,15 @@ pub trait ResultStore: Send + Sync + 'static {
 
     /// Every saved standing query as `(name, sql)`, sorted by name.
     async fn load_queries(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Records the model a consumer group serves in `slot` (an id; `None`: the slot was
+    /// emptied), so that every process sharing the store, and one started later, follows
+    /// a change made through any of them. Records do not expire.
+    async fn save_served_model(&self, slot: &str, id: Option<&str>) -> Result<(), StoreError>;
+
+    /// The recorded models as `(slot, id)`, sorted by slot; an emptied slot has the id "".
+    /// A slot never changed through the API has no record (its process's flags hold).
+    async fn served_models(&self) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// The store the engine writes and the API reads: a cheap, cloneable handle to any

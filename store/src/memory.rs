@@ -35,6 +35,8 @@ struct Inner {
     /// Output hashes with a TTL, by the instant they expire, so that writes drop them.
     expiring: BTreeSet<(Instant, String)>,
     queries: BTreeMap<String, String>,
+    /// The models served by slot (`save_served_model`).
+    served_models: BTreeMap<String, String>,
     /// Labels by trans_num (bounded like the transactions: the oldest go first).
     labels: HashMap<String, Label>,
     label_order: VecDeque<String>,
@@ -534,6 +536,22 @@ impl ResultStore for MemoryStore {
             .queries
             .iter()
             .map(|(name, sql)| (name.clone(), sql.clone()))
+            .collect())
+    }
+
+    async fn save_served_model(&self, slot: &str, id: Option<&str>) -> Result<(), StoreError> {
+        self.lock()
+            .served_models
+            .insert(slot.to_string(), id.unwrap_or_default().to_string());
+        Ok(())
+    }
+
+    async fn served_models(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .served_models
+            .iter()
+            .map(|(slot, id)| (slot.clone(), id.clone()))
             .collect())
     }
 }

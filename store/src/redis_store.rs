@@ -1349,6 +1349,27 @@ impl ResultStore for RedisStore {
             .map_err(|e| self.error(e))?;
         Ok(queries.into_iter().collect())
     }
+
+    async fn save_served_model(&self, slot: &str, id: Option<&str>) -> Result<(), StoreError> {
+        let mut connection = self.conn();
+        connection
+            .hset::<_, _, _, ()>(
+                layout::served_models(&self.retention.prefix),
+                slot,
+                id.unwrap_or_default(),
+            )
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn served_models(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut connection = self.conn();
+        let models: BTreeMap<String, String> = connection
+            .hgetall(layout::served_models(&self.retention.prefix))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(models.into_iter().collect())
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@ async fn forget(url: &str, prefix: &str) {
         layout::checkpoint(prefix, "g", "t", 0),
         layout::checkpoint(prefix, "g", "t", 1),
         layout::queries(prefix),
+        layout::served_models(prefix),
     ];
     for shard in 0..layout::SHARDS {
         keys.push(layout::anomalies(prefix, shard));
@@ -158,6 +159,7 @@ conformance!(
     output_streams_without_ids,
     output_key_patterns,
     standing_queries,
+    served_models,
 );
 
 /// A row `secs` after 2019-01-01 00:00:00 (under an hour), its time text and seconds
@@ -1172,6 +1174,36 @@ async fn standing_queries(store: &Store) {
     assert!(!store.delete_query("spend").await.expect("delete"));
     assert!(!store.delete_query("never").await.expect("delete"));
     assert_eq!(load().await, pairs(&[("by_card", windowed)]));
+}
+
+async fn served_models(store: &Store) {
+    let served = || async { store.served_models().await.expect("read") };
+    assert_eq!(
+        served().await,
+        Vec::new(),
+        "nothing recorded: the flags hold"
+    );
+    store
+        .save_served_model("champion", Some("b@0123456789ab"))
+        .await
+        .expect("save");
+    store
+        .save_served_model("challenger", Some("trees@ba9876543210"))
+        .await
+        .expect("save");
+    // The last change of a slot counts; an emptied slot is recorded as such.
+    store
+        .save_served_model("champion", Some("a@aaaaaaaaaaaa"))
+        .await
+        .expect("save");
+    store
+        .save_served_model("challenger", None)
+        .await
+        .expect("save");
+    assert_eq!(
+        served().await,
+        fields(&[("challenger", ""), ("champion", "a@aaaaaaaaaaaa")])
+    );
 }
 
 /// An API configured with another retention than the engine's (`serve` without the

@@ -247,6 +247,26 @@ impl ModelControl {
         self.change_to(slot, dir, pinned).await
     }
 
+    /// Brings each slot to the model `served` records for it (`(slot, id)`, an empty id
+    /// for an emptied slot; see the store's `served_models`), by id from the registry:
+    /// how the processes of a group follow a change made through one of them. Slots
+    /// without a record, or already serving their record, are left alone.
+    pub async fn follow(&self, served: &[(String, String)]) -> Vec<Result<Changed, ControlError>> {
+        let mut results = Vec::new();
+        for (name, id) in served {
+            let Some(slot) = Slot::named(name) else {
+                continue;
+            };
+            let current = self.api.in_slot(slot).map(|m| m.id.clone());
+            let wanted = (!id.is_empty()).then_some(id.as_str());
+            if current.as_deref() == wanted || (slot == Slot::Champion && wanted.is_none()) {
+                continue;
+            }
+            results.push(self.change(slot, wanted).await);
+        }
+        results
+    }
+
     /// Loads the models in their folders again and switches to those whose files changed
     /// (SIGHUP: a retrained model written over the served folder).
     pub async fn reload(&self) -> Vec<Result<Changed, ControlError>> {

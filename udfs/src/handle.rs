@@ -40,6 +40,11 @@ pub enum Slot {
 
 impl Slot {
     pub const ALL: [Slot; 3] = [Slot::Champion, Slot::Challenger, Slot::Supervised];
+
+    /// The slot its [`Display`](std::fmt::Display) name names.
+    pub fn named(name: &str) -> Option<Slot> {
+        Self::ALL.into_iter().find(|slot| slot.to_string() == name)
+    }
 }
 
 impl std::fmt::Display for Slot {
