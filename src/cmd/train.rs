@@ -59,6 +59,10 @@ pub struct Args {
     /// deviation.
     #[arg(long)]
     pub robust_scaling: bool,
+    /// How the ensemble's members' per-feature errors combine: their mean, or their
+    /// minimum (a feature counts only where no member reconstructs it).
+    #[arg(long, value_enum, default_value_t = Combine::Mean)]
+    pub combine: Combine,
     /// What to train: the autoencoder (unsupervised, legitimate rows only), or
     /// gradient-boosted trees on the `is_fraud` labels (needs both classes).
     #[arg(long, value_enum, default_value_t = ModelKind::Autoencoder)]
@@ -72,6 +76,12 @@ pub struct Args {
     /// Trees: shrinkage of each tree's leaves.
     #[arg(long, default_value_t = 0.1)]
     pub tree_learning_rate: f32,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    Mean,
+    Min,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +212,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             input_noise: args.input_noise,
             patience: args.patience,
             robust_scaling: args.robust_scaling,
+            combination: match args.combine {
+                Combine::Mean => risksense_trainer::Combination::Mean,
+                Combine::Min => risksense_trainer::Combination::Min,
+            },
         },
     };
     if args.model == ModelKind::Trees {

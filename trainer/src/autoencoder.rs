@@ -130,6 +130,28 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Median / interquartile-range scaling instead of mean / standard deviation.
     pub robust_scaling: bool,
+    /// How an ensemble's members' per-feature errors combine (all members share it).
+    pub combination: Combination,
+}
+
+/// How an ensemble combines its members' per-feature errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Combination {
+    /// Their mean.
+    #[default]
+    Mean,
+    /// Their minimum: a feature counts as unusual only where no member reconstructs it,
+    /// so one member's blind spot for some legitimate rows does not flag them.
+    Min,
+}
+
+impl std::fmt::Display for Combination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Combination::Mean => "mean",
+            Combination::Min => "min",
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -145,6 +167,7 @@ impl Default for TrainConfig {
             input_noise: 0.0,
             patience: 0,
             robust_scaling: false,
+            combination: Combination::Mean,
         }
     }
 }
@@ -529,18 +552,41 @@ impl Ensemble {
             .ok_or_else(|| TrainError::NoData("an ensemble of no models".to_string()))
     }
 
-    /// Scores computed by candle: the mean over members of the mean per-feature error.
+    fn combination(&self) -> Combination {
+        self.members
+            .first()
+            .map_or(Combination::Mean, |m| m.config.combination)
+    }
+
+    /// Scores computed by candle: the members' per-feature errors combined (see
+    /// [`Combination`]), then their mean over features.
     pub fn scores(&self, x: &Matrix) -> Result<Vec<f32>, TrainError> {
         let z = self.standardizer()?.apply(x);
-        let mut sums = vec![0f32; x.rows];
+        let mut combined: Option<Vec<f32>> = None;
         for member in &self.members {
             let errors = member.feature_errors_standardized(&z)?;
-            for (sum, row) in sums.iter_mut().zip(errors.chunks(x.cols.max(1))) {
-                *sum += row.iter().sum::<f32>() / row.len() as f32;
-            }
+            combined = Some(match combined {
+                None => errors,
+                Some(mut acc) => {
+                    for (a, e) in acc.iter_mut().zip(&errors) {
+                        *a = match self.combination() {
+                            Combination::Mean => *a + e,
+                            Combination::Min => a.min(*e),
+                        };
+                    }
+                    acc
+                }
+            });
         }
-        let n = self.members.len() as f32;
-        Ok(sums.into_iter().map(|s| s / n).collect())
+        let divisor = match self.combination() {
+            Combination::Mean => self.members.len() as f32,
+            Combination::Min => 1.0,
+        };
+        let combined = combined.unwrap_or_default();
+        Ok(combined
+            .chunks(x.cols.max(1))
+            .map(|row| row.iter().sum::<f32>() / row.len() as f32 / divisor)
+            .collect())
     }
 
     /// Layer sizes of one member, input first.
@@ -593,8 +639,13 @@ impl Ensemble {
             &["feature_error_sum", "member_count"],
             "feature_error",
         );
-        g.node("Sum", &caps, "capped_error_sum");
-        g.node("Div", &["capped_error_sum", "member_count"], "capped_error");
+        match self.combination() {
+            Combination::Mean => {
+                g.node("Sum", &caps, "capped_error_sum");
+                g.node("Div", &["capped_error_sum", "member_count"], "capped_error");
+            }
+            Combination::Min => g.node("Min", &caps, "capped_error"),
+        }
         g.node_with(
             "ReduceMean",
             &["capped_error"],

@@ -13,7 +13,9 @@ pub mod onnx;
 pub mod pipeline;
 pub mod trees;
 
-pub use autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, Standardizer, TrainConfig};
+pub use autoencoder::{
+    Autoencoder, Combination, Ensemble, EpochReport, Matrix, Standardizer, TrainConfig,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -109,8 +109,9 @@ pub fn train_and_export(
     let mut card = ModelCard {
         name: info.name.clone(),
         kind: format!(
-            "ensemble of {} dense autoencoders, mean scaled reconstruction error",
-            info.ensemble.max(1)
+            "ensemble of {} dense autoencoders, {} scaled reconstruction error",
+            info.ensemble.max(1),
+            info.config.combination
         ),
         features: info.feature_names.clone(),
         threshold: f64::INFINITY,
@@ -135,6 +136,7 @@ pub fn train_and_export(
             input_noise: info.config.input_noise,
             patience: info.config.patience,
             robust_scaling: info.config.robust_scaling,
+            combination: info.config.combination.to_string(),
         },
         validation: None,
         created_at: String::new(),
@@ -266,6 +268,7 @@ pub fn train_trees_and_export(
             input_noise: 0.0,
             patience: 0,
             robust_scaling: false,
+            combination: String::new(),
         },
         validation: None,
         created_at: String::new(),

@@ -115,9 +115,10 @@ fn trains_exports_and_onnx_runtime_matches_the_network() {
     std::fs::remove_dir_all(&out).ok();
 }
 
-/// Denoising, robust scaling and early stopping together: the kept weights are those of
-/// each member's best validation epoch (training stops `patience` epochs after it), the
-/// export still reproduces them, and the planted anomalies are still found.
+/// Denoising, robust scaling, early stopping and the members' minimum together: the kept
+/// weights are those of each member's best validation epoch (training stops `patience`
+/// epochs after it), the export (its Min over members included) still reproduces them,
+/// and the planted anomalies are still found.
 #[test]
 fn early_stopping_keeps_the_best_epoch_and_denoising_still_finds_the_anomalies() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -140,6 +141,7 @@ fn early_stopping_keeps_the_best_epoch_and_denoising_still_finds_the_anomalies()
             input_noise: 0.1,
             patience,
             robust_scaling: true,
+            combination: risksense_trainer::Combination::Min,
             ..TrainConfig::default()
         },
         ensemble: 2,
@@ -175,6 +177,7 @@ fn early_stopping_keeps_the_best_epoch_and_denoising_still_finds_the_anomalies()
         outcome.card.training.final_validation_loss
     );
     assert!(outcome.card.training.robust_scaling && outcome.card.training.patience == 2);
+    assert_eq!(outcome.card.training.combination, "min");
     assert!(
         outcome.onnx_max_abs_diff < 1e-4,
         "{}",

@@ -122,6 +122,9 @@ pub struct TrainingInfo {
     pub patience: usize,
     #[serde(default)]
     pub robust_scaling: bool,
+    /// How the ensemble's members' errors combine (`mean`, `min`; absent: mean).
+    #[serde(default)]
+    pub combination: String,
 }
 
 impl ModelCard {
