@@ -307,37 +307,25 @@ async fn a_change_through_one_member_reaches_the_whole_group() {
         panic!("{slot} never became {id}");
     };
 
-    let (status, b) = call(&first, "POST", "/v1/models/champion", choose("b"), true).await;
-    assert_eq!(status, StatusCode::OK, "{b}");
-    served(second.clone(), "champion", b["current"].clone()).await;
-    let (status, trees) = call(
-        &second,
-        "POST",
-        "/v1/models/challenger",
-        choose("trees"),
-        true,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{trees}");
-    served(first.clone(), "challenger", trees["current"].clone()).await;
-    let (status, supervised) = call(
-        &first,
-        "POST",
-        "/v1/models/supervised",
-        choose("trees"),
-        true,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{supervised}");
-    served(second.clone(), "supervised", supervised["current"].clone()).await;
-    let (status, _) = call(&second, "DELETE", "/v1/models/supervised", None, true).await;
-    assert_eq!(status, StatusCode::OK);
-    served(first.clone(), "supervised", Value::Null).await;
+    // Each change through one member, then the other member serving it.
+    let mut ids = std::collections::HashMap::new();
+    for (through, method, slot, model, other) in [
+        (&first, "POST", "champion", Some("b"), &second),
+        (&second, "POST", "challenger", Some("trees"), &first),
+        (&first, "POST", "supervised", Some("trees"), &second),
+        (&second, "DELETE", "supervised", None, &first),
+    ] {
+        let uri = format!("/v1/models/{slot}");
+        let (status, changed) = call(through, method, &uri, model.and_then(choose), true).await;
+        assert_eq!(status, StatusCode::OK, "{slot}: {changed}");
+        served(other.clone(), slot, changed["current"].clone()).await;
+        ids.insert(slot, changed["current"].clone());
+    }
 
     // A member started now, on its flags (champion a, nothing else), joins the group's.
     let (third, third_follower) = member().await;
-    served(third.clone(), "champion", b["current"].clone()).await;
-    served(third.clone(), "challenger", trees["current"].clone()).await;
+    served(third.clone(), "champion", ids["champion"].clone()).await;
+    served(third.clone(), "challenger", ids["challenger"].clone()).await;
     let (_, models) = call(&third, "GET", "/v1/models", None, false).await;
     assert!(models["supervised"].is_null(), "{models}");
     for follower in [first_follower, second_follower, third_follower] {

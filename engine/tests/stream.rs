@@ -136,10 +136,7 @@ fn batch_scores(rows: &RecordBatch) -> HashMap<String, (f64, bool)> {
 fn scores_of(batches: &[RecordBatch]) -> HashMap<String, (f64, bool)> {
     let mut out = HashMap::new();
     for batch in batches {
-        let trans_num = batch
-            .column_by_name("trans_num")
-            .expect("trans_num")
-            .as_string::<i32>();
+        let trans_num = trans_nums_of(batch);
         let score = batch
             .column_by_name("score")
             .expect("score")
@@ -148,37 +145,45 @@ fn scores_of(batches: &[RecordBatch]) -> HashMap<String, (f64, bool)> {
             .column_by_name("is_anomaly")
             .expect("flag")
             .as_boolean();
-        for i in 0..batch.num_rows() {
-            let previous = out.insert(
-                trans_num.value(i).to_string(),
-                (score.value(i), flag.value(i)),
-            );
-            assert!(previous.is_none(), "{} scored twice", trans_num.value(i));
+        for (i, trans_num) in trans_num.into_iter().enumerate() {
+            let previous = out.insert(trans_num.clone(), (score.value(i), flag.value(i)));
+            assert!(previous.is_none(), "{trans_num} scored twice");
         }
     }
     out
+}
+
+/// Each archived row's `row_id` (its partition and offset) by `trans_num`.
+fn row_ids_of(batches: &[RecordBatch]) -> HashMap<String, i64> {
+    batches
+        .iter()
+        .flat_map(|batch| {
+            let row_ids = batch
+                .column_by_name("row_id")
+                .expect("row_id")
+                .as_primitive::<Int64Type>()
+                .clone();
+            trans_nums_of(batch)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, trans_num)| (trans_num, row_ids.value(i)))
+        })
+        .collect()
+}
+
+/// A scored batch's `trans_num`s.
+fn trans_nums_of(batch: &RecordBatch) -> Vec<String> {
+    let column = batch
+        .column_by_name("trans_num")
+        .expect("trans_num")
+        .as_string::<i32>();
+    column
+        .iter()
+        .map(|t| t.unwrap_or_default().to_string())
+        .collect()
 }
 
 /// Every row of the finished archive files.
-/// Each archived row's `row_id` (its partition and offset) by `trans_num`.
-fn row_ids_of(batches: &[RecordBatch]) -> HashMap<String, i64> {
-    let mut out = HashMap::new();
-    for batch in batches {
-        let trans_num = batch
-            .column_by_name("trans_num")
-            .expect("trans_num")
-            .as_string::<i32>();
-        let row_id = batch
-            .column_by_name("row_id")
-            .expect("row_id")
-            .as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            out.insert(trans_num.value(i).to_string(), row_id.value(i));
-        }
-    }
-    out
-}
-
 fn archive_rows(dir: &Path) -> Vec<RecordBatch> {
     common::read_parquet(&common::parquet_files(dir))
 }
