@@ -28,7 +28,8 @@ pub struct Args {
     /// Alert rate the threshold is calibrated to on the validation period.
     #[arg(long, default_value_t = 0.01)]
     pub alert_rate: f64,
-    #[arg(long, default_value_t = 10)]
+    /// Most epochs per member (early stopping usually ends it sooner, see --patience).
+    #[arg(long, default_value_t = 30)]
     pub epochs: usize,
     /// Autoencoders trained from consecutive seeds and averaged into the model.
     #[arg(long, default_value_t = 4)]
@@ -53,12 +54,13 @@ pub struct Args {
     /// Early stopping: keep each member's epoch with the lowest loss on the validation
     /// period's legitimate rows, stopping after this many epochs without a better one.
     /// 0: keep the last epoch.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 3)]
     pub patience: usize,
-    /// Scale features by median and interquartile range instead of mean and standard
-    /// deviation.
-    #[arg(long)]
-    pub robust_scaling: bool,
+    /// How features are scaled before the network: by median and interquartile range
+    /// (robust: a few extreme amounts do not squeeze the other rows together; the
+    /// steadier recipe across seeds, BENCHMARKS.md), or by mean and standard deviation.
+    #[arg(long, value_enum, default_value_t = Scaling::Robust)]
+    pub scaling: Scaling,
     /// How the ensemble's members' per-feature errors combine: their mean, or their
     /// minimum (a feature counts only where no member reconstructs it).
     #[arg(long, value_enum, default_value_t = Combine::Mean)]
@@ -76,6 +78,12 @@ pub struct Args {
     /// Trees: shrinkage of each tree's leaves.
     #[arg(long, default_value_t = 0.1)]
     pub tree_learning_rate: f32,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scaling {
+    Robust,
+    Standard,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             error_cap: args.error_cap,
             input_noise: args.input_noise,
             patience: args.patience,
-            robust_scaling: args.robust_scaling,
+            robust_scaling: args.scaling == Scaling::Robust,
             combination: match args.combine {
                 Combine::Mean => risksense_trainer::Combination::Mean,
                 Combine::Min => risksense_trainer::Combination::Min,

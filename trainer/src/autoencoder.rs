@@ -159,14 +159,14 @@ impl Default for TrainConfig {
         Self {
             hidden: 64,
             code: 2,
-            epochs: 10,
+            epochs: 30,
             batch_size: 256,
             learning_rate: 1e-3,
             seed: 42,
             error_cap: 9.0,
             input_noise: 0.0,
-            patience: 0,
-            robust_scaling: false,
+            patience: 3,
+            robust_scaling: true,
             combination: Combination::Mean,
         }
     }
