@@ -308,8 +308,8 @@ fn assert_finite(batches: &[RecordBatch], first_column: usize, what: &str) -> us
         let schema = batch.schema();
         for c in first_column..batch.num_columns() {
             let name = schema.field(c).name();
-            // The shadow model's score is null without a challenger (no shadow model here).
-            if name == "challenger_score" {
+            // The shadow and supervised models' scores are null without them (none here).
+            if name == "challenger_score" || name == "fraud_probability" {
                 continue;
             }
             let Some(values) = batch.column(c).as_primitive_opt::<Float64Type>() else {
@@ -364,9 +364,10 @@ async fn no_feature_or_score_of_an_accepted_row_is_nan_or_infinite() {
     assert_eq!(checked, rows.num_rows() * feature_count);
     let scored = common::batch_scored(&model, rows.clone()).await;
     let score_column = scored[0].schema().index_of("score").expect("score");
+    // Two numbers per row from `score` on: the score and its risk.
     assert_eq!(
         assert_finite(&scored, score_column, "batch scores"),
-        rows.num_rows()
+        2 * rows.num_rows()
     );
 
     // The stream: the same rows in micro-batches of 7, each card's history carried
@@ -383,7 +384,7 @@ async fn no_feature_or_score_of_an_accepted_row_is_nan_or_infinite() {
     }
     assert_eq!(
         assert_finite(&streamed, score_column, "stream scores"),
-        rows.num_rows()
+        2 * rows.num_rows()
     );
 }
 
