@@ -152,6 +152,7 @@ async fn choose(state: &ApiState, slot: Slot, body: &[u8]) -> Result<Json<ModelC
             "the body must be {{\"model\": \"<registry name or id>\"}}: {e}"
         ))
     })?;
+    let _step = state.models.group_step().await;
     let result = state.models.change(slot, Some(&choice.model)).await;
     changed(state, result).await
 }
@@ -173,10 +174,12 @@ async fn changed(
                 )
                 .await
             {
-                // Retrying is safe: the same change again, then recorded.
+                // The record is what every member follows, this one included: unrecorded,
+                // this process goes back to the recorded model within seconds. Retrying is
+                // safe.
                 error.message = format!(
-                    "the {slot} changed in this process, but the change could not be recorded \
-                     for the rest of its group (retry): {}",
+                    "the {slot} change could not be recorded for the group, so it will not \
+                     last (this process returns to the group's recorded model): retry: {}",
                     error.message
                 );
                 return Err(error);
@@ -255,6 +258,7 @@ pub async fn set_challenger(
 pub async fn remove_challenger(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
+    let _step = state.models.group_step().await;
     let result = state.models.change(Slot::Challenger, None).await;
     changed(&state, result).await
 }
@@ -280,6 +284,7 @@ pub async fn set_supervised(
 pub async fn remove_supervised(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
+    let _step = state.models.group_step().await;
     let result = state.models.change(Slot::Supervised, None).await;
     changed(&state, result).await
 }
@@ -288,40 +293,53 @@ pub async fn remove_supervised(
 pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Keeps this process's models those its group records in `store` (a change made through
-/// any member's API, or a member started later): every [`FOLLOW_EVERY`], each slot whose
-/// record differs from what it serves is changed to it, by id from the registry, through
-/// `control` (so a stream here switches between micro-batches). A record this process
-/// cannot follow (the model is not in its registry, or does not fit) is logged and tried
-/// again; the store being away only delays it.
+/// any member's API, or a member started later): at once, then every [`FOLLOW_EVERY`],
+/// each slot whose record differs from what it serves is changed to it, by id from the
+/// registry, through `control` (so a stream here switches between micro-batches). The
+/// record is per store prefix and wins over the flags a process started with. A record
+/// this process cannot follow (the model is not in its registry, or does not fit) is
+/// logged once and not tried again until it changes; the store being away only delays
+/// following.
 pub fn follow_group(
     control: Arc<risksense_udfs::ModelControl>,
     store: risksense_store::Store,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut failing: std::collections::HashSet<String> = Default::default();
+        // Records this process failed to follow: skipped until the record changes.
+        let mut failed: std::collections::HashSet<(String, String)> = Default::default();
         loop {
-            tokio::time::sleep(FOLLOW_EVERY).await;
-            let served = match store.served_models().await {
-                Ok(served) => served,
-                Err(error) => {
-                    tracing::debug!(%error, "reading the group's models");
-                    continue;
-                }
-            };
-            for result in control.follow(&served).await {
-                match result {
-                    Ok(changed) => {
-                        failing.clear();
-                        tracing::info!(slot = %changed.slot, current = ?changed.current, previous = ?changed.previous, "followed the group's model change");
-                    }
-                    // Warned once per distinct reason, not every two seconds.
-                    Err(error) => {
-                        if failing.insert(error.to_string()) {
-                            tracing::warn!(%error, "cannot follow the group's model change; retrying");
+            {
+                let _step = control.group_step().await;
+                // Bounded: changes through this API wait while the step is held.
+                match tokio::time::timeout(FOLLOW_EVERY, store.served_models()).await {
+                    Ok(Ok(served)) => {
+                        failed.retain(|record| served.contains(record));
+                        let to_follow: Vec<(String, String)> =
+                            served.into_iter().filter(|r| !failed.contains(r)).collect();
+                        for (record, result) in control.follow(&to_follow).await {
+                            match result {
+                                Ok(changed) => {
+                                    tracing::info!(slot = %changed.slot, current = ?changed.current, previous = ?changed.previous, "followed the group's model record");
+                                }
+                                // A stream busy or stopping: tried again at the next step.
+                                Err(
+                                    error @ (ControlError::StreamBusy(_)
+                                    | ControlError::StreamStopped),
+                                ) => {
+                                    tracing::debug!(%error, "following the group's model record later");
+                                }
+                                Err(error) => {
+                                    tracing::warn!(slot = %record.0, model = %record.1, %error, "cannot follow the group's model record; keeping the model served until the record changes");
+                                    failed.insert(record);
+                                }
+                            }
                         }
                     }
+                    Ok(Err(error)) => tracing::debug!(%error, "reading the group's models"),
+                    Err(_) => tracing::debug!("reading the group's models timed out"),
                 }
             }
+            tokio::time::sleep(FOLLOW_EVERY).await;
         }
     })
 }

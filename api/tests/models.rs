@@ -328,6 +328,23 @@ async fn a_change_through_one_member_reaches_the_whole_group() {
     served(third.clone(), "challenger", ids["challenger"].clone()).await;
     let (_, models) = call(&third, "GET", "/v1/models", None, false).await;
     assert!(models["supervised"].is_null(), "{models}");
+
+    // A record no member can follow (no such model here): each keeps what it serves;
+    // then a record it can follow is followed again.
+    first
+        .store
+        .save_served_model("challenger", Some("ghost@000000000000"))
+        .await
+        .expect("record");
+    tokio::time::sleep(risksense_api::models::FOLLOW_EVERY * 2).await;
+    for member in [&first, &second, &third] {
+        served(member.clone(), "challenger", ids["challenger"].clone()).await;
+    }
+    let (status, _) = call(&first, "DELETE", "/v1/models/challenger", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    for member in [&second, &third] {
+        served(member.clone(), "challenger", Value::Null).await;
+    }
     for follower in [first_follower, second_follower, third_follower] {
         follower.abort();
     }

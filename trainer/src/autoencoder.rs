@@ -50,12 +50,12 @@ impl Standardizer {
     /// flags) keep mean 0 and scale 1, so a rare category does not dominate the error.
     pub fn fit(matrix: &Matrix) -> Self {
         let (mut mean, mut std) = (vec![0f32; matrix.cols], vec![1f32; matrix.cols]);
+        let scaled = Self::scaled_columns(matrix);
         for col in 0..matrix.cols {
-            let values = (0..matrix.rows).map(|r| f64::from(matrix.data[r * matrix.cols + col]));
-            let binary = values.clone().all(|v| v == 0.0 || v == 1.0);
-            if binary || matrix.rows == 0 {
+            if !scaled[col] {
                 continue;
             }
+            let values = (0..matrix.rows).map(|r| f64::from(matrix.data[r * matrix.cols + col]));
             let n = matrix.rows as f64;
             let m = values.clone().sum::<f64>() / n;
             let var = values.map(|v| (v - m) * (v - m)).sum::<f64>() / n;
@@ -71,10 +71,10 @@ impl Standardizer {
     /// A column whose quartiles meet keeps its standard deviation.
     pub fn fit_robust(matrix: &Matrix) -> Self {
         let mut fitted = Self::fit(matrix);
+        let scaled = Self::scaled_columns(matrix);
         let mut values = Vec::with_capacity(matrix.rows);
         for col in 0..matrix.cols {
-            // Binary columns were left as they are by `fit` (mean 0, scale 1).
-            if fitted.mean[col] == 0.0 && fitted.std[col] == 1.0 {
+            if !scaled[col] {
                 continue;
             }
             values.clear();
@@ -90,12 +90,17 @@ impl Standardizer {
         fitted
     }
 
-    /// Which columns are scaled (not 0/1 columns).
-    fn scaled_columns(&self) -> Vec<bool> {
-        self.mean
-            .iter()
-            .zip(&self.std)
-            .map(|(&m, &s)| !(m == 0.0 && s == 1.0))
+    /// Which columns of `matrix` are scaled: all but those holding only 0 and 1 (and all
+    /// but none when it has no rows).
+    pub fn scaled_columns(matrix: &Matrix) -> Vec<bool> {
+        (0..matrix.cols)
+            .map(|col| {
+                matrix.rows > 0
+                    && (0..matrix.rows).any(|r| {
+                        let v = matrix.data[r * matrix.cols + col];
+                        v != 0.0 && v != 1.0
+                    })
+            })
             .collect()
     }
 
@@ -284,7 +289,7 @@ impl Autoencoder {
         } else {
             Standardizer::fit(train)
         };
-        let noisy_columns = standardizer.scaled_columns();
+        let noisy_columns = Standardizer::scaled_columns(train);
         let z_train = standardizer.apply(train);
         let z_valid = standardizer.apply(validation);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -538,8 +543,9 @@ impl Autoencoder {
 }
 
 /// Several autoencoders trained from different seeds on the same data, their per-feature
-/// errors averaged. A 2-unit bottleneck settles in different minima from run to run, and
-/// which one it finds changes what it catches; the average is steadier than any one pick.
+/// errors combined (averaged, by default; see [`Combination`]). A 2-unit bottleneck
+/// settles in different minima from run to run, and which one it finds changes what it
+/// catches; the average is steadier than any one pick.
 pub struct Ensemble {
     pub members: Vec<Autoencoder>,
 }
@@ -598,9 +604,9 @@ impl Ensemble {
     }
 
     /// The ONNX graph: `input` [rows, features] → `output` (mean reconstruction),
-    /// `feature_error` (mean over members of the squared error per feature in standardised
-    /// units, over the feature's training error), `score` (the mean over features of that
-    /// error capped at the cap).
+    /// `feature_error` (the members' squared errors per feature in standardised units, over
+    /// the feature's training error, combined as [`Combination`] says), `score` (the mean
+    /// over features of that error capped at the cap).
     pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let standardizer = self.standardizer()?;
         let f = standardizer.mean.len() as i64;
@@ -633,12 +639,18 @@ impl Ensemble {
         );
         // Explanations rank features by the uncapped error: under the cap, several
         // features of an anomaly would tie.
-        g.node("Sum", &errs, "feature_error_sum");
-        g.node(
-            "Div",
-            &["feature_error_sum", "member_count"],
-            "feature_error",
-        );
+        // Combined as the score combines them, so that explanations rank what it counts.
+        match self.combination() {
+            Combination::Mean => {
+                g.node("Sum", &errs, "feature_error_sum");
+                g.node(
+                    "Div",
+                    &["feature_error_sum", "member_count"],
+                    "feature_error",
+                );
+            }
+            Combination::Min => g.node("Min", &errs, "feature_error"),
+        }
         match self.combination() {
             Combination::Mean => {
                 g.node("Sum", &caps, "capped_error_sum");

@@ -110,6 +110,9 @@ pub struct ModelControl {
     stream: Mutex<Option<Vec<Pending>>>,
     /// Serialises changes: two at once would race between the stream and the API.
     changing: tokio::sync::Mutex<()>,
+    /// Held by whoever changes a model and records the change for the group, and by the
+    /// follower of the group's record (see [`Self::group_step`]).
+    group: tokio::sync::Mutex<()>,
     tickets: std::sync::atomic::AtomicU64,
     /// How long a change waits for the stream to reach a micro-batch boundary.
     pub stream_timeout: Duration,
@@ -154,6 +157,7 @@ impl ModelControl {
             options,
             stream: Mutex::new(None),
             changing: tokio::sync::Mutex::new(()),
+            group: tokio::sync::Mutex::new(()),
             tickets: std::sync::atomic::AtomicU64::new(0),
             stream_timeout: Duration::from_secs(60),
         }
@@ -247,11 +251,22 @@ impl ModelControl {
         self.change_to(slot, dir, pinned).await
     }
 
+    /// One step with the group's record at a time: a change made here and its record, or
+    /// reading the record and following it. Without it, the follower could read the
+    /// record of the change before and undo one made here before it was recorded.
+    pub async fn group_step(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.group.lock().await
+    }
+
     /// Brings each slot to the model `served` records for it (`(slot, id)`, an empty id
     /// for an emptied slot; see the store's `served_models`), by id from the registry:
     /// how the processes of a group follow a change made through one of them. Slots
     /// without a record, or already serving their record, are left alone.
-    pub async fn follow(&self, served: &[(String, String)]) -> Vec<Result<Changed, ControlError>> {
+    /// Each attempt is returned with the record it followed (`(slot, id)`).
+    pub async fn follow(
+        &self,
+        served: &[(String, String)],
+    ) -> Vec<((String, String), Result<Changed, ControlError>)> {
         let mut results = Vec::new();
         for (name, id) in served {
             let Some(slot) = Slot::named(name) else {
@@ -262,7 +277,8 @@ impl ModelControl {
             if current.as_deref() == wanted || (slot == Slot::Champion && wanted.is_none()) {
                 continue;
             }
-            results.push(self.change(slot, wanted).await);
+            let result = self.change(slot, wanted).await;
+            results.push(((name.clone(), id.clone()), result));
         }
         results
     }
