@@ -73,10 +73,7 @@ impl Standardizer {
         let mut fitted = Self::fit(matrix);
         let scaled = Self::scaled_columns(matrix);
         let mut values = Vec::with_capacity(matrix.rows);
-        for col in 0..matrix.cols {
-            if !scaled[col] {
-                continue;
-            }
+        for col in (0..matrix.cols).filter(|&col| scaled[col]) {
             values.clear();
             values.extend((0..matrix.rows).map(|r| matrix.data[r * matrix.cols + col]));
             values.sort_by(f32::total_cmp);
