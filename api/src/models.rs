@@ -152,18 +152,19 @@ async fn choose(state: &ApiState, slot: Slot, body: &[u8]) -> Result<Json<ModelC
             "the body must be {{\"model\": \"<registry name or id>\"}}: {e}"
         ))
     })?;
-    let _step = state.models.group_step().await;
-    let result = state.models.change(slot, Some(&choice.model)).await;
-    changed(state, result).await
+    change(state, slot, Some(&choice.model)).await
 }
 
-/// The answer to a change; a change made is recorded in the store for the rest of the
-/// group to follow (`follow_group`).
-async fn changed(
+/// Puts the registry model `name` in `slot` (None: empties it) and answers with what
+/// changed; a change made is recorded in the store for the rest of the group to follow
+/// (`follow_group`), in one group step with it.
+async fn change(
     state: &ApiState,
-    result: Result<risksense_udfs::control::Changed, ControlError>,
+    slot: Slot,
+    name: Option<&str>,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    match result {
+    let _step = state.models.group_step().await;
+    match state.models.change(slot, name).await {
         Ok(changed) => {
             let slot = changed.slot.to_string();
             if let Err(mut error) = state
@@ -258,9 +259,7 @@ pub async fn set_challenger(
 pub async fn remove_challenger(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    let _step = state.models.group_step().await;
-    let result = state.models.change(Slot::Challenger, None).await;
-    changed(&state, result).await
+    change(&state, Slot::Challenger, None).await
 }
 
 /// Raise alerts with a registry supervised model (`risksense train --model trees`) beside
@@ -284,9 +283,7 @@ pub async fn set_supervised(
 pub async fn remove_supervised(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<ModelChanged>, ApiError> {
-    let _step = state.models.group_step().await;
-    let result = state.models.change(Slot::Supervised, None).await;
-    changed(&state, result).await
+    change(&state, Slot::Supervised, None).await
 }
 
 /// How often a process looks for changes recorded by the rest of its group.

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use risksense_udfs::{Model, ModelControl, ModelRegistry, SessionOptions};
+use risksense_udfs::{Model, ModelControl, ModelRegistry, SessionOptions, Slot};
 
 /// Where the default model lives, relative to the working directory or the source tree.
 const DEFAULT_MODEL: &str = "models/default";
@@ -91,6 +91,20 @@ impl ModelArgs {
         Ok(Some(Arc::new(model)))
     }
 
+    /// Puts the challenger and the supervised model, if given, beside the champion of
+    /// `handle` (each call loads its own sessions).
+    pub fn load_beside(&self, handle: &risksense_udfs::ModelHandle) -> anyhow::Result<()> {
+        for (slot, model) in [
+            (Slot::Challenger, self.load_challenger()?),
+            (Slot::Supervised, self.load_supervised()?),
+        ] {
+            handle
+                .put(slot, model)
+                .with_context(|| format!("the {slot} model does not fit the champion's plan"))?;
+        }
+        Ok(())
+    }
+
     /// The models in service for the API and model changes, starting from `champion`,
     /// `challenger` and `supervised` (the API's instances).
     pub fn control(
@@ -115,7 +129,7 @@ impl ModelArgs {
             .context("the challenger does not fit the champion's plan")?;
         control
             .api()
-            .put(risksense_udfs::Slot::Supervised, supervised)
+            .put(Slot::Supervised, supervised)
             .context("the supervised model does not fit the champion's plan")?;
         Ok(Arc::new(control))
     }

@@ -44,13 +44,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // A challenger (`--challenger`) scores beside the model: `risksense evaluate`
         // compares them over the output.
         let handle = std::sync::Arc::new(risksense_udfs::ModelHandle::new(model.clone()));
-        handle
-            .set_challenger(args.model.load_challenger()?)
-            .context("the challenger does not fit the plan")?;
-        // A supervised model (`--supervised`) joins the alert rule (sql/score.sql).
-        handle
-            .put(risksense_udfs::Slot::Supervised, args.model.load_supervised()?)
-            .context("the supervised model does not fit the plan")?;
+        // (A supervised model, `--supervised`, joins the alert rule of sql/score.sql.)
+        args.model.load_beside(&handle)?;
         let ctx = scoring::new_session_with_handle(Some(handle), options)?;
         scoring::register_files(&ctx, scoring::TRANSACTIONS, &args.input)
             .await

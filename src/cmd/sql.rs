@@ -75,17 +75,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let handle = model
             .clone()
             .map(|m| std::sync::Arc::new(risksense_udfs::ModelHandle::new(m)));
-        if let Some(challenger) = args.model.load_challenger()? {
-            handle
-                .as_ref()
-                .context("--challenger needs an anomaly model beside it (not --no-model)")?
-                .set_challenger(Some(challenger))?;
-        }
-        if let Some(supervised) = args.model.load_supervised()? {
-            handle
-                .as_ref()
-                .context("--supervised needs an anomaly model beside it (not --no-model)")?
-                .put(risksense_udfs::Slot::Supervised, Some(supervised))?;
+        match &handle {
+            Some(handle) => args.model.load_beside(handle)?,
+            None if args.model.challenger.is_some() || args.model.supervised.is_some() => {
+                anyhow::bail!(
+                    "--challenger and --supervised need an anomaly model beside them (not --no-model)"
+                )
+            }
+            None => {}
         }
         let ctx = scoring::new_session_with_handle(handle, SessionOptions::default())?;
         for (name, path) in &args.tables {

@@ -243,6 +243,14 @@ impl RedisStore {
         }
     }
 
+    /// Every field of the hash `key` with its value, sorted by field.
+    async fn sorted_hash(&self, key: String) -> Result<Vec<(String, String)>, StoreError> {
+        let mut connection = self.conn();
+        let pairs: BTreeMap<String, String> =
+            connection.hgetall(key).await.map_err(|e| self.error(e))?;
+        Ok(pairs.into_iter().collect())
+    }
+
     /// Replaces the connection with a new one (if one can be opened in time).
     async fn reconnect(&self, why: &str) {
         tracing::warn!(url = %self.url, deadline_secs = REQUEST_DEADLINE.as_secs(), "{why}");
@@ -1342,12 +1350,8 @@ impl ResultStore for RedisStore {
     }
 
     async fn load_queries(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut connection = self.conn();
-        let queries: BTreeMap<String, String> = connection
-            .hgetall(layout::queries(&self.retention.prefix))
+        self.sorted_hash(layout::queries(&self.retention.prefix))
             .await
-            .map_err(|e| self.error(e))?;
-        Ok(queries.into_iter().collect())
     }
 
     async fn save_served_model(&self, slot: &str, id: Option<&str>) -> Result<(), StoreError> {
@@ -1363,12 +1367,8 @@ impl ResultStore for RedisStore {
     }
 
     async fn served_models(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut connection = self.conn();
-        let models: BTreeMap<String, String> = connection
-            .hgetall(layout::served_models(&self.retention.prefix))
+        self.sorted_hash(layout::served_models(&self.retention.prefix))
             .await
-            .map_err(|e| self.error(e))?;
-        Ok(models.into_iter().collect())
     }
 }
 

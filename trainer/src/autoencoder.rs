@@ -43,26 +43,15 @@ impl Matrix {
 pub struct Standardizer {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Which columns are scaled: all but those holding only 0 and 1 (one-hot, flags),
+    /// which keep mean 0 and scale 1, so a rare category does not dominate the error.
+    pub scaled: Vec<bool>,
 }
 
 impl Standardizer {
-    /// Mean and standard deviation of each column; columns holding only 0 and 1 (one-hot,
-    /// flags) keep mean 0 and scale 1, so a rare category does not dominate the error.
+    /// Mean and standard deviation of each scaled column.
     pub fn fit(matrix: &Matrix) -> Self {
-        let (mut mean, mut std) = (vec![0f32; matrix.cols], vec![1f32; matrix.cols]);
-        let scaled = Self::scaled_columns(matrix);
-        for col in 0..matrix.cols {
-            if !scaled[col] {
-                continue;
-            }
-            let values = (0..matrix.rows).map(|r| f64::from(matrix.data[r * matrix.cols + col]));
-            let n = matrix.rows as f64;
-            let m = values.clone().sum::<f64>() / n;
-            let var = values.map(|v| (v - m) * (v - m)).sum::<f64>() / n;
-            mean[col] = m as f32;
-            std[col] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
-        }
-        Self { mean, std }
+        Self::fit_by(matrix, false)
     }
 
     /// Like [`Self::fit`], with the median and the interquartile range (over 1.349, the
@@ -70,35 +59,43 @@ impl Standardizer {
     /// deviation: a few extreme amounts then do not squeeze every other row together.
     /// A column whose quartiles meet keeps its standard deviation.
     pub fn fit_robust(matrix: &Matrix) -> Self {
-        let mut fitted = Self::fit(matrix);
-        let scaled = Self::scaled_columns(matrix);
+        Self::fit_by(matrix, true)
+    }
+
+    fn fit_by(matrix: &Matrix, robust: bool) -> Self {
+        let (mut mean, mut std) = (vec![0f32; matrix.cols], vec![1f32; matrix.cols]);
+        let scaled: Vec<bool> = (0..matrix.cols)
+            .map(|col| {
+                (0..matrix.rows).any(|r| {
+                    let v = matrix.data[r * matrix.cols + col];
+                    v != 0.0 && v != 1.0
+                })
+            })
+            .collect();
         let mut values = Vec::with_capacity(matrix.rows);
         for col in (0..matrix.cols).filter(|&col| scaled[col]) {
             values.clear();
             values.extend((0..matrix.rows).map(|r| matrix.data[r * matrix.cols + col]));
-            values.sort_by(f32::total_cmp);
-            let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-            let iqr = (at(0.75) - at(0.25)) / 1.349;
-            fitted.mean[col] = at(0.5);
-            if iqr > 1e-6 {
-                fitted.std[col] = iqr;
+            let n = values.len() as f64;
+            let m = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = values
+                .iter()
+                .map(|&v| (f64::from(v) - m) * (f64::from(v) - m))
+                .sum::<f64>()
+                / n;
+            mean[col] = m as f32;
+            std[col] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+            if robust {
+                values.sort_by(f32::total_cmp);
+                let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+                let iqr = (at(0.75) - at(0.25)) / 1.349;
+                mean[col] = at(0.5);
+                if iqr > 1e-6 {
+                    std[col] = iqr;
+                }
             }
         }
-        fitted
-    }
-
-    /// Which columns of `matrix` are scaled: all but those holding only 0 and 1 (and all
-    /// but none when it has no rows).
-    pub fn scaled_columns(matrix: &Matrix) -> Vec<bool> {
-        (0..matrix.cols)
-            .map(|col| {
-                matrix.rows > 0
-                    && (0..matrix.rows).any(|r| {
-                        let v = matrix.data[r * matrix.cols + col];
-                        v != 0.0 && v != 1.0
-                    })
-            })
-            .collect()
+        Self { mean, std, scaled }
     }
 
     pub fn apply(&self, matrix: &Matrix) -> Matrix {
@@ -286,7 +283,6 @@ impl Autoencoder {
         } else {
             Standardizer::fit(train)
         };
-        let noisy_columns = Standardizer::scaled_columns(train);
         let z_train = standardizer.apply(train);
         let z_valid = standardizer.apply(validation);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -347,7 +343,7 @@ impl Autoencoder {
                 let input = if config.input_noise > 0.0 {
                     noisy.clear();
                     for (i, &v) in batch.iter().enumerate() {
-                        noisy.push(if noisy_columns[i % f] {
+                        noisy.push(if model.standardizer.scaled[i % f] {
                             v + config.input_noise * standard_normal(&mut rng)
                         } else {
                             v
@@ -565,6 +561,10 @@ impl Ensemble {
     /// [`Combination`]), then their mean over features.
     pub fn scores(&self, x: &Matrix) -> Result<Vec<f32>, TrainError> {
         let z = self.standardizer()?.apply(x);
+        let (combine, divisor): (fn(f32, f32) -> f32, f32) = match self.combination() {
+            Combination::Mean => (|a, e| a + e, self.members.len() as f32),
+            Combination::Min => (f32::min, 1.0),
+        };
         let mut combined: Option<Vec<f32>> = None;
         for member in &self.members {
             let errors = member.feature_errors_standardized(&z)?;
@@ -572,19 +572,12 @@ impl Ensemble {
                 None => errors,
                 Some(mut acc) => {
                     for (a, e) in acc.iter_mut().zip(&errors) {
-                        *a = match self.combination() {
-                            Combination::Mean => *a + e,
-                            Combination::Min => a.min(*e),
-                        };
+                        *a = combine(*a, *e);
                     }
                     acc
                 }
             });
         }
-        let divisor = match self.combination() {
-            Combination::Mean => self.members.len() as f32,
-            Combination::Min => 1.0,
-        };
         let combined = combined.unwrap_or_default();
         Ok(combined
             .chunks(x.cols.max(1))
@@ -637,23 +630,15 @@ impl Ensemble {
         // Explanations rank features by the uncapped error: under the cap, several
         // features of an anomaly would tie.
         // Combined as the score combines them, so that explanations rank what it counts.
-        match self.combination() {
-            Combination::Mean => {
-                g.node("Sum", &errs, "feature_error_sum");
-                g.node(
-                    "Div",
-                    &["feature_error_sum", "member_count"],
-                    "feature_error",
-                );
+        for (inputs, output) in [(&errs, "feature_error"), (&caps, "capped_error")] {
+            match self.combination() {
+                Combination::Mean => {
+                    let sum = format!("{output}_sum");
+                    g.node("Sum", inputs, &sum);
+                    g.node("Div", &[&sum, "member_count"], output);
+                }
+                Combination::Min => g.node("Min", inputs, output),
             }
-            Combination::Min => g.node("Min", &errs, "feature_error"),
-        }
-        match self.combination() {
-            Combination::Mean => {
-                g.node("Sum", &caps, "capped_error_sum");
-                g.node("Div", &["capped_error_sum", "member_count"], "capped_error");
-            }
-            Combination::Min => g.node("Min", &caps, "capped_error"),
         }
         g.node_with(
             "ReduceMean",

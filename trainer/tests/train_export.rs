@@ -40,32 +40,44 @@ fn period(rows: usize, anomaly_every: usize, rng: &mut ChaCha8Rng, offset: usize
     }
 }
 
+/// A small network for the synthetic rows (16 hidden units, 2 in the code).
+fn small() -> TrainConfig {
+    TrainConfig {
+        hidden: 16,
+        code: 2,
+        batch_size: 64,
+        learning_rate: 3e-3,
+        error_cap: 9.0,
+        ..TrainConfig::default()
+    }
+}
+
+/// A run of an ensemble of two with `config`, calibrated to a 2 % alert rate.
+fn run_info(config: TrainConfig) -> RunInfo {
+    RunInfo {
+        name: "test".to_string(),
+        feature_names: (0..COLS).map(|i| format!("f{i}")).collect(),
+        inputs: vec!["synthetic".to_string()],
+        alert_rate: 0.02,
+        config,
+        ensemble: 2,
+    }
+}
+
 #[test]
 fn trains_exports_and_onnx_runtime_matches_the_network() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let train = period(4000, 0, &mut rng, 0);
     let validation = period(2000, 50, &mut rng, 10_000);
     let out = std::env::temp_dir().join(format!("risksense-train-test-{}", std::process::id()));
-    let info = RunInfo {
-        name: "test".to_string(),
-        feature_names: (0..COLS).map(|i| format!("f{i}")).collect(),
-        inputs: vec!["synthetic".to_string()],
-        alert_rate: 0.02,
-        config: TrainConfig {
-            hidden: 16,
-            code: 2,
-            epochs: 15,
-            batch_size: 64,
-            learning_rate: 3e-3,
-            seed: 3,
-            error_cap: 9.0,
-            // Every epoch, mean / standard-deviation scaling (the plain recipe).
-            patience: 0,
-            robust_scaling: false,
-            ..TrainConfig::default()
-        },
-        ensemble: 2,
-    };
+    let info = run_info(TrainConfig {
+        epochs: 15,
+        seed: 3,
+        // Every epoch, mean / standard-deviation scaling (the plain recipe).
+        patience: 0,
+        robust_scaling: false,
+        ..small()
+    });
     let mut epochs_seen = 0;
     let outcome = train_and_export(&train, &validation, &info, &out, |_, _| epochs_seen += 1)
         .expect("trains");
@@ -129,26 +141,15 @@ fn early_stopping_keeps_the_best_epoch_and_denoising_still_finds_the_anomalies()
     let validation = period(2000, 50, &mut rng, 10_000);
     let out = std::env::temp_dir().join(format!("risksense-train-es-{}", std::process::id()));
     let patience = 2;
-    let info = RunInfo {
-        name: "test".to_string(),
-        feature_names: (0..COLS).map(|i| format!("f{i}")).collect(),
-        inputs: vec!["synthetic".to_string()],
-        alert_rate: 0.02,
-        config: TrainConfig {
-            hidden: 16,
-            code: 2,
-            epochs: 60,
-            batch_size: 64,
-            learning_rate: 3e-3,
-            seed: 5,
-            input_noise: 0.1,
-            patience,
-            robust_scaling: true,
-            combination: risksense_trainer::Combination::Min,
-            ..TrainConfig::default()
-        },
-        ensemble: 2,
-    };
+    let info = run_info(TrainConfig {
+        epochs: 60,
+        seed: 5,
+        input_noise: 0.1,
+        patience,
+        robust_scaling: true,
+        combination: risksense_trainer::Combination::Min,
+        ..small()
+    });
     let mut losses: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let outcome = train_and_export(&train, &validation, &info, &out, |k, report| {
         losses[k].push(report.validation_loss)

@@ -181,10 +181,7 @@ impl ModelHandle {
         &self,
         model: Option<Arc<Model>>,
     ) -> Result<Option<Arc<Model>>, SwapError> {
-        if let Some(model) = &model {
-            self.check_features(model)?;
-        }
-        Ok(self.challenger.swap(model))
+        self.put(Slot::Challenger, model)
     }
 
     /// The supervised model, if one is set.
@@ -228,15 +225,15 @@ impl ModelHandle {
         slot: Slot,
         model: Option<Arc<Model>>,
     ) -> Result<Option<Arc<Model>>, SwapError> {
+        let optional = match slot {
+            Slot::Champion => return model.map(|model| self.swap(model)).transpose(),
+            Slot::Challenger => &self.challenger,
+            Slot::Supervised => &self.supervised,
+        };
         if let Some(model) = &model {
             self.check(slot, model)?;
         }
-        Ok(match (slot, model) {
-            (Slot::Champion, Some(model)) => Some(self.current.swap(model)),
-            (Slot::Champion, None) => None,
-            (Slot::Challenger, model) => self.challenger.swap(model),
-            (Slot::Supervised, model) => self.supervised.swap(model),
-        })
+        Ok(optional.swap(model))
     }
 
     /// A new handle holding this one's models as they are now: one request's session then

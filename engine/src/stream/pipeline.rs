@@ -981,6 +981,11 @@ fn count_per_model(
             ) else {
                 continue;
             };
+            // No model in the slot (the usual challenger and supervised slots): no row to
+            // visit.
+            if arrow::array::Array::null_count(ids) == arrow::array::Array::len(ids) {
+                continue;
+            }
             // Keyed by the ids as the column holds them: a string is made per model, not
             // per row (a micro-batch has one model per slot).
             let mut by_id: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();

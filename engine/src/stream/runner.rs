@@ -288,13 +288,11 @@ pub fn run_stream(
         })?;
     }
     let scorer = runtime.block_on(StreamScorer::new(model, config.session_options()))?;
-    if let Some(challenger) = options.challenger.clone() {
-        scorer.model().set_challenger(Some(challenger))?;
-    }
-    if let Some(supervised) = options.supervised.clone() {
-        scorer
-            .model()
-            .put(risksense_udfs::Slot::Supervised, Some(supervised))?;
+    for (slot, model) in [
+        (risksense_udfs::Slot::Challenger, &options.challenger),
+        (risksense_udfs::Slot::Supervised, &options.supervised),
+    ] {
+        scorer.model().put(slot, model.clone())?;
     }
     tracing::debug!(plan = %scorer.display_plan(), "stream plan");
     let producer: FutureProducer = settings.client_config(PRODUCER_DEFAULTS).create()?;
