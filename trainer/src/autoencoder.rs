@@ -1,9 +1,9 @@
 //! The dense autoencoder: trained with candle (autodiff, Adam), exported to ONNX.
 //!
 //! Architecture: features → hidden (ReLU) → code (linear) → hidden (ReLU) → features, on
-//! standardised inputs. Standardisation (mean / standard deviation of the training rows;
-//! 0/1 columns are left as they are) is part of the exported graph, so callers pass raw
-//! features.
+//! standardised inputs. Standardisation (median / interquartile range of the training rows
+//! by default, or mean / standard deviation; 0/1 columns are left as they are) is part of
+//! the exported graph, so callers pass raw features.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
