@@ -157,7 +157,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             hidden: 64,
-            code: 2,
+            code: 3,
             epochs: 30,
             batch_size: 256,
             learning_rate: 1e-3,
@@ -536,9 +536,9 @@ impl Autoencoder {
 }
 
 /// Several autoencoders trained from different seeds on the same data, their per-feature
-/// errors combined (averaged, by default; see [`Combination`]). A 2-unit bottleneck
-/// settles in different minima from run to run, and which one it finds changes what it
-/// catches; the average is steadier than any one pick.
+/// errors combined (averaged, by default; see [`Combination`]). A narrow bottleneck (3
+/// units by default) settles in different minima from run to run, and which one it finds
+/// changes what it catches; the average is steadier than any one pick.
 pub struct Ensemble {
     pub members: Vec<Autoencoder>,
 }
