@@ -10,6 +10,8 @@ use risksense_trainer::pipeline::{Period, RunInfo, train_and_export, train_trees
 use risksense_trainer::trees::BoostConfig;
 use risksense_trainer::{Matrix, TrainConfig};
 
+// The defaults of the training settings are the trainer's own (TrainConfig, BoostConfig),
+// so the library and the command cannot disagree.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Training data: transaction CSV / CSV.gz / Parquet files or folders.
@@ -29,34 +31,34 @@ pub struct Args {
     #[arg(long, default_value_t = 0.01)]
     pub alert_rate: f64,
     /// Most epochs per member (early stopping usually ends it sooner, see --patience).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
     /// Autoencoders trained from consecutive seeds and averaged into the model.
     #[arg(long, default_value_t = 4)]
     pub ensemble: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
     pub learning_rate: f64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TrainConfig::default().hidden)]
     pub hidden: usize,
     /// Units of the code (the bottleneck): 3 measured better than 2 and 4 on the worst of
     /// five seeds (BENCHMARKS.md, "Model quality").
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = TrainConfig::default().code)]
     pub code: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Largest error one feature may add to a score, in units of its training error.
-    #[arg(long, default_value_t = 9.0)]
+    #[arg(long, default_value_t = TrainConfig::default().error_cap)]
     pub error_cap: f32,
     /// Denoising: Gaussian noise of this standard deviation on the standardised inputs
     /// while training (the target stays the clean row). 0: off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = TrainConfig::default().input_noise)]
     pub input_noise: f32,
     /// Early stopping: keep each member's epoch with the lowest loss on the validation
     /// period's legitimate rows, stopping after this many epochs without a better one.
     /// 0: keep the last epoch.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = TrainConfig::default().patience)]
     pub patience: usize,
     /// How features are scaled before the network: by median and interquartile range
     /// (robust: a few extreme amounts do not squeeze the other rows together; the
@@ -72,13 +74,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModelKind::Autoencoder)]
     pub model: ModelKind,
     /// Trees: boosting rounds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = BoostConfig::default().iterations)]
     pub trees: usize,
     /// Trees: depth of each tree.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = BoostConfig::default().max_depth)]
     pub max_depth: usize,
     /// Trees: shrinkage of each tree's leaves.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = BoostConfig::default().learning_rate)]
     pub tree_learning_rate: f32,
 }
 
