@@ -33,8 +33,10 @@ pub struct Args {
     /// Most epochs per member (early stopping usually ends it sooner, see --patience).
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
-    /// Autoencoders trained from consecutive seeds and averaged into the model.
-    #[arg(long, default_value_t = 4)]
+    /// Autoencoders trained from consecutive seeds and averaged into the model (8: four
+    /// with the amount against its category's and four without measured steadier and
+    /// better than four of either; half the scoring cost with 4, see BENCHMARKS.md).
+    #[arg(long, default_value_t = 8)]
     pub ensemble: usize,
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
@@ -69,6 +71,17 @@ pub struct Args {
     /// minimum (a feature counts only where no member reconstructs it).
     #[arg(long, value_enum, default_value_t = Combine::Mean)]
     pub combine: Combine,
+    /// How many of the --ensemble members (the last ones) also see the amount against its
+    /// category's, an input the model derives inside its graph (log_amt standardised by
+    /// its cat_* category's mean and spread on the training rows; features.sql is
+    /// unchanged). Default: half of them, which measured steadier than all or none
+    /// (BENCHMARKS.md, "Model quality"). 0: none.
+    #[arg(long)]
+    pub amount_by_category_members: Option<usize>,
+    /// Units of the code of those members (the others have --code): with the derived
+    /// input a 2-unit code measured better than 3 (BENCHMARKS.md).
+    #[arg(long, default_value_t = 2)]
+    pub amount_by_category_code: usize,
     /// What to train: the autoencoder (unsupervised, legitimate rows only), or
     /// gradient-boosted trees on the `is_fraud` labels (needs both classes).
     #[arg(long, value_enum, default_value_t = ModelKind::Autoencoder)]
@@ -229,6 +242,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Combine::Min => risksense_trainer::Combination::Min,
             },
         },
+        amount_by_category_members: args.amount_by_category_members.unwrap_or(args.ensemble / 2),
+        amount_by_category_code: args.amount_by_category_code,
     };
     if args.model == ModelKind::Trees {
         let boost = BoostConfig {

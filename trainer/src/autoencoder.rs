@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::TrainError;
+use crate::category_amount::AmountByCategory;
 use crate::onnx::{Dim, GraphBuilder, int_attribute, ints_attribute};
 
 /// A row-major matrix of f32.
@@ -471,11 +472,12 @@ impl Autoencoder {
     fn append_to_graph(
         &self,
         g: &mut GraphBuilder,
+        z: &str,
         p: &str,
     ) -> Result<(String, String, String), TrainError> {
         let f = self.standardizer.mean.len() as i64;
         let last = self.layers.len() - 1;
-        let mut current = "z".to_string();
+        let mut current = z.to_string();
         for (i, (w, b)) in self.layers.iter().enumerate() {
             let dims = w.as_tensor().dims().to_vec();
             let weights = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
@@ -511,7 +513,7 @@ impl Autoencoder {
             &[&name("clipped_low"), &name("high")],
             &name("reconstruction"),
         );
-        g.node("Sub", &[&name("reconstruction"), "z"], &name("diff"));
+        g.node("Sub", &[&name("reconstruction"), z], &name("diff"));
         g.node(
             "Mul",
             &[&name("diff"), &name("diff")],
@@ -539,15 +541,25 @@ impl Autoencoder {
 /// errors combined (averaged, by default; see [`Combination`]). A narrow bottleneck (3
 /// units by default) settles in different minima from run to run, and which one it finds
 /// changes what it catches; the average is steadier than any one pick.
+///
+/// Members may differ in their inputs: with [`Ensemble::amount_by_category`], some see the
+/// derived amount against its category's as one more, last, column and the others do not
+/// (their error for it counts as 0). Members that look at the rows differently err on
+/// different legitimate rows, which averaging then discounts (BENCHMARKS.md).
 pub struct Ensemble {
     pub members: Vec<Autoencoder>,
+    /// The derived input some members were trained with (their inputs' last column).
+    pub amount_by_category: Option<AmountByCategory>,
 }
 
 impl Ensemble {
+    /// The standardisation of the widest member's inputs (the others' inputs are its
+    /// first columns, fitted on the same rows: the same values).
     fn standardizer(&self) -> Result<&Standardizer, TrainError> {
         self.members
-            .first()
+            .iter()
             .map(|m| &m.standardizer)
+            .max_by_key(|s| s.mean.len())
             .ok_or_else(|| TrainError::NoData("an ensemble of no models".to_string()))
     }
 
@@ -560,14 +572,42 @@ impl Ensemble {
     /// Scores computed by candle: the members' per-feature errors combined (see
     /// [`Combination`]), then their mean over features.
     pub fn scores(&self, x: &Matrix) -> Result<Vec<f32>, TrainError> {
-        let z = self.standardizer()?.apply(x);
+        let z = match &self.amount_by_category {
+            Some(derived) => self.standardizer()?.apply(&derived.augment(x)),
+            None => self.standardizer()?.apply(x),
+        };
         let (combine, divisor): (fn(f32, f32) -> f32, f32) = match self.combination() {
             Combination::Mean => (|a, e| a + e, self.members.len() as f32),
             Combination::Min => (f32::min, 1.0),
         };
         let mut combined: Option<Vec<f32>> = None;
         for member in &self.members {
-            let errors = member.feature_errors_standardized(&z)?;
+            let width = member.standardizer.mean.len();
+            let errors = if width == z.cols {
+                member.feature_errors_standardized(&z)?
+            } else {
+                // A member without the derived input: its first columns, its errors padded
+                // with 0 for the columns it does not see.
+                let own = Matrix {
+                    rows: z.rows,
+                    cols: width,
+                    data: z
+                        .data
+                        .chunks(z.cols)
+                        .flat_map(|row| &row[..width])
+                        .copied()
+                        .collect(),
+                };
+                let errors = member.feature_errors_standardized(&own)?;
+                errors
+                    .chunks(width)
+                    .flat_map(|row| {
+                        row.iter()
+                            .copied()
+                            .chain(std::iter::repeat_n(0.0, z.cols - width))
+                    })
+                    .collect()
+            };
             combined = Some(match combined {
                 None => errors,
                 Some(mut acc) => {
@@ -580,38 +620,80 @@ impl Ensemble {
         }
         let combined = combined.unwrap_or_default();
         Ok(combined
-            .chunks(x.cols.max(1))
+            .chunks(z.cols.max(1))
             .map(|row| row.iter().sum::<f32>() / row.len() as f32 / divisor)
             .collect())
     }
 
-    /// Layer sizes of one member, input first.
+    /// Layer sizes of the widest member, input first.
     pub fn architecture(&self) -> Vec<usize> {
         self.members
-            .first()
+            .iter()
             .map(Autoencoder::architecture)
+            .max_by_key(|a| a.first().copied())
             .unwrap_or_default()
     }
 
     /// The ONNX graph: `input` [rows, features] → `output` (mean reconstruction),
     /// `feature_error` (the members' squared errors per feature in standardised units, over
     /// the feature's training error, combined as [`Combination`] says), `score` (the mean
-    /// over features of that error capped at the cap).
+    /// over features of that error capped at the cap). With a derived input, the members
+    /// that see it read it as one more column; `output` leaves it out and `feature_error`
+    /// adds its error to the amount's.
     pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let standardizer = self.standardizer()?;
         let f = standardizer.mean.len() as i64;
+        let inputs = self
+            .amount_by_category
+            .as_ref()
+            .map_or(f as usize, |_| f as usize - 1);
         let mut g = GraphBuilder::default();
-        g.input("input", &[Dim::Named("rows"), Dim::Fixed(f)]);
+        g.input("input", &[Dim::Named("rows"), Dim::Fixed(inputs as i64)]);
+        let features = match &self.amount_by_category {
+            Some(derived) => {
+                derived.append_to_graph(&mut g, "input", inputs, "augmented");
+                "augmented"
+            }
+            None => "input",
+        };
         g.constant("mean", &[f], &standardizer.mean);
         g.constant("std", &[f], &standardizer.std);
-        g.node("Sub", &["input", "mean"], "centered");
+        g.node("Sub", &[features, "mean"], "centered");
         g.node("Div", &["centered", "std"], "z");
+        let narrow = self
+            .members
+            .iter()
+            .any(|m| (m.standardizer.mean.len() as i64) < f);
+        if narrow {
+            // The members without the derived input read z's first columns; their
+            // outputs get a column of zeros for it.
+            let own: Vec<i64> = (0..inputs as i64).collect();
+            g.constant_i64("own_columns", &[inputs as i64], &own);
+            g.node_with(
+                "Gather",
+                &["z", "own_columns"],
+                "z_own",
+                vec![int_attribute("axis", 1)],
+            );
+            g.constant_i64("pad_derived", &[4], &[0, 0, 0, f - inputs as i64]);
+        }
         let mut reconstructions = Vec::new();
         let mut errors = Vec::new();
         let mut capped = Vec::new();
         for (k, member) in self.members.iter().enumerate() {
-            let (reconstruction, error, capped_error) =
-                member.append_to_graph(&mut g, &format!("m{k}_"))?;
+            let p = format!("m{k}_");
+            let wide = member.standardizer.mean.len() as i64 == f;
+            let outputs = member.append_to_graph(&mut g, if wide { "z" } else { "z_own" }, &p)?;
+            let (reconstruction, error, capped_error) = if wide {
+                outputs
+            } else {
+                let mut padded = |name: String| {
+                    let out = format!("{name}_padded");
+                    g.node("Pad", &[&name, "pad_derived"], &out);
+                    out
+                };
+                (padded(outputs.0), padded(outputs.1), padded(outputs.2))
+            };
             reconstructions.push(reconstruction);
             errors.push(error);
             capped.push(capped_error);
@@ -630,14 +712,18 @@ impl Ensemble {
         // Explanations rank features by the uncapped error: under the cap, several
         // features of an anomaly would tie.
         // Combined as the score combines them, so that explanations rank what it counts.
-        for (inputs, output) in [(&errs, "feature_error"), (&caps, "capped_error")] {
+        let own_errors = match self.amount_by_category {
+            Some(_) => "augmented_feature_error",
+            None => "feature_error",
+        };
+        for (members, output) in [(&errs, own_errors), (&caps, "capped_error")] {
             match self.combination() {
                 Combination::Mean => {
                     let sum = format!("{output}_sum");
-                    g.node("Sum", inputs, &sum);
+                    g.node("Sum", members, &sum);
                     g.node("Div", &[&sum, "member_count"], output);
                 }
-                Combination::Min => g.node("Min", inputs, output),
+                Combination::Min => g.node("Min", members, output),
             }
         }
         g.node_with(
@@ -647,9 +733,17 @@ impl Ensemble {
             vec![ints_attribute("axes", &[1]), int_attribute("keepdims", 0)],
         );
         g.node("Mul", &["reconstruction", "std"], "scaled");
-        g.node("Add", &["scaled", "mean"], "output");
-        g.output("output", &[Dim::Named("rows"), Dim::Fixed(f)]);
-        g.output("feature_error", &[Dim::Named("rows"), Dim::Fixed(f)]);
+        match &self.amount_by_category {
+            Some(derived) => {
+                g.node("Add", &["scaled", "mean"], "augmented_output");
+                derived.append_unaugment(&mut g, "augmented_output", inputs, false, "output");
+                derived.append_unaugment(&mut g, own_errors, inputs, true, "feature_error");
+            }
+            None => g.node("Add", &["scaled", "mean"], "output"),
+        }
+        let per_input = [Dim::Named("rows"), Dim::Fixed(inputs as i64)];
+        g.output("output", &per_input);
+        g.output("feature_error", &per_input);
         g.output("score", &[Dim::Named("rows")]);
         Ok(g.finish(
             name,

@@ -7,6 +7,7 @@
 //! the engine so the streaming build does not carry the training frameworks.
 
 pub mod autoencoder;
+pub mod category_amount;
 pub mod evaluate;
 pub mod metrics;
 pub mod onnx;
@@ -25,6 +26,9 @@ pub enum TrainError {
     Shape(String),
     #[error("no data: {0}")]
     NoData(String),
+    /// Settings that cannot go together.
+    #[error("training settings: {0}")]
+    Config(String),
     #[error(transparent)]
     Model(#[from] risksense_udfs::model::ModelError),
     #[error("writing the model: {0}")]

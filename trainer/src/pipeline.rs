@@ -6,7 +6,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::TrainError;
-use crate::autoencoder::{Autoencoder, Ensemble, EpochReport, Matrix, TrainConfig};
+use crate::autoencoder::{Autoencoder, Combination, Ensemble, EpochReport, Matrix, TrainConfig};
+use crate::category_amount::{self, AmountByCategory};
 use crate::metrics;
 use crate::trees::{self, BoostConfig, TreeEnsemble};
 use risksense_udfs::model::{Metrics, ModelCard, PROBABILITY, TrainingInfo};
@@ -31,6 +32,12 @@ pub struct RunInfo {
     /// Autoencoders trained from seeds seed, seed + 1, …, averaged into one model (see
     /// [`crate::autoencoder::Ensemble`]).
     pub ensemble: usize,
+    /// How many of them (the last ones) also see the amount against its category's
+    /// ([`crate::category_amount`]), where the features have `log_amt` and `cat_*`.
+    pub amount_by_category_members: usize,
+    /// Units of those members' code (the others have `config.code`): with the derived
+    /// input a narrower code measured better (BENCHMARKS.md, "Model quality").
+    pub amount_by_category_code: usize,
 }
 
 /// What a finished training run produced.
@@ -52,6 +59,30 @@ pub fn data_hash(trans_nums: &[String]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The members' layer sizes when they differ (" (4 × 30-64-3-64-30, 4 × 31-64-2-64-31)"),
+/// else nothing: the card's `architecture` is the widest member's.
+fn member_shapes(ensemble: &Ensemble) -> String {
+    let mut shapes: Vec<(Vec<usize>, usize)> = Vec::new();
+    for member in &ensemble.members {
+        let shape = member.architecture();
+        match shapes.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, n)) => *n += 1,
+            None => shapes.push((shape, 1)),
+        }
+    }
+    if shapes.len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = shapes
+        .iter()
+        .map(|(shape, n)| {
+            let sizes: Vec<String> = shape.iter().map(usize::to_string).collect();
+            format!("{n} × {}", sizes.join("-"))
+        })
+        .collect();
+    format!(" ({})", each.join(", "))
 }
 
 /// Keeps the legitimate rows (an autoencoder learns what normal looks like).
@@ -77,13 +108,47 @@ pub fn train_and_export(
 ) -> Result<Outcome, TrainError> {
     let train_rows = legitimate_rows(train);
     let valid_rows = legitimate_rows(validation);
+    let count = info.ensemble.max(1);
+    let derived_members = info.amount_by_category_members.min(count);
+    let amount_by_category = if derived_members > 0 {
+        AmountByCategory::fit(&train_rows, &info.feature_names)?
+    } else {
+        None
+    };
+    let mut derived_inputs = Vec::new();
+    // Rows with the derived column, for the members that see it.
+    let mut augmented = None;
+    if let Some(derived) = &amount_by_category {
+        if derived_members < count && info.config.combination == Combination::Min {
+            return Err(TrainError::Config(
+                "members combined by their minimum must all see the amount against its \
+                 category's or none: the others' 0 for it would always be the minimum"
+                    .to_string(),
+            ));
+        }
+        augmented = Some((derived.augment(&train_rows), derived.augment(&valid_rows)));
+        derived_inputs.push(format!(
+            "{}: ({} - its category's mean) / its standard deviation over the training rows \
+             ({} categories), seen by {derived_members} of {count} members",
+            category_amount::NAME,
+            category_amount::AMOUNT,
+            derived.categories.len()
+        ));
+    }
     let mut members = Vec::new();
     let mut last: Option<EpochReport> = None;
-    for k in 0..info.ensemble.max(1) {
+    for k in 0..count {
         let mut config = info.config.clone();
         config.seed = info.config.seed.wrapping_add(k as u64);
+        let (train_rows, valid_rows) = match &augmented {
+            Some((train, valid)) if k >= count - derived_members => {
+                config.code = info.amount_by_category_code;
+                (train, valid)
+            }
+            _ => (&train_rows, &valid_rows),
+        };
         let (member, report) =
-            Autoencoder::train(&train_rows, &valid_rows, config, |r| on_epoch(k, r))?;
+            Autoencoder::train(train_rows, valid_rows, config, |r| on_epoch(k, r))?;
         tracing::info!(
             seed = member.config.seed,
             validation_loss = report.validation_loss,
@@ -101,7 +166,10 @@ pub fn train_and_export(
         members.push(member);
     }
     let last = last.ok_or_else(|| TrainError::NoData("no training run".to_string()))?;
-    let autoencoder = Ensemble { members };
+    let autoencoder = Ensemble {
+        members,
+        amount_by_category,
+    };
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("model.onnx"), autoencoder.to_onnx(&info.name)?)?;
 
@@ -109,8 +177,9 @@ pub fn train_and_export(
     let mut card = ModelCard {
         name: info.name.clone(),
         kind: format!(
-            "ensemble of {} dense autoencoders, {} scaled reconstruction error",
-            info.ensemble.max(1),
+            "ensemble of {} dense autoencoders{}, {} scaled reconstruction error",
+            count,
+            member_shapes(&autoencoder),
             info.config.combination
         ),
         features: info.feature_names.clone(),
@@ -137,6 +206,7 @@ pub fn train_and_export(
             patience: info.config.patience,
             robust_scaling: info.config.robust_scaling,
             combination: info.config.combination.to_string(),
+            derived_inputs,
         },
         validation: None,
         created_at: String::new(),
@@ -269,6 +339,7 @@ pub fn train_trees_and_export(
             patience: 0,
             robust_scaling: false,
             combination: String::new(),
+            derived_inputs: Vec::new(),
         },
         validation: None,
         created_at: String::new(),

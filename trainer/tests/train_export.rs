@@ -61,6 +61,8 @@ fn run_info(config: TrainConfig) -> RunInfo {
         alert_rate: 0.02,
         config,
         ensemble: 2,
+        amount_by_category_members: 1,
+        amount_by_category_code: 2,
     }
 }
 
@@ -193,5 +195,135 @@ fn early_stopping_keeps_the_best_epoch_and_denoising_still_finds_the_anomalies()
         .as_ref()
         .expect("labelled validation");
     assert!(metrics.roc_auc > 0.95, "{metrics:?}");
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// Rows of an amount, two one-hot categories and an unrelated column: category a's amounts
+/// lie near 2, b's near 5; every `anomaly_every`-th row is an a with b's amount: ordinary
+/// for the amounts overall, extreme for its category.
+fn category_period(
+    rows: usize,
+    anomaly_every: usize,
+    rng: &mut ChaCha8Rng,
+    offset: usize,
+) -> Period {
+    let mut data = Vec::with_capacity(rows * 4);
+    let mut labels = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let a = rng.random_range(0.0..1.0f32) < 0.5;
+        let anomaly = anomaly_every > 0 && i % anomaly_every == 0;
+        let typical = if a && !anomaly { 2.0 } else { 5.0 };
+        let amount = typical + rng.random_range(-0.3..0.3f32);
+        let category = a || anomaly;
+        data.extend_from_slice(&[
+            amount,
+            f32::from(u8::from(category)),
+            f32::from(u8::from(!category)),
+            rng.random_range(-1.0..1.0f32),
+        ]);
+        labels.push(anomaly);
+    }
+    Period {
+        features: Matrix::new(rows, 4, data).expect("shape"),
+        labels,
+        trans_nums: (0..rows).map(|i| format!("t{}", i + offset)).collect(),
+        span: ("2019-01-01 00:00:00".into(), "2019-01-31 00:00:00".into()),
+    }
+}
+
+/// With `log_amt` and `cat_*` inputs the autoencoder derives the amount against its
+/// category's inside its graph: the members see one more column, the graph still takes
+/// and returns the features it was given (the derived column's error added to the
+/// amount's), ONNX Runtime reproduces candle, and an amount wrong for its category is the
+/// amount's to explain.
+#[test]
+fn the_amount_against_its_category_is_derived_inside_the_graph() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let train = category_period(4000, 0, &mut rng, 0);
+    let validation = category_period(2000, 50, &mut rng, 10_000);
+    let names: Vec<String> = ["log_amt", "cat_a", "cat_b", "noise"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = std::env::temp_dir().join(format!("risksense-train-cat-{}", std::process::id()));
+    let info = |amount_by_category_members| RunInfo {
+        feature_names: names.clone(),
+        amount_by_category_members,
+        // Their own code size; the others keep the config's 2.
+        amount_by_category_code: 3,
+        ..run_info(TrainConfig {
+            epochs: 10,
+            seed: 7,
+            ..small()
+        })
+    };
+    // One member sees it, one does not.
+    let outcome = train_and_export(&train, &validation, &info(1), &out, |_, _| {}).expect("trains");
+    let card = &outcome.card;
+    assert_eq!(card.architecture, vec![5, 16, 3, 16, 5]);
+    assert!(
+        card.kind
+            .starts_with("ensemble of 2 dense autoencoders (1 × 4-16-2-16-4, 1 × 5-16-3-16-5)"),
+        "{}",
+        card.kind
+    );
+    assert_eq!(card.features, names);
+    assert_eq!(card.training.derived_inputs.len(), 1, "{:?}", card.training);
+    assert!(
+        outcome.onnx_max_abs_diff < 1e-4,
+        "ONNX vs candle: {}",
+        outcome.onnx_max_abs_diff
+    );
+    let metrics = card.validation.as_ref().expect("labelled validation");
+    assert!(metrics.roc_auc > 0.95, "{metrics:?}");
+
+    let model = Model::load(&out, SessionOptions::default()).expect("loads");
+    let rows = validation.features.rows;
+    let [output, errors] = model
+        .run_outputs(
+            &validation.features.data,
+            rows,
+            [
+                risksense_udfs::model::OUTPUT,
+                risksense_udfs::model::FEATURE_ERROR,
+            ],
+        )
+        .expect("runs");
+    assert_eq!((output.len(), errors.len()), (rows * 4, rows * 4));
+    // The planted rows' largest error is the amount's (its own and the derived one's).
+    for (i, _) in validation.labels.iter().enumerate().filter(|(_, l)| **l) {
+        let row = &errors[i * 4..(i + 1) * 4];
+        let largest = (0..4)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .expect("4 columns");
+        assert_eq!(largest, 0, "row {i}: {row:?}");
+    }
+
+    // Every member sees it: still the graph's inputs in and out, ONNX Runtime agreeing.
+    let all = train_and_export(&train, &validation, &info(2), &out.join("all"), |_, _| {})
+        .expect("trains");
+    assert_eq!(all.card.architecture, vec![5, 16, 3, 16, 5]);
+    assert!(
+        all.card
+            .kind
+            .starts_with("ensemble of 2 dense autoencoders, ")
+    );
+    assert!(all.onnx_max_abs_diff < 1e-4, "{}", all.onnx_max_abs_diff);
+
+    // No member (or no such columns, as in the tests above): nothing is derived.
+    let plain = train_and_export(&train, &validation, &info(0), &out.join("plain"), |_, _| {})
+        .expect("trains");
+    assert_eq!(plain.card.architecture, vec![4, 16, 2, 16, 4]);
+    assert!(plain.card.training.derived_inputs.is_empty());
+
+    // A minimum over members some of which never see it is refused.
+    let mut min = info(1);
+    min.config.combination = risksense_trainer::Combination::Min;
+    let refused = train_and_export(&train, &validation, &min, &out.join("min"), |_, _| {});
+    assert!(
+        matches!(refused, Err(risksense_trainer::TrainError::Config(_))),
+        "{:?}",
+        refused.err()
+    );
     std::fs::remove_dir_all(&out).ok();
 }

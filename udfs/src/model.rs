@@ -125,6 +125,10 @@ pub struct TrainingInfo {
     /// How the ensemble's members' errors combine (`mean`, `min`; absent: mean).
     #[serde(default)]
     pub combination: String,
+    /// Inputs the model derives inside its graph from the features, each with how
+    /// (e.g. the amount against its category's; absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived_inputs: Vec<String>,
 }
 
 impl ModelCard {

@@ -1,0 +1,298 @@
+//! The amount against its category's: an input the autoencoder derives inside its own
+//! graph from two it already has.
+//!
+//! `log_amt` alone says little about whether an amount is unusual: $300 is an ordinary
+//! online shopping order and an extreme grocery bill, and a 3-unit code cannot learn every
+//! category's amounts from the one-hot columns beside it. So the model standardises the
+//! log amount by its category's mean and standard deviation on the training rows, and
+//! reconstructs that too (the measurements are in BENCHMARKS.md, "Model quality").
+//!
+//! It is fitted by the trainer and computed in the exported graph from `log_amt` and the
+//! `cat_*` one-hot columns, so features.sql, score.sql and the other models keep their
+//! inputs, and the statistics travel with the model that learnt them rather than with
+//! the SQL.
+
+use crate::TrainError;
+use crate::autoencoder::Matrix;
+use crate::onnx::{GraphBuilder, int_attribute};
+
+/// The amount feature the statistics are of.
+pub const AMOUNT: &str = "log_amt";
+/// Prefix of the one-hot category features.
+pub const CATEGORY_PREFIX: &str = "cat_";
+/// The derived input's name (explanations fold it into [`AMOUNT`]).
+pub const NAME: &str = "log_amt_vs_category";
+
+/// Per-category mean and standard deviation of the amount, fitted on training rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmountByCategory {
+    /// Column of [`AMOUNT`] in the model's inputs.
+    pub amount: usize,
+    /// Columns of the one-hot categories, and each category's mean and spread.
+    pub categories: Vec<usize>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// For a row with no category set (one the training data never had).
+    pub overall_mean: f32,
+    pub overall_std: f32,
+}
+
+impl AmountByCategory {
+    /// The least spread a row can be divided by: the smallest fitted one. features.sql's
+    /// one-hot columns never go under it, but `anomaly_score(…)` also takes hand-written
+    /// values (ad-hoc SQL), where several partly set categories could sum to 0 or less.
+    fn least_std(&self) -> f32 {
+        self.std.iter().copied().fold(self.overall_std, f32::min)
+    }
+}
+
+/// Mean and standard deviation of `values` (f64 sums), the spread at least `1e-3`.
+fn mean_std(values: impl Iterator<Item = f32>) -> Option<(f32, f32)> {
+    let (mut n, mut sum, mut sum_sq) = (0usize, 0f64, 0f64);
+    for v in values {
+        n += 1;
+        sum += f64::from(v);
+        sum_sq += f64::from(v) * f64::from(v);
+    }
+    (n >= 2).then(|| {
+        let mean = sum / n as f64;
+        let var = (sum_sq / n as f64 - mean * mean).max(0.0);
+        (mean as f32, (var.sqrt() as f32).max(1e-3))
+    })
+}
+
+impl AmountByCategory {
+    /// Fitted on `train` (columns named `names`); None when the inputs have no
+    /// [`AMOUNT`] or no [`CATEGORY_PREFIX`] columns.
+    pub fn fit(train: &Matrix, names: &[String]) -> Result<Option<Self>, TrainError> {
+        if names.len() != train.cols {
+            return Err(TrainError::Shape(format!(
+                "{} feature names for {} columns",
+                names.len(),
+                train.cols
+            )));
+        }
+        let Some(amount) = names.iter().position(|n| n == AMOUNT) else {
+            return Ok(None);
+        };
+        let categories: Vec<usize> = (0..names.len())
+            .filter(|&c| names[c].starts_with(CATEGORY_PREFIX))
+            .collect();
+        let amounts = |category: Option<usize>| {
+            (0..train.rows)
+                .map(|r| train.row(r))
+                .filter(move |row| category.is_none_or(|c| row[c] == 1.0))
+                .map(|row| row[amount])
+        };
+        let Some((overall_mean, overall_std)) = mean_std(amounts(None)) else {
+            return Ok(None);
+        };
+        if categories.is_empty() {
+            return Ok(None);
+        }
+        let (mut mean, mut std) = (Vec::new(), Vec::new());
+        for &c in &categories {
+            // A category too rare to measure counts as the overall amounts.
+            let (m, s) = mean_std(amounts(Some(c))).unwrap_or((overall_mean, overall_std));
+            mean.push(m);
+            std.push(s);
+        }
+        Ok(Some(Self {
+            amount,
+            categories,
+            mean,
+            std,
+            overall_mean,
+            overall_std,
+        }))
+    }
+
+    /// The row's category's mean and spread: the overall ones plus each set category's
+    /// difference from them (exactly the category's for a one-hot row), computed in the
+    /// same order as the graph's.
+    fn of(&self, row: &[f32]) -> (f32, f32) {
+        let (mut mean, mut std) = (0f32, 0f32);
+        for (k, &c) in self.categories.iter().enumerate() {
+            mean += row[c] * (self.mean[k] - self.overall_mean);
+            std += row[c] * (self.std[k] - self.overall_std);
+        }
+        (
+            mean + self.overall_mean,
+            (std + self.overall_std).max(self.least_std()),
+        )
+    }
+
+    /// The derived value of one row of model inputs.
+    pub fn value(&self, row: &[f32]) -> f32 {
+        let (mean, std) = self.of(row);
+        (row[self.amount] - mean) / std
+    }
+
+    /// `matrix` with the derived value as one more, last, column.
+    pub fn augment(&self, matrix: &Matrix) -> Matrix {
+        let cols = matrix.cols + 1;
+        let mut data = Vec::with_capacity(matrix.rows * cols);
+        for r in 0..matrix.rows {
+            let row = matrix.row(r);
+            data.extend_from_slice(row);
+            data.push(self.value(row));
+        }
+        Matrix {
+            rows: matrix.rows,
+            cols,
+            data,
+        }
+    }
+
+    /// Per-column weights of the inputs giving `values[k]`'s difference from `overall`
+    /// for category k (0 elsewhere): a [inputs, 1] matrix for MatMul.
+    fn offsets(&self, inputs: usize, values: &[f32], overall: f32) -> Vec<f32> {
+        let mut w = vec![0f32; inputs];
+        for (k, &c) in self.categories.iter().enumerate() {
+            w[c] = values[k] - overall;
+        }
+        w
+    }
+
+    /// Appends nodes computing `output` = `input` [rows, inputs] with the derived value as
+    /// one more column, as [`Self::augment`] does.
+    pub fn append_to_graph(&self, g: &mut GraphBuilder, input: &str, inputs: usize, output: &str) {
+        let n = inputs as i64;
+        g.constant(
+            "cat_mean_offsets",
+            &[n, 1],
+            &self.offsets(inputs, &self.mean, self.overall_mean),
+        );
+        g.constant(
+            "cat_std_offsets",
+            &[n, 1],
+            &self.offsets(inputs, &self.std, self.overall_std),
+        );
+        g.constant("cat_overall_mean", &[1], &[self.overall_mean]);
+        g.constant("cat_overall_std", &[1], &[self.overall_std]);
+        g.constant("cat_least_std", &[1], &[self.least_std()]);
+        g.constant_i64("cat_amount_column", &[1], &[self.amount as i64]);
+        g.node("MatMul", &[input, "cat_mean_offsets"], "cat_mean_offset");
+        g.node("Add", &["cat_mean_offset", "cat_overall_mean"], "cat_mean");
+        g.node("MatMul", &[input, "cat_std_offsets"], "cat_std_offset");
+        g.node("Add", &["cat_std_offset", "cat_overall_std"], "cat_std_sum");
+        g.node("Max", &["cat_std_sum", "cat_least_std"], "cat_std");
+        g.node_with(
+            "Gather",
+            &[input, "cat_amount_column"],
+            "cat_amount",
+            vec![int_attribute("axis", 1)],
+        );
+        g.node("Sub", &["cat_amount", "cat_mean"], "cat_centered");
+        g.node("Div", &["cat_centered", "cat_std"], "cat_value");
+        g.node_with(
+            "Concat",
+            &[input, "cat_value"],
+            output,
+            vec![int_attribute("axis", 1)],
+        );
+    }
+
+    /// Appends nodes turning `columns` [rows, inputs + 1] (per-column values of the
+    /// augmented inputs) into [rows, inputs]: the model's own inputs, with `fold` the
+    /// derived column's value added to the amount's (errors: an unusual amount for its
+    /// category is the amount's to explain), or without it dropped (reconstructions).
+    pub fn append_unaugment(
+        &self,
+        g: &mut GraphBuilder,
+        columns: &str,
+        inputs: usize,
+        fold: bool,
+        output: &str,
+    ) {
+        let name = |n: &str| format!("{output}_{n}");
+        let kept: Vec<i64> = (0..inputs as i64).collect();
+        g.constant_i64(&name("kept"), &[inputs as i64], &kept);
+        let own = if fold {
+            name("own")
+        } else {
+            output.to_string()
+        };
+        g.node_with(
+            "Gather",
+            &[columns, &name("kept")],
+            &own,
+            vec![int_attribute("axis", 1)],
+        );
+        if fold {
+            let mut at_amount = vec![0f32; inputs];
+            at_amount[self.amount] = 1.0;
+            g.constant(&name("at_amount"), &[inputs as i64], &at_amount);
+            g.constant_i64(&name("derived"), &[1], &[inputs as i64]);
+            g.node_with(
+                "Gather",
+                &[columns, &name("derived")],
+                &name("derived_value"),
+                vec![int_attribute("axis", 1)],
+            );
+            g.node(
+                "Mul",
+                &[&name("derived_value"), &name("at_amount")],
+                &name("folded"),
+            );
+            g.node("Add", &[&own, &name("folded")], output);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        ["log_amt", "cat_a", "cat_b", "hour"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn fits_each_categorys_amounts_and_standardises_by_them() {
+        // Category a: amounts 1 and 3 (mean 2, sd 1); b: 10 and 14 (mean 12, sd 2).
+        let rows = [
+            [1.0, 1.0, 0.0, 5.0],
+            [3.0, 1.0, 0.0, 6.0],
+            [10.0, 0.0, 1.0, 7.0],
+            [14.0, 0.0, 1.0, 8.0],
+        ];
+        let m = Matrix::new(4, 4, rows.concat()).expect("shape");
+        let fit = AmountByCategory::fit(&m, &names())
+            .expect("fits")
+            .expect("has the columns");
+        assert_eq!((fit.amount, fit.categories.clone()), (0, vec![1, 2]));
+        assert_eq!(
+            (fit.mean.clone(), fit.std.clone()),
+            (vec![2.0, 12.0], vec![1.0, 2.0])
+        );
+        // The same amount is ordinary in one category and extreme in the other.
+        assert_eq!(fit.value(&[13.0, 0.0, 1.0, 0.0]), 0.5);
+        assert_eq!(fit.value(&[13.0, 1.0, 0.0, 0.0]), 11.0);
+        // No category set: the overall amounts (mean 7, sd sqrt(27.5)).
+        let overall = fit.value(&[7.0, 0.0, 0.0, 0.0]);
+        assert!(overall.abs() < 1e-6, "{overall}");
+        // Partly set categories (hand-written values): mean 7 + 1.5 (2 - 7) - 0.5 (12 - 7)
+        // = -3, spread 0.5 under the least fitted one (1), which it is divided by instead.
+        assert_eq!(fit.value(&[3.0, 1.5, -0.5, 0.0]), 6.0);
+        let augmented = fit.augment(&m);
+        assert_eq!((augmented.rows, augmented.cols), (4, 5));
+        assert_eq!(augmented.row(3), &[14.0, 0.0, 1.0, 8.0, 1.0]);
+    }
+
+    #[test]
+    fn inputs_without_an_amount_or_categories_derive_nothing() {
+        let m = Matrix::new(2, 4, vec![0.0; 8]).expect("shape");
+        let mut other = names();
+        other[0] = "amount".to_string();
+        assert_eq!(AmountByCategory::fit(&m, &other).expect("fits"), None);
+        other[0] = "log_amt".to_string();
+        other[1] = "a".to_string();
+        other[2] = "b".to_string();
+        assert_eq!(AmountByCategory::fit(&m, &other).expect("fits"), None);
+        assert!(AmountByCategory::fit(&m, &other[..3]).is_err());
+    }
+}
