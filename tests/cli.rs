@@ -47,7 +47,7 @@ fn import_train_rescore_and_query_the_fixture() {
             "--epochs",
             "3",
             "--ensemble",
-            "1",
+            "2",
             "--validation-share",
             "0.3",
         ],
@@ -58,6 +58,21 @@ fn import_train_rescore_and_query_the_fixture() {
         serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card"))
             .expect("json");
     assert_eq!(card["features"].as_array().map(Vec::len), Some(30));
+    // Of two members, the second also sees the amount against its category's, which the
+    // model derives from features.sql's log_amt and cat_* columns (one more input, its own
+    // 2-unit code), while the graph still takes the 30 features.
+    assert_eq!(card["architecture"][0].as_u64(), Some(31));
+    assert!(
+        card["kind"]
+            .as_str()
+            .is_some_and(|k| k.contains("(1 × 30-64-3-64-30, 1 × 31-64-2-64-31)")),
+        "{}",
+        card["kind"]
+    );
+    assert_eq!(
+        card["training"]["derived_inputs"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert_eq!(
         card["training"]["train_rows"].as_u64().map(|n| n > 1500),
         Some(true)

@@ -75,7 +75,7 @@ pub struct Args {
     /// category's, an input the model derives inside its graph (log_amt standardised by
     /// its cat_* category's mean and spread on the training rows; features.sql is
     /// unchanged). Default: half of them, which measured steadier than all or none
-    /// (BENCHMARKS.md, "Model quality"). 0: none.
+    /// (BENCHMARKS.md, "Model quality"); none with --combine min. 0: none.
     #[arg(long)]
     pub amount_by_category_members: Option<usize>,
     /// Units of the code of those members (the others have --code): with the derived
@@ -242,7 +242,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Combine::Min => risksense_trainer::Combination::Min,
             },
         },
-        amount_by_category_members: args.amount_by_category_members.unwrap_or(args.ensemble / 2),
+        // Members combined by their minimum must all see it or none (the pipeline refuses
+        // a mix): none, unless asked.
+        amount_by_category_members: args.amount_by_category_members.unwrap_or(
+            if args.combine == Combine::Min {
+                0
+            } else {
+                args.ensemble / 2
+            },
+        ),
         amount_by_category_code: args.amount_by_category_code,
     };
     if args.model == ModelKind::Trees {

@@ -554,13 +554,39 @@ pub struct Ensemble {
 
 impl Ensemble {
     /// The standardisation of the widest member's inputs (the others' inputs are its
-    /// first columns, fitted on the same rows: the same values).
+    /// first columns, fitted on the same rows: the same values), after checking the
+    /// members fit together: with a derived input, each member is as wide as the inputs
+    /// or one wider, and one is; without, all are as wide.
     fn standardizer(&self) -> Result<&Standardizer, TrainError> {
-        self.members
+        let widest = self
+            .members
             .iter()
             .map(|m| &m.standardizer)
             .max_by_key(|s| s.mean.len())
-            .ok_or_else(|| TrainError::NoData("an ensemble of no models".to_string()))
+            .ok_or_else(|| TrainError::NoData("an ensemble of no models".to_string()))?;
+        let (wide, narrow) = match &self.amount_by_category {
+            Some(derived) => (derived.inputs + 1, derived.inputs),
+            None => (widest.mean.len(), widest.mean.len()),
+        };
+        let fits = |m: &Autoencoder| {
+            let width = m.standardizer.mean.len();
+            width == wide || width == narrow
+        };
+        if wide == 0 || widest.mean.len() != wide || !self.members.iter().all(fits) {
+            return Err(TrainError::Shape(format!(
+                "members of {:?} inputs do not make one ensemble{}",
+                self.members
+                    .iter()
+                    .map(|m| m.standardizer.mean.len())
+                    .collect::<Vec<_>>(),
+                if self.amount_by_category.is_some() {
+                    " with one derived input"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(widest)
     }
 
     fn combination(&self) -> Combination {
@@ -637,9 +663,10 @@ impl Ensemble {
     /// The ONNX graph: `input` [rows, features] → `output` (mean reconstruction),
     /// `feature_error` (the members' squared errors per feature in standardised units, over
     /// the feature's training error, combined as [`Combination`] says), `score` (the mean
-    /// over features of that error capped at the cap). With a derived input, the members
-    /// that see it read it as one more column; `output` leaves it out and `feature_error`
-    /// adds its error to the amount's.
+    /// over the reconstructed columns of that error capped at the cap). With a derived
+    /// input, the members that see it read it as one more column (the others count 0 for
+    /// it), the score's mean is over that column too, `output` leaves it out and
+    /// `feature_error` adds its error to the amount's.
     pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let standardizer = self.standardizer()?;
         let f = standardizer.mean.len() as i64;

@@ -26,6 +26,8 @@ pub const NAME: &str = "log_amt_vs_category";
 /// Per-category mean and standard deviation of the amount, fitted on training rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmountByCategory {
+    /// How many inputs the model takes (the derived value is one more).
+    pub inputs: usize,
     /// Column of [`AMOUNT`] in the model's inputs.
     pub amount: usize,
     /// Columns of the one-hot categories, and each category's mean and spread.
@@ -37,28 +39,26 @@ pub struct AmountByCategory {
     pub overall_std: f32,
 }
 
-impl AmountByCategory {
-    /// The least spread a row can be divided by: the smallest fitted one. features.sql's
-    /// one-hot columns never go under it, but `anomaly_score(…)` also takes hand-written
-    /// values (ad-hoc SQL), where several partly set categories could sum to 0 or less.
-    fn least_std(&self) -> f32 {
-        self.std.iter().copied().fold(self.overall_std, f32::min)
-    }
-}
+/// Fewest training rows a category's own statistics are fitted from; rarer categories
+/// count as the overall amounts.
+pub const MIN_ROWS: usize = 30;
+/// Least spread of a category, as a share of the overall one: a category whose amounts
+/// barely vary (a fixed fee) would otherwise make any other amount in it thousands of
+/// standard deviations out. (On the reference data the narrowest category, gas, has a
+/// fifth of the overall spread, so this never binds there.)
+const LEAST_STD_SHARE: f32 = 0.05;
 
-/// Mean and standard deviation of `values` (f64 sums), the spread at least `1e-3`.
-fn mean_std(values: impl Iterator<Item = f32>) -> Option<(f32, f32)> {
+/// Count, mean and standard deviation of `values` (f64 sums).
+fn mean_std(values: impl Iterator<Item = f32>) -> (usize, f32, f32) {
     let (mut n, mut sum, mut sum_sq) = (0usize, 0f64, 0f64);
     for v in values {
         n += 1;
         sum += f64::from(v);
         sum_sq += f64::from(v) * f64::from(v);
     }
-    (n >= 2).then(|| {
-        let mean = sum / n as f64;
-        let var = (sum_sq / n as f64 - mean * mean).max(0.0);
-        (mean as f32, (var.sqrt() as f32).max(1e-3))
-    })
+    let mean = sum / n.max(1) as f64;
+    let var = (sum_sq / n.max(1) as f64 - mean * mean).max(0.0);
+    (n, mean as f32, var.sqrt() as f32)
 }
 
 impl AmountByCategory {
@@ -84,20 +84,23 @@ impl AmountByCategory {
                 .filter(move |row| category.is_none_or(|c| row[c] == 1.0))
                 .map(|row| row[amount])
         };
-        let Some((overall_mean, overall_std)) = mean_std(amounts(None)) else {
-            return Ok(None);
-        };
-        if categories.is_empty() {
+        let (rows, overall_mean, overall_std) = mean_std(amounts(None));
+        if categories.is_empty() || rows < 2 || overall_std <= 0.0 || !overall_std.is_finite() {
             return Ok(None);
         }
         let (mut mean, mut std) = (Vec::new(), Vec::new());
         for &c in &categories {
-            // A category too rare to measure counts as the overall amounts.
-            let (m, s) = mean_std(amounts(Some(c))).unwrap_or((overall_mean, overall_std));
+            let (n, m, s) = mean_std(amounts(Some(c)));
+            let (m, s) = if n >= MIN_ROWS && m.is_finite() && s.is_finite() {
+                (m, s.max(overall_std * LEAST_STD_SHARE))
+            } else {
+                (overall_mean, overall_std)
+            };
             mean.push(m);
             std.push(s);
         }
         Ok(Some(Self {
+            inputs: names.len(),
             amount,
             categories,
             mean,
@@ -107,9 +110,17 @@ impl AmountByCategory {
         }))
     }
 
+    /// The least spread a row can be divided by: the smallest fitted one. features.sql's
+    /// one-hot columns never go under it, but `anomaly_score(…)` also takes hand-written
+    /// values (ad-hoc SQL), where several partly set categories could sum to 0 or less.
+    fn least_std(&self) -> f32 {
+        self.std.iter().copied().fold(self.overall_std, f32::min)
+    }
+
     /// The row's category's mean and spread: the overall ones plus each set category's
-    /// difference from them (exactly the category's for a one-hot row), computed in the
-    /// same order as the graph's.
+    /// difference from them (exactly the category's for a one-hot row). The graph sums the
+    /// same terms with MatMul, in an order of ONNX Runtime's choosing: equal within f32
+    /// rounding.
     fn of(&self, row: &[f32]) -> (f32, f32) {
         let (mut mean, mut std) = (0f32, 0f32);
         for (k, &c) in self.categories.iter().enumerate() {
@@ -251,16 +262,24 @@ mod tests {
             .collect()
     }
 
+    /// `n` rows of category `column` (1 or 2; 0: none) cycling through `amounts`.
+    fn rows(n: usize, column: usize, amounts: &[f32]) -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| {
+                let mut row = [amounts[i % amounts.len()], 0.0, 0.0, i as f32];
+                if column > 0 {
+                    row[column] = 1.0;
+                }
+                row
+            })
+            .collect()
+    }
+
     #[test]
     fn fits_each_categorys_amounts_and_standardises_by_them() {
         // Category a: amounts 1 and 3 (mean 2, sd 1); b: 10 and 14 (mean 12, sd 2).
-        let rows = [
-            [1.0, 1.0, 0.0, 5.0],
-            [3.0, 1.0, 0.0, 6.0],
-            [10.0, 0.0, 1.0, 7.0],
-            [14.0, 0.0, 1.0, 8.0],
-        ];
-        let m = Matrix::new(4, 4, rows.concat()).expect("shape");
+        let data = [rows(40, 1, &[1.0, 3.0]), rows(40, 2, &[10.0, 14.0])].concat();
+        let m = Matrix::new(80, 4, data).expect("shape");
         let fit = AmountByCategory::fit(&m, &names())
             .expect("fits")
             .expect("has the columns");
@@ -279,8 +298,35 @@ mod tests {
         // = -3, spread 0.5 under the least fitted one (1), which it is divided by instead.
         assert_eq!(fit.value(&[3.0, 1.5, -0.5, 0.0]), 6.0);
         let augmented = fit.augment(&m);
-        assert_eq!((augmented.rows, augmented.cols), (4, 5));
-        assert_eq!(augmented.row(3), &[14.0, 0.0, 1.0, 8.0, 1.0]);
+        assert_eq!((augmented.rows, augmented.cols), (80, 5));
+        assert_eq!(augmented.row(41), &[14.0, 0.0, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn rare_or_fixed_categories_do_not_make_extreme_values() {
+        // a: fewer rows than MIN_ROWS (the overall statistics); b: one fixed amount (the
+        // least spread, a share of the overall one); the rest uncategorised.
+        let data = [
+            rows(MIN_ROWS - 1, 1, &[100.0]),
+            rows(40, 2, &[5.0]),
+            rows(40, 0, &[1.0, 9.0]),
+        ]
+        .concat();
+        let m = Matrix::new(MIN_ROWS - 1 + 80, 4, data).expect("shape");
+        let fit = AmountByCategory::fit(&m, &names())
+            .expect("fits")
+            .expect("has the columns");
+        assert_eq!(
+            (fit.mean[0], fit.std[0]),
+            (fit.overall_mean, fit.overall_std)
+        );
+        assert_eq!(fit.mean[1], 5.0);
+        assert_eq!(fit.std[1], fit.overall_std * LEAST_STD_SHARE);
+        let off = fit.value(&[6.0, 0.0, 1.0, 0.0]);
+        assert!(
+            (off - 1.0 / (fit.overall_std * LEAST_STD_SHARE)).abs() < 1e-4,
+            "{off}"
+        );
     }
 
     #[test]

@@ -109,12 +109,26 @@ pub fn train_and_export(
     let train_rows = legitimate_rows(train);
     let valid_rows = legitimate_rows(validation);
     let count = info.ensemble.max(1);
-    let derived_members = info.amount_by_category_members.min(count);
+    let derived_members = info.amount_by_category_members;
+    if derived_members > count {
+        return Err(TrainError::Config(format!(
+            "{derived_members} members with the amount against its category's, of an ensemble \
+             of {count}"
+        )));
+    }
     let amount_by_category = if derived_members > 0 {
         AmountByCategory::fit(&train_rows, &info.feature_names)?
     } else {
         None
     };
+    if derived_members > 0 && amount_by_category.is_none() {
+        tracing::warn!(
+            "the features have no `{}` or no `{}*` columns: no member sees the amount against \
+             its category's",
+            category_amount::AMOUNT,
+            category_amount::CATEGORY_PREFIX
+        );
+    }
     let mut derived_inputs = Vec::new();
     // Rows with the derived column, for the members that see it.
     let mut augmented = None;

@@ -316,6 +316,55 @@ fn the_amount_against_its_category_is_derived_inside_the_graph() {
     assert_eq!(plain.card.architecture, vec![4, 16, 2, 16, 4]);
     assert!(plain.card.training.derived_inputs.is_empty());
 
+    // Uncapped, a row's score is its per-column errors' mean over the members' five
+    // columns, and `feature_error` holds all of it in the four inputs' columns: the
+    // derived column's error is folded into the amount's, not dropped.
+    let mut uncapped = info(1);
+    uncapped.config.error_cap = f32::MAX;
+    let dir = out.join("uncapped");
+    train_and_export(&train, &validation, &uncapped, &dir, |_, _| {}).expect("trains");
+    let model = Model::load(&dir, SessionOptions::default()).expect("loads");
+    let [scores, errors, output] = model
+        .run_outputs(
+            &validation.features.data,
+            rows,
+            [
+                risksense_udfs::model::SCORE,
+                risksense_udfs::model::FEATURE_ERROR,
+                risksense_udfs::model::OUTPUT,
+            ],
+        )
+        .expect("runs");
+    for (i, score) in scores.iter().enumerate() {
+        let total: f32 = errors[i * 4..(i + 1) * 4].iter().sum();
+        assert!(
+            (total - 5.0 * score).abs() <= 1e-4 * total.max(1.0),
+            "row {i}: errors {total} vs 5 x score {score}"
+        );
+    }
+    // `output` is the reconstruction of the inputs, in their order: close to them on the
+    // ordinary rows (a column off by one would put an amount beside a 0/1 column).
+    for col in 0..4 {
+        let (mut off, mut n) = (0f32, 0);
+        for (i, _) in validation.labels.iter().enumerate().filter(|(_, l)| !**l) {
+            off += (output[i * 4 + col] - validation.features.row(i)[col]).abs();
+            n += 1;
+        }
+        assert!(
+            off / (n as f32) < 0.7,
+            "column {col}: mean |output - input| {}",
+            off / n as f32
+        );
+    }
+
+    // More members with it than the ensemble has is refused.
+    let refused = train_and_export(&train, &validation, &info(3), &out.join("three"), |_, _| {});
+    assert!(
+        matches!(refused, Err(risksense_trainer::TrainError::Config(_))),
+        "{:?}",
+        refused.err()
+    );
+
     // A minimum over members some of which never see it is refused.
     let mut min = info(1);
     min.config.combination = risksense_trainer::Combination::Min;

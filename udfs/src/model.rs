@@ -3,7 +3,9 @@
 //! The ONNX graph takes the raw feature matrix `input` [rows, features] (standardisation
 //! is inside the graph) and offers three outputs: `output`, the reconstruction;
 //! `feature_error`, the squared reconstruction error per feature in standardised units;
-//! and `score`, their mean per row. The card (`model.json`) names the features in order,
+//! and `score`, the mean per row of those errors, capped, over the columns the network
+//! reconstructs (the features, and any input the model derives from them, whose error
+//! `feature_error` reports under the feature it comes from). The card (`model.json`) names the features in order,
 //! the alert threshold and how it was chosen.
 
 use std::path::{Path, PathBuf};
@@ -87,6 +89,8 @@ pub struct ModelCard {
     pub threshold: f64,
     /// How the threshold was chosen.
     pub threshold_rule: String,
+    /// Layer sizes, input first; of the widest member where an ensemble's members differ
+    /// (its first size can then exceed the feature count: inputs the model derives).
     pub architecture: Vec<usize>,
     pub training: TrainingInfo,
     /// Metrics on the validation period, when it had labels.
