@@ -35,7 +35,8 @@ pub struct Args {
     pub epochs: usize,
     /// Autoencoders trained from consecutive seeds and averaged into the model (8: four
     /// with the amount against its category's and four without measured steadier and
-    /// better than four of either; half the scoring cost with 4, see BENCHMARKS.md).
+    /// better than four of either; `--ensemble 4 --amount-by-category-members 0` is the
+    /// previous model, at the engine's previous cost: BENCHMARKS.md).
     #[arg(long, default_value_t = 8)]
     pub ensemble: usize,
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]

@@ -606,33 +606,35 @@ impl Ensemble {
             Combination::Mean => (|a, e| a + e, self.members.len() as f32),
             Combination::Min => (f32::min, 1.0),
         };
+        // The members without the derived input read z's first columns (copied once).
+        let narrow = z.cols - 1;
+        let z_own = self
+            .members
+            .iter()
+            .any(|m| m.standardizer.mean.len() < z.cols)
+            .then(|| Matrix {
+                rows: z.rows,
+                cols: narrow,
+                data: z
+                    .data
+                    .chunks(z.cols)
+                    .flat_map(|row| &row[..narrow])
+                    .copied()
+                    .collect(),
+            });
         let mut combined: Option<Vec<f32>> = None;
         for member in &self.members {
             let width = member.standardizer.mean.len();
-            let errors = if width == z.cols {
-                member.feature_errors_standardized(&z)?
-            } else {
-                // A member without the derived input: its first columns, its errors padded
-                // with 0 for the columns it does not see.
-                let own = Matrix {
-                    rows: z.rows,
-                    cols: width,
-                    data: z
-                        .data
-                        .chunks(z.cols)
-                        .flat_map(|row| &row[..width])
-                        .copied()
-                        .collect(),
-                };
-                let errors = member.feature_errors_standardized(&own)?;
-                errors
-                    .chunks(width)
-                    .flat_map(|row| {
-                        row.iter()
-                            .copied()
-                            .chain(std::iter::repeat_n(0.0, z.cols - width))
-                    })
-                    .collect()
+            let errors = match &z_own {
+                Some(own) if width == own.cols => {
+                    // Padded with 0 for the derived column, which this member does not see.
+                    let errors = member.feature_errors_standardized(own)?;
+                    errors
+                        .chunks(width)
+                        .flat_map(|row| row.iter().copied().chain([0.0]))
+                        .collect()
+                }
+                _ => member.feature_errors_standardized(&z)?,
             };
             combined = Some(match combined {
                 None => errors,
@@ -673,12 +675,12 @@ impl Ensemble {
         let inputs = self
             .amount_by_category
             .as_ref()
-            .map_or(f as usize, |_| f as usize - 1);
+            .map_or(f as usize, |derived| derived.inputs);
         let mut g = GraphBuilder::default();
         g.input("input", &[Dim::Named("rows"), Dim::Fixed(inputs as i64)]);
         let features = match &self.amount_by_category {
             Some(derived) => {
-                derived.append_to_graph(&mut g, "input", inputs, "augmented");
+                derived.append_to_graph(&mut g, "input", "augmented");
                 "augmented"
             }
             None => "input",
@@ -691,17 +693,10 @@ impl Ensemble {
             .members
             .iter()
             .any(|m| (m.standardizer.mean.len() as i64) < f);
-        if narrow {
+        if let Some(derived) = self.amount_by_category.as_ref().filter(|_| narrow) {
             // The members without the derived input read z's first columns; their
             // outputs get a column of zeros for it.
-            let own: Vec<i64> = (0..inputs as i64).collect();
-            g.constant_i64("own_columns", &[inputs as i64], &own);
-            g.node_with(
-                "Gather",
-                &["z", "own_columns"],
-                "z_own",
-                vec![int_attribute("axis", 1)],
-            );
+            g.gather_columns("z", "own_columns", &derived.own_columns(), "z_own");
             g.constant_i64("pad_derived", &[4], &[0, 0, 0, f - inputs as i64]);
         }
         let mut reconstructions = Vec::new();
@@ -763,8 +758,8 @@ impl Ensemble {
         match &self.amount_by_category {
             Some(derived) => {
                 g.node("Add", &["scaled", "mean"], "augmented_output");
-                derived.append_unaugment(&mut g, "augmented_output", inputs, false, "output");
-                derived.append_unaugment(&mut g, own_errors, inputs, true, "feature_error");
+                derived.append_unaugment(&mut g, "augmented_output", false, "output");
+                derived.append_unaugment(&mut g, own_errors, true, "feature_error");
             }
             None => g.node("Add", &["scaled", "mean"], "output"),
         }

@@ -110,6 +110,12 @@ impl AmountByCategory {
         }))
     }
 
+    /// The indices of the model's own inputs among the augmented columns: all but the
+    /// last.
+    pub fn own_columns(&self) -> Vec<i64> {
+        (0..self.inputs as i64).collect()
+    }
+
     /// The least spread a row can be divided by: the smallest fitted one. features.sql's
     /// one-hot columns never go under it, but `anomaly_score(…)` also takes hand-written
     /// values (ad-hoc SQL), where several partly set categories could sum to 0 or less.
@@ -157,8 +163,8 @@ impl AmountByCategory {
 
     /// Per-column weights of the inputs giving `values[k]`'s difference from `overall`
     /// for category k (0 elsewhere): a [inputs, 1] matrix for MatMul.
-    fn offsets(&self, inputs: usize, values: &[f32], overall: f32) -> Vec<f32> {
-        let mut w = vec![0f32; inputs];
+    fn offsets(&self, values: &[f32], overall: f32) -> Vec<f32> {
+        let mut w = vec![0f32; self.inputs];
         for (k, &c) in self.categories.iter().enumerate() {
             w[c] = values[k] - overall;
         }
@@ -167,17 +173,17 @@ impl AmountByCategory {
 
     /// Appends nodes computing `output` = `input` [rows, inputs] with the derived value as
     /// one more column, as [`Self::augment`] does.
-    pub fn append_to_graph(&self, g: &mut GraphBuilder, input: &str, inputs: usize, output: &str) {
-        let n = inputs as i64;
+    pub fn append_to_graph(&self, g: &mut GraphBuilder, input: &str, output: &str) {
+        let n = self.inputs as i64;
         g.constant(
             "cat_mean_offsets",
             &[n, 1],
-            &self.offsets(inputs, &self.mean, self.overall_mean),
+            &self.offsets(&self.mean, self.overall_mean),
         );
         g.constant(
             "cat_std_offsets",
             &[n, 1],
-            &self.offsets(inputs, &self.std, self.overall_std),
+            &self.offsets(&self.std, self.overall_std),
         );
         g.constant("cat_overall_mean", &[1], &[self.overall_mean]);
         g.constant("cat_overall_std", &[1], &[self.overall_std]);
@@ -208,38 +214,23 @@ impl AmountByCategory {
     /// augmented inputs) into [rows, inputs]: the model's own inputs, with `fold` the
     /// derived column's value added to the amount's (errors: an unusual amount for its
     /// category is the amount's to explain), or without it dropped (reconstructions).
-    pub fn append_unaugment(
-        &self,
-        g: &mut GraphBuilder,
-        columns: &str,
-        inputs: usize,
-        fold: bool,
-        output: &str,
-    ) {
+    pub fn append_unaugment(&self, g: &mut GraphBuilder, columns: &str, fold: bool, output: &str) {
         let name = |n: &str| format!("{output}_{n}");
-        let kept: Vec<i64> = (0..inputs as i64).collect();
-        g.constant_i64(&name("kept"), &[inputs as i64], &kept);
         let own = if fold {
             name("own")
         } else {
             output.to_string()
         };
-        g.node_with(
-            "Gather",
-            &[columns, &name("kept")],
-            &own,
-            vec![int_attribute("axis", 1)],
-        );
+        g.gather_columns(columns, &name("kept"), &self.own_columns(), &own);
         if fold {
-            let mut at_amount = vec![0f32; inputs];
+            let mut at_amount = vec![0f32; self.inputs];
             at_amount[self.amount] = 1.0;
-            g.constant(&name("at_amount"), &[inputs as i64], &at_amount);
-            g.constant_i64(&name("derived"), &[1], &[inputs as i64]);
-            g.node_with(
-                "Gather",
-                &[columns, &name("derived")],
+            g.constant(&name("at_amount"), &[self.inputs as i64], &at_amount);
+            g.gather_columns(
+                columns,
+                &name("derived"),
+                &[self.inputs as i64],
                 &name("derived_value"),
-                vec![int_attribute("axis", 1)],
             );
             g.node(
                 "Mul",

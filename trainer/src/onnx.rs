@@ -183,6 +183,24 @@ impl GraphBuilder {
         });
     }
 
+    /// `output` = the columns `indices` of the matrix `input` (an int64 constant named
+    /// `indices_name`, then a Gather along axis 1).
+    pub fn gather_columns(
+        &mut self,
+        input: &str,
+        indices_name: &str,
+        indices: &[i64],
+        output: &str,
+    ) {
+        self.constant_i64(indices_name, &[indices.len() as i64], indices);
+        self.node_with(
+            "Gather",
+            &[input, indices_name],
+            output,
+            vec![int_attribute("axis", 1)],
+        );
+    }
+
     pub fn node(&mut self, op: &str, inputs: &[&str], output: &str) {
         self.node_with(op, inputs, output, Vec::new());
     }

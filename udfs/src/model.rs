@@ -5,8 +5,8 @@
 //! `feature_error`, the squared reconstruction error per feature in standardised units;
 //! and `score`, the mean per row of those errors, capped, over the columns the network
 //! reconstructs (the features, and any input the model derives from them, whose error
-//! `feature_error` reports under the feature it comes from). The card (`model.json`) names the features in order,
-//! the alert threshold and how it was chosen.
+//! `feature_error` reports under the feature it comes from). The card (`model.json`)
+//! names the features in order, the alert threshold and how it was chosen.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
