@@ -466,9 +466,10 @@ impl Autoencoder {
         sizes
     }
 
-    /// Appends this network's nodes to `g`, reading the standardised input `z`, with
-    /// names prefixed by `p`. Returns the names of its clipped reconstruction and its
-    /// per-feature error.
+    /// Appends this network's nodes to `g`, reading the standardised input `z` transposed
+    /// ([features, rows]; see [`Ensemble::to_onnx`] for why), with names prefixed by `p`.
+    /// Returns the names of its clipped reconstruction, its per-feature error and that
+    /// error capped, all [features, rows].
     fn append_to_graph(
         &self,
         g: &mut GraphBuilder,
@@ -487,14 +488,10 @@ impl Autoencoder {
                 format!("{p}b{i}"),
                 format!("{p}gemm{i}"),
             );
+            // W [out, in] · x [in, rows] + b [out, 1].
             g.constant(&wn, &[dims[0] as i64, dims[1] as i64], &weights);
-            g.constant(&bn, &[dims[0] as i64], &bias);
-            g.node_with(
-                "Gemm",
-                &[&current, &wn, &bn],
-                &out,
-                vec![int_attribute("transB", 1)],
-            );
+            g.constant(&bn, &[dims[0] as i64, 1], &bias);
+            g.node("Gemm", &[&wn, &current, &bn], &out);
             current = out;
             if i != last && i % 2 == 0 {
                 let relu = format!("{p}relu{i}");
@@ -503,9 +500,9 @@ impl Autoencoder {
             }
         }
         let name = |n: &str| format!("{p}{n}");
-        g.constant(&name("low"), &[f], &self.errors.low);
-        g.constant(&name("high"), &[f], &self.errors.high);
-        g.constant(&name("error_scale"), &[f], &self.errors.scale);
+        g.constant(&name("low"), &[f, 1], &self.errors.low);
+        g.constant(&name("high"), &[f, 1], &self.errors.high);
+        g.constant(&name("error_scale"), &[f, 1], &self.errors.scale);
         g.constant(&name("error_cap"), &[], &[self.errors.cap]);
         g.node("Max", &[&current, &name("low")], &name("clipped_low"));
         g.node(
@@ -669,6 +666,12 @@ impl Ensemble {
     /// input, the members that see it read it as one more column (the others count 0 for
     /// it), the score's mean is over that column too, `output` leaves it out and
     /// `feature_error` adds its error to the amount's.
+    ///
+    /// The members work on the inputs transposed, [features, rows]: ONNX Runtime applies
+    /// a per-feature constant (the clip bounds, the error scale, a bias) along runs of the
+    /// innermost dimension, and with the features innermost those runs were 30 floats
+    /// long; the element-wise work, most of the graph's time, then ran ~3× slower than
+    /// along runs of rows (BENCHMARKS.md, "The autoencoder's graph transposed").
     pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let standardizer = self.standardizer()?;
         let f = standardizer.mean.len() as i64;
@@ -685,19 +688,21 @@ impl Ensemble {
             }
             None => "input",
         };
-        g.constant("mean", &[f], &standardizer.mean);
-        g.constant("std", &[f], &standardizer.std);
-        g.node("Sub", &[features, "mean"], "centered");
-        g.node("Div", &["centered", "std"], "z");
+        // Tensors named `…_t` are [features, rows].
+        g.transpose(features, "features_t");
+        g.constant("mean", &[f, 1], &standardizer.mean);
+        g.constant("std", &[f, 1], &standardizer.std);
+        g.node("Sub", &["features_t", "mean"], "centered_t");
+        g.node("Div", &["centered_t", "std"], "z_t");
         let narrow = self
             .members
             .iter()
             .any(|m| (m.standardizer.mean.len() as i64) < f);
         if let Some(derived) = self.amount_by_category.as_ref().filter(|_| narrow) {
-            // The members without the derived input read z's first columns; their
-            // outputs get a column of zeros for it.
-            g.gather_columns("z", "own_columns", &derived.own_columns(), "z_own");
-            g.constant_i64("pad_derived", &[4], &[0, 0, 0, f - inputs as i64]);
+            // The members without the derived input read z's first features; their
+            // outputs get a row of zeros for it.
+            g.gather_rows("z_t", "own_columns", &derived.own_columns(), "z_own_t");
+            g.constant_i64("pad_derived", &[4], &[0, 0, f - inputs as i64, 0]);
         }
         let mut reconstructions = Vec::new();
         let mut errors = Vec::new();
@@ -705,7 +710,8 @@ impl Ensemble {
         for (k, member) in self.members.iter().enumerate() {
             let p = format!("m{k}_");
             let wide = member.standardizer.mean.len() as i64 == f;
-            let outputs = member.append_to_graph(&mut g, if wide { "z" } else { "z_own" }, &p)?;
+            let z = if wide { "z_t" } else { "z_own_t" };
+            let outputs = member.append_to_graph(&mut g, z, &p)?;
             let (reconstruction, error, capped_error) = if wide {
                 outputs
             } else {
@@ -725,20 +731,16 @@ impl Ensemble {
         let recon: Vec<&str> = reconstructions.iter().map(String::as_str).collect();
         let errs: Vec<&str> = errors.iter().map(String::as_str).collect();
         let caps: Vec<&str> = capped.iter().map(String::as_str).collect();
-        g.node("Sum", &recon, "reconstruction_sum");
+        g.node("Sum", &recon, "reconstruction_sum_t");
         g.node(
             "Div",
-            &["reconstruction_sum", "member_count"],
-            "reconstruction",
+            &["reconstruction_sum_t", "member_count"],
+            "reconstruction_t",
         );
         // Explanations rank features by the uncapped error: under the cap, several
         // features of an anomaly would tie.
         // Combined as the score combines them, so that explanations rank what it counts.
-        let own_errors = match self.amount_by_category {
-            Some(_) => "augmented_feature_error",
-            None => "feature_error",
-        };
-        for (members, output) in [(&errs, own_errors), (&caps, "capped_error")] {
+        for (members, output) in [(&errs, "feature_error_t"), (&caps, "capped_error_t")] {
             match self.combination() {
                 Combination::Mean => {
                     let sum = format!("{output}_sum");
@@ -750,18 +752,23 @@ impl Ensemble {
         }
         g.node_with(
             "ReduceMean",
-            &["capped_error"],
+            &["capped_error_t"],
             "score",
-            vec![ints_attribute("axes", &[1]), int_attribute("keepdims", 0)],
+            vec![ints_attribute("axes", &[0]), int_attribute("keepdims", 0)],
         );
-        g.node("Mul", &["reconstruction", "std"], "scaled");
+        g.node("Mul", &["reconstruction_t", "std"], "scaled_t");
+        g.node("Add", &["scaled_t", "mean"], "reconstruction_raw_t");
         match &self.amount_by_category {
             Some(derived) => {
-                g.node("Add", &["scaled", "mean"], "augmented_output");
+                g.transpose("reconstruction_raw_t", "augmented_output");
+                g.transpose("feature_error_t", "augmented_feature_error");
                 derived.append_unaugment(&mut g, "augmented_output", false, "output");
-                derived.append_unaugment(&mut g, own_errors, true, "feature_error");
+                derived.append_unaugment(&mut g, "augmented_feature_error", true, "feature_error");
             }
-            None => g.node("Add", &["scaled", "mean"], "output"),
+            None => {
+                g.transpose("reconstruction_raw_t", "output");
+                g.transpose("feature_error_t", "feature_error");
+            }
         }
         let per_input = [Dim::Named("rows"), Dim::Fixed(inputs as i64)];
         g.output("output", &per_input);

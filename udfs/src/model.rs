@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use ort::session::OutputSelector;
-use ort::session::{RunOptions, Session, builder::GraphOptimizationLevel};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
@@ -236,6 +237,10 @@ pub struct Model {
     // there is one session and one pool (several pools would fight for the cores);
     // spinning is off so an idle pool does not steal them.
     sessions: Vec<Mutex<Session>>,
+    /// Sessions of the graph cut down to the anomaly score (the scoring path's only
+    /// output; see [`risksense_onnx::keep_outputs`]), when the graph is one of ours and
+    /// has more; empty otherwise.
+    score_sessions: Vec<Mutex<Session>>,
     next_session: AtomicUsize,
 }
 
@@ -287,18 +292,17 @@ impl Model {
         };
         let digest = digest_of(&onnx, &dir.join("model.json"))?;
         let id = id_of(&card.name, &digest);
-        let mut sessions = Vec::with_capacity(count);
-        for _ in 0..count {
-            sessions.push(
-                Session::builder(environment)?
-                    .with_optimization_level(GraphOptimizationLevel::Level3)?
-                    .with_intra_threads(threads)?
-                    .with_inter_threads(1)?
-                    .with_intra_op_spinning(false)?
-                    .with_inter_op_spinning(false)?
-                    .commit_from_file(&onnx)?,
-            );
-        }
+        let builder = || -> Result<SessionBuilder, ModelError> {
+            Ok(Session::builder(environment)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)?
+                .with_intra_threads(threads)?
+                .with_inter_threads(1)?
+                .with_intra_op_spinning(false)?
+                .with_inter_op_spinning(false)?)
+        };
+        let sessions = (0..count)
+            .map(|_| Ok(builder()?.commit_from_file(&onnx)?))
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let session = &sessions[0];
         let mismatch = |reason: String| ModelError::Mismatch {
             path: onnx.clone(),
@@ -348,6 +352,24 @@ impl Model {
                 }
             }
         }
+        // A graph that is not ours, or that only scores, is run whole (see the field).
+        let score_graph = match role {
+            Role::Anomaly => {
+                let graph = std::fs::read(&onnx).map_err(|e| ModelError::Missing {
+                    path: onnx.clone(),
+                    reason: e.to_string(),
+                })?;
+                risksense_onnx::keep_outputs(&graph, &[SCORE])
+                    .map_err(|e| mismatch(format!("the graph cannot be read: {e}")))?
+            }
+            Role::Supervised => None,
+        };
+        let score_sessions = match score_graph {
+            Some(graph) => (0..count)
+                .map(|_| Ok(builder()?.commit_from_memory(&graph)?))
+                .collect::<Result<Vec<_>, ModelError>>()?,
+            None => Vec::new(),
+        };
         Ok(Self {
             card,
             dir: dir.to_path_buf(),
@@ -355,8 +377,14 @@ impl Model {
             id,
             role,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
+            score_sessions: score_sessions.into_iter().map(Mutex::new).collect(),
             next_session: AtomicUsize::new(0),
         })
+    }
+
+    /// Whether scoring runs the graph cut down to the score (see the field).
+    pub fn scores_on_a_cut_graph(&self) -> bool {
+        !self.score_sessions.is_empty()
     }
 
     pub fn feature_count(&self) -> usize {
@@ -371,7 +399,9 @@ impl Model {
     }
 
     /// Like [`Model::run`], for several outputs of one run (e.g. [`SCORE`] and
-    /// [`FEATURE_ERROR`]): the graph runs once and computes only those.
+    /// [`FEATURE_ERROR`]): the graph runs once. ONNX Runtime computes all of a graph's
+    /// outputs whichever are asked for, so a call for the score alone runs the graph cut
+    /// down to it.
     pub fn run_outputs<const N: usize>(
         &self,
         matrix: &[f32],
@@ -395,7 +425,12 @@ impl Model {
                 selector.with(*name)
             });
         let options = RunOptions::new()?.with_outputs(selector);
-        let mut session = self.session()?;
+        let pool = if outputs.as_slice() == [SCORE] && !self.score_sessions.is_empty() {
+            &self.score_sessions
+        } else {
+            &self.sessions
+        };
+        let mut session = self.session(pool)?;
         let values = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
         let mut result: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
         for (slot, name) in result.iter_mut().zip(outputs) {
@@ -410,18 +445,21 @@ impl Model {
 
     /// A free session if there is one (trying each once, from a rotating start), else
     /// the next one in turn.
-    fn session(&self) -> Result<MutexGuard<'_, Session>, ModelError> {
+    fn session<'a>(
+        &self,
+        pool: &'a [Mutex<Session>],
+    ) -> Result<MutexGuard<'a, Session>, ModelError> {
         let poisoned = || ModelError::Ort("a previous scoring call panicked".to_string());
-        let count = self.sessions.len();
+        let count = pool.len();
         let start = self.next_session.fetch_add(1, Ordering::Relaxed) % count;
         for k in 0..count {
-            match self.sessions[(start + k) % count].try_lock() {
+            match pool[(start + k) % count].try_lock() {
                 Ok(session) => return Ok(session),
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
             }
         }
-        self.sessions[start].lock().map_err(|_| poisoned())
+        pool[start].lock().map_err(|_| poisoned())
     }
 
     /// Anomaly scores of each row (the graph's `score` output).
