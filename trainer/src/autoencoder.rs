@@ -671,7 +671,7 @@ impl Ensemble {
     /// a per-feature constant (the clip bounds, the error scale, a bias) along runs of the
     /// innermost dimension, and with the features innermost those runs were 30 floats
     /// long; the element-wise work, most of the graph's time, then ran ~3× slower than
-    /// along runs of rows (BENCHMARKS.md, "The autoencoder's graph transposed").
+    /// along runs of rows (BENCHMARKS.md, "The autoencoder's graph cut down and transposed").
     pub fn to_onnx(&self, name: &str) -> Result<Vec<u8>, TrainError> {
         let standardizer = self.standardizer()?;
         let f = standardizer.mean.len() as i64;
@@ -699,8 +699,8 @@ impl Ensemble {
             .iter()
             .any(|m| (m.standardizer.mean.len() as i64) < f);
         if let Some(derived) = self.amount_by_category.as_ref().filter(|_| narrow) {
-            // The members without the derived input read z's first features; their
-            // outputs get a row of zeros for it.
+            // The members without the derived input read z's first features (the inputs'
+            // own columns, rows here); their outputs get a row of zeros for it.
             g.gather_rows("z_t", "own_columns", &derived.own_columns(), "z_own_t");
             g.constant_i64("pad_derived", &[4], &[0, 0, f - inputs as i64, 0]);
         }

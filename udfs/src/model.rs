@@ -178,16 +178,22 @@ pub(crate) fn id_of(name: &str, digest: &[u8; 32]) -> String {
 
 /// See [`Model::digest`].
 pub(crate) fn digest_of(onnx: &Path, card: &Path) -> Result<[u8; 32], ModelError> {
+    Ok(digest_bytes(&read(onnx)?, &read(card)?))
+}
+
+fn digest_bytes(onnx: &[u8], card: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    for path in [onnx, card] {
-        let bytes = std::fs::read(path).map_err(|e| ModelError::Missing {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        hasher.update(&bytes);
-    }
-    Ok(hasher.finalize().into())
+    hasher.update(onnx);
+    hasher.update(card);
+    hasher.finalize().into()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|e| ModelError::Missing {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// What a model is for: its graph's outputs differ.
@@ -235,11 +241,12 @@ pub struct Model {
     // one session per core lets the partitions of a plan score in parallel: with a single
     // one they took turns, and rescoring ran at the speed of one core. With more threads
     // there is one session and one pool (several pools would fight for the cores);
-    // spinning is off so an idle pool does not steal them.
+    // spinning is off so an idle pool does not steal them. (With a cut graph, below,
+    // there are two such pools, but a scoring path uses only one of them.)
     sessions: Vec<Mutex<Session>>,
-    /// Sessions of the graph cut down to the anomaly score (the scoring path's only
-    /// output; see [`risksense_onnx::keep_outputs`]), when the graph is one of ours and
-    /// has more; empty otherwise.
+    /// Sessions of the graph cut down to the anomaly score (see
+    /// [`risksense_onnx::keep_outputs`]), when the graph is one of ours and has other
+    /// outputs; empty otherwise.
     score_sessions: Vec<Mutex<Session>>,
     next_session: AtomicUsize,
 }
@@ -290,8 +297,15 @@ impl Model {
         } else {
             1
         };
-        let digest = digest_of(&onnx, &dir.join("model.json"))?;
+        let graph = read(&onnx)?;
+        let digest = digest_bytes(&graph, &read(&dir.join("model.json"))?);
         let id = id_of(&card.name, &digest);
+        // The graph cut down to the score (see the field), when it is one of ours; then
+        // the whole graph loads from the same bytes, so both are the model the id names.
+        // Bytes our messages cannot read are left to ONNX Runtime, whose error says more.
+        let score_graph = risksense_onnx::keep_outputs(&graph, &[SCORE])
+            .ok()
+            .flatten();
         let builder = || -> Result<SessionBuilder, ModelError> {
             Ok(Session::builder(environment)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
@@ -301,7 +315,12 @@ impl Model {
                 .with_inter_op_spinning(false)?)
         };
         let sessions = (0..count)
-            .map(|_| Ok(builder()?.commit_from_file(&onnx)?))
+            .map(|_| match score_graph {
+                Some(_) => Ok(builder()?.commit_from_memory(&graph)?),
+                // Another tool's model may keep its weights in files beside it, found
+                // from the model's path.
+                None => Ok(builder()?.commit_from_file(&onnx)?),
+            })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let session = &sessions[0];
         let mismatch = |reason: String| ModelError::Mismatch {
@@ -352,23 +371,17 @@ impl Model {
                 }
             }
         }
-        // A graph that is not ours, or that only scores, is run whole (see the field).
-        let score_graph = match role {
-            Role::Anomaly => {
-                let graph = std::fs::read(&onnx).map_err(|e| ModelError::Missing {
-                    path: onnx.clone(),
-                    reason: e.to_string(),
-                })?;
-                risksense_onnx::keep_outputs(&graph, &[SCORE])
-                    .map_err(|e| mismatch(format!("the graph cannot be read: {e}")))?
-            }
-            Role::Supervised => None,
-        };
-        let score_sessions = match score_graph {
-            Some(graph) => (0..count)
-                .map(|_| Ok(builder()?.commit_from_memory(&graph)?))
-                .collect::<Result<Vec<_>, ModelError>>()?,
-            None => Vec::new(),
+        // Only an anomaly model is asked for the score. Were the cut graph refused, the
+        // whole one still scores (the same numbers, at its cost).
+        let score_sessions = match (role, &score_graph) {
+            (Role::Anomaly, Some(cut)) => (0..count)
+                .map(|_| Ok(builder()?.commit_from_memory(cut)?))
+                .collect::<Result<Vec<_>, ModelError>>()
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, model = %id, "the graph cut down to the score was refused; scoring runs the whole graph");
+                    Vec::new()
+                }),
+            _ => Vec::new(),
         };
         Ok(Self {
             card,
@@ -400,8 +413,8 @@ impl Model {
 
     /// Like [`Model::run`], for several outputs of one run (e.g. [`SCORE`] and
     /// [`FEATURE_ERROR`]): the graph runs once. ONNX Runtime computes all of a graph's
-    /// outputs whichever are asked for, so a call for the score alone runs the graph cut
-    /// down to it.
+    /// outputs whichever are asked for, so the score is computed by the graph cut down to
+    /// it (when there is one), the other outputs by the whole graph.
     pub fn run_outputs<const N: usize>(
         &self,
         matrix: &[f32],
@@ -418,27 +431,37 @@ impl Model {
         if rows == 0 {
             return Ok(std::array::from_fn(|_| Vec::new()));
         }
-        let tensor = TensorRef::from_array_view(([rows, width], matrix))?;
-        let selector = outputs
-            .iter()
-            .fold(OutputSelector::no_default(), |selector, name| {
-                selector.with(*name)
-            });
-        let options = RunOptions::new()?.with_outputs(selector);
-        let pool = if outputs.as_slice() == [SCORE] && !self.score_sessions.is_empty() {
-            &self.score_sessions
-        } else {
-            &self.sessions
-        };
-        let mut session = self.session(pool)?;
-        let values = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
         let mut result: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-        for (slot, name) in result.iter_mut().zip(outputs) {
-            let value = values
-                .get(name)
-                .ok_or_else(|| ModelError::Ort(format!("no `{name}` in the outputs")))?;
-            let (_, data) = value.try_extract_tensor::<f32>()?;
-            *slot = data.to_vec();
+        // The score comes from the cut graph whenever there is one, also beside other
+        // outputs: one graph gives every caller (the stream, the API, the threshold's
+        // calibration) the same number for a row.
+        let cut = !self.score_sessions.is_empty();
+        let (from_cut, from_whole): (Vec<usize>, Vec<usize>) =
+            (0..N).partition(|&k| cut && outputs[k] == SCORE);
+        for (pool, slots) in [
+            (&self.score_sessions, from_cut),
+            (&self.sessions, from_whole),
+        ] {
+            if slots.is_empty() {
+                continue;
+            }
+            let tensor = TensorRef::from_array_view(([rows, width], matrix))?;
+            let selector = slots
+                .iter()
+                .fold(OutputSelector::no_default(), |selector, &k| {
+                    selector.with(outputs[k])
+                });
+            let options = RunOptions::new()?.with_outputs(selector);
+            let mut session = self.session(pool)?;
+            let values = session.run_with_options(ort::inputs![INPUT => tensor], &options)?;
+            for k in slots {
+                let name = outputs[k];
+                let value = values
+                    .get(name)
+                    .ok_or_else(|| ModelError::Ort(format!("no `{name}` in the outputs")))?;
+                let (_, data) = value.try_extract_tensor::<f32>()?;
+                result[k] = data.to_vec();
+            }
         }
         Ok(result)
     }

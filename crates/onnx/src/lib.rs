@@ -372,17 +372,21 @@ fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
 
 /// Our model `model` (ONNX bytes) cut down to what computes `keep`, its other outputs and
 /// the nodes and constants only they need left out; `None` for a model another tool
-/// wrote, or one without all of `keep`.
+/// wrote, one without all of `keep`, or one with nothing to leave out.
 ///
 /// Why: ONNX Runtime runs every node of a graph whichever outputs a call asks for, and
 /// the anomaly score needs only part of the autoencoder's graph (its reconstruction and
 /// per-feature errors are for explanations): the scoring path would pay for all of it.
-/// Only our own models (`producer_name` "risksense") are cut: these messages hold the
-/// fields our writer writes, and decoding another tool's model with them would drop the
-/// rest (subgraphs, external data, metadata).
+/// Only a model these messages read back to exactly its bytes is cut (ours are written
+/// by them): in any other, decoding would drop what they do not hold (subgraphs,
+/// external data, metadata), and the cut graph would not mean the same.
 pub fn keep_outputs(model: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>, prost::DecodeError> {
+    // The producer alone first: another tool's weights are skipped, not copied.
+    if Producer::decode(model)?.producer_name != PRODUCER || keep.is_empty() {
+        return Ok(None);
+    }
     let mut proto = ModelProto::decode(model)?;
-    if proto.producer_name != PRODUCER {
+    if proto.encode_to_vec() != model {
         return Ok(None);
     }
     let Some(graph) = proto.graph.as_mut() else {
@@ -394,8 +398,13 @@ pub fn keep_outputs(model: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>, pros
     {
         return Ok(None);
     }
-    let mut needed: std::collections::HashSet<String> =
-        keep.iter().map(|name| name.to_string()).collect();
+    // Graph inputs stay, and so do constants that are also inputs (their defaults).
+    let mut needed: std::collections::HashSet<String> = keep
+        .iter()
+        .map(|name| name.to_string())
+        .chain(graph.input.iter().map(|i| i.name.clone()))
+        .collect();
+    let before = (graph.node.len(), graph.output.len());
     let mut nodes = Vec::with_capacity(graph.node.len());
     for node in graph.node.drain(..).rev() {
         if node.output.iter().any(|o| needed.contains(o)) {
@@ -406,8 +415,18 @@ pub fn keep_outputs(model: &[u8], keep: &[&str]) -> Result<Option<Vec<u8>>, pros
     nodes.reverse();
     graph.node = nodes;
     graph.output.retain(|o| keep.contains(&o.name.as_str()));
+    if (graph.node.len(), graph.output.len()) == before {
+        return Ok(None);
+    }
     graph.initializer.retain(|t| needed.contains(&t.name));
     Ok(Some(proto.encode_to_vec()))
+}
+
+/// A model's `producer_name`, read without its graph.
+#[derive(Clone, PartialEq, Message)]
+struct Producer {
+    #[prost(string, tag = "2")]
+    producer_name: String,
 }
 
 #[cfg(test)]
@@ -448,6 +467,32 @@ mod tests {
     }
 
     #[test]
+    fn a_constant_that_is_also_an_input_keeps_its_default() {
+        let mut g = GraphBuilder::default();
+        g.input("x", &[Dim::Fixed(2)]);
+        g.input("c", &[Dim::Fixed(2)]);
+        g.constant("c", &[2], &[3.0, 4.0]);
+        g.node("Sub", &["x", "c"], "dropped");
+        g.node("Neg", &["x"], "kept");
+        g.output("kept", &[Dim::Fixed(2)]);
+        g.output("dropped", &[Dim::Fixed(2)]);
+        let pruned = keep_outputs(&g.finish("c", "test"), &["kept"])
+            .expect("decodes")
+            .expect("cut");
+        let graph = ModelProto::decode(pruned.as_slice())
+            .expect("decodes")
+            .graph
+            .expect("a graph");
+        assert_eq!(graph.node.len(), 1);
+        assert_eq!(graph.input.len(), 2);
+        assert_eq!(
+            graph.initializer.len(),
+            1,
+            "c's default stays with its input"
+        );
+    }
+
+    #[test]
     fn another_tools_model_or_a_missing_output_is_left_alone() {
         let mut foreign = ModelProto::decode(two_outputs().as_slice()).expect("decodes");
         foreign.producer_name = "pytorch".to_string();
@@ -457,6 +502,17 @@ mod tests {
             keep_outputs(&two_outputs(), &["kept", "score"]).expect("decodes"),
             None
         );
+        // Nothing to leave out, or nothing asked for.
+        assert_eq!(
+            keep_outputs(&two_outputs(), &["kept", "dropped"]).expect("decodes"),
+            None
+        );
+        assert_eq!(keep_outputs(&two_outputs(), &[]).expect("decodes"), None);
+        // Ours by name, with a field these messages do not hold (ModelProto's
+        // metadata_props, 14): cutting it would lose the field, so it is left whole.
+        let mut extended = two_outputs();
+        extended.extend_from_slice(&[14 << 3 | 2, 2, 10, 0]);
+        assert_eq!(keep_outputs(&extended, &["kept"]).expect("decodes"), None);
         assert!(keep_outputs(b"\xff\xff not protobuf", &["kept"]).is_err());
     }
 }
