@@ -493,7 +493,7 @@ async fn tokens_health_and_the_openapi_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_went_away_is_a_503_not_a_500() {
-    let (mut redis, state) = support::private_redis_api(21_000).await;
+    let (mut redis, state) = support::private_redis_api().await;
     let (status, _) = get(&state, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     let _ = redis.kill();
@@ -757,7 +757,7 @@ async fn deep_and_wide_queries_cannot_crash_or_bloat_the_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_store_fails_readiness_and_lookups_fast() {
-    let (mut redis, state) = support::private_redis_api(41_000).await;
+    let (mut redis, state) = support::private_redis_api().await;
     let (status, _) = get(&state, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     // Frozen, not gone: the connection stays open and nothing answers.

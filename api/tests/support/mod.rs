@@ -77,31 +77,49 @@ pub async fn api(config: ApiConfig) -> Api {
     Api { state, rows }
 }
 
-/// A `redis-server` of the test's own (so it can be killed or frozen) on a port from
-/// `port_base`, and an API over it with no stream.
-pub async fn private_redis_api(port_base: u16) -> (std::process::Child, Arc<ApiState>) {
+/// A `redis-server` of the test's own (so it can be killed or frozen) on a free port, and
+/// an API over it with no stream.
+pub async fn private_redis_api() -> (std::process::Child, Arc<ApiState>) {
     let _ = common::redis_url();
-    let port = port_base + (std::process::id() % 20_000) as u16;
-    let redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server runs");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+    // A port the kernel just handed out and took back: a fixed range could meet a port
+    // in use by one of the suite's many client connections (the ephemeral range), and
+    // the server would not start. Another attempt if it lost the port anyway.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let mut answers = false;
+        for _ in 0..100 {
+            answers = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if answers || matches!(redis.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if answers {
+            started = Some((redis, port));
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = redis.kill();
+        let _ = redis.wait();
     }
+    let (redis, port) = started.expect("a private redis-server started on a free port");
     let store = Store::redis(&format!("redis://127.0.0.1:{port}/"), Retention::default())
         .await
         .expect("redis");
