@@ -139,12 +139,17 @@ pub struct TrainingInfo {
 impl ModelCard {
     pub fn read(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("model.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Missing {
-            path: path.clone(),
+        Self::parse(&read(&path)?, &path)
+    }
+
+    /// The card in `bytes`, read from `path`.
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ModelError::Missing {
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        serde_json::from_str(&text).map_err(|e| ModelError::BadCard {
-            path,
+        serde_json::from_str(text).map_err(|e| ModelError::BadCard {
+            path: path.to_path_buf(),
             reason: e.to_string(),
         })
     }
@@ -282,7 +287,10 @@ impl Model {
     }
 
     fn open(dir: &Path, options: SessionOptions, role: Option<Role>) -> Result<Self, ModelError> {
-        let card = ModelCard::read(dir)?;
+        // The card, the graph and the id from one read of each file.
+        let card_path = dir.join("model.json");
+        let card_bytes = read(&card_path)?;
+        let card = ModelCard::parse(&card_bytes, &card_path)?;
         let onnx = dir.join("model.onnx");
         if !onnx.is_file() {
             return Err(ModelError::Missing {
@@ -298,7 +306,7 @@ impl Model {
             1
         };
         let graph = read(&onnx)?;
-        let digest = digest_bytes(&graph, &read(&dir.join("model.json"))?);
+        let digest = digest_bytes(&graph, &card_bytes);
         let id = id_of(&card.name, &digest);
         // The graph cut down to the score (see the field), when it is one of ours; then
         // the whole graph loads from the same bytes, so both are the model the id names.
