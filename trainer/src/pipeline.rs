@@ -10,7 +10,9 @@ use crate::autoencoder::{Autoencoder, Combination, Ensemble, EpochReport, Matrix
 use crate::category_amount::{self, AmountByCategory};
 use crate::metrics;
 use crate::trees::{self, BoostConfig, TreeEnsemble};
-use risksense_udfs::model::{Metrics, ModelCard, PROBABILITY, TrainingInfo};
+use risksense_udfs::model::{
+    Metrics, ModelCard, PROBABILITY, SeedCandidate, SeedSelection, TrainingInfo,
+};
 use risksense_udfs::{Model, SessionOptions};
 
 /// Rows of one period: features, fraud labels (if known), identifiers and time.
@@ -38,6 +40,11 @@ pub struct RunInfo {
     /// Units of those members' code (the others have `config.code`): with the derived
     /// input a narrower code measured better (BENCHMARKS.md, "Model quality").
     pub amount_by_category_code: usize,
+    /// First seeds of candidate ensembles (empty: `config.seed` alone). With several, each
+    /// is trained and the one that ranks the training rows' labelled fraud best is kept:
+    /// which seed a small code settles well from is a lottery the training labels can
+    /// call without touching the validation period (BENCHMARKS.md, "Model quality").
+    pub candidate_seeds: Vec<u64>,
 }
 
 /// What a finished training run produced.
@@ -149,41 +156,64 @@ pub fn train_and_export(
             derived.categories.len()
         ));
     }
-    let mut members = Vec::new();
-    let mut last: Option<EpochReport> = None;
-    for k in 0..count {
-        let mut config = info.config.clone();
-        config.seed = info.config.seed.wrapping_add(k as u64);
-        let (train_rows, valid_rows) = match &augmented {
-            Some((train, valid)) if k >= count - derived_members => {
-                config.code = info.amount_by_category_code;
-                (train, valid)
-            }
-            _ => (&train_rows, &valid_rows),
-        };
-        let (member, report) =
-            Autoencoder::train(train_rows, valid_rows, config, |r| on_epoch(k, r))?;
-        tracing::info!(
-            seed = member.config.seed,
-            validation_loss = report.validation_loss,
-            "member trained"
-        );
-        let mean = |a: f64, b: f64| (a * k as f64 + b) / (k + 1) as f64;
-        last = Some(match last {
-            None => report,
-            Some(l) => EpochReport {
-                train_loss: mean(l.train_loss, report.train_loss),
-                validation_loss: mean(l.validation_loss, report.validation_loss),
-                ..report
-            },
-        });
-        members.push(member);
-    }
-    let last = last.ok_or_else(|| TrainError::NoData("no training run".to_string()))?;
-    let autoencoder = Ensemble {
-        members,
-        amount_by_category,
+    let seeds = if info.candidate_seeds.is_empty() {
+        vec![info.config.seed]
+    } else {
+        info.candidate_seeds.clone()
     };
+    if seeds.len() > 1 && !(train.labels.contains(&true) && train.labels.contains(&false)) {
+        return Err(TrainError::Config(
+            "choosing among candidate seeds ranks each candidate's scores of the training \
+             rows against their is_fraud labels, and these do not hold both classes: train \
+             with one --seed"
+                .to_string(),
+        ));
+    }
+    let mut kept: Option<(Ensemble, EpochReport, u64, f64)> = None;
+    let mut candidates = Vec::new();
+    for (c, &seed) in seeds.iter().enumerate() {
+        let (ensemble, last) = train_ensemble(
+            (&train_rows, &valid_rows),
+            augmented.as_ref(),
+            &amount_by_category,
+            info,
+            seed,
+            |k, report| on_epoch(c * count + k, report),
+        )?;
+        if seeds.len() == 1 {
+            kept = Some((ensemble, last, seed, 0.0));
+            break;
+        }
+        // The training period's labels choose: they never enter the fit (legitimate rows
+        // only), and the validation period stays for the threshold and the measurement.
+        let scores = ensemble.scores(&train.features)?;
+        let candidate = SeedCandidate {
+            seed,
+            train_roc_auc: metrics::roc_auc(&scores, &train.labels),
+            train_pr_auc: metrics::average_precision(&scores, &train.labels),
+        };
+        tracing::info!(
+            seed,
+            train_pr_auc = candidate.train_pr_auc,
+            train_roc_auc = candidate.train_roc_auc,
+            "candidate trained"
+        );
+        if kept
+            .as_ref()
+            .is_none_or(|(.., best)| candidate.train_pr_auc > *best)
+        {
+            kept = Some((ensemble, last, seed, candidate.train_pr_auc));
+        }
+        candidates.push(candidate);
+    }
+    let (autoencoder, last, seed, _) =
+        kept.ok_or_else(|| TrainError::NoData("no candidate seed".to_string()))?;
+    let seed_selection = (seeds.len() > 1).then(|| SeedSelection {
+        rule: "the candidate whose scores of the training rows have the highest PR-AUC \
+               against their is_fraud labels (labels not used in fitting)"
+            .to_string(),
+        candidates,
+    });
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("model.onnx"), autoencoder.to_onnx(&info.name)?)?;
 
@@ -210,7 +240,7 @@ pub fn train_and_export(
             epochs: info.config.epochs,
             batch_size: info.config.batch_size,
             learning_rate: info.config.learning_rate,
-            seed: info.config.seed,
+            seed,
             ensemble: info.ensemble.max(1),
             error_cap: info.config.error_cap,
             final_train_loss: last.train_loss,
@@ -221,6 +251,7 @@ pub fn train_and_export(
             robust_scaling: info.config.robust_scaling,
             combination: info.config.combination.to_string(),
             derived_inputs,
+            seed_selection,
         },
         validation: None,
         created_at: String::new(),
@@ -250,6 +281,59 @@ pub fn train_and_export(
         card,
         onnx_max_abs_diff,
     })
+}
+
+/// One ensemble from consecutive seeds starting at `seed`: the last members see the
+/// derived amount against its category's when `augmented` holds those rows. Returns it
+/// with the members' mean final losses.
+fn train_ensemble(
+    (train_rows, valid_rows): (&Matrix, &Matrix),
+    augmented: Option<&(Matrix, Matrix)>,
+    amount_by_category: &Option<AmountByCategory>,
+    info: &RunInfo,
+    seed: u64,
+    mut on_epoch: impl FnMut(usize, EpochReport),
+) -> Result<(Ensemble, EpochReport), TrainError> {
+    let count = info.ensemble.max(1);
+    let derived_members = info.amount_by_category_members;
+    let mut members = Vec::new();
+    let mut last: Option<EpochReport> = None;
+    for k in 0..count {
+        let mut config = info.config.clone();
+        config.seed = seed.wrapping_add(k as u64);
+        let (train_rows, valid_rows) = match augmented {
+            Some((train, valid)) if k >= count - derived_members => {
+                config.code = info.amount_by_category_code;
+                (train, valid)
+            }
+            _ => (train_rows, valid_rows),
+        };
+        let (member, report) =
+            Autoencoder::train(train_rows, valid_rows, config, |r| on_epoch(k, r))?;
+        tracing::info!(
+            seed = member.config.seed,
+            validation_loss = report.validation_loss,
+            "member trained"
+        );
+        let mean = |a: f64, b: f64| (a * k as f64 + b) / (k + 1) as f64;
+        last = Some(match last {
+            None => report,
+            Some(l) => EpochReport {
+                train_loss: mean(l.train_loss, report.train_loss),
+                validation_loss: mean(l.validation_loss, report.validation_loss),
+                ..report
+            },
+        });
+        members.push(member);
+    }
+    let last = last.ok_or_else(|| TrainError::NoData("no training run".to_string()))?;
+    Ok((
+        Ensemble {
+            members,
+            amount_by_category: amount_by_category.clone(),
+        },
+        last,
+    ))
 }
 
 /// Quality of `scores` on the validation period at `threshold` (None without frauds).
@@ -354,6 +438,7 @@ pub fn train_trees_and_export(
             robust_scaling: false,
             combination: String::new(),
             derived_inputs: Vec::new(),
+            seed_selection: None,
         },
         validation: None,
         created_at: String::new(),

@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use risksense_trainer::pipeline::{Period, RunInfo, train_and_export};
-use risksense_trainer::{Matrix, TrainConfig};
+use risksense_trainer::{Matrix, TrainConfig, TrainError, metrics};
 use risksense_udfs::{Model, ModelCard, SessionOptions};
 
 const COLS: usize = 6;
@@ -63,6 +63,7 @@ fn run_info(config: TrainConfig) -> RunInfo {
         ensemble: 2,
         amount_by_category_members: 1,
         amount_by_category_code: 2,
+        candidate_seeds: Vec::new(),
     }
 }
 
@@ -129,6 +130,105 @@ fn trains_exports_and_onnx_runtime_matches_the_network() {
         again.card.training.data_sha256,
         outcome.card.training.data_sha256
     );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// Several candidate seeds: each candidate ensemble is ranked by its scores of the training
+/// rows against their labels and the best kept (its seed on the card, every candidate's
+/// figures beside it); the kept model is the one its seed alone trains; training labels
+/// without fraud are refused before anything is trained.
+#[test]
+fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let train = period(3000, 40, &mut rng, 0);
+    let validation = period(1000, 50, &mut rng, 10_000);
+    let out = std::env::temp_dir().join(format!("risksense-train-seeds-{}", std::process::id()));
+    let config = TrainConfig {
+        epochs: 3,
+        patience: 0,
+        ..small()
+    };
+    let info = |seed, candidate_seeds| RunInfo {
+        ensemble: 1,
+        amount_by_category_members: 0,
+        candidate_seeds,
+        ..run_info(TrainConfig {
+            seed,
+            ..config.clone()
+        })
+    };
+    let mut runs = std::collections::BTreeSet::new();
+    let outcome = train_and_export(
+        &train,
+        &validation,
+        &info(0, vec![3, 11, 19]),
+        &out,
+        |run, _| {
+            runs.insert(run);
+        },
+    )
+    .expect("trains");
+    assert_eq!(runs.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    let selection = outcome
+        .card
+        .training
+        .seed_selection
+        .as_ref()
+        .expect("the choice is on the card");
+    let seeds: Vec<u64> = selection.candidates.iter().map(|c| c.seed).collect();
+    assert_eq!(seeds, vec![3, 11, 19]);
+    let best = selection
+        .candidates
+        .iter()
+        .map(|c| c.train_pr_auc)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let kept = selection
+        .candidates
+        .iter()
+        .find(|c| c.train_pr_auc == best)
+        .expect("a best candidate");
+    assert_eq!(outcome.card.training.seed, kept.seed);
+    assert_eq!(ModelCard::read(&out).expect("card"), outcome.card);
+
+    // Its figure is what the exported model makes of the training rows.
+    let model = Model::load(&out, SessionOptions::default()).expect("loads");
+    let scores = model
+        .score(&train.features.data, train.features.rows)
+        .expect("scores");
+    let pr_auc = metrics::average_precision(&scores, &train.labels);
+    assert!(
+        (pr_auc - kept.train_pr_auc).abs() < 1e-3,
+        "{pr_auc} vs {kept:?}"
+    );
+
+    // The kept seed alone trains the same network.
+    let alone = train_and_export(
+        &train,
+        &validation,
+        &info(kept.seed, Vec::new()),
+        &out.join("alone"),
+        |_, _| {},
+    )
+    .expect("trains");
+    assert!(alone.card.training.seed_selection.is_none());
+    assert_eq!(
+        std::fs::read(out.join("model.onnx")).expect("kept model"),
+        std::fs::read(out.join("alone/model.onnx")).expect("model of the seed alone")
+    );
+
+    // Without fraud among the training labels there is nothing to choose by.
+    let unlabelled = period(3000, 0, &mut rng, 20_000);
+    let refused = train_and_export(
+        &unlabelled,
+        &validation,
+        &info(0, vec![3, 11]),
+        &out.join("refused"),
+        |_, _| panic!("trained before refusing"),
+    );
+    match refused {
+        Err(e @ TrainError::Config(_)) => assert!(e.to_string().contains("both classes"), "{e}"),
+        other => panic!("not refused: {:?}", other.map(|o| o.card)),
+    }
     std::fs::remove_dir_all(&out).ok();
 }
 

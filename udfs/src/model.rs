@@ -134,6 +134,25 @@ pub struct TrainingInfo {
     /// (e.g. the amount against its category's; absent: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub derived_inputs: Vec<String>,
+    /// When several ensembles were trained from other seeds and one kept: how it was
+    /// chosen and what each measured (absent: one seed, nothing chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_selection: Option<SeedSelection>,
+}
+
+/// How the kept ensemble was chosen among ensembles trained from other seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedSelection {
+    pub rule: String,
+    /// Each candidate's first seed and how its scores ranked the training rows' labels.
+    pub candidates: Vec<SeedCandidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedCandidate {
+    pub seed: u64,
+    pub train_roc_auc: f64,
+    pub train_pr_auc: f64,
 }
 
 impl ModelCard {
