@@ -30,7 +30,7 @@ Examples:
   risksense generate --customers 100 --out - | risksense produce --input - --topic transactions
   risksense produce --input ../shared/data/sparkov-2019h1.csv.gz --rate 5000
   risksense profile year.parquet --against ../shared/data/sparkov-2019h1.csv.gz
-  risksense train --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/default
+  risksense train --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/default --candidate-seeds 42,7,100,1000,2024
   risksense train --model trees --input ../shared/data/sparkov-2019h1.csv.gz --validation ../shared/data/sparkov-2019q3.csv.gz --out models/trees
   risksense import --input ../shared/data/ --out history/
   risksense run --kafka 127.0.0.1:9092 --redis redis://127.0.0.1:6379/ --archive archive/ --http 127.0.0.1:8080

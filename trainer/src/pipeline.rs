@@ -161,6 +161,13 @@ pub fn train_and_export(
     } else {
         info.candidate_seeds.clone()
     };
+    for (i, seed) in seeds.iter().enumerate() {
+        if seeds[..i].contains(seed) {
+            return Err(TrainError::Config(format!(
+                "candidate seed {seed} is given twice"
+            )));
+        }
+    }
     if seeds.len() > 1 && !(train.labels.contains(&true) && train.labels.contains(&false)) {
         return Err(TrainError::Config(
             "choosing among candidate seeds ranks each candidate's scores of the training \

@@ -140,7 +140,15 @@ fn trains_exports_and_onnx_runtime_matches_the_network() {
 #[test]
 fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let train = period(3000, 40, &mut rng, 0);
+    let mut train = period(3000, 40, &mut rng, 0);
+    // Anomalies barely off the plane (0.3 against the rows' noise of 0.02), so that how
+    // well a briefly trained candidate ranks them depends on its seed.
+    for (i, &anomaly) in train.labels.iter().enumerate() {
+        if anomaly {
+            train.features.data[i * COLS + 2] -= 2.7;
+            train.features.data[i * COLS + 3] += 2.7;
+        }
+    }
     let validation = period(1000, 50, &mut rng, 10_000);
     let out = std::env::temp_dir().join(format!("risksense-train-seeds-{}", std::process::id()));
     let config = TrainConfig {
@@ -149,7 +157,7 @@ fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
         ..small()
     };
     let info = |seed, candidate_seeds| RunInfo {
-        ensemble: 1,
+        ensemble: 2,
         amount_by_category_members: 0,
         candidate_seeds,
         ..run_info(TrainConfig {
@@ -161,14 +169,19 @@ fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
     let outcome = train_and_export(
         &train,
         &validation,
-        &info(0, vec![3, 11, 19]),
+        // The best of these is neither the first nor the last (checked below).
+        &info(0, vec![11, 19, 3]),
         &out,
         |run, _| {
             runs.insert(run);
         },
     )
     .expect("trains");
-    assert_eq!(runs.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    // Each candidate's two members report progress as runs of their own.
+    assert_eq!(
+        runs.into_iter().collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>()
+    );
     let selection = outcome
         .card
         .training
@@ -176,7 +189,16 @@ fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
         .as_ref()
         .expect("the choice is on the card");
     let seeds: Vec<u64> = selection.candidates.iter().map(|c| c.seed).collect();
-    assert_eq!(seeds, vec![3, 11, 19]);
+    assert_eq!(seeds, vec![11, 19, 3]);
+    let figures: Vec<f64> = selection
+        .candidates
+        .iter()
+        .map(|c| c.train_pr_auc)
+        .collect();
+    assert!(
+        figures.iter().any(|&f| f != figures[0]),
+        "the candidates tie, so the choice is not tested: {figures:?}"
+    );
     let best = selection
         .candidates
         .iter()
@@ -188,6 +210,10 @@ fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
         .find(|c| c.train_pr_auc == best)
         .expect("a best candidate");
     assert_eq!(outcome.card.training.seed, kept.seed);
+    assert!(
+        kept.seed != seeds[0] && kept.seed != seeds[2],
+        "the best is at an end: keeping the first or the last would pass too"
+    );
     assert_eq!(ModelCard::read(&out).expect("card"), outcome.card);
 
     // Its figure is what the exported model makes of the training rows.
@@ -216,7 +242,21 @@ fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
         std::fs::read(out.join("alone/model.onnx")).expect("model of the seed alone")
     );
 
-    // Without fraud among the training labels there is nothing to choose by.
+    // A seed given twice is refused, and so are training labels without fraud: nothing
+    // to choose by.
+    let twice = train_and_export(
+        &train,
+        &validation,
+        &info(0, vec![3, 11, 3]),
+        &out.join("twice"),
+        |_, _| panic!("trained before refusing"),
+    );
+    match twice {
+        Err(e @ TrainError::Config(_)) => {
+            assert!(e.to_string().contains("3 is given twice"), "{e}")
+        }
+        other => panic!("not refused: {:?}", other.map(|o| o.card)),
+    }
     let unlabelled = period(3000, 0, &mut rng, 20_000);
     let refused = train_and_export(
         &unlabelled,
