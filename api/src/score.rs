@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use axum::Json;
 use axum::extract::State;
 use risksense_formats::message::{Incoming, PARTITION_SLOTS, decode};
@@ -174,13 +174,13 @@ pub async fn score(
         let mut fresh = Vec::with_capacity(count);
         for (j, &i) in misses.iter().enumerate() {
             let score = f64::from(scores[j]);
-            let explanation = (score >= threshold).then(|| {
-                risksense_udfs::functions::explain_row(
-                    &model.card.features,
-                    &errors[j * width..(j + 1) * width],
-                    3,
-                )
-            });
+            // Cached for every row: whether it alerts depends on the card's other rows
+            // too (below), not on the row alone.
+            let explanation = Some(risksense_udfs::functions::explain_row(
+                &model.card.features,
+                &errors[j * width..(j + 1) * width],
+                3,
+            ));
             let value = serde_json::to_string(&CachedScore {
                 score,
                 explanation: explanation.clone(),
@@ -203,6 +203,8 @@ pub async fn score(
             .await?;
     }
     let mut results: Vec<ScoreResult> = results.into_iter().flatten().collect();
+    let threshold = model.card.alert_threshold();
+    flag_by_alert_score(&rows, &mut results, model.card.card_weight(), threshold);
     if let Some(supervised) = supervised {
         add_supervised(&supervised, &rows, &mut results).await?;
     }
@@ -221,6 +223,35 @@ pub async fn score(
         cache_misses: misses.len() as u64,
         threshold,
     }))
+}
+
+/// score.sql's alert rule over the request's rows: each row's alert score is its score plus
+/// `weight` × the mean of its card's scores over the 24 hours up to it among the request's
+/// rows (the card window's arithmetic, in its order: event time, then position); a row
+/// alerts at `threshold` and keeps its explanation only then. The stream's history of a
+/// card is not the request's: a row posted alone is judged on its own score.
+fn flag_by_alert_score(
+    rows: &[FeatureRow],
+    results: &mut [ScoreResult],
+    weight: f64,
+    threshold: f64,
+) {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (rows[i].card, rows[i].secs, rows[i].position));
+    for run in order.chunk_by(|&a, &b| rows[a].card == rows[b].card) {
+        let secs: Vec<i64> = run.iter().map(|&i| rows[i].secs).collect();
+        let scores: Vec<f64> = run.iter().map(|&i| results[i].score).collect();
+        let sums = risksense_udfs::windows::rolling_sums(&secs, &scores);
+        let counts = risksense_udfs::windows::rolling_sums(&secs, &vec![1.0; run.len()]);
+        for (k, &i) in run.iter().enumerate() {
+            let result = &mut results[i];
+            let alert = result.score + weight * (sums[k] / counts[k]);
+            result.is_anomaly = alert >= threshold;
+            if !result.is_anomaly {
+                result.explanation = None;
+            }
+        }
+    }
 }
 
 /// Applies score.sql's combined rule with the supervised model: its probability on every
@@ -258,6 +289,10 @@ async fn add_supervised(
 struct FeatureRow {
     trans_num: String,
     inputs: Vec<f32>,
+    /// The card, event seconds and request position: the card window's order.
+    card: i64,
+    secs: i64,
+    position: i64,
 }
 
 /// The rows of the features view in request order, with the model inputs `names` as f32.
@@ -273,6 +308,14 @@ fn feature_rows(batches: &[RecordBatch], names: &[String]) -> Result<Vec<Feature
             .column_by_name("trans_num")
             .ok_or_else(|| ApiError::internal("features lack trans_num"))?
             .as_string::<i32>();
+        let cards = batch
+            .column_by_name("cc_num")
+            .ok_or_else(|| ApiError::internal("features lack cc_num"))?
+            .as_primitive::<Int64Type>();
+        let times = batch
+            .column_by_name("trans_date_trans_time")
+            .ok_or_else(|| ApiError::internal("features lack trans_date_trans_time"))?
+            .as_primitive::<TimestampMicrosecondType>();
         let matrix = feature_matrix(batch, names).map_err(|error| match error {
             // The transactions' values put a feature out of reach: the client's to fix.
             QueryError::NullFeature { .. } => ApiError::bad_request(error.to_string()),
@@ -284,6 +327,9 @@ fn feature_rows(batches: &[RecordBatch], names: &[String]) -> Result<Vec<Feature
                 FeatureRow {
                     trans_num: trans_nums.value(i).to_string(),
                     inputs: inputs.to_vec(),
+                    card: cards.value(i),
+                    secs: times.value(i).div_euclid(1_000_000),
+                    position: ids.value(i),
                 },
             ));
         }

@@ -101,6 +101,9 @@ pub struct ScoreResponse {
     pub results: Vec<ScoreResult>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// What `is_anomaly` compares against: the threshold of the alert score (a row's
+    /// score plus its card's recent scores among the request's rows, sql/score.sql), the
+    /// row threshold for a model without that rule.
     pub threshold: f64,
 }
 

@@ -164,13 +164,23 @@ async fn the_champion_changes_through_the_api_and_a_misfit_is_refused() {
     assert_eq!(scored_b["cache_hits"], 0);
     let results_b = scored_b["results"].as_array().expect("results");
     assert!(results_b.iter().all(|r| r["model_id"] == b_id.as_str()));
-    assert_eq!(scored_b["threshold"].as_f64(), Some(a.card.threshold * 0.5));
-    // The same graph: the same scores, flagged against b's threshold.
+    // b's thresholds are a's halved: the alert score's is what `is_anomaly` compares.
+    assert_eq!(
+        scored_b["threshold"].as_f64(),
+        Some(a.card.alert_threshold() * 0.5)
+    );
+    // The same graph: the same scores; every row a flags b flags, and more.
+    let flagged = |results: &[Value]| results.iter().filter(|r| r["is_anomaly"] == true).count();
     for (x, y) in results_a.iter().zip(results_b) {
         assert_eq!(x["score"], y["score"]);
-        let score = y["score"].as_f64().expect("score");
-        assert_eq!(y["is_anomaly"], score >= a.card.threshold * 0.5);
+        if x["is_anomaly"] == true {
+            assert_eq!(y["is_anomaly"], true, "{y}");
+        }
     }
+    assert!(
+        flagged(results_b) > flagged(&results_a),
+        "b's lower thresholds flag more"
+    );
 
     // A challenger: either kind of model; removed again.
     let (status, changed) = call(

@@ -309,7 +309,13 @@ fn assert_finite(batches: &[RecordBatch], first_column: usize, what: &str) -> us
         for c in first_column..batch.num_columns() {
             let name = schema.field(c).name();
             // The shadow and supervised models' scores are null without them (none here).
-            if name == "challenger_score" || name == "fraud_probability" {
+            if [
+                "challenger_score",
+                "challenger_alert_score",
+                "fraud_probability",
+            ]
+            .contains(&name.as_str())
+            {
                 continue;
             }
             let Some(values) = batch.column(c).as_primitive_opt::<Float64Type>() else {
@@ -364,10 +370,11 @@ async fn no_feature_or_score_of_an_accepted_row_is_nan_or_infinite() {
     assert_eq!(checked, rows.num_rows() * feature_count);
     let scored = common::batch_scored(&model, rows.clone()).await;
     let score_column = scored[0].schema().index_of("score").expect("score");
-    // Two numbers per row from `score` on: the score and its risk.
+    // Four numbers per row from `score` on: the score, its risk, the card's recent score
+    // and the alert score.
     assert_eq!(
         assert_finite(&scored, score_column, "batch scores"),
-        2 * rows.num_rows()
+        4 * rows.num_rows()
     );
 
     // The stream: the same rows in micro-batches of 7, each card's history carried
@@ -384,7 +391,7 @@ async fn no_feature_or_score_of_an_accepted_row_is_nan_or_infinite() {
     }
     assert_eq!(
         assert_finite(&streamed, score_column, "stream scores"),
-        2 * rows.num_rows()
+        4 * rows.num_rows()
     );
 }
 

@@ -129,14 +129,23 @@ async fn read(
     } else {
         "CAST(is_anomaly AS BOOLEAN) AS is_anomaly"
     };
+    // Each model is ranked by what its flag compares: the alert score where the row has
+    // one (a rule over the card's recent scores; sql/score.sql), else its score.
+    let ranked = |alert: &str, score: &str| {
+        if schema.field_with_name(alert).is_ok() {
+            format!("CAST(coalesce({alert}, {score}) AS DOUBLE) AS {score}")
+        } else {
+            column(score, "DOUBLE")
+        }
+    };
     let sql = format!(
         "SELECT {}, {}, {}, {}, {}, {}, CAST(is_fraud AS INT) AS is_fraud FROM archive \
          WHERE is_fraud IS NOT NULL AND score IS NOT NULL",
         column("model_id", "VARCHAR"),
         column("challenger_id", "VARCHAR"),
-        column("score", "DOUBLE"),
+        ranked("alert_score", "score"),
         champion_flag,
-        column("challenger_score", "DOUBLE"),
+        ranked("challenger_alert_score", "challenger_score"),
         column("challenger_flag", "BOOLEAN"),
     );
     let batches = ctx.sql(&sql).await?.collect().await?;

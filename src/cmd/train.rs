@@ -1,14 +1,19 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, TimestampMicrosecondType};
 use risksense_query::features::feature_matrix;
 use risksense_query::scoring::{self, SessionOptions};
-use risksense_trainer::pipeline::{Period, RunInfo, train_and_export, train_trees_and_export};
+use risksense_trainer::pipeline::{
+    Period, RunInfo, card_scores_rule, train_and_export, train_trees_and_export,
+};
 use risksense_trainer::trees::BoostConfig;
 use risksense_trainer::{Matrix, TrainConfig};
+use risksense_udfs::model::CardScores;
+use risksense_udfs::{Model, ModelCard};
 
 // The defaults of the training settings are the trainer's own (TrainConfig, BoostConfig),
 // so the library and the command cannot disagree.
@@ -58,6 +63,13 @@ pub struct Args {
     /// `--candidate-seeds 42,7,100,1000,2024` (BENCHMARKS.md, "Model quality").
     #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "seed")]
     pub candidate_seeds: Vec<u64>,
+    /// Weight of the card's recent scores in the alert score (sql/score.sql: a row alerts
+    /// when its score + this × the mean of its card's scores over the last 24 hours
+    /// reaches a threshold, calibrated here on the validation period to --alert-rate).
+    /// Fraud that comes in bursts of somewhat unusual rows adds up this way
+    /// (BENCHMARKS.md, "Model quality"). 0: a row's own score against its threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub card_weight: f64,
     /// Largest error one feature may add to a score, in units of its training error.
     #[arg(long, default_value_t = TrainConfig::default().error_cap)]
     pub error_cap: f32,
@@ -293,6 +305,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("wrote {}/model.onnx and model.json", args.out.display());
         return Ok(());
     }
+    anyhow::ensure!(
+        args.card_weight.is_finite() && args.card_weight >= 0.0,
+        "--card-weight must be a number at least 0, not {}",
+        args.card_weight
+    );
     let runs = args.ensemble.max(1) * args.candidate_seeds.len().max(1);
     let bar = super::progress(Some((args.epochs * runs) as u64), "epochs");
     let outcome = train_and_export(&train, &validation, &info, &args.out, |restart, report| {
@@ -306,7 +323,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("training")?;
     bar.finish_and_clear();
-    let card = &outcome.card;
+    let mut card = outcome.card;
+    if args.card_weight > 0.0 {
+        // The validation period as the stream scores it: the same SQL over its rows, each
+        // card's history from its first row there (as its features).
+        let (inputs, from) = if args.validation.is_empty() {
+            (&args.input, Some(validation.span.0.clone()))
+        } else {
+            (&args.validation, None)
+        };
+        card = runtime
+            .block_on(calibrate_card_scores(
+                card,
+                &args.out,
+                inputs,
+                from.as_deref(),
+                args.card_weight,
+                args.alert_rate,
+            ))
+            .context("calibrating the alert rule over the card's recent scores")?;
+    }
+    let card = &card;
     eprintln!(
         "trained in {:.1} s: loss {:.4}, validation loss {:.4}; threshold {:.4} ({})",
         started.elapsed().as_secs_f64(),
@@ -335,8 +372,104 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     report_validation(card);
+    if let Some(rule) = &card.card_scores {
+        eprint!(
+            "with the card's recent scores (weight {}): threshold {:.4}",
+            rule.weight, rule.threshold
+        );
+        match &rule.validation {
+            Some(m) => eprintln!(
+                "; ROC-AUC {:.4}, PR-AUC {:.4}, recall {:.3} / precision {:.3} at a {:.1} % alert rate",
+                m.roc_auc,
+                m.pr_auc,
+                m.recall_at_alert_rate,
+                m.precision_at_alert_rate,
+                m.alert_rate * 100.0
+            ),
+            None => eprintln!(),
+        }
+    }
     eprintln!("wrote {}/model.onnx and model.json", args.out.display());
     Ok(())
+}
+
+/// Adds the rule over the card's recent scores to the card in `out` (see
+/// `risksense_trainer::pipeline::card_scores_rule`): scores the rows of `inputs` from
+/// `from` on (all without) with sql/score.sql and the model, weight `weight` and no
+/// threshold yet, and sets the threshold where `alert_rate` of them alert.
+async fn calibrate_card_scores(
+    mut card: ModelCard,
+    out: &Path,
+    inputs: &[PathBuf],
+    from: Option<&str>,
+    weight: f64,
+    alert_rate: f64,
+) -> anyhow::Result<ModelCard> {
+    let without_rule = card.clone();
+    // A provisional rule lets the model load (JSON has no infinity); the threshold
+    // comes from what it scores.
+    card.card_scores = Some(CardScores {
+        weight,
+        threshold: 0.0,
+        threshold_rule: String::new(),
+        validation: None,
+    });
+    card.write(out)?;
+    match scored_alerts(out, inputs, from).await {
+        Ok((scores, labels)) if !scores.is_empty() => {
+            card.card_scores = Some(card_scores_rule(weight, &scores, &labels, alert_rate));
+            card.write(out)?;
+            Ok(card)
+        }
+        failed => {
+            // Never leave the provisional rule (threshold 0: every row alerts) behind.
+            without_rule.write(out)?;
+            match failed {
+                Err(e) => Err(e),
+                Ok(_) => anyhow::bail!("the validation period has no rows to calibrate on"),
+            }
+        }
+    }
+}
+
+/// The alert scores (the finite ones) and labels of the rows of `inputs` from `from` on
+/// (all without), as sql/score.sql computes them with the model in `out`.
+async fn scored_alerts(
+    out: &Path,
+    inputs: &[PathBuf],
+    from: Option<&str>,
+) -> anyhow::Result<(Vec<f64>, Vec<bool>)> {
+    let model = Arc::new(Model::load(out, risksense_udfs::SessionOptions::default())?);
+    let ctx = scoring::new_session(Some(model.clone()), SessionOptions::default())?;
+    scoring::register_files(&ctx, scoring::TRANSACTIONS, inputs).await?;
+    scoring::install_views(&ctx, Some(&model)).await?;
+    let filter = match from {
+        Some(from) => format!("WHERE trans_date_trans_time >= CAST('{from}' AS TIMESTAMP)"),
+        None => String::new(),
+    };
+    let batches = ctx
+        .sql(&format!(
+            "SELECT alert_score, is_fraud FROM scored {filter}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for batch in &batches {
+        let alert = cast(batch.column(0), &DataType::Float64)?;
+        let fraud = cast(batch.column(1), &DataType::Int32)?;
+        let pairs = alert
+            .as_primitive::<Float64Type>()
+            .iter()
+            .zip(fraud.as_primitive::<Int32Type>().iter());
+        for (score, fraud) in pairs {
+            if let Some(score) = score.filter(|s| s.is_finite()) {
+                scores.push(score);
+                labels.push(fraud == Some(1));
+            }
+        }
+    }
+    Ok((scores, labels))
 }
 
 fn report_validation(card: &risksense_udfs::model::ModelCard) {

@@ -11,7 +11,7 @@ use crate::category_amount::{self, AmountByCategory};
 use crate::metrics;
 use crate::trees::{self, BoostConfig, TreeEnsemble};
 use risksense_udfs::model::{
-    Metrics, ModelCard, PROBABILITY, SeedCandidate, SeedSelection, TrainingInfo,
+    CardScores, Metrics, ModelCard, PROBABILITY, SeedCandidate, SeedSelection, TrainingInfo,
 };
 use risksense_udfs::{Model, SessionOptions};
 
@@ -262,6 +262,7 @@ pub fn train_and_export(
         },
         validation: None,
         created_at: String::new(),
+        card_scores: None,
     };
     card.threshold = 0.0;
     card.write(out_dir)?;
@@ -288,6 +289,59 @@ pub fn train_and_export(
         card,
         onnx_max_abs_diff,
     })
+}
+
+/// The alert rule over the card's recent scores (see [`CardScores`]) for `weight`, given
+/// the alert scores of the validation period's rows (`score + weight × card_score`, as
+/// sql/score.sql computes them) and their labels (empty: none): the threshold at which
+/// `alert_rate` of the rows alert, and the rule's metrics where there are frauds.
+pub fn card_scores_rule(
+    weight: f64,
+    alert_scores: &[f64],
+    labels: &[bool],
+    alert_rate: f64,
+) -> CardScores {
+    let mut sorted = alert_scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let threshold = if sorted.is_empty() {
+        f64::INFINITY
+    } else {
+        let k = ((sorted.len() as f64 * alert_rate).ceil() as usize).clamp(1, sorted.len());
+        sorted[k - 1]
+    };
+    let frauds = labels.iter().filter(|&&l| l).count();
+    let validation = (frauds > 0 && labels.len() == alert_scores.len()).then(|| {
+        // The ranking metrics take f32 scores: ties from the rounding are rare and count
+        // half; the flags compare the f64 scores, as the SQL does.
+        let ranked: Vec<f32> = alert_scores.iter().map(|&s| s as f32).collect();
+        let flagged: Vec<bool> = alert_scores.iter().map(|&s| s >= threshold).collect();
+        let caught = flagged
+            .iter()
+            .zip(labels)
+            .filter(|(f, l)| **f && **l)
+            .count();
+        let alerts = flagged.iter().filter(|&&f| f).count();
+        Metrics {
+            rows: alert_scores.len() as u64,
+            frauds: frauds as u64,
+            roc_auc: metrics::roc_auc(&ranked, labels),
+            pr_auc: metrics::average_precision(&ranked, labels),
+            recall_at_alert_rate: caught as f64 / frauds as f64,
+            precision_at_alert_rate: caught as f64 / alerts.max(1) as f64,
+            alert_rate,
+        }
+    });
+    CardScores {
+        weight,
+        threshold,
+        threshold_rule: format!(
+            "the alert score (score + {weight} × the card's mean score over its last 24 hours) \
+             above which {:.2} % of the validation period's transactions fall (labels not \
+             used)",
+            alert_rate * 100.0
+        ),
+        validation,
+    }
 }
 
 /// One ensemble from consecutive seeds starting at `seed`: the last members see the
@@ -449,6 +503,7 @@ pub fn train_trees_and_export(
         },
         validation: None,
         created_at: String::new(),
+        card_scores: None,
     };
     card.write(out_dir)?;
 
@@ -478,4 +533,32 @@ pub fn train_trees_and_export(
         ensemble,
         onnx_max_abs_diff,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_card_rule_alerts_on_the_alert_rate_and_measures_itself() {
+        // 200 rows: alert scores 0..199, the frauds the top three and one low row.
+        let scores: Vec<f64> = (0..200).map(f64::from).collect();
+        let labels: Vec<bool> = (0..200).map(|i| i >= 197 || i == 10).collect();
+        let rule = card_scores_rule(1.5, &scores, &labels, 0.02);
+        // 2 % of 200 rows: the four highest alert, 196 and above.
+        assert_eq!(rule.threshold, 196.0);
+        assert_eq!(rule.weight, 1.5);
+        let m = rule.validation.expect("labelled");
+        assert_eq!((m.rows, m.frauds), (200, 4));
+        assert_eq!(
+            (m.recall_at_alert_rate, m.precision_at_alert_rate),
+            (0.75, 0.75)
+        );
+        // Three frauds above all 196 legitimate rows, one above ten of them.
+        assert_eq!(m.roc_auc, (3.0 * 196.0 + 10.0) / (4.0 * 196.0));
+        // Without labels: the threshold alone.
+        let unlabelled = card_scores_rule(1.0, &scores, &[], 0.02);
+        assert_eq!(unlabelled.threshold, 196.0);
+        assert!(unlabelled.validation.is_none());
+    }
 }

@@ -6,6 +6,9 @@
 //! - `anomaly_explain(f1, …, fn)`: the three features with the largest reconstruction error
 //!   and their share of it, e.g. `log_amt_over_mean 61%, night_share_24h 22%, hour_cos 6%`.
 //! - `anomaly_threshold()`: the model's alert threshold.
+//! - `alert_weight()`, `alert_threshold()`: the weight of a card's recent scores in the
+//!   alert score and that score's threshold (0 and `anomaly_threshold()` for a model whose
+//!   card has no such rule; `challenger_alert_…` for the challenger).
 //! - `model_id()`: the id of the model that scores (`name@` and a hash of its files).
 //! - `challenger_score(f1, …, fn)`, `challenger_threshold()`, `challenger_id()`: the
 //!   shadow model's score (reconstruction error or fraud probability), threshold and id;
@@ -419,6 +422,36 @@ impl HandleValue {
         })
     }
 
+    /// `alert_weight()`: the weight of a card's recent scores in the champion's alert
+    /// score (0 when its card has no such rule).
+    pub fn alert_weight(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "alert_weight", |h| {
+            ScalarValue::Float64(Some(h.load().card.card_weight()))
+        })
+    }
+
+    /// `alert_threshold()`: the champion's threshold of the alert score (its row
+    /// threshold when its card has no rule over the card's recent scores).
+    pub fn alert_threshold(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "alert_threshold", |h| {
+            ScalarValue::Float64(Some(h.load().card.alert_threshold()))
+        })
+    }
+
+    /// `challenger_alert_weight()`, `challenger_alert_threshold()`: the same for the
+    /// challenger, null without one.
+    pub fn challenger_alert_weight(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "challenger_alert_weight", |h| {
+            ScalarValue::Float64(h.challenger().map(|m| m.card.card_weight()))
+        })
+    }
+
+    pub fn challenger_alert_threshold(model: Arc<ModelHandle>) -> Self {
+        Self::new(model, "challenger_alert_threshold", |h| {
+            ScalarValue::Float64(h.challenger().map(|m| m.card.alert_threshold()))
+        })
+    }
+
     /// `challenger_threshold()`: the challenger's alert threshold, null without one.
     pub fn challenger_threshold(model: Arc<ModelHandle>) -> Self {
         Self::new(model, "challenger_threshold", |h| {
@@ -564,6 +597,10 @@ pub fn register(
         ))))?;
         for value in [
             HandleValue::anomaly_threshold(model.clone()),
+            HandleValue::alert_weight(model.clone()),
+            HandleValue::alert_threshold(model.clone()),
+            HandleValue::challenger_alert_weight(model.clone()),
+            HandleValue::challenger_alert_threshold(model.clone()),
             HandleValue::model_id(model.clone()),
             HandleValue::challenger_id(model.clone()),
             HandleValue::challenger_threshold(model.clone()),

@@ -97,6 +97,38 @@ pub struct ModelCard {
     /// Metrics on the validation period, when it had labels.
     pub validation: Option<Metrics>,
     pub created_at: String,
+    /// An alert rule that also weighs the card's recent scores (absent: a row's own score
+    /// against `threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_scores: Option<CardScores>,
+}
+
+/// The alert rule over a card's recent scores (sql/score.sql): a row's alert score is its
+/// score plus `weight` × the mean of its card's scores over the last 24 hours (this row
+/// included), and the row is an anomaly when that reaches `threshold`. Fraud here comes in
+/// bursts, each row only somewhat unusual; the card's recent scores add them up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CardScores {
+    pub weight: f64,
+    pub threshold: f64,
+    /// How the threshold was chosen.
+    pub threshold_rule: String,
+    /// The rule's metrics on the validation period, when it had labels.
+    pub validation: Option<Metrics>,
+}
+
+impl ModelCard {
+    /// The weight of the card's recent scores in the alert score (0 without the rule).
+    pub fn card_weight(&self) -> f64 {
+        self.card_scores.as_ref().map_or(0.0, |c| c.weight)
+    }
+
+    /// The threshold of the alert score: the rule's, or the row score's without one.
+    pub fn alert_threshold(&self) -> f64 {
+        self.card_scores
+            .as_ref()
+            .map_or(self.threshold, |c| c.threshold)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

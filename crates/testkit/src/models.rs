@@ -35,6 +35,11 @@ pub fn test_registry(models: &Path, root: &Path, b_threshold: f64) {
     model_variant(&default, &root.join("b"), "b", |card| {
         let threshold = card["threshold"].as_f64().expect("a threshold");
         card["threshold"] = serde_json::json!(threshold * b_threshold);
+        // And the alert rule's over the card's recent scores, where the card has one.
+        if let Some(rule) = card.get_mut("card_scores").filter(|r| r.is_object()) {
+            let threshold = rule["threshold"].as_f64().expect("the rule's threshold");
+            rule["threshold"] = serde_json::json!(threshold * b_threshold);
+        }
     });
     model_variant(&default, &root.join("renamed"), "renamed", |card| {
         card["features"][0] = serde_json::json!("log_amount");

@@ -19,6 +19,9 @@
 //!   many earlier rows the partition holds (a stream's history or a whole file).
 //! - `secs_since_previous(card, event_secs)`: seconds since the card's previous row (NULL
 //!   for its first), i.e. `event_secs - lag(event_secs)`.
+//! - `mean_24h(card, event_secs, value)`: the mean of the non-null `value`s over the rows
+//!   `rolling_sum_24h` sums (NULL when there are none): sql/score.sql's mean of the card's
+//!   recent scores.
 //!
 //! Why the card is an argument: in a batch job a partition holds all of a card's rows and
 //! the card is not needed. The live stream registers the same functions with a
@@ -54,13 +57,15 @@ enum Kind {
     RollingSum24h,
     MeanOfPrevious,
     SecsSincePrevious,
+    Mean24h,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [
+    const ALL: [Kind; 4] = [
         Kind::RollingSum24h,
         Kind::MeanOfPrevious,
         Kind::SecsSincePrevious,
+        Kind::Mean24h,
     ];
 
     fn name(self) -> &'static str {
@@ -68,12 +73,13 @@ impl Kind {
             Kind::RollingSum24h => "rolling_sum_24h",
             Kind::MeanOfPrevious => "mean_of_previous",
             Kind::SecsSincePrevious => "secs_since_previous",
+            Kind::Mean24h => "mean_24h",
         }
     }
 
     fn arguments(self) -> usize {
         match self {
-            Kind::RollingSum24h => 3,
+            Kind::RollingSum24h | Kind::Mean24h => 3,
             Kind::MeanOfPrevious => 4,
             Kind::SecsSincePrevious => 2,
         }
@@ -84,6 +90,7 @@ impl Kind {
             Kind::RollingSum24h => "rolling_sum_24h(card, event_secs, value)",
             Kind::MeanOfPrevious => "mean_of_previous(card, event_secs, value, rows)",
             Kind::SecsSincePrevious => "secs_since_previous(card, event_secs)",
+            Kind::Mean24h => "mean_24h(card, event_secs, value)",
         }
     }
 }
@@ -118,6 +125,11 @@ impl CardWindow {
     /// `secs_since_previous(card, event_secs)`.
     pub fn secs_since_previous() -> Self {
         Self::new(Kind::SecsSincePrevious)
+    }
+
+    /// `mean_24h(card, event_secs, value)`.
+    pub fn mean_24h() -> Self {
+        Self::new(Kind::Mean24h)
     }
 
     /// All of them, for a batch session.
@@ -237,7 +249,7 @@ impl PartitionEvaluator for CardEvaluator {
                 .iter()
                 .map(|&secs| Entry { secs, value: None })
                 .collect(),
-            Kind::RollingSum24h | Kind::MeanOfPrevious => {
+            Kind::RollingSum24h | Kind::MeanOfPrevious | Kind::Mean24h => {
                 let amounts = float64_values(&values[2])?;
                 (0..num_rows)
                     .map(|i| Entry {
@@ -257,7 +269,7 @@ impl PartitionEvaluator for CardEvaluator {
                 }
             }
             Kind::SecsSincePrevious => 1,
-            Kind::RollingSum24h => 0,
+            Kind::RollingSum24h | Kind::Mean24h => 0,
         };
         // A partition holds one card (PARTITION BY card, as in a batch job) or several,
         // ordered by card first (the stream's plan: one call per micro-batch instead of
@@ -323,6 +335,19 @@ fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
         Kind::SecsSincePrevious => (0..rows.len())
             .map(|i| (i > 0).then(|| (rows[i].secs - rows[i - 1].secs) as f64))
             .collect(),
+        Kind::Mean24h => {
+            let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
+            let values: Vec<f64> = rows.iter().map(|r| r.value.unwrap_or(0.0)).collect();
+            let counts: Vec<f64> = rows
+                .iter()
+                .map(|r| f64::from(u8::from(r.value.is_some())))
+                .collect();
+            rolling_sums(&secs, &values)
+                .into_iter()
+                .zip(rolling_sums(&secs, &counts))
+                .map(|(sum, count)| (count > 0.0).then(|| sum / count))
+                .collect()
+        }
     }
 }
 
@@ -356,10 +381,16 @@ fn retain(kind: Kind, mut rows: Vec<Entry>, keep_rows: usize) -> Vec<Entry> {
     };
     let by_count = rows.len().saturating_sub(keep_rows);
     let by_time = match kind {
-        Kind::RollingSum24h => rows.partition_point(|r| r.secs < latest - WINDOW_SECS),
+        Kind::RollingSum24h | Kind::Mean24h => {
+            rows.partition_point(|r| r.secs < latest - WINDOW_SECS)
+        }
         Kind::MeanOfPrevious | Kind::SecsSincePrevious => by_count,
     };
     rows.drain(..by_count.min(by_time));
+    if kind == Kind::Mean24h {
+        // Nulls count for nothing in the mean (a challenger's scores without one).
+        rows.retain(|r| r.value.is_some());
+    }
     rows
 }
 
@@ -435,6 +466,29 @@ mod tests {
         assert_eq!(expected, vec![1.0, 3.0, 7.0, 15.0, 30.0, 56.0, 64.0]);
     }
 
+    #[test]
+    fn mean_of_the_last_24_hours_skips_nulls() {
+        let rows: Vec<Entry> = [
+            (0, Some(1.0)),
+            (10, None),
+            (20, Some(3.0)),
+            (86_420, Some(6.0)),
+        ]
+        .into_iter()
+        .map(|(secs, value)| Entry { secs, value })
+        .collect();
+        // The last row's day is [21, 86420]: only itself.
+        assert_eq!(
+            compute(Kind::Mean24h, &rows, 0),
+            vec![Some(1.0), Some(1.0), Some(2.0), Some(6.0)]
+        );
+        let none = [Entry {
+            secs: 5,
+            value: None,
+        }];
+        assert_eq!(compute(Kind::Mean24h, &none, 0), vec![None]);
+    }
+
     fn entries(secs: &[i64]) -> Vec<Entry> {
         secs.iter()
             .map(|&s| Entry {
@@ -496,6 +550,7 @@ mod tests {
         rows.sort_by_key(|r| r.secs);
         for (kind, n) in [
             (Kind::RollingSum24h, 0),
+            (Kind::Mean24h, 0),
             (Kind::MeanOfPrevious, 30),
             (Kind::SecsSincePrevious, 1),
         ] {
