@@ -12,8 +12,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-use risksense_query::scorer::StreamScorer;
-use risksense_query::scoring::SessionOptions;
 use risksense_udfs::Model;
 
 const WEIGHT: f64 = 1.5;
@@ -133,16 +131,7 @@ async fn the_alert_score_adds_the_cards_recent_scores_in_batch_and_stream_alike(
     );
 
     // The stream: micro-batches of 7, each card's scores carried between them.
-    let scorer = StreamScorer::new(model.clone(), SessionOptions::default())
-        .await
-        .expect("scorer");
-    let history = scorer.history().expect("history").clone();
-    let mut streamed = Vec::new();
-    for start in (0..rows.num_rows()).step_by(7) {
-        let piece = rows.slice(start, 7.min(rows.num_rows() - start));
-        streamed.extend(scorer.score(vec![piece]).await.expect("scored"));
-        history.commit_staged(|_| Some(0)).expect("commit");
-    }
+    let streamed = common::stream_scored(&model, &rows, 7).await;
     let streamed = rows_of(&streamed);
     assert_eq!(streamed.len(), batch.len());
     for (trans_num, s) in &streamed {

@@ -217,6 +217,28 @@ pub async fn batch_scored(
         .expect("scored rows")
 }
 
+/// `rows` scored by the stream's scorer in micro-batches of `size`, each card's history
+/// committed after each.
+pub async fn stream_scored(
+    model: &std::sync::Arc<risksense_udfs::Model>,
+    rows: &RecordBatch,
+    size: usize,
+) -> Vec<RecordBatch> {
+    use risksense_query::scorer::StreamScorer;
+    use risksense_query::scoring::SessionOptions;
+    let scorer = StreamScorer::new(model.clone(), SessionOptions::default())
+        .await
+        .expect("scorer");
+    let history = scorer.history().expect("history").clone();
+    let mut streamed = Vec::new();
+    for start in (0..rows.num_rows()).step_by(size) {
+        let piece = rows.slice(start, size.min(rows.num_rows() - start));
+        streamed.extend(scorer.score(vec![piece]).await.expect("scored"));
+        history.commit_staged(|_| Some(0)).expect("commit");
+    }
+    streamed
+}
+
 /// The finished (published) Parquet files in `dir`, sorted.
 pub fn parquet_files(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -17,7 +17,6 @@ use risksense_formats::source::TransactionFile;
 use risksense_formats::validate::{
     EVENT_TIME_END_SECS, EVENT_TIME_MIN_SECS, MAX_AMOUNT, MAX_CITY_POP,
 };
-use risksense_query::scorer::StreamScorer;
 use risksense_query::scoring::{self, ID_COLUMNS, SessionOptions};
 use risksense_synth::{Generator, SynthConfig};
 use risksense_udfs::Model;
@@ -379,16 +378,7 @@ async fn no_feature_or_score_of_an_accepted_row_is_nan_or_infinite() {
 
     // The stream: the same rows in micro-batches of 7, each card's history carried
     // between them.
-    let scorer = StreamScorer::new(model.clone(), SessionOptions::default())
-        .await
-        .expect("scorer");
-    let history = scorer.history().expect("history").clone();
-    let mut streamed = Vec::new();
-    for start in (0..rows.num_rows()).step_by(7) {
-        let piece = rows.slice(start, 7.min(rows.num_rows() - start));
-        streamed.extend(scorer.score(vec![piece]).await.expect("scored"));
-        history.commit_staged(|_| Some(0)).expect("commit");
-    }
+    let streamed = common::stream_scored(&model, &rows, 7).await;
     assert_eq!(
         assert_finite(&streamed, score_column, "stream scores"),
         4 * rows.num_rows()
