@@ -131,7 +131,7 @@ pub async fn score(
 
     let keys: Vec<String> = rows.iter().map(|r| cache_key(&model, &r.inputs)).collect();
     let cached = state.store_call(state.store.cache_get(&keys)).await?;
-    let threshold = model.card.threshold;
+    // `is_anomaly` is the alert rule's, set for all rows together below.
     let mut results: Vec<Option<ScoreResult>> = vec![None; rows.len()];
     let mut misses = Vec::new();
     for (i, (row, hit)) in rows.iter().zip(&cached).enumerate() {
@@ -143,7 +143,7 @@ pub async fn score(
                 results[i] = Some(ScoreResult {
                     trans_num: row.trans_num.clone(),
                     score: hit.score,
-                    is_anomaly: hit.score >= threshold,
+                    is_anomaly: false,
                     explanation: hit.explanation,
                     cached: true,
                     model_id: model.id.clone(),
@@ -190,7 +190,7 @@ pub async fn score(
             results[i] = Some(ScoreResult {
                 trans_num: rows[i].trans_num.clone(),
                 score,
-                is_anomaly: score >= threshold,
+                is_anomaly: false,
                 explanation,
                 cached: false,
                 model_id: model.id.clone(),
@@ -240,12 +240,12 @@ fn flag_by_alert_score(
     order.sort_by_key(|&i| (rows[i].card, rows[i].secs, rows[i].position));
     for run in order.chunk_by(|&a, &b| rows[a].card == rows[b].card) {
         let secs: Vec<i64> = run.iter().map(|&i| rows[i].secs).collect();
-        let scores: Vec<f64> = run.iter().map(|&i| results[i].score).collect();
-        let sums = risksense_udfs::windows::rolling_sums(&secs, &scores);
-        let counts = risksense_udfs::windows::rolling_sums(&secs, &vec![1.0; run.len()]);
-        for (k, &i) in run.iter().enumerate() {
+        let scores: Vec<Option<f64>> = run.iter().map(|&i| Some(results[i].score)).collect();
+        let means = risksense_udfs::windows::means_24h(&secs, &scores);
+        for (&i, mean) in run.iter().zip(means) {
             let result = &mut results[i];
-            let alert = result.score + weight * (sums[k] / counts[k]);
+            // (A row's own score is among its card's: the mean is never None.)
+            let alert = result.score + weight * mean.unwrap_or(result.score);
             result.is_anomaly = alert >= threshold;
             if !result.is_anomaly {
                 result.explanation = None;
@@ -300,22 +300,15 @@ fn feature_rows(batches: &[RecordBatch], names: &[String]) -> Result<Vec<Feature
     let width = names.len().max(1);
     let mut rows: Vec<(i64, FeatureRow)> = Vec::new();
     for batch in batches {
-        let ids = batch
-            .column_by_name("row_id")
-            .ok_or_else(|| ApiError::internal("features lack row_id"))?
-            .as_primitive::<Int64Type>();
-        let trans_nums = batch
-            .column_by_name("trans_num")
-            .ok_or_else(|| ApiError::internal("features lack trans_num"))?
-            .as_string::<i32>();
-        let cards = batch
-            .column_by_name("cc_num")
-            .ok_or_else(|| ApiError::internal("features lack cc_num"))?
-            .as_primitive::<Int64Type>();
-        let times = batch
-            .column_by_name("trans_date_trans_time")
-            .ok_or_else(|| ApiError::internal("features lack trans_date_trans_time"))?
-            .as_primitive::<TimestampMicrosecondType>();
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| ApiError::internal(format!("features lack {name}")))
+        };
+        let ids = column("row_id")?.as_primitive::<Int64Type>();
+        let trans_nums = column("trans_num")?.as_string::<i32>();
+        let cards = column("cc_num")?.as_primitive::<Int64Type>();
+        let times = column("trans_date_trans_time")?.as_primitive::<TimestampMicrosecondType>();
         let matrix = feature_matrix(batch, names).map_err(|error| match error {
             // The transactions' values put a feature out of reach: the client's to fix.
             QueryError::NullFeature { .. } => ApiError::bad_request(error.to_string()),

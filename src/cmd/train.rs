@@ -378,14 +378,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rule.weight, rule.threshold
         );
         match &rule.validation {
-            Some(m) => eprintln!(
-                "; ROC-AUC {:.4}, PR-AUC {:.4}, recall {:.3} / precision {:.3} at a {:.1} % alert rate",
-                m.roc_auc,
-                m.pr_auc,
-                m.recall_at_alert_rate,
-                m.precision_at_alert_rate,
-                m.alert_rate * 100.0
-            ),
+            Some(m) => eprintln!("; {}", quality(m)),
             None => eprintln!(),
         }
     }
@@ -475,14 +468,22 @@ async fn scored_alerts(
 fn report_validation(card: &risksense_udfs::model::ModelCard) {
     if let Some(m) = &card.validation {
         eprintln!(
-            "validation ({} rows, {} frauds): ROC-AUC {:.4}, PR-AUC {:.4}, recall {:.3} / precision {:.3} at a {:.1} % alert rate",
+            "validation ({} rows, {} frauds): {}",
             m.rows,
             m.frauds,
-            m.roc_auc,
-            m.pr_auc,
-            m.recall_at_alert_rate,
-            m.precision_at_alert_rate,
-            m.alert_rate * 100.0
+            quality(m)
         );
     }
+}
+
+/// ROC-AUC, PR-AUC, recall and precision at the alert rate, for the training report.
+fn quality(m: &risksense_udfs::model::Metrics) -> String {
+    format!(
+        "ROC-AUC {:.4}, PR-AUC {:.4}, recall {:.3} / precision {:.3} at a {:.1} % alert rate",
+        m.roc_auc,
+        m.pr_auc,
+        m.recall_at_alert_rate,
+        m.precision_at_alert_rate,
+        m.alert_rate * 100.0
+    )
 }

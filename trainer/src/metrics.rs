@@ -47,22 +47,27 @@ pub fn average_precision(scores: &[f32], labels: &[bool]) -> f64 {
     sum / positives as f64
 }
 
-/// The score at which `alert_rate` of the rows score at or above it.
-pub fn threshold_for_alert_rate(scores: &[f32], alert_rate: f64) -> f64 {
+/// The score at which `alert_rate` of the rows score at or above it (the model's f32
+/// scores, or a rule's f64 alert scores: compared as f64, which keeps both exact).
+pub fn threshold_for_alert_rate<S: Copy + Into<f64>>(scores: &[S], alert_rate: f64) -> f64 {
     if scores.is_empty() {
         return f64::INFINITY;
     }
-    let mut sorted: Vec<f32> = scores.to_vec();
+    let mut sorted: Vec<f64> = scores.iter().map(|&s| s.into()).collect();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let k = ((scores.len() as f64 * alert_rate).ceil() as usize).clamp(1, scores.len());
-    f64::from(sorted[k - 1])
+    sorted[k - 1]
 }
 
 /// (recall, precision) of flagging rows with a score at or above `threshold`.
-pub fn recall_precision_at(scores: &[f32], labels: &[bool], threshold: f64) -> (f64, f64) {
+pub fn recall_precision_at<S: Copy + Into<f64>>(
+    scores: &[S],
+    labels: &[bool],
+    threshold: f64,
+) -> (f64, f64) {
     let (mut flagged, mut caught) = (0usize, 0usize);
     for (&s, &l) in scores.iter().zip(labels) {
-        if f64::from(s) >= threshold {
+        if s.into() >= threshold {
             flagged += 1;
             caught += usize::from(l);
         }

@@ -301,33 +301,20 @@ pub fn card_scores_rule(
     labels: &[bool],
     alert_rate: f64,
 ) -> CardScores {
-    let mut sorted = alert_scores.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let threshold = if sorted.is_empty() {
-        f64::INFINITY
-    } else {
-        let k = ((sorted.len() as f64 * alert_rate).ceil() as usize).clamp(1, sorted.len());
-        sorted[k - 1]
-    };
+    let threshold = metrics::threshold_for_alert_rate(alert_scores, alert_rate);
     let frauds = labels.iter().filter(|&&l| l).count();
     let validation = (frauds > 0 && labels.len() == alert_scores.len()).then(|| {
         // The ranking metrics take f32 scores: ties from the rounding are rare and count
         // half; the flags compare the f64 scores, as the SQL does.
         let ranked: Vec<f32> = alert_scores.iter().map(|&s| s as f32).collect();
-        let flagged: Vec<bool> = alert_scores.iter().map(|&s| s >= threshold).collect();
-        let caught = flagged
-            .iter()
-            .zip(labels)
-            .filter(|(f, l)| **f && **l)
-            .count();
-        let alerts = flagged.iter().filter(|&&f| f).count();
+        let (recall, precision) = metrics::recall_precision_at(alert_scores, labels, threshold);
         Metrics {
             rows: alert_scores.len() as u64,
             frauds: frauds as u64,
             roc_auc: metrics::roc_auc(&ranked, labels),
             pr_auc: metrics::average_precision(&ranked, labels),
-            recall_at_alert_rate: caught as f64 / frauds as f64,
-            precision_at_alert_rate: caught as f64 / alerts.max(1) as f64,
+            recall_at_alert_rate: recall,
+            precision_at_alert_rate: precision,
             alert_rate,
         }
     });

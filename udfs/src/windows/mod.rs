@@ -337,16 +337,8 @@ fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
             .collect(),
         Kind::Mean24h => {
             let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
-            let values: Vec<f64> = rows.iter().map(|r| r.value.unwrap_or(0.0)).collect();
-            let counts: Vec<f64> = rows
-                .iter()
-                .map(|r| f64::from(u8::from(r.value.is_some())))
-                .collect();
-            rolling_sums(&secs, &values)
-                .into_iter()
-                .zip(rolling_sums(&secs, &counts))
-                .map(|(sum, count)| (count > 0.0).then(|| sum / count))
-                .collect()
+            let values: Vec<Option<f64>> = rows.iter().map(|r| r.value).collect();
+            means_24h(&secs, &values)
         }
     }
 }
@@ -414,6 +406,22 @@ pub fn rolling_sums(secs: &[i64], values: &[f64]) -> Vec<f64> {
         out.push(sum);
     }
     out
+}
+
+/// For each row `i` of one partition sorted by `secs`: the mean of the non-null
+/// `values[j]` among the rows [`rolling_sums`] sums for it (None when there are none).
+/// `mean_24h`'s arithmetic, which `/v1/score` applies to a request's rows too.
+pub fn means_24h(secs: &[i64], values: &[Option<f64>]) -> Vec<Option<f64>> {
+    let sums: Vec<f64> = values.iter().map(|v| v.unwrap_or(0.0)).collect();
+    let counts: Vec<f64> = values
+        .iter()
+        .map(|v| f64::from(u8::from(v.is_some())))
+        .collect();
+    rolling_sums(secs, &sums)
+        .into_iter()
+        .zip(rolling_sums(secs, &counts))
+        .map(|(sum, count)| (count > 0.0).then(|| sum / count))
+        .collect()
 }
 
 /// For each row `i`: the mean of the non-null `values[j]` for `i - n <= j < i`, or None.
