@@ -1,7 +1,8 @@
 -- score.sql: every row of `features` scored by the models in service.
 --
 -- anomaly_score runs the ONNX autoencoder (the champion) once per Arrow batch and returns
--- the mean squared reconstruction error (`score`). Fraud comes in bursts of rows each
+-- the mean squared reconstruction error (`score`; features whose risk runs one way count
+-- only their risky side, e.g. an amount above what the model expects). Fraud comes in bursts of rows each
 -- only somewhat unusual, so a row alerts on its alert score: its score plus the model
 -- card's weight times `card_score`, the mean of its card's scores over the last 24 hours
 -- (this row included); at or above alert_threshold() it is an anomaly (a model whose card

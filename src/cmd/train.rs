@@ -7,6 +7,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int32Type, TimestampMicrosecondType};
 use risksense_query::features::feature_matrix;
 use risksense_query::scoring::{self, SessionOptions};
+use risksense_trainer::error_side::{self, ErrorSide};
 use risksense_trainer::pipeline::{
     Period, RunInfo, card_scores_rule, train_and_export, train_trees_and_export,
 };
@@ -70,6 +71,18 @@ pub struct Args {
     /// (BENCHMARKS.md, "Model quality"). 0: a row's own score against its threshold.
     #[arg(long, default_value_t = 1.0)]
     pub card_weight: f64,
+    /// Count a feature's reconstruction error on one side only: FEATURE=above|below (or
+    /// =both, to count both sides of one the built-in table makes one-sided); repeatable
+    /// or comma-separated. By default the features whose risk runs one way count their
+    /// risky side only: more money, more transactions, at night, farther from home,
+    /// sooner after the previous one (`risksense_trainer::error_side::RISK_SIDES`; on
+    /// 2019 Q3 recall at 1 % rose on every seed measured: BENCHMARKS.md, "Model quality").
+    #[arg(long, value_delimiter = ',', value_parser = error_side::parse_override)]
+    pub error_side: Vec<(String, ErrorSide)>,
+    /// Count every feature's error on both sides (the usual autoencoder error; the models
+    /// before 2026-12-02's tenth session); --error-side still applies on top.
+    #[arg(long)]
+    pub two_sided: bool,
     /// Largest error one feature may add to a score, in units of its training error.
     #[arg(long, default_value_t = TrainConfig::default().error_cap)]
     pub error_cap: f32,
@@ -240,6 +253,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .out
         .file_name()
         .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().to_string());
+    let error_sides = error_side::sides_for(&names, args.two_sided, &args.error_side)
+        .map_err(anyhow::Error::msg)?;
     let info = RunInfo {
         name,
         feature_names: names,
@@ -273,6 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         amount_by_category_code: args.amount_by_category_code,
         candidate_seeds: args.candidate_seeds.clone(),
+        error_sides,
     };
     if args.model == ModelKind::Trees {
         anyhow::ensure!(
@@ -359,10 +375,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(selection) = &card.training.seed_selection {
         for c in &selection.candidates {
             eprintln!(
-                "candidate seed {:>6}: training rows ROC-AUC {:.4}, PR-AUC {:.4}{}",
+                "candidate seed {:>6}: training rows ROC-AUC {:.4}, PR-AUC {:.4}{}{}",
                 c.seed,
                 c.train_roc_auc,
                 c.train_pr_auc,
+                c.validation
+                    .as_ref()
+                    .map_or(String::new(), |m| format!("; validation {}", quality(m))),
                 if c.seed == card.training.seed {
                     " (kept)"
                 } else {

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::TrainError;
 use crate::category_amount::AmountByCategory;
+use crate::error_side::ErrorSide;
 use crate::onnx::{Dim, GraphBuilder, int_attribute, ints_attribute};
 
 /// A row-major matrix of f32.
@@ -196,6 +197,20 @@ pub struct ErrorModel {
     /// Largest error one feature may contribute (in units of its training error): one
     /// extreme value (a record travel bill) counts less than several unusual ones together.
     pub cap: f32,
+    /// Per feature, which side of its reconstruction its error counts on (see
+    /// [`crate::error_side`]); all [`ErrorSide::Both`] when fitted, set by the ensemble.
+    pub sides: Vec<ErrorSide>,
+}
+
+impl ErrorModel {
+    /// Per-feature bounds of `reconstruction − value` that keep each feature's counted
+    /// side; None when every feature counts both (the difference is used as it is).
+    fn difference_bounds(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        if self.sides.iter().all(|&s| s == ErrorSide::Both) {
+            return None;
+        }
+        Some(self.sides.iter().map(|s| s.difference_bounds()).unzip())
+    }
 }
 
 /// A trained autoencoder.
@@ -301,6 +316,7 @@ impl Autoencoder {
                 high: vec![f32::MAX; f_cols],
                 scale: vec![1.0; f_cols],
                 cap: f32::MAX,
+                sides: vec![ErrorSide::Both; f_cols],
             },
             layers,
             config: config.clone(),
@@ -416,7 +432,12 @@ impl Autoencoder {
         self.errors.high = high;
         self.errors.scale = vec![1.0; cols];
         self.errors.cap = f32::MAX;
-        let errors = self.feature_errors_standardized(z)?;
+        // Each feature's scale is its error on either side: a one-sided feature's error,
+        // when it counts, weighs as much as it would two-sided.
+        let sides = std::mem::replace(&mut self.errors.sides, vec![ErrorSide::Both; cols]);
+        let errors = self.feature_errors_standardized(z);
+        self.errors.sides = sides;
+        let errors = errors?;
         let mut sums = vec![0f64; cols];
         for row in errors.chunks(cols) {
             for (c, &e) in row.iter().enumerate() {
@@ -432,12 +453,19 @@ impl Autoencoder {
     }
 
     /// Per-feature errors of standardised rows: the clipped reconstruction's squared
-    /// error over the feature's training error scale.
+    /// error, on the feature's counted side, over the feature's training error scale.
     fn feature_errors_standardized(&self, z: &Matrix) -> Result<Vec<f32>, TrainError> {
         let device = Device::Cpu;
         let low = Tensor::from_slice(&self.errors.low, z.cols, &device)?;
         let high = Tensor::from_slice(&self.errors.high, z.cols, &device)?;
         let scale = Tensor::from_slice(&self.errors.scale, z.cols, &device)?;
+        let sided = match self.errors.difference_bounds() {
+            Some((low, high)) => Some((
+                Tensor::from_slice(&low, z.cols, &device)?,
+                Tensor::from_slice(&high, z.cols, &device)?,
+            )),
+            None => None,
+        };
         let mut out = Vec::with_capacity(z.data.len());
         for start in (0..z.rows).step_by(8192) {
             let n = (z.rows - start).min(8192);
@@ -450,7 +478,11 @@ impl Autoencoder {
                 .forward(&t)?
                 .broadcast_maximum(&low)?
                 .broadcast_minimum(&high)?;
-            let err = (recon - &t)?
+            let mut difference = (recon - &t)?;
+            if let Some((low, high)) = &sided {
+                difference = difference.broadcast_maximum(low)?.broadcast_minimum(high)?;
+            }
+            let err = difference
                 .sqr()?
                 .broadcast_div(&scale)?
                 .clamp(0f32, self.errors.cap)?;
@@ -511,11 +543,27 @@ impl Autoencoder {
             &name("reconstruction"),
         );
         g.node("Sub", &[&name("reconstruction"), z], &name("diff"));
-        g.node(
-            "Mul",
-            &[&name("diff"), &name("diff")],
-            &name("squared_error"),
-        );
+        // One-sided features: the difference clamped to the counted side (two element-wise
+        // passes, ~3 % of the graph's time measured; none when every feature counts both).
+        let counted = match self.errors.difference_bounds() {
+            Some((low, high)) => {
+                g.constant(&name("diff_low"), &[f, 1], &low);
+                g.constant(&name("diff_high"), &[f, 1], &high);
+                g.node(
+                    "Max",
+                    &[&name("diff"), &name("diff_low")],
+                    &name("diff_raised"),
+                );
+                g.node(
+                    "Min",
+                    &[&name("diff_raised"), &name("diff_high")],
+                    &name("counted_diff"),
+                );
+                name("counted_diff")
+            }
+            None => name("diff"),
+        };
+        g.node("Mul", &[&counted, &counted], &name("squared_error"));
         g.node(
             "Div",
             &[&name("squared_error"), &name("error_scale")],
@@ -584,6 +632,39 @@ impl Ensemble {
             )));
         }
         Ok(widest)
+    }
+
+    /// Sets which side of its reconstruction each input's error counts on (see
+    /// [`crate::error_side`]): `sides` has one per column of the widest member's inputs
+    /// (the features, then the derived input if any); a narrower member takes the first.
+    pub fn set_error_sides(&mut self, sides: &[ErrorSide]) -> Result<(), TrainError> {
+        let width = self.standardizer()?.mean.len();
+        if sides.len() != width {
+            return Err(TrainError::Shape(format!(
+                "{} error sides for {width} inputs",
+                sides.len()
+            )));
+        }
+        for member in &mut self.members {
+            let own = member.standardizer.mean.len();
+            member.errors.sides = sides[..own].to_vec();
+        }
+        Ok(())
+    }
+
+    /// How many inputs count one side only.
+    pub fn one_sided_inputs(&self) -> usize {
+        self.members
+            .iter()
+            .map(|m| {
+                m.errors
+                    .sides
+                    .iter()
+                    .filter(|&&s| s != ErrorSide::Both)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn combination(&self) -> Combination {

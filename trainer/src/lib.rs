@@ -8,6 +8,7 @@
 
 pub mod autoencoder;
 pub mod category_amount;
+pub mod error_side;
 pub mod evaluate;
 pub mod metrics;
 pub mod onnx;
@@ -17,6 +18,7 @@ pub mod trees;
 pub use autoencoder::{
     Autoencoder, Combination, Ensemble, EpochReport, Matrix, Standardizer, TrainConfig,
 };
+pub use error_side::ErrorSide;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::TrainError;
 use crate::autoencoder::{Autoencoder, Combination, Ensemble, EpochReport, Matrix, TrainConfig};
 use crate::category_amount::{self, AmountByCategory};
+use crate::error_side::ErrorSide;
 use crate::metrics;
 use crate::trees::{self, BoostConfig, TreeEnsemble};
 use risksense_udfs::model::{
@@ -45,6 +46,10 @@ pub struct RunInfo {
     /// which seed a small code settles well from is a lottery the training labels can
     /// call without touching the validation period (BENCHMARKS.md, "Model quality").
     pub candidate_seeds: Vec<u64>,
+    /// Per feature, which side of its reconstruction its error counts on (see
+    /// [`crate::error_side`]; empty: both, for every feature). The derived amount against
+    /// its category's takes the amount's side.
+    pub error_sides: Vec<ErrorSide>,
 }
 
 /// What a finished training run produced.
@@ -156,6 +161,28 @@ pub fn train_and_export(
             derived.categories.len()
         ));
     }
+    let mut sides = if info.error_sides.is_empty() {
+        vec![ErrorSide::Both; info.feature_names.len()]
+    } else {
+        info.error_sides.clone()
+    };
+    if sides.len() != info.feature_names.len() {
+        return Err(TrainError::Config(format!(
+            "{} error sides for {} features",
+            sides.len(),
+            info.feature_names.len()
+        )));
+    }
+    if let Some(derived) = &amount_by_category {
+        sides.push(sides[derived.amount]);
+    }
+    let mut error_sides = std::collections::BTreeMap::new();
+    let derived_name = category_amount::NAME.to_string();
+    for (name, side) in info.feature_names.iter().chain([&derived_name]).zip(&sides) {
+        if *side != ErrorSide::Both {
+            error_sides.insert(name.clone(), side.to_string());
+        }
+    }
     let seeds = if info.candidate_seeds.is_empty() {
         vec![info.config.seed]
     } else {
@@ -179,7 +206,7 @@ pub fn train_and_export(
     let mut kept: Option<(Ensemble, EpochReport, u64, f64)> = None;
     let mut candidates = Vec::new();
     for (c, &seed) in seeds.iter().enumerate() {
-        let (ensemble, last) = train_ensemble(
+        let (mut ensemble, last) = train_ensemble(
             (&train_rows, &valid_rows),
             augmented.as_ref(),
             &amount_by_category,
@@ -187,6 +214,7 @@ pub fn train_and_export(
             seed,
             |k, report| on_epoch(c * count + k, report),
         )?;
+        ensemble.set_error_sides(&sides)?;
         if seeds.len() == 1 {
             kept = Some((ensemble, last, seed, 0.0));
             break;
@@ -194,10 +222,17 @@ pub fn train_and_export(
         // The training period's labels choose: they never enter the fit (legitimate rows
         // only), and the validation period stays for the threshold and the measurement.
         let scores = ensemble.scores(&train.features)?;
+        let valid_scores = ensemble.scores(&validation.features)?;
         let candidate = SeedCandidate {
             seed,
             train_roc_auc: metrics::roc_auc(&scores, &train.labels),
             train_pr_auc: metrics::average_precision(&scores, &train.labels),
+            validation: validation_metrics(
+                &valid_scores,
+                validation,
+                metrics::threshold_for_alert_rate(&valid_scores, info.alert_rate),
+                info.alert_rate,
+            ),
         };
         tracing::info!(
             seed,
@@ -228,10 +263,14 @@ pub fn train_and_export(
     let mut card = ModelCard {
         name: info.name.clone(),
         kind: format!(
-            "ensemble of {} dense autoencoders{}, {} scaled reconstruction error",
+            "ensemble of {} dense autoencoders{}, {} scaled reconstruction error{}",
             count,
             member_shapes(&autoencoder),
-            info.config.combination
+            info.config.combination,
+            match autoencoder.one_sided_inputs() {
+                0 => String::new(),
+                n => format!(" (one-sided for {n} inputs)"),
+            }
         ),
         features: info.feature_names.clone(),
         threshold: f64::INFINITY,
@@ -259,6 +298,7 @@ pub fn train_and_export(
             combination: info.config.combination.to_string(),
             derived_inputs,
             seed_selection,
+            error_sides,
         },
         validation: None,
         created_at: String::new(),
@@ -487,6 +527,7 @@ pub fn train_trees_and_export(
             combination: String::new(),
             derived_inputs: Vec::new(),
             seed_selection: None,
+            error_sides: Default::default(),
         },
         validation: None,
         created_at: String::new(),

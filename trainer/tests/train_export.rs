@@ -64,6 +64,7 @@ fn run_info(config: TrainConfig) -> RunInfo {
         amount_by_category_members: 1,
         amount_by_category_code: 2,
         candidate_seeds: Vec::new(),
+        error_sides: Vec::new(),
     }
 }
 
@@ -210,6 +211,22 @@ fn candidate_seeds_keep_the_ensemble_that_ranks_the_training_labels_best() {
         .find(|c| c.train_pr_auc == best)
         .expect("a best candidate");
     assert_eq!(outcome.card.training.seed, kept.seed);
+    // Each candidate's own validation figures are on the card too; the kept one's are the
+    // model's.
+    let (mine, model_figures) = (
+        kept.validation.as_ref().expect("labelled validation"),
+        outcome
+            .card
+            .validation
+            .as_ref()
+            .expect("labelled validation"),
+    );
+    assert!(selection.candidates.iter().all(|c| c.validation.is_some()));
+    assert!(
+        (mine.roc_auc - model_figures.roc_auc).abs() < 1e-3
+            && (mine.pr_auc - model_figures.pr_auc).abs() < 1e-3,
+        "{mine:?} vs {model_figures:?}"
+    );
     assert!(
         kept.seed != seeds[0] && kept.seed != seeds[2],
         "the best is at an end: keeping the first or the last would pass too"
@@ -511,6 +528,175 @@ fn the_amount_against_its_category_is_derived_inside_the_graph() {
     let refused = train_and_export(&train, &validation, &min, &out.join("min"), |_, _| {});
     assert!(
         matches!(refused, Err(risksense_trainer::TrainError::Config(_))),
+        "{:?}",
+        refused.err()
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// One-sided errors: with `log_amt` counted above its reconstruction only, a bill far
+/// smaller than its category's scores as an ordinary row (two-sided it is among the
+/// alerts), while a bill too large for its category still alerts; the network, its
+/// reconstruction and the other features' errors are those of the same seed trained
+/// two-sided; ONNX Runtime reproduces candle; the card says which inputs are one-sided
+/// (the derived amount against its category's takes the amount's side).
+#[test]
+fn one_sided_errors_count_only_the_risky_side() {
+    use risksense_trainer::ErrorSide;
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let train = category_period(4000, 0, &mut rng, 0);
+    let mut validation = category_period(2000, 50, &mut rng, 10_000);
+    // Every 50th row (offset 25) a category-a bill at a tenth of a's usual: legitimate.
+    let small_bills: Vec<usize> = (25..validation.features.rows).step_by(50).collect();
+    for &i in &small_bills {
+        validation.features.data[i * 4..i * 4 + 3].copy_from_slice(&[1.0, 1.0, 0.0]);
+    }
+    let names: Vec<String> = ["log_amt", "cat_a", "cat_b", "noise"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = std::env::temp_dir().join(format!("risksense-train-sided-{}", std::process::id()));
+    let info = |error_sides: Vec<ErrorSide>, derived| RunInfo {
+        feature_names: names.clone(),
+        amount_by_category_members: derived,
+        error_sides,
+        // One member, so that the output is the reconstruction whose side counts.
+        ensemble: 1 + derived,
+        // 4 %: room for the planted rows and the small bills.
+        alert_rate: 0.04,
+        ..run_info(TrainConfig {
+            epochs: 10,
+            seed: 9,
+            // Uncapped, so that one column's error can make an alert.
+            error_cap: f32::MAX,
+            ..small()
+        })
+    };
+    let above = vec![
+        ErrorSide::Above,
+        ErrorSide::Both,
+        ErrorSide::Both,
+        ErrorSide::Both,
+    ];
+    let one = train_and_export(
+        &train,
+        &validation,
+        &info(above.clone(), 0),
+        &out,
+        |_, _| {},
+    )
+    .expect("trains");
+    let two = train_and_export(
+        &train,
+        &validation,
+        &info(Vec::new(), 0),
+        &out.join("two"),
+        |_, _| {},
+    )
+    .expect("trains");
+    assert!(one.onnx_max_abs_diff < 1e-4, "{}", one.onnx_max_abs_diff);
+    assert_eq!(
+        one.card.training.error_sides,
+        [("log_amt".to_string(), "above".to_string())].into()
+    );
+    assert!(
+        one.card.kind.ends_with("(one-sided for 1 inputs)"),
+        "{}",
+        one.card.kind
+    );
+    assert!(two.card.training.error_sides.is_empty());
+
+    let rows = validation.features.rows;
+    let run = |dir: &std::path::Path| {
+        let model = Model::load(dir, SessionOptions::default()).expect("loads");
+        model
+            .run_outputs(
+                &validation.features.data,
+                rows,
+                [
+                    risksense_udfs::model::SCORE,
+                    risksense_udfs::model::FEATURE_ERROR,
+                    risksense_udfs::model::OUTPUT,
+                ],
+            )
+            .expect("runs")
+    };
+    let [one_scores, one_errors, one_output] = run(&out);
+    let [two_scores, two_errors, two_output] = run(&out.join("two"));
+    let mut counted_above = 0;
+    for i in 0..rows {
+        for col in 0..4 {
+            let k = i * 4 + col;
+            assert!(
+                (one_output[k] - two_output[k]).abs() < 1e-5,
+                "row {i}: not the same network"
+            );
+            let value = validation.features.row(i)[col];
+            let expected = if col == 0 && one_output[k] >= value {
+                0.0
+            } else {
+                two_errors[k]
+            };
+            assert!(
+                (one_errors[k] - expected).abs() <= 1e-4 * expected.max(1.0),
+                "row {i} column {col}: {} against {expected}",
+                one_errors[k]
+            );
+            counted_above += usize::from(col == 0 && one_output[k] < value);
+        }
+        assert!(one_scores[i] <= two_scores[i] + 1e-5, "row {i}");
+    }
+    assert!(counted_above > 100, "{counted_above} amounts above");
+    // The small bills alert two-sided (one column's error, uncapped) and not one-sided;
+    // the planted bills, too large for their category, alert in both.
+    let alerts = |scores: &[f32], threshold: f64, at: &[usize]| {
+        at.iter()
+            .filter(|&&i| f64::from(scores[i]) >= threshold)
+            .count()
+    };
+    let planted: Vec<usize> = (0..rows).step_by(50).collect();
+    let two_small = alerts(&two_scores, two.card.threshold, &small_bills);
+    let one_small = alerts(&one_scores, one.card.threshold, &small_bills);
+    assert!(
+        two_small >= 30 && one_small <= 2,
+        "small bills alerting: {two_small} two-sided, {one_small} one-sided, of 40"
+    );
+    assert_eq!(alerts(&two_scores, two.card.threshold, &planted), 40);
+    assert_eq!(alerts(&one_scores, one.card.threshold, &planted), 40);
+
+    // With members that derive the amount against its category's, that input is one-sided
+    // with the amount.
+    let derived = train_and_export(
+        &train,
+        &validation,
+        &info(above, 1),
+        &out.join("derived"),
+        |_, _| {},
+    )
+    .expect("trains");
+    assert!(
+        derived.onnx_max_abs_diff < 1e-4,
+        "{}",
+        derived.onnx_max_abs_diff
+    );
+    assert_eq!(
+        derived.card.training.error_sides,
+        [
+            ("log_amt".to_string(), "above".to_string()),
+            ("log_amt_vs_category".to_string(), "above".to_string())
+        ]
+        .into()
+    );
+    // Sides for other than every feature are refused.
+    let refused = train_and_export(
+        &train,
+        &validation,
+        &info(vec![ErrorSide::Above], 0),
+        &out.join("refused"),
+        |_, _| panic!("trained before refusing"),
+    );
+    assert!(
+        matches!(refused, Err(TrainError::Config(_))),
         "{:?}",
         refused.err()
     );

@@ -8,6 +8,7 @@
 //! `feature_error` reports under the feature it comes from). The card (`model.json`)
 //! names the features in order, the alert threshold and how it was chosen.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -170,6 +171,10 @@ pub struct TrainingInfo {
     /// chosen and what each measured (absent: one seed, nothing chosen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_selection: Option<SeedSelection>,
+    /// Inputs whose reconstruction error counts on one side only (`above` / `below` their
+    /// reconstruction: the risky side); the others count both (absent: all both).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_sides: BTreeMap<String, String>,
 }
 
 /// How the kept ensemble was chosen among ensembles trained from other seeds.
@@ -185,6 +190,10 @@ pub struct SeedCandidate {
     pub seed: u64,
     pub train_roc_auc: f64,
     pub train_pr_auc: f64,
+    /// The candidate's own figures on the validation period (the row's score; for the
+    /// record, not for the choice). Absent from older cards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Metrics>,
 }
 
 impl ModelCard {
