@@ -54,10 +54,23 @@ fn import_train_rescore_and_query_the_fixture() {
         &dir,
     );
     assert!(out.contains("ONNX Runtime vs candle scores"), "{out}");
+    // By default the inputs whose risk runs one way count their risky side only.
+    assert!(
+        out.contains("errors counted on one side of the reconstruction only: log_amt above"),
+        "{out}"
+    );
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card"))
             .expect("json");
     assert_eq!(card["features"].as_array().map(Vec::len), Some(30));
+    assert_eq!(
+        card["training"]["error_sides"]["log_secs_since_prev"],
+        "below"
+    );
+    assert_eq!(
+        card["training"]["error_sides"]["log_amt_vs_category"],
+        "above"
+    );
     // Of two members, the second also sees the amount against its category's, which the
     // model derives from features.sql's log_amt and cat_* columns (one more input, its own
     // 2-unit code), while the graph still takes the 30 features.

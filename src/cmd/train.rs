@@ -77,6 +77,7 @@ pub struct Args {
     /// risky side only: more money, more transactions, at night, farther from home,
     /// sooner after the previous one (`risksense_trainer::error_side::RISK_SIDES`; on
     /// 2019 Q3 recall at 1 % rose on every seed measured: BENCHMARKS.md, "Model quality").
+    /// The amount against its category's, which the model derives, takes log_amt's side.
     #[arg(long, value_delimiter = ',', value_parser = error_side::parse_override)]
     pub error_side: Vec<(String, ErrorSide)>,
     /// Count every feature's error on both sides (the usual autoencoder error; the models
@@ -295,6 +296,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.candidate_seeds.is_empty(),
             "--candidate-seeds chooses among autoencoders; the trees take one --seed"
         );
+        anyhow::ensure!(
+            args.error_side.is_empty() && !args.two_sided,
+            "--error-side and --two-sided say how an autoencoder's reconstruction errors \
+             count; the trees have none"
+        );
         let boost = BoostConfig {
             iterations: args.trees,
             learning_rate: args.tree_learning_rate,
@@ -372,6 +378,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "ONNX Runtime vs candle scores: max |diff| {:.2e}",
         outcome.onnx_max_abs_diff
     );
+    if !card.training.error_sides.is_empty() {
+        let sides: Vec<String> = card
+            .training
+            .error_sides
+            .iter()
+            .map(|(input, side)| format!("{input} {side}"))
+            .collect();
+        eprintln!(
+            "errors counted on one side of the reconstruction only: {}",
+            sides.join(", ")
+        );
+    }
     if let Some(selection) = &card.training.seed_selection {
         for c in &selection.candidates {
             eprintln!(

@@ -474,13 +474,13 @@ impl Autoencoder {
                 (n, z.cols),
                 &device,
             )?;
-            let recon = self
-                .forward(&t)?
-                .broadcast_maximum(&low)?
-                .broadcast_minimum(&high)?;
+            let clamp = |t: Tensor, low: &Tensor, high: &Tensor| {
+                t.broadcast_maximum(low)?.broadcast_minimum(high)
+            };
+            let recon = clamp(self.forward(&t)?, &low, &high)?;
             let mut difference = (recon - &t)?;
             if let Some((low, high)) = &sided {
-                difference = difference.broadcast_maximum(low)?.broadcast_minimum(high)?;
+                difference = clamp(difference, low, high)?;
             }
             let err = difference
                 .sqr()?
@@ -536,10 +536,10 @@ impl Autoencoder {
         g.constant(&name("high"), &[f, 1], &self.errors.high);
         g.constant(&name("error_scale"), &[f, 1], &self.errors.scale);
         g.constant(&name("error_cap"), &[], &[self.errors.cap]);
-        g.node("Max", &[&current, &name("low")], &name("clipped_low"));
-        g.node(
-            "Min",
-            &[&name("clipped_low"), &name("high")],
+        g.clamp(
+            &current,
+            &name("low"),
+            &name("high"),
             &name("reconstruction"),
         );
         g.node("Sub", &[&name("reconstruction"), z], &name("diff"));
@@ -549,14 +549,10 @@ impl Autoencoder {
             Some((low, high)) => {
                 g.constant(&name("diff_low"), &[f, 1], &low);
                 g.constant(&name("diff_high"), &[f, 1], &high);
-                g.node(
-                    "Max",
-                    &[&name("diff"), &name("diff_low")],
-                    &name("diff_raised"),
-                );
-                g.node(
-                    "Min",
-                    &[&name("diff_raised"), &name("diff_high")],
+                g.clamp(
+                    &name("diff"),
+                    &name("diff_low"),
+                    &name("diff_high"),
                     &name("counted_diff"),
                 );
                 name("counted_diff")

@@ -118,6 +118,18 @@ pub fn train_and_export(
     out_dir: &Path,
     mut on_epoch: impl FnMut(usize, EpochReport),
 ) -> Result<Outcome, TrainError> {
+    let mut sides = if info.error_sides.is_empty() {
+        vec![ErrorSide::Both; info.feature_names.len()]
+    } else {
+        info.error_sides.clone()
+    };
+    if sides.len() != info.feature_names.len() {
+        return Err(TrainError::Config(format!(
+            "{} error sides for {} features",
+            sides.len(),
+            info.feature_names.len()
+        )));
+    }
     let train_rows = legitimate_rows(train);
     let valid_rows = legitimate_rows(validation);
     let count = info.ensemble.max(1);
@@ -160,18 +172,6 @@ pub fn train_and_export(
             category_amount::AMOUNT,
             derived.categories.len()
         ));
-    }
-    let mut sides = if info.error_sides.is_empty() {
-        vec![ErrorSide::Both; info.feature_names.len()]
-    } else {
-        info.error_sides.clone()
-    };
-    if sides.len() != info.feature_names.len() {
-        return Err(TrainError::Config(format!(
-            "{} error sides for {} features",
-            sides.len(),
-            info.feature_names.len()
-        )));
     }
     if let Some(derived) = &amount_by_category {
         sides.push(sides[derived.amount]);
@@ -227,12 +227,7 @@ pub fn train_and_export(
             seed,
             train_roc_auc: metrics::roc_auc(&scores, &train.labels),
             train_pr_auc: metrics::average_precision(&scores, &train.labels),
-            validation: validation_metrics(
-                &valid_scores,
-                validation,
-                metrics::threshold_for_alert_rate(&valid_scores, info.alert_rate),
-                info.alert_rate,
-            ),
+            validation: metrics_at_rate(&valid_scores, validation, info.alert_rate),
         };
         tracing::info!(
             seed,
@@ -269,6 +264,7 @@ pub fn train_and_export(
             info.config.combination,
             match autoencoder.one_sided_inputs() {
                 0 => String::new(),
+                1 => " (one-sided for 1 input)".to_string(),
                 n => format!(" (one-sided for {n} inputs)"),
             }
         ),
@@ -422,6 +418,13 @@ fn train_ensemble(
         },
         last,
     ))
+}
+
+/// Quality of `scores` on the validation period at the threshold that alerts on
+/// `alert_rate` of its rows (None without frauds).
+fn metrics_at_rate(scores: &[f32], validation: &Period, alert_rate: f64) -> Option<Metrics> {
+    let threshold = metrics::threshold_for_alert_rate(scores, alert_rate);
+    validation_metrics(scores, validation, threshold, alert_rate)
 }
 
 /// Quality of `scores` on the validation period at `threshold` (None without frauds).

@@ -536,21 +536,24 @@ fn the_amount_against_its_category_is_derived_inside_the_graph() {
 
 /// One-sided errors: with `log_amt` counted above its reconstruction only, a bill far
 /// smaller than its category's scores as an ordinary row (two-sided it is among the
-/// alerts), while a bill too large for its category still alerts; the network, its
-/// reconstruction and the other features' errors are those of the same seed trained
-/// two-sided; ONNX Runtime reproduces candle; the card says which inputs are one-sided
-/// (the derived amount against its category's takes the amount's side).
+/// alerts), while a bill too large for its category still alerts; a column counted below
+/// only counts only there; the network, its reconstruction and the other features' errors
+/// are those of the same seed trained two-sided; ONNX Runtime reproduces candle; the card
+/// says which inputs are one-sided. With members that derive the amount against its
+/// category's, that input takes the amount's side and the same holds.
 #[test]
 fn one_sided_errors_count_only_the_risky_side() {
     use risksense_trainer::ErrorSide;
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let train = category_period(4000, 0, &mut rng, 0);
     let mut validation = category_period(2000, 50, &mut rng, 10_000);
-    // Every 50th row (offset 25) a category-a bill at a tenth of a's usual: legitimate.
+    // Every 50th row (offset 25) a category-a bill at log amount 1 where a's are near 2:
+    // unusually small, legitimate.
     let small_bills: Vec<usize> = (25..validation.features.rows).step_by(50).collect();
     for &i in &small_bills {
         validation.features.data[i * 4..i * 4 + 3].copy_from_slice(&[1.0, 1.0, 0.0]);
     }
+    let planted: Vec<usize> = (0..validation.features.rows).step_by(50).collect();
     let names: Vec<String> = ["log_amt", "cat_a", "cat_b", "noise"]
         .iter()
         .map(|s| s.to_string())
@@ -560,7 +563,8 @@ fn one_sided_errors_count_only_the_risky_side() {
         feature_names: names.clone(),
         amount_by_category_members: derived,
         error_sides,
-        // One member, so that the output is the reconstruction whose side counts.
+        // Without the derived input one member, so that `output` is the very
+        // reconstruction whose side counts.
         ensemble: 1 + derived,
         // 4 %: room for the planted rows and the small bills.
         alert_rate: 0.04,
@@ -572,43 +576,25 @@ fn one_sided_errors_count_only_the_risky_side() {
             ..small()
         })
     };
-    let above = vec![
+    let sided = vec![
         ErrorSide::Above,
         ErrorSide::Both,
         ErrorSide::Both,
-        ErrorSide::Both,
+        ErrorSide::Below,
     ];
-    let one = train_and_export(
-        &train,
-        &validation,
-        &info(above.clone(), 0),
-        &out,
-        |_, _| {},
-    )
-    .expect("trains");
-    let two = train_and_export(
-        &train,
-        &validation,
-        &info(Vec::new(), 0),
-        &out.join("two"),
-        |_, _| {},
-    )
-    .expect("trains");
-    assert!(one.onnx_max_abs_diff < 1e-4, "{}", one.onnx_max_abs_diff);
-    assert_eq!(
-        one.card.training.error_sides,
-        [("log_amt".to_string(), "above".to_string())].into()
-    );
-    assert!(
-        one.card.kind.ends_with("(one-sided for 1 inputs)"),
-        "{}",
-        one.card.kind
-    );
-    assert!(two.card.training.error_sides.is_empty());
-
+    let train_to = |sides: Vec<ErrorSide>, derived, dir: &str| {
+        train_and_export(
+            &train,
+            &validation,
+            &info(sides, derived),
+            &out.join(dir),
+            |_, _| {},
+        )
+        .expect("trains")
+    };
     let rows = validation.features.rows;
-    let run = |dir: &std::path::Path| {
-        let model = Model::load(dir, SessionOptions::default()).expect("loads");
+    let run = |dir: &str| {
+        let model = Model::load(&out.join(dir), SessionOptions::default()).expect("loads");
         model
             .run_outputs(
                 &validation.features.data,
@@ -621,9 +607,32 @@ fn one_sided_errors_count_only_the_risky_side() {
             )
             .expect("runs")
     };
-    let [one_scores, one_errors, one_output] = run(&out);
-    let [two_scores, two_errors, two_output] = run(&out.join("two"));
-    let mut counted_above = 0;
+    let alerts = |scores: &[f32], threshold: f64, at: &[usize]| {
+        at.iter()
+            .filter(|&&i| f64::from(scores[i]) >= threshold)
+            .count()
+    };
+
+    let one = train_to(sided.clone(), 0, "one");
+    let two = train_to(Vec::new(), 0, "two");
+    assert!(one.onnx_max_abs_diff < 1e-4, "{}", one.onnx_max_abs_diff);
+    assert_eq!(
+        one.card.training.error_sides,
+        [
+            ("log_amt".to_string(), "above".to_string()),
+            ("noise".to_string(), "below".to_string())
+        ]
+        .into()
+    );
+    assert!(
+        one.card.kind.ends_with("(one-sided for 2 inputs)"),
+        "{}",
+        one.card.kind
+    );
+    assert!(two.card.training.error_sides.is_empty());
+    let [one_scores, one_errors, one_output] = run("one");
+    let [two_scores, two_errors, two_output] = run("two");
+    let (mut above, mut below) = (0, 0);
     for i in 0..rows {
         for col in 0..4 {
             let k = i * 4 + col;
@@ -632,29 +641,29 @@ fn one_sided_errors_count_only_the_risky_side() {
                 "row {i}: not the same network"
             );
             let value = validation.features.row(i)[col];
-            let expected = if col == 0 && one_output[k] >= value {
-                0.0
-            } else {
-                two_errors[k]
+            let counts = match col {
+                0 => value > one_output[k],
+                3 => value < one_output[k],
+                _ => true,
             };
+            let expected = if counts { two_errors[k] } else { 0.0 };
             assert!(
                 (one_errors[k] - expected).abs() <= 1e-4 * expected.max(1.0),
                 "row {i} column {col}: {} against {expected}",
                 one_errors[k]
             );
-            counted_above += usize::from(col == 0 && one_output[k] < value);
+            above += usize::from(col == 0 && counts);
+            below += usize::from(col == 3 && counts);
         }
         assert!(one_scores[i] <= two_scores[i] + 1e-5, "row {i}");
     }
-    assert!(counted_above > 100, "{counted_above} amounts above");
+    // Both sides of both columns occur, so each branch above was checked.
+    assert!(
+        (100..rows - 100).contains(&above) && (100..rows - 100).contains(&below),
+        "{above} amounts above, {below} noise values below their reconstruction"
+    );
     // The small bills alert two-sided (one column's error, uncapped) and not one-sided;
     // the planted bills, too large for their category, alert in both.
-    let alerts = |scores: &[f32], threshold: f64, at: &[usize]| {
-        at.iter()
-            .filter(|&&i| f64::from(scores[i]) >= threshold)
-            .count()
-    };
-    let planted: Vec<usize> = (0..rows).step_by(50).collect();
     let two_small = alerts(&two_scores, two.card.threshold, &small_bills);
     let one_small = alerts(&one_scores, one.card.threshold, &small_bills);
     assert!(
@@ -665,28 +674,33 @@ fn one_sided_errors_count_only_the_risky_side() {
     assert_eq!(alerts(&one_scores, one.card.threshold, &planted), 40);
 
     // With members that derive the amount against its category's, that input is one-sided
-    // with the amount.
-    let derived = train_and_export(
-        &train,
-        &validation,
-        &info(above, 1),
-        &out.join("derived"),
-        |_, _| {},
-    )
-    .expect("trains");
-    assert!(
-        derived.onnx_max_abs_diff < 1e-4,
-        "{}",
-        derived.onnx_max_abs_diff
-    );
+    // with the amount: no row scores more than two-sided, the small bills no longer alert.
+    let one = train_to(sided.clone(), 1, "derived-one");
+    let two = train_to(Vec::new(), 1, "derived-two");
+    assert!(one.onnx_max_abs_diff < 1e-4, "{}", one.onnx_max_abs_diff);
     assert_eq!(
-        derived.card.training.error_sides,
+        one.card.training.error_sides,
         [
             ("log_amt".to_string(), "above".to_string()),
-            ("log_amt_vs_category".to_string(), "above".to_string())
+            ("log_amt_vs_category".to_string(), "above".to_string()),
+            ("noise".to_string(), "below".to_string())
         ]
         .into()
     );
+    let [one_scores, ..] = run("derived-one");
+    let [two_scores, ..] = run("derived-two");
+    for i in 0..rows {
+        assert!(one_scores[i] <= two_scores[i] + 1e-5, "row {i}");
+    }
+    let two_small = alerts(&two_scores, two.card.threshold, &small_bills);
+    let one_small = alerts(&one_scores, one.card.threshold, &small_bills);
+    assert!(
+        two_small >= 30 && one_small <= 2,
+        "small bills alerting with the derived input: {two_small} two-sided, {one_small} \
+         one-sided, of 40"
+    );
+    assert_eq!(alerts(&one_scores, one.card.threshold, &planted), 40);
+
     // Sides for other than every feature are refused.
     let refused = train_and_export(
         &train,

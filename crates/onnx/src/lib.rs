@@ -231,6 +231,14 @@ impl GraphBuilder {
         );
     }
 
+    /// `output` = min(max(`input`, `low`), `high`) element-wise, the bounds broadcast (ONNX's
+    /// Clip takes scalar bounds only; these are per feature).
+    pub fn clamp(&mut self, input: &str, low: &str, high: &str, output: &str) {
+        let raised = format!("{output}_above_low");
+        self.node("Max", &[input, low], &raised);
+        self.node("Min", &[&raised, high], output);
+    }
+
     pub fn node(&mut self, op: &str, inputs: &[&str], output: &str) {
         self.node_with(op, inputs, output, Vec::new());
     }
