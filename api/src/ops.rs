@@ -19,6 +19,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use risksense_common::metrics::{StreamMetrics, encode_counter, encode_gauge};
+use risksense_query::LiveWindow;
 use serde::Serialize;
 use utoipa::OpenApi;
 
@@ -97,10 +98,13 @@ pub struct Stats {
     pub anomalies: u64,
     pub dead_letters: u64,
     pub consumer_lag: u64,
+    /// The champion's alert threshold (its alert score's; a model without the card's
+    /// recent scores in its rule: its score's).
     pub threshold: f64,
     pub model: String,
     pub series: Vec<Point>,
-    /// Score histogram of the live window: bucket lower edges and counts.
+    /// Alert-score histogram of the live window: bucket lower edges and counts, from 0 to
+    /// twice `threshold`; the buckets from `threshold` up hold exactly the alerting rows.
     pub histogram_edges: Vec<f64>,
     pub histogram_counts: Vec<u64>,
     pub live_rows: usize,
@@ -163,34 +167,57 @@ fn model_quality(metrics: &StreamMetrics) -> Vec<ModelQuality> {
     quality.into_values().collect()
 }
 
-/// Counters, the last five minutes of throughput, and the live window's score histogram.
+/// Buckets of the histogram: half below the alert threshold, half from it to twice it (the
+/// last also holds everything above).
+const HISTOGRAM_BUCKETS: usize = 30;
+
+/// The live window's alert scores in [`HISTOGRAM_BUCKETS`] buckets from 0 to twice
+/// `threshold`: (lower edges, counts, rows). The threshold is an edge, and a row is in a
+/// bucket at or above it exactly when it alerts (compared, not divided, so rounding cannot
+/// move a row across it). Batches without an `alert_score` (a window written before the
+/// card's recent scores joined the rule) count by their `score`.
+fn alert_score_histogram(live: Option<&LiveWindow>, threshold: f64) -> (Vec<f64>, Vec<u64>, usize) {
+    let half = HISTOGRAM_BUCKETS / 2;
+    let width = (threshold / half as f64).max(1e-9);
+    let edges: Vec<f64> = (0..HISTOGRAM_BUCKETS)
+        .map(|i| threshold * (i as f64 / half as f64))
+        .collect();
+    let mut counts = vec![0u64; HISTOGRAM_BUCKETS];
+    let mut rows = 0;
+    for batch in live.map(LiveWindow::snapshot).unwrap_or_default() {
+        let Some(scores) = ["alert_score", "score"].iter().find_map(|name| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>())
+        }) else {
+            continue;
+        };
+        rows += batch.num_rows();
+        for score in scores.iter().flatten() {
+            let bucket = (score / width).max(0.0) as usize;
+            let bucket = if score >= threshold {
+                bucket.clamp(half, HISTOGRAM_BUCKETS - 1)
+            } else {
+                bucket.min(half - 1)
+            };
+            counts[bucket] += 1;
+        }
+    }
+    (edges, counts, rows)
+}
+
+/// Counters, the last five minutes of throughput, and the live window's alert-score
+/// histogram.
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = Stats)))]
 pub async fn stats(State(state): State<Arc<ApiState>>) -> Json<Stats> {
     let get = |c: Option<&AtomicU64>| c.map_or(0, |c| c.load(Relaxed));
     let stream = state.stream.as_deref();
     let model = state.models.api().load();
-    let threshold = model.card.threshold;
-    // 30 buckets up to twice the threshold; the last holds everything above.
-    let buckets = 30usize;
-    let width = (2.0 * threshold / buckets as f64).max(1e-9);
-    let edges: Vec<f64> = (0..buckets).map(|i| i as f64 * width).collect();
-    let mut counts = vec![0u64; buckets];
-    let mut live_rows = 0;
-    if let Some(live) = &state.live {
-        for batch in live.snapshot() {
-            let Some(scores) = batch
-                .column_by_name("score")
-                .and_then(|c| c.as_primitive_opt::<Float64Type>())
-            else {
-                continue;
-            };
-            live_rows += batch.num_rows();
-            for score in scores.values() {
-                let bucket = ((score / width).max(0.0) as usize).min(buckets - 1);
-                counts[bucket] += 1;
-            }
-        }
-    }
+    // What alerts: the alert score (the row's score plus its card's recent scores, as
+    // score.sql computes it) against the rule's threshold; for a model without the rule
+    // these are the score and its threshold.
+    let threshold = model.card.alert_threshold();
+    let (edges, counts, live_rows) = alert_score_histogram(state.live.as_deref(), threshold);
     Json(Stats {
         streaming: stream.is_some(),
         messages: get(stream.map(|s| &s.messages)),

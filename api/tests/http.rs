@@ -787,3 +787,36 @@ async fn a_frozen_store_fails_readiness_and_lookups_fast() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// The dashboard's histogram is of what alerts: the live window's alert scores against the
+/// champion's alert threshold (the card rule's, not the row score's), the threshold an
+/// edge, and the buckets from it up holding exactly the alerting rows.
+#[tokio::test]
+async fn the_stats_histogram_counts_alert_scores_against_the_alert_threshold() {
+    let Api { state, rows } = api(ApiConfig::default()).await;
+    let card = &support::model().card;
+    assert!(
+        card.card_scores.is_some() && card.alert_threshold() != card.threshold,
+        "the default model has the card rule, so the two thresholds differ"
+    );
+    let (status, stats) = get(&state, "/v1/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    let threshold = stats["threshold"].as_f64().expect("threshold");
+    assert_eq!(threshold, card.alert_threshold());
+    let edges: Vec<f64> = serde_json::from_value(stats["histogram_edges"].clone()).expect("edges");
+    let counts: Vec<u64> =
+        serde_json::from_value(stats["histogram_counts"].clone()).expect("counts");
+    assert_eq!((edges.len(), counts.len()), (30, 30));
+    assert_eq!(edges[15], threshold);
+    assert_eq!(counts.iter().sum::<u64>(), rows.len() as u64);
+    assert_eq!(stats["live_rows"], rows.len() as u64);
+    let alerting: u64 = edges
+        .iter()
+        .zip(&counts)
+        .filter(|(edge, _)| **edge >= threshold)
+        .map(|(_, n)| n)
+        .sum();
+    let flagged = rows.iter().filter(|r| r.is_anomaly).count() as u64;
+    assert!(flagged > 0, "the fixture has alerts");
+    assert_eq!(alerting, flagged);
+}
