@@ -3,10 +3,11 @@
 # machine. Fills Redis with a short `risksense demo` against the real broker first.
 #   GET /v1/transactions/{id}   random ids of the stored transactions
 #   POST /v1/score              10 transactions per request, cache hits vs misses
-# Needs: scripts/services.sh up; scripts/services.sh test-tools (wrk); a release build.
+# Needs: scripts/services.sh up; scripts/services.sh test-tools (wrk); a release build
+# (RISKSENSE_BENCH_BIN=path: another build, for side-by-side runs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BIN=target/release/risksense
+BIN="${RISKSENSE_BENCH_BIN:-target/release/risksense}"
 PREFIX="benchapi$$"
 PORT="${RISKSENSE_BENCH_PORT:-18090}"
 DURATION="${RISKSENSE_BENCH_SECONDS:-15}"
