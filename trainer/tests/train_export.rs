@@ -40,6 +40,23 @@ fn period(rows: usize, anomaly_every: usize, rng: &mut ChaCha8Rng, offset: usize
     }
 }
 
+/// The model in `dir` run by ONNX Runtime over `period`: its `score`, `feature_error` and
+/// `output`.
+fn score_errors_output(dir: &std::path::Path, period: &Period) -> [Vec<f32>; 3] {
+    let model = Model::load(dir, SessionOptions::default()).expect("loads");
+    model
+        .run_outputs(
+            &period.features.data,
+            period.features.rows,
+            [
+                risksense_udfs::model::SCORE,
+                risksense_udfs::model::FEATURE_ERROR,
+                risksense_udfs::model::OUTPUT,
+            ],
+        )
+        .expect("runs")
+}
+
 /// A small network for the synthetic rows (16 hidden units, 2 in the code).
 fn small() -> TrainConfig {
     TrainConfig {
@@ -480,18 +497,7 @@ fn the_amount_against_its_category_is_derived_inside_the_graph() {
     uncapped.config.error_cap = f32::MAX;
     let dir = out.join("uncapped");
     train_and_export(&train, &validation, &uncapped, &dir, |_, _| {}).expect("trains");
-    let model = Model::load(&dir, SessionOptions::default()).expect("loads");
-    let [scores, errors, output] = model
-        .run_outputs(
-            &validation.features.data,
-            rows,
-            [
-                risksense_udfs::model::SCORE,
-                risksense_udfs::model::FEATURE_ERROR,
-                risksense_udfs::model::OUTPUT,
-            ],
-        )
-        .expect("runs");
+    let [scores, errors, output] = score_errors_output(&dir, &validation);
     for (i, score) in scores.iter().enumerate() {
         let total: f32 = errors[i * 4..(i + 1) * 4].iter().sum();
         assert!(
@@ -593,20 +599,7 @@ fn one_sided_errors_count_only_the_risky_side() {
         .expect("trains")
     };
     let rows = validation.features.rows;
-    let run = |dir: &str| {
-        let model = Model::load(&out.join(dir), SessionOptions::default()).expect("loads");
-        model
-            .run_outputs(
-                &validation.features.data,
-                rows,
-                [
-                    risksense_udfs::model::SCORE,
-                    risksense_udfs::model::FEATURE_ERROR,
-                    risksense_udfs::model::OUTPUT,
-                ],
-            )
-            .expect("runs")
-    };
+    let run = |dir: &str| score_errors_output(&out.join(dir), &validation);
     let alerts = |scores: &[f32], threshold: f64, at: &[usize]| {
         at.iter()
             .filter(|&&i| f64::from(scores[i]) >= threshold)
