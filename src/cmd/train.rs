@@ -27,7 +27,8 @@ pub struct Args {
     /// --validation-share of the input (by time) is held out.
     #[arg(long, num_args = 1..)]
     pub validation: Vec<PathBuf>,
-    /// Share of the input, the latest rows, held out when no --validation is given.
+    /// Share of the input, the latest rows, held out when no --validation is given (from
+    /// the first new second there, so no second is split between the two periods).
     #[arg(long, default_value_t = 0.2)]
     pub validation_share: f64,
     /// Output folder for model.onnx and model.json.
@@ -163,6 +164,33 @@ async fn features_of(inputs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<Rec
     Ok((names, batches))
 }
 
+/// The event times of the feature batches' rows, in microseconds, in order.
+fn event_micros(batches: &[RecordBatch]) -> anyhow::Result<Vec<i64>> {
+    let mut micros = Vec::new();
+    for batch in batches {
+        let times = cast(
+            batch
+                .column_by_name("trans_date_trans_time")
+                .context("time")?,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+        )?;
+        micros.extend(times.as_primitive::<TimestampMicrosecondType>().values());
+    }
+    Ok(micros)
+}
+
+/// The first row at or after `cut` whose event second differs from the row before it
+/// (`micros` in event-time order): where a held-out period can start without sharing a
+/// second with the training rows. `micros.len()` when the rest share the cut's second.
+fn time_boundary(micros: &[i64], cut: usize) -> usize {
+    let second = |i: usize| micros[i].div_euclid(1_000_000);
+    let mut at = cut.min(micros.len());
+    while at > 0 && at < micros.len() && second(at) == second(at - 1) {
+        at += 1;
+    }
+    at
+}
+
 /// Rows `range` of the feature batches as a training period, with the model inputs
 /// `names` (columns of the features view, taken by name) in that order.
 fn period(
@@ -220,7 +248,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("computing features of the training data")?;
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let (train, validation) = if args.validation.is_empty() {
-        let cut = ((total as f64) * (1.0 - args.validation_share)).round() as usize;
+        let share = ((total as f64) * (1.0 - args.validation_share)).round() as usize;
+        // The held-out period starts at a new second: none is split between the two.
+        let cut = time_boundary(&event_micros(&batches)?, share);
+        anyhow::ensure!(
+            cut > 0 && cut < total,
+            "--validation-share {} of {total} rows leaves no rows to {} (give --validation \
+             or another share)",
+            args.validation_share,
+            if cut == 0 { "train on" } else { "hold out" }
+        );
         (
             period(&batches, &names, 0..cut)?,
             period(&batches, &names, cut..total)?,
@@ -523,4 +560,27 @@ fn quality(m: &risksense_udfs::model::Metrics) -> String {
         m.precision_at_alert_rate,
         m.alert_rate * 100.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_boundary;
+
+    #[test]
+    fn the_held_out_period_starts_at_a_new_second() {
+        let s = 1_000_000;
+        // Seconds 10, 11, 11, 11 (one at half past), 12, 13.
+        let micros = [10 * s, 11 * s, 11 * s, 11 * s + s / 2, 12 * s, 13 * s];
+        assert_eq!(time_boundary(&micros, 1), 1, "already at a new second");
+        assert_eq!(time_boundary(&micros, 2), 4, "moved past second 11");
+        assert_eq!(time_boundary(&micros, 3), 4);
+        assert_eq!(time_boundary(&micros, 0), 0);
+        assert_eq!(time_boundary(&micros, 6), 6);
+        assert_eq!(time_boundary(&micros, 9), 6, "past the end");
+        assert_eq!(
+            time_boundary(&[5 * s, 5 * s, 5 * s], 1),
+            3,
+            "one second: all trained"
+        );
+    }
 }
