@@ -103,8 +103,10 @@ pub struct Stats {
     pub threshold: f64,
     pub model: String,
     pub series: Vec<Point>,
-    /// Alert-score histogram of the live window: bucket lower edges and counts, from 0 to
-    /// twice `threshold`; the buckets from `threshold` up hold exactly the alerting rows.
+    /// The autoencoder's alert-score histogram of the live window: bucket lower edges and
+    /// counts, from 0 to twice `threshold`; the buckets from `threshold` up hold exactly the
+    /// rows it flags (a supervised model's own alerts, and rows a previous champion scored,
+    /// fall where their alert score puts them). Empty for a threshold that is not positive.
     pub histogram_edges: Vec<f64>,
     pub histogram_counts: Vec<u64>,
     pub live_rows: usize,
@@ -172,19 +174,25 @@ fn model_quality(metrics: &StreamMetrics) -> Vec<ModelQuality> {
 const HISTOGRAM_BUCKETS: usize = 30;
 
 /// The live window's alert scores in [`HISTOGRAM_BUCKETS`] buckets from 0 to twice
-/// `threshold`: (lower edges, counts, rows). The threshold is an edge, and a row is in a
-/// bucket at or above it exactly when it alerts (compared, not divided, so rounding cannot
-/// move a row across it). Batches without an `alert_score` (a window written before the
-/// card's recent scores joined the rule) count by their `score`.
+/// `threshold`: (lower edges, counts, rows). The threshold is an edge, and a score is in a
+/// bucket at or above it exactly when the autoencoder flags it (compared as score.sql
+/// compares, IEEE total order, not divided, so rounding cannot move a row across it).
+/// Rows without a score are counted in `rows` only. Batches without an `alert_score` (a
+/// window written before the card's recent scores joined the rule) count by their
+/// `score`. A threshold that is not a positive number gives no buckets.
 fn alert_score_histogram(live: Option<&LiveWindow>, threshold: f64) -> (Vec<f64>, Vec<u64>, usize) {
+    let batches = live.map(LiveWindow::snapshot).unwrap_or_default();
+    let rows = batches.iter().map(|b| b.num_rows()).sum();
+    if !(threshold.is_finite() && threshold > 0.0) {
+        return (Vec::new(), Vec::new(), rows);
+    }
     let half = HISTOGRAM_BUCKETS / 2;
-    let width = (threshold / half as f64).max(1e-9);
+    let width = threshold / half as f64;
     let edges: Vec<f64> = (0..HISTOGRAM_BUCKETS)
         .map(|i| threshold * (i as f64 / half as f64))
         .collect();
     let mut counts = vec![0u64; HISTOGRAM_BUCKETS];
-    let mut rows = 0;
-    for batch in live.map(LiveWindow::snapshot).unwrap_or_default() {
+    for batch in &batches {
         let Some(scores) = ["alert_score", "score"].iter().find_map(|name| {
             batch
                 .column_by_name(name)
@@ -192,13 +200,13 @@ fn alert_score_histogram(live: Option<&LiveWindow>, threshold: f64) -> (Vec<f64>
         }) else {
             continue;
         };
-        rows += batch.num_rows();
         for score in scores.iter().flatten() {
-            let bucket = (score / width).max(0.0) as usize;
-            let bucket = if score >= threshold {
-                bucket.clamp(half, HISTOGRAM_BUCKETS - 1)
+            let bucket = if score.total_cmp(&threshold).is_ge() {
+                // A NaN (above every number in that order) counts in the threshold's bucket,
+                // +inf in the last.
+                ((score / width) as usize).clamp(half, HISTOGRAM_BUCKETS - 1)
             } else {
-                bucket.min(half - 1)
+                ((score / width).max(0.0) as usize).min(half - 1)
             };
             counts[bucket] += 1;
         }
