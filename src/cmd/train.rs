@@ -164,17 +164,22 @@ async fn features_of(inputs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<Rec
     Ok((names, batches))
 }
 
+/// The event times of a batch of the features view, in microseconds.
+fn event_times(batch: &RecordBatch) -> anyhow::Result<arrow::array::TimestampMicrosecondArray> {
+    let times = cast(
+        batch
+            .column_by_name("trans_date_trans_time")
+            .context("time")?,
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+    )?;
+    Ok(times.as_primitive::<TimestampMicrosecondType>().clone())
+}
+
 /// The event times of the feature batches' rows, in microseconds, in order.
 fn event_micros(batches: &[RecordBatch]) -> anyhow::Result<Vec<i64>> {
     let mut micros = Vec::new();
     for batch in batches {
-        let times = cast(
-            batch
-                .column_by_name("trans_date_trans_time")
-                .context("time")?,
-            &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
-        )?;
-        micros.extend(times.as_primitive::<TimestampMicrosecondType>().values());
+        micros.extend(event_times(batch)?.values());
     }
     Ok(micros)
 }
@@ -220,12 +225,7 @@ fn period(
         .iter()
         .map(|s| s.unwrap_or_default().to_string())
         .collect();
-    let times = cast(
-        all.column_by_name("trans_date_trans_time")
-            .context("time")?,
-        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
-    )?;
-    let times = times.as_primitive::<TimestampMicrosecondType>();
+    let times = event_times(&all)?;
     let text = |i: usize| risksense_common::time::event_time_text(times.value(i));
     let span = if rows > 0 {
         (text(0), text(rows - 1))

@@ -648,21 +648,6 @@ impl Ensemble {
         Ok(())
     }
 
-    /// How many inputs count one side only.
-    pub fn one_sided_inputs(&self) -> usize {
-        self.members
-            .iter()
-            .map(|m| {
-                m.errors
-                    .sides
-                    .iter()
-                    .filter(|&&s| s != ErrorSide::Both)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
     fn combination(&self) -> Combination {
         self.members
             .first()

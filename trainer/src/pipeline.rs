@@ -262,7 +262,7 @@ pub fn train_and_export(
             count,
             member_shapes(&autoencoder),
             info.config.combination,
-            match autoencoder.one_sided_inputs() {
+            match error_sides.len() {
                 0 => String::new(),
                 1 => " (one-sided for 1 input)".to_string(),
                 n => format!(" (one-sided for {n} inputs)"),
