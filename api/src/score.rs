@@ -101,7 +101,7 @@ pub async fn score(
             partition: 0,
             offset: i as i64,
             key: None,
-            payload: serde_json::to_vec(value).unwrap_or_default(),
+            payload: serde_json::to_vec(value).unwrap_or_default().into(),
             timestamp_ms: None,
         })
         .collect();

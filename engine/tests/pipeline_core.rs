@@ -53,7 +53,7 @@ fn messages(rows: &RecordBatch, partitions: i32) -> Vec<Incoming> {
                 partition,
                 offset,
                 key: None,
-                payload,
+                payload: payload.into(),
                 timestamp_ms: None,
             }
         })

@@ -286,7 +286,7 @@ fn extreme_rows() -> RecordBatch {
             partition: 0,
             offset: i as i64,
             key: None,
-            payload: serde_json::to_vec(v).expect("json"),
+            payload: serde_json::to_vec(v).expect("json").into(),
             timestamp_ms: None,
         })
         .collect();

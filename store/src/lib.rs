@@ -26,7 +26,7 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 pub use output::OutputRecord;
-pub use record::{ScoredTransaction, from_batch};
+pub use record::{ScoredRow, ScoredRows, ScoredTransaction, from_batch};
 pub use redis_connection::{Connection as RedisConnection, cluster_nodes};
 pub use redis_store::RedisStore;
 
@@ -165,6 +165,21 @@ pub struct Alert {
 
 use serde::{Deserialize, Serialize};
 
+impl From<&ScoredRow<'_>> for Alert {
+    fn from(row: &ScoredRow<'_>) -> Self {
+        Self {
+            trans_num: row.trans_num.to_string(),
+            cc_num: row.cc_num,
+            event_time: row.event_time().as_str().to_string(),
+            amt: row.amt,
+            category: row.category.to_string(),
+            score: row.score,
+            explanation: row.explanation.map(str::to_string),
+            model_id: row.model_id.map(str::to_string),
+        }
+    }
+}
+
 impl From<&ScoredTransaction> for Alert {
     fn from(row: &ScoredTransaction) -> Self {
         Self {
@@ -221,7 +236,7 @@ pub trait ResultStore: Send + Sync + 'static {
     ///
     /// Returns the rows given, the anomalies among them, and the alerts this call emitted
     /// (0 for a replay).
-    async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError>;
+    async fn write(&self, rows: &ScoredRows) -> Result<WriteOutcome, StoreError>;
 
     /// The transaction written under `trans_num`, exactly as written (an empty
     /// `explanation` may load as None); None if it never was or no longer is kept.

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use crate::output::{self, StreamId};
 use crate::{
-    Alert, Checkpoint, DeltaSaved, Label, OutputRecord, ResultStore, Retention, ScoredTransaction,
-    StoreError, WriteOutcome,
+    Alert, Checkpoint, DeltaSaved, Label, OutputRecord, ResultStore, Retention, ScoredRows,
+    ScoredTransaction, StoreError, WriteOutcome,
 };
 
 /// Transactions kept before the oldest are dropped (the in-process store has no TTL).
@@ -220,14 +220,14 @@ impl ResultStore for MemoryStore {
         Ok(())
     }
 
-    async fn write(&self, rows: &[ScoredTransaction]) -> Result<WriteOutcome, StoreError> {
+    async fn write(&self, rows: &ScoredRows) -> Result<WriteOutcome, StoreError> {
         let r = &self.retention;
         let mut inner = self.lock();
         let mut outcome = WriteOutcome {
             rows: rows.len() as u64,
             ..WriteOutcome::default()
         };
-        for row in rows {
+        for row in rows.iter().map(|row| row.to_record()) {
             if inner
                 .transactions
                 .insert(row.trans_num.clone(), row.clone())
@@ -250,7 +250,7 @@ impl ResultStore for MemoryStore {
                 }
                 if inner.alerted.insert(row.trans_num.clone()) {
                     outcome.new_alerts += 1;
-                    inner.alerts.push_back(Alert::from(row));
+                    inner.alerts.push_back(Alert::from(&row));
                     while inner.alerts.len() > r.alerts_kept.max(1) {
                         inner.alerts.pop_front();
                     }

@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use risksense_store::{
-    Alert, Checkpoint, Label, OutputRecord, Retention, ScoredTransaction, Store, StoreError,
+    Alert, Checkpoint, Label, OutputRecord, Retention, ScoredRows, ScoredTransaction, Store,
+    StoreError,
 };
 
 /// The test Redis, failing loudly when it is not there (these tests never skip).
@@ -195,7 +196,10 @@ async fn answers(store: &Store) {
 }
 
 async fn writes_read_back(store: &Store) {
-    let empty = store.write(&[]).await.expect("empty write");
+    let empty = store
+        .write(&ScoredRows::default())
+        .await
+        .expect("empty write");
     assert_eq!((empty.rows, empty.anomalies, empty.new_alerts), (0, 0, 0));
 
     let mut odd = row("t4", 9, 300, 0.1 + 0.2, false);
@@ -221,7 +225,10 @@ async fn writes_read_back(store: &Store) {
         labelled,
         shadowed,
     ];
-    let outcome = store.write(&rows).await.expect("write");
+    let outcome = store
+        .write(&ScoredRows::from_records(&rows))
+        .await
+        .expect("write");
     assert_eq!(
         (outcome.rows, outcome.anomalies, outcome.new_alerts),
         (6, 3, 3)
@@ -292,18 +299,27 @@ async fn replays_change_nothing(store: &Store) {
         row("t2", 7, 200, 3.0, true),
         row("t3", 8, 150, 2.5, true),
     ];
-    let first = store.write(&rows).await.expect("write");
+    let first = store
+        .write(&ScoredRows::from_records(&rows))
+        .await
+        .expect("write");
     assert_eq!((first.rows, first.anomalies, first.new_alerts), (3, 2, 2));
     let card = store.card_transactions(7, 10).await.expect("card");
     let anomalies = store.anomalies(None, 10, None).await.expect("anomalies");
     let alerts = store.alerts(10).await.expect("alerts");
 
     // The same batch again: the same counts, but no alert.
-    let again = store.write(&rows).await.expect("write again");
+    let again = store
+        .write(&ScoredRows::from_records(&rows))
+        .await
+        .expect("write again");
     assert_eq!((again.rows, again.anomalies, again.new_alerts), (3, 2, 0));
     // A batch overlapping it alerts only what is new.
     let overlapping = vec![rows[1].clone(), row("t6", 8, 250, 4.0, true)];
-    let third = store.write(&overlapping).await.expect("write overlapping");
+    let third = store
+        .write(&ScoredRows::from_records(&overlapping))
+        .await
+        .expect("write overlapping");
     assert_eq!((third.rows, third.anomalies, third.new_alerts), (2, 2, 1));
 
     // Nothing duplicated anywhere.
@@ -328,24 +344,27 @@ async fn replays_change_nothing(store: &Store) {
 async fn card_history(store: &Store) {
     // Out of event-time order, over two writes: the card keeps its newest three.
     store
-        .write(&[
+        .write(&ScoredRows::from_records(&[
             row("c50", 7, 50, 0.1, false),
             row("c10", 7, 10, 0.1, false),
             row("c40", 7, 40, 0.1, false),
-        ])
+        ]))
         .await
         .expect("write");
     store
-        .write(&[row("c30", 7, 30, 0.1, false), row("c20", 7, 20, 0.1, false)])
+        .write(&ScoredRows::from_records(&[
+            row("c30", 7, 30, 0.1, false),
+            row("c20", 7, 20, 0.1, false),
+        ]))
         .await
         .expect("write");
     // Another card, with two transactions at the same second.
     store
-        .write(&[
+        .write(&ScoredRows::from_records(&[
             row("a", 9, 5, 0.1, false),
             row("b", 9, 5, 0.1, false),
             row("x", 9, 1, 0.1, false),
-        ])
+        ]))
         .await
         .expect("write");
 
@@ -381,7 +400,10 @@ async fn anomalies(store: &Store) {
         })
         .collect();
     rows.push(row("n", 1, 60, 9.0, false));
-    store.write(&rows).await.expect("write");
+    store
+        .write(&ScoredRows::from_records(&rows))
+        .await
+        .expect("write");
     let base = 1_546_300_800;
 
     let found = |since: Option<i64>, limit, min_score| async move {
@@ -431,14 +453,20 @@ async fn alerts(store: &Store) {
         row("quiet", 1, 101, 0.2, false),
         row("b", 2, 102, 2.75, true),
     ];
-    store.write(&first).await.expect("write");
+    store
+        .write(&ScoredRows::from_records(&first))
+        .await
+        .expect("write");
     let mut later = row("c", 3, 50, 6.0, true);
     later.explanation = None;
     store
-        .write(std::slice::from_ref(&later))
+        .write(&ScoredRows::from_records(std::slice::from_ref(&later)))
         .await
         .expect("write");
-    store.write(&first).await.expect("replay");
+    store
+        .write(&ScoredRows::from_records(&first))
+        .await
+        .expect("replay");
 
     // Most recently emitted first (not by event time); one write's alerts in any order.
     let alerts = store.alerts(10).await.expect("alerts");
@@ -745,7 +773,7 @@ async fn a_handle_holds_any_store() {
     let store = Store::new(risksense_store::MemoryStore::new(retention()));
     let copy = store.clone();
     store
-        .write(&[row("t1", 7, 100, 3.0, true)])
+        .write(&ScoredRows::from_records(&[row("t1", 7, 100, 3.0, true)]))
         .await
         .expect("write");
     assert_eq!(
@@ -1217,7 +1245,10 @@ async fn redis_readers_find_records_whatever_their_own_ttl() {
             .await
             .expect("connecting");
         let rows = vec![row("w1", 7, 10, 0.5, false), row("w2", 7, 20, 3.0, true)];
-        writer.write(&rows).await.expect("write");
+        writer
+            .write(&ScoredRows::from_records(&rows))
+            .await
+            .expect("write");
         for ttl_secs in [1, 7 * 24 * 3600] {
             let reader = Store::redis(
                 &url,

@@ -11,7 +11,7 @@ use risksense_api::{ApiConfig, ApiState};
 use risksense_common::metrics::StreamMetrics;
 use risksense_formats::source::TransactionFile;
 use risksense_query::LiveWindow;
-use risksense_store::{Retention, ScoredTransaction, Store};
+use risksense_store::{Retention, ScoredRows, ScoredTransaction, Store};
 use risksense_udfs::{Model, ModelControl};
 
 use crate::common;
@@ -59,7 +59,10 @@ pub async fn api(config: ApiConfig) -> Api {
     .await
     .expect("redis");
     let (batches, rows) = scored_fixture(&model).await;
-    store.write(&rows).await.expect("written");
+    store
+        .write(&ScoredRows::from_records(&rows))
+        .await
+        .expect("written");
     let live = Arc::new(LiveWindow::new(Duration::from_secs(600), 1_000_000));
     for batch in batches {
         live.push(batch);

@@ -26,7 +26,7 @@ fn messages() -> Vec<Incoming> {
                 partition: 0,
                 offset: messages.len() as i64,
                 key: None,
-                payload,
+                payload: payload.into(),
                 timestamp_ms: None,
             });
             if messages.len() == 4096 {

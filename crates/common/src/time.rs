@@ -133,16 +133,64 @@ pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
 /// `YYYY-MM-DD HH:MM:SS` for microseconds since the epoch, to the whole second (below it,
 /// truncated): an event time as the source writes it and the result store keeps it.
 pub fn event_time_text(micros: i64) -> String {
-    let mut out = Vec::with_capacity(19);
-    write_timestamp_micros(&mut out, micros - micros.rem_euclid(MICROS_PER_SECOND));
-    // Only ASCII digits and separators were written: the buffer becomes the string as it
-    // is (one allocation per row; this runs for every scored row the sinks write).
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    EventTimeText::new(micros).as_str().to_string()
+}
+
+/// [`event_time_text`] without an allocation: the 19 bytes in place (the store writes one
+/// per scored row).
+#[derive(Clone, Copy)]
+pub struct EventTimeText([u8; 19]);
+
+impl EventTimeText {
+    pub fn new(micros: i64) -> Self {
+        let seconds = micros.div_euclid(MICROS_PER_SECOND);
+        let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
+        let of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u32;
+        let year = year.clamp(0, 9999) as u32;
+        let mut text = *b"0000-00-00 00:00:00";
+        let mut two = |at: usize, value: u32| {
+            text[at] = b'0' + (value / 10 % 10) as u8;
+            text[at + 1] = b'0' + (value % 10) as u8;
+        };
+        two(0, year / 100);
+        two(2, year % 100);
+        two(5, month);
+        two(8, day);
+        two(11, of_day / 3600);
+        two(14, of_day / 60 % 60);
+        two(17, of_day % 60);
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("0000-00-00 00:00:00")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_time_text_matches_the_timestamp_writer() {
+        for micros in [
+            0i64,
+            1_546_300_818_000_000,
+            1_546_300_818_999_999,
+            -1,
+            253_402_300_799_000_000,
+            1_582_934_400_123_456,
+        ] {
+            let mut out = Vec::new();
+            write_timestamp_micros(&mut out, micros - micros.rem_euclid(MICROS_PER_SECOND));
+            assert_eq!(event_time_text(micros).as_bytes(), &out[..], "{micros}");
+        }
+        assert_eq!(
+            event_time_text(1_546_300_818_500_000),
+            "2019-01-01 00:00:18"
+        );
+    }
 
     #[test]
     fn known_dates() {

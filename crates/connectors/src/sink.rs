@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use risksense_formats::message::partition_of;
-use risksense_store::{Alert, ScoredTransaction, Store, WriteOutcome};
+use risksense_store::{Alert, ScoredRows, Store, WriteOutcome};
 
 use crate::archive::{ParquetArchive, SealedFile, UnsealedFile, complete_publish};
 use crate::error::{ConnectorError, kafka_retryable};
@@ -63,8 +63,9 @@ pub struct SinkBatch {
     pub transactions: Vec<RecordBatch>,
     /// When the micro-batch's earliest message was produced (ms since the epoch).
     pub first_produced_ms: Option<i64>,
-    /// The scored rows as store records, converted once for every sink that needs them.
-    rows: OnceLock<Vec<ScoredTransaction>>,
+    /// The scored rows as store records: the columns they read, typed once for every sink
+    /// that needs them.
+    rows: OnceLock<ScoredRows>,
 }
 
 impl SinkBatch {
@@ -97,9 +98,9 @@ impl SinkBatch {
         }
     }
 
-    /// Converts the rows to store records, then frees the columns (every column of
-    /// `scored`, ~20 times the records' size): what the background sinks hold while they
-    /// retry is then the records alone. Called when no sink left reads the columns.
+    /// Keeps the columns the store records read and frees the others (`scored` has ~40):
+    /// what the background sinks hold while they retry is then the records alone. Called
+    /// when no sink left reads the columns.
     pub fn release_columns(&mut self) -> Result<(), ConnectorError> {
         self.rows()?;
         self.scored = Vec::new();
@@ -107,15 +108,15 @@ impl SinkBatch {
         Ok(())
     }
 
-    /// The scored rows as store records (converted on first use, off the poll loop when
-    /// the first user is a background sink).
-    pub fn rows(&self) -> Result<&[ScoredTransaction], ConnectorError> {
+    /// The scored rows as store records (typed on first use, off the poll loop when the
+    /// first user is a background sink).
+    pub fn rows(&self) -> Result<&ScoredRows, ConnectorError> {
         if let Some(rows) = self.rows.get() {
             return Ok(rows);
         }
-        let mut rows = Vec::with_capacity(self.num_rows());
+        let mut rows = ScoredRows::default();
         for batch in &self.scored {
-            rows.extend(risksense_store::from_batch(batch)?);
+            rows.push_batch(batch)?;
         }
         Ok(self.rows.get_or_init(|| rows))
     }
@@ -356,7 +357,7 @@ impl KafkaSink {
                 records.push(KafkaRecord {
                     topic: self.alerts_topic.clone(),
                     key: Some(row.cc_num.to_string().into_bytes()),
-                    payload: serde_json::to_vec(&Alert::from(row))?,
+                    payload: serde_json::to_vec(&Alert::from(&row))?,
                     headers: Vec::new(),
                 });
             }

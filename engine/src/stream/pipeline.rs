@@ -518,15 +518,16 @@ impl Pipeline {
             StreamMetrics::add(&self.metrics.score_ns, started.elapsed().as_nanos() as u64);
         }
 
-        // Decoded: a rejected message's bytes move into its dead letter (no copy).
+        // Decoded: a rejected message's bytes move into its dead letter (a copy out of the
+        // micro-batch's shared buffer).
         let dead_letters: Vec<DeadLetter> = decoded
             .rejected
             .into_iter()
             .map(|(m, reason)| {
                 let message = &mut messages[m];
                 DeadLetter {
-                    key: message.key.take(),
-                    payload: std::mem::take(&mut message.payload),
+                    key: message.key.take().map(Vec::from),
+                    payload: Vec::from(std::mem::take(&mut message.payload)),
                     reason,
                     source: format!(
                         "{}/{}/{}",

@@ -24,6 +24,7 @@ use super::config::StreamConfig;
 use super::pipeline::Pipeline;
 use super::sinks::{StreamSinks, stream_sinks};
 use crate::error::EngineError;
+use bytes::BytesMut;
 use risksense_common::metrics::{StreamMetrics, ms_between, now_ms};
 use risksense_connectors::kafka::{KafkaSettings, ensure_topic};
 use risksense_formats::message::Incoming;
@@ -77,6 +78,11 @@ async fn start_queries(
     }
     Ok(())
 }
+
+/// Messages already fetched are polled in well under a microsecond each: a clock read per
+/// 64 of them keeps the arrival histogram (in ms) exact to a fraction of a millisecond,
+/// where a read per message was 1 % of the engine at the drain.
+const CLOCK_READ_EVERY: u32 = 64;
 
 /// When a micro-batch whose first message was polled at `polled` closes: `wait` after that
 /// message was produced (its Kafka timestamp), but never later than `wait` after it was
@@ -366,6 +372,14 @@ pub fn run_stream(
     let mut last_busy = Instant::now();
     let mut last_lag_update = Instant::now();
     let mut buffer: Vec<Incoming> = Vec::with_capacity(config.batch_rows);
+    // The micro-batch's message bytes, copied out of librdkafka's into one buffer: each
+    // message's are a split of it (no allocation per message; the buffer is freed when
+    // the batch's last message is).
+    let mut bytes = BytesMut::new();
+    // The clock for the arrival histogram, read again after every wait and every
+    // CLOCK_READ_EVERY messages of what was already fetched.
+    let mut clock_ms = now_ms();
+    let mut clock_uses = 0u32;
     let result = (|| -> Result<(), EngineError> {
         loop {
             if let Some(error) = lock(&consumer.context().failure).take() {
@@ -397,6 +411,7 @@ pub fn run_stream(
                 // empty queue waits, until the deadline.
                 let mut polled = consumer.poll(Duration::ZERO);
                 if polled.is_none() {
+                    clock_uses = 0;
                     let wait = match batch_deadline {
                         Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                         None => Duration::from_millis(100),
@@ -417,15 +432,32 @@ pub fn run_stream(
                     Some(Ok(message)) => {
                         let timestamp_ms = message.timestamp().to_millis();
                         if let Some(produced) = timestamp_ms {
+                            if clock_uses == 0 {
+                                clock_ms = now_ms();
+                            }
+                            clock_uses = (clock_uses + 1) % CLOCK_READ_EVERY;
                             metrics
                                 .arrival_latency
-                                .record(ms_between(produced, now_ms()), 1);
+                                .record(ms_between(produced, clock_ms), 1);
                         }
+                        let payload = message.payload().unwrap_or_default();
+                        let key = message.key();
+                        let size = payload.len() + key.map_or(0, <[u8]>::len);
+                        if bytes.capacity() < size {
+                            // Room for a micro-batch of typical messages (~400 bytes); the
+                            // last batch's buffer is taken back when no message holds it.
+                            bytes.reserve(size.max(512 * config.batch_rows.clamp(1, 8192)));
+                        }
+                        let key = key.map(|key| {
+                            bytes.extend_from_slice(key);
+                            bytes.split().freeze()
+                        });
+                        bytes.extend_from_slice(payload);
                         buffer.push(Incoming {
                             partition: message.partition(),
                             offset: message.offset(),
-                            key: message.key().map(<[u8]>::to_vec),
-                            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                            key,
+                            payload: bytes.split().freeze(),
                             timestamp_ms,
                         });
                         // The clock is read for a batch's first message only (three reads

@@ -282,6 +282,8 @@ impl PartitionEvaluator for CardEvaluator {
             .as_ref()
             .map(|(history, site)| (history.reader(), *site));
         let mut staged = Vec::new();
+        // Where a card's new rows went in its merge with history (one buffer for all cards).
+        let mut positions = Vec::new();
         for run in cards.values().chunk_by(|a, b| a == b) {
             let card = run[0];
             let rows = &rows[start..start + run.len()];
@@ -297,11 +299,16 @@ impl PartitionEvaluator for CardEvaluator {
                 return exec_err!("{} needs its window ordered by event_secs", kind.name());
             }
             match &reader {
-                None => out.extend(compute(kind, rows, keep_rows)),
+                None => compute_at(kind, rows, 0..rows.len(), keep_rows, &mut out),
                 Some((history, site)) => {
-                    let (merged, positions) = merge(history.entries(card, *site), rows);
-                    let all = compute(kind, &merged, keep_rows);
-                    out.extend(positions.iter().map(|&p| all[p]));
+                    let merged = merge(history.entries(card, *site), rows, &mut positions);
+                    compute_at(
+                        kind,
+                        &merged,
+                        positions.iter().copied(),
+                        keep_rows,
+                        &mut out,
+                    );
                     staged.push((card, *site, retain(kind, merged, keep_rows)));
                 }
             }
@@ -319,27 +326,53 @@ fn to_array(values: Vec<Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from(values))
 }
 
-/// The window's results for rows in window order.
-fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
+/// The window's results for the rows at `positions` (ascending) of `rows` (one card's, in
+/// window order), appended to `out`: the arithmetic of [`rolling_sums`], [`means_24h`] and
+/// [`means_of_previous`] step for step, in one pass and without their vectors (made per
+/// card at each of the plan's eight windows per micro-batch, they were a large part of the
+/// engine's allocations at the drain).
+fn compute_at(
+    kind: Kind,
+    rows: &[Entry],
+    positions: impl IntoIterator<Item = usize>,
+    n: usize,
+    out: &mut Vec<Option<f64>>,
+) {
     match kind {
-        Kind::RollingSum24h => {
-            let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
-            // Nulls add nothing, like SUM.
-            let values: Vec<f64> = rows.iter().map(|r| r.value.unwrap_or(0.0)).collect();
-            rolling_sums(&secs, &values).into_iter().map(Some).collect()
+        Kind::RollingSum24h | Kind::Mean24h => {
+            // Nulls add nothing to the sum, like SUM, and count for nothing in the mean.
+            let (mut low, mut next) = (0usize, 0usize);
+            let (mut sum, mut count) = (0.0f64, 0.0f64);
+            for p in positions {
+                while next <= p {
+                    let t = rows[next].secs;
+                    sum += rows[next].value.unwrap_or(0.0);
+                    count += f64::from(u8::from(rows[next].value.is_some()));
+                    next += 1;
+                    while low < next && rows[low].secs < t - WINDOW_SECS {
+                        sum -= rows[low].value.unwrap_or(0.0);
+                        count -= f64::from(u8::from(rows[low].value.is_some()));
+                        low += 1;
+                    }
+                }
+                out.push(match kind {
+                    Kind::RollingSum24h => Some(sum),
+                    _ => (count > 0.0).then(|| sum / count),
+                });
+            }
         }
-        Kind::MeanOfPrevious => {
-            let values: Vec<Option<f64>> = rows.iter().map(|r| r.value).collect();
-            means_of_previous(&values, n)
-        }
-        Kind::SecsSincePrevious => (0..rows.len())
-            .map(|i| (i > 0).then(|| (rows[i].secs - rows[i - 1].secs) as f64))
-            .collect(),
-        Kind::Mean24h => {
-            let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
-            let values: Vec<Option<f64>> = rows.iter().map(|r| r.value).collect();
-            means_24h(&secs, &values)
-        }
+        Kind::MeanOfPrevious => out.extend(positions.into_iter().map(|p| {
+            let (sum, count) = rows[p.saturating_sub(n)..p]
+                .iter()
+                .filter_map(|r| r.value)
+                .fold((0.0f64, 0u32), |(sum, count), v| (sum + v, count + 1));
+            (count > 0).then(|| sum / f64::from(count))
+        })),
+        Kind::SecsSincePrevious => out.extend(
+            positions
+                .into_iter()
+                .map(|p| (p > 0).then(|| (rows[p].secs - rows[p - 1].secs) as f64)),
+        ),
     }
 }
 
@@ -347,9 +380,9 @@ fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
 /// order, and where each new row went. On equal seconds history goes first: it arrived
 /// earlier on the card's partition, and the window orders same-second rows by arrival.
 /// New rows normally all come after history; a late one goes by its event time.
-fn merge(earlier: &[Entry], rows: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
+fn merge(earlier: &[Entry], rows: &[Entry], positions: &mut Vec<usize>) -> Vec<Entry> {
     let mut merged = Vec::with_capacity(earlier.len() + rows.len());
-    let mut positions = Vec::with_capacity(rows.len());
+    positions.clear();
     let mut e = 0;
     for row in rows {
         while e < earlier.len() && earlier[e].secs <= row.secs {
@@ -360,7 +393,7 @@ fn merge(earlier: &[Entry], rows: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
         merged.push(*row);
     }
     merged.extend_from_slice(&earlier[e..]);
-    (merged, positions)
+    merged
 }
 
 /// What a later row of the card can still need: the last `keep_rows` rows and every row
@@ -497,6 +530,60 @@ mod tests {
         assert_eq!(compute(Kind::Mean24h, &none, 0), vec![None]);
     }
 
+    /// Every row's result, from the public functions the batch paths use.
+    fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
+        let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
+        let values: Vec<Option<f64>> = rows.iter().map(|r| r.value).collect();
+        match kind {
+            Kind::RollingSum24h => {
+                let values: Vec<f64> = values.iter().map(|v| v.unwrap_or(0.0)).collect();
+                rolling_sums(&secs, &values).into_iter().map(Some).collect()
+            }
+            Kind::MeanOfPrevious => means_of_previous(&values, n),
+            Kind::SecsSincePrevious => (0..rows.len())
+                .map(|i| (i > 0).then(|| (rows[i].secs - rows[i - 1].secs) as f64))
+                .collect(),
+            Kind::Mean24h => means_24h(&secs, &values),
+        }
+    }
+
+    /// The one-pass arithmetic at any positions gives exactly (bit for bit) what the
+    /// public functions give for those rows.
+    #[test]
+    fn results_at_positions_are_the_whole_computation_s_bit_for_bit() {
+        let rows: Vec<Entry> = (0..300i64)
+            .map(|i| Entry {
+                secs: i * 3_001 + (i % 5) * 20_000,
+                value: (i % 7 != 0).then_some(((i * 53) % 97) as f64 * 0.37),
+            })
+            .collect::<Vec<_>>();
+        let mut rows = rows;
+        rows.sort_by_key(|r| r.secs);
+        for (kind, n) in [
+            (Kind::RollingSum24h, 0),
+            (Kind::Mean24h, 0),
+            (Kind::MeanOfPrevious, 30),
+            (Kind::SecsSincePrevious, 1),
+        ] {
+            let whole = compute(kind, &rows, n);
+            let mut all = Vec::new();
+            compute_at(kind, &rows, 0..rows.len(), n, &mut all);
+            let bits = |v: &[Option<f64>]| -> Vec<Option<u64>> {
+                v.iter().map(|x| x.map(f64::to_bits)).collect()
+            };
+            assert_eq!(bits(&all), bits(&whole), "{kind:?}");
+            let some: Vec<usize> = (0..rows.len())
+                .filter(|i| i % 4 == 1 || *i == 299)
+                .collect();
+            let mut at = vec![Some(-1.0)];
+            compute_at(kind, &rows, some.iter().copied(), n, &mut at);
+            let expected: Vec<Option<f64>> = std::iter::once(Some(-1.0))
+                .chain(some.iter().map(|&p| whole[p]))
+                .collect();
+            assert_eq!(bits(&at), bits(&expected), "{kind:?} at positions");
+        }
+    }
+
     fn entries(secs: &[i64]) -> Vec<Entry> {
         secs.iter()
             .map(|&s| Entry {
@@ -509,10 +596,11 @@ mod tests {
     #[test]
     fn history_goes_before_new_rows_of_the_same_second_and_late_rows_go_by_time() {
         let earlier = entries(&[10, 20, 30]);
-        let (merged, positions) = merge(&earlier, &entries(&[30, 40]));
+        let mut positions = vec![7];
+        let merged = merge(&earlier, &entries(&[30, 40]), &mut positions);
         assert_eq!(merged, entries(&[10, 20, 30, 30, 40]));
         assert_eq!(positions, vec![3, 4]);
-        let (merged, positions) = merge(&earlier, &entries(&[15, 35]));
+        let merged = merge(&earlier, &entries(&[15, 35]), &mut positions);
         assert_eq!(merged, entries(&[10, 15, 20, 30, 35]));
         assert_eq!(positions, vec![1, 4]);
     }
@@ -565,10 +653,10 @@ mod tests {
             let whole = compute(kind, &rows, n);
             let mut kept: Vec<Entry> = Vec::new();
             let mut pieces = Vec::new();
+            let mut positions = Vec::new();
             for piece in rows.chunks(13) {
-                let (merged, positions) = merge(&kept, piece);
-                let all = compute(kind, &merged, n);
-                pieces.extend(positions.iter().map(|&p| all[p]));
+                let merged = merge(&kept, piece, &mut positions);
+                compute_at(kind, &merged, positions.iter().copied(), n, &mut pieces);
                 kept = retain(kind, merged, n);
             }
             assert_eq!(pieces.len(), whole.len());

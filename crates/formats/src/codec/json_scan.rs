@@ -23,8 +23,10 @@ const MAX_DEPTH: usize = 16;
 /// The message, if it has the common shape and is valid; None: let serde_json decide.
 pub(super) fn parse(payload: &[u8]) -> Option<TransactionMessage<'_>> {
     // One check for the whole message; every string sliced from it is then valid UTF-8 (a
-    // slice between two ASCII quotes of valid UTF-8 is whole characters).
-    let text = std::str::from_utf8(payload).ok()?;
+    // slice between two ASCII quotes of valid UTF-8 is whole characters). simdutf8 (arrow-json
+    // builds it already) checks a message in a fraction of std's time (std's check was 2 %
+    // of the engine at the drain).
+    let text = simdutf8::basic::from_utf8(payload).ok()?;
     let mut scan = Scanner { text, pos: 0 };
     let mut message = TransactionMessage::default();
     let mut seen = [false; COLUMN_COUNT];
