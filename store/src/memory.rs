@@ -227,16 +227,17 @@ impl ResultStore for MemoryStore {
             rows: rows.len() as u64,
             ..WriteOutcome::default()
         };
-        for row in rows.iter().map(|row| row.to_record()) {
+        for row in rows.iter() {
+            let record = row.to_record();
             if inner
                 .transactions
-                .insert(row.trans_num.clone(), row.clone())
+                .insert(record.trans_num.clone(), record)
                 .is_none()
             {
-                inner.arrival.push_back(row.trans_num.clone());
+                inner.arrival.push_back(row.trans_num.to_string());
             }
             let card = inner.cards.entry(row.cc_num).or_default();
-            card.insert((row.event_secs, row.trans_num.clone()));
+            card.insert((row.event_secs(), row.trans_num.to_string()));
             while card.len() > r.card_history.max(1) {
                 card.pop_first();
             }
@@ -244,11 +245,11 @@ impl ResultStore for MemoryStore {
                 outcome.anomalies += 1;
                 inner
                     .anomalies
-                    .insert((row.event_secs, row.trans_num.clone()));
+                    .insert((row.event_secs(), row.trans_num.to_string()));
                 while inner.anomalies.len() > r.anomalies_kept.max(1) {
                     inner.anomalies.pop_first();
                 }
-                if inner.alerted.insert(row.trans_num.clone()) {
+                if inner.alerted.insert(row.trans_num.to_string()) {
                     outcome.new_alerts += 1;
                     inner.alerts.push_back(Alert::from(&row));
                     while inner.alerts.len() > r.alerts_kept.max(1) {

@@ -98,9 +98,10 @@ impl SinkBatch {
         }
     }
 
-    /// Keeps the columns the store records read and frees the others (`scored` has ~40):
-    /// what the background sinks hold while they retry is then the records alone. Called
-    /// when no sink left reads the columns.
+    /// Keeps the columns the store records read (13 Arrow arrays, shared) and frees the
+    /// others and the decoded transactions: what the background sinks hold while they
+    /// retry is then the records' columns alone. Called when no sink left reads the
+    /// columns.
     pub fn release_columns(&mut self) -> Result<(), ConnectorError> {
         self.rows()?;
         self.scored = Vec::new();

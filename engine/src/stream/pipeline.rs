@@ -518,16 +518,16 @@ impl Pipeline {
             StreamMetrics::add(&self.metrics.score_ns, started.elapsed().as_nanos() as u64);
         }
 
-        // Decoded: a rejected message's bytes move into its dead letter (a copy out of the
-        // micro-batch's shared buffer).
+        // Decoded: a rejected message's bytes are copied into its dead letter (out of the
+        // shared buffer, which taking them over could keep whole).
         let dead_letters: Vec<DeadLetter> = decoded
             .rejected
             .into_iter()
             .map(|(m, reason)| {
                 let message = &mut messages[m];
                 DeadLetter {
-                    key: message.key.take().map(Vec::from),
-                    payload: Vec::from(std::mem::take(&mut message.payload)),
+                    key: message.key.as_deref().map(<[u8]>::to_vec),
+                    payload: message.payload.to_vec(),
                     reason,
                     source: format!(
                         "{}/{}/{}",

@@ -344,6 +344,7 @@ fn compute_at(
             let (mut low, mut next) = (0usize, 0usize);
             let (mut sum, mut count) = (0.0f64, 0.0f64);
             for p in positions {
+                debug_assert!(p >= next, "positions ascend");
                 while next <= p {
                     let t = rows[next].secs;
                     sum += rows[next].value.unwrap_or(0.0);
