@@ -182,16 +182,7 @@ impl From<&ScoredRow<'_>> for Alert {
 
 impl From<&ScoredTransaction> for Alert {
     fn from(row: &ScoredTransaction) -> Self {
-        Self {
-            trans_num: row.trans_num.clone(),
-            cc_num: row.cc_num,
-            event_time: row.event_time.clone(),
-            amt: row.amt,
-            category: row.category.clone(),
-            score: row.score,
-            explanation: row.explanation.clone(),
-            model_id: row.model_id.clone(),
-        }
+        Self::from(&row.as_row())
     }
 }
 

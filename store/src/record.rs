@@ -41,6 +41,28 @@ pub struct ScoredTransaction {
     pub challenger_flag: Option<bool>,
 }
 
+impl ScoredTransaction {
+    /// The record as a borrowed row (its event time from `event_secs`, which agrees with
+    /// `event_time`).
+    pub fn as_row(&self) -> ScoredRow<'_> {
+        ScoredRow {
+            trans_num: &self.trans_num,
+            cc_num: self.cc_num,
+            event_micros: self.event_secs.saturating_mul(1_000_000),
+            category: &self.category,
+            merchant: &self.merchant,
+            amt: self.amt,
+            score: self.score,
+            is_anomaly: self.is_anomaly,
+            explanation: self.explanation.as_deref(),
+            is_fraud: self.is_fraud,
+            model_id: self.model_id.as_deref(),
+            challenger_id: self.challenger_id.as_deref(),
+            challenger_flag: self.challenger_flag,
+        }
+    }
+}
+
 /// Reads the rows of a batch of the `scored` view (found by column name, so extra columns
 /// such as `row_id` are ignored).
 pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreError> {
@@ -54,7 +76,6 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ScoredTransaction>, StoreEr
 #[derive(Debug, Clone, Default)]
 pub struct ScoredRows {
     parts: Vec<ScoredColumns>,
-    rows: usize,
 }
 
 /// One batch's columns, typed once.
@@ -140,7 +161,6 @@ impl ScoredRows {
             return Ok(());
         }
         self.parts.push(ScoredColumns::new(batch)?);
-        self.rows += batch.num_rows();
         Ok(())
     }
 
@@ -174,16 +194,15 @@ impl ScoredRows {
         };
         Self {
             parts: vec![columns],
-            rows: records.len(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.rows
+        self.parts.iter().map(|part| part.trans_num.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.parts.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = ScoredRow<'_>> + '_ {
@@ -194,18 +213,6 @@ impl ScoredRows {
 
     pub fn to_records(&self) -> Vec<ScoredTransaction> {
         self.iter().map(|row| row.to_record()).collect()
-    }
-}
-
-impl From<&[ScoredTransaction]> for ScoredRows {
-    fn from(records: &[ScoredTransaction]) -> Self {
-        Self::from_records(records)
-    }
-}
-
-impl From<&Vec<ScoredTransaction>> for ScoredRows {
-    fn from(records: &Vec<ScoredTransaction>) -> Self {
-        Self::from_records(records)
     }
 }
 
@@ -330,7 +337,7 @@ mod tests {
         assert_eq!(rows.to_records(), records);
         let mut twice = rows.clone();
         twice.parts.extend(rows.parts.clone());
-        twice.rows += rows.rows;
+        assert_eq!(twice.len(), 6);
         let names: Vec<&str> = twice.iter().map(|r| r.trans_num).collect();
         assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
     }

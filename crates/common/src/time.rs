@@ -95,36 +95,33 @@ pub fn parse_timestamp_micros(text: &str) -> Option<i64> {
     Some(seconds * MICROS_PER_SECOND + micros)
 }
 
-fn push_two(out: &mut Vec<u8>, value: u32) {
-    out.push(b'0' + (value / 10) as u8);
-    out.push(b'0' + (value % 10) as u8);
+/// Writes `value`'s last two decimal digits at `at`.
+fn two_digits(text: &mut [u8], at: usize, value: u32) {
+    text[at] = b'0' + (value / 10 % 10) as u8;
+    text[at + 1] = b'0' + (value % 10) as u8;
+}
+
+/// `YYYY-MM-DD` of a day since the epoch (years clamped to 0000–9999).
+fn date_text(days: i64) -> [u8; 10] {
+    let (year, month, day) = civil_from_days(days);
+    let year = year.clamp(0, 9999) as u32;
+    let mut text = *b"0000-00-00";
+    two_digits(&mut text, 0, year / 100);
+    two_digits(&mut text, 2, year % 100);
+    two_digits(&mut text, 5, month);
+    two_digits(&mut text, 8, day);
+    text
 }
 
 /// Appends `YYYY-MM-DD`.
 pub fn write_date(out: &mut Vec<u8>, days: i32) {
-    let (year, month, day) = civil_from_days(i64::from(days));
-    let year = year.clamp(0, 9999) as u32;
-    push_two(out, year / 100);
-    push_two(out, year % 100);
-    out.push(b'-');
-    push_two(out, month);
-    out.push(b'-');
-    push_two(out, day);
+    out.extend_from_slice(&date_text(i64::from(days)));
 }
 
 /// Appends `YYYY-MM-DD HH:MM:SS` (and `.ffffff` when there is a sub-second part).
 pub fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) {
-    let seconds = micros.div_euclid(MICROS_PER_SECOND);
+    out.extend_from_slice(EventTimeText::new(micros).as_str().as_bytes());
     let fraction = micros.rem_euclid(MICROS_PER_SECOND);
-    let days = seconds.div_euclid(SECONDS_PER_DAY);
-    let of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u32;
-    write_date(out, days as i32);
-    out.push(b' ');
-    push_two(out, of_day / 3600);
-    out.push(b':');
-    push_two(out, of_day / 60 % 60);
-    out.push(b':');
-    push_two(out, of_day % 60);
     if fraction != 0 {
         out.extend_from_slice(format!(".{fraction:06}").as_bytes());
     }
@@ -144,21 +141,12 @@ pub struct EventTimeText([u8; 19]);
 impl EventTimeText {
     pub fn new(micros: i64) -> Self {
         let seconds = micros.div_euclid(MICROS_PER_SECOND);
-        let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
         let of_day = seconds.rem_euclid(SECONDS_PER_DAY) as u32;
-        let year = year.clamp(0, 9999) as u32;
         let mut text = *b"0000-00-00 00:00:00";
-        let mut two = |at: usize, value: u32| {
-            text[at] = b'0' + (value / 10 % 10) as u8;
-            text[at + 1] = b'0' + (value % 10) as u8;
-        };
-        two(0, year / 100);
-        two(2, year % 100);
-        two(5, month);
-        two(8, day);
-        two(11, of_day / 3600);
-        two(14, of_day / 60 % 60);
-        two(17, of_day % 60);
+        text[..10].copy_from_slice(&date_text(seconds.div_euclid(SECONDS_PER_DAY)));
+        two_digits(&mut text, 11, of_day / 3600);
+        two_digits(&mut text, 14, of_day / 60 % 60);
+        two_digits(&mut text, 17, of_day % 60);
         Self(text)
     }
 
@@ -173,23 +161,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_time_text_matches_the_timestamp_writer() {
-        for micros in [
-            0i64,
-            1_546_300_818_000_000,
-            1_546_300_818_999_999,
-            -1,
-            253_402_300_799_000_000,
-            1_582_934_400_123_456,
+    fn event_times_as_text() {
+        for (micros, text) in [
+            (0i64, "1970-01-01 00:00:00"),
+            (-1, "1969-12-31 23:59:59"),
+            (1_546_300_818_000_000, "2019-01-01 00:00:18"),
+            (1_546_300_818_999_999, "2019-01-01 00:00:18"),
+            (1_582_934_400_123_456, "2020-02-29 00:00:00"),
+            (253_402_300_799_000_000, "9999-12-31 23:59:59"),
         ] {
-            let mut out = Vec::new();
-            write_timestamp_micros(&mut out, micros - micros.rem_euclid(MICROS_PER_SECOND));
-            assert_eq!(event_time_text(micros).as_bytes(), &out[..], "{micros}");
+            assert_eq!(event_time_text(micros), text, "{micros}");
         }
-        assert_eq!(
-            event_time_text(1_546_300_818_500_000),
-            "2019-01-01 00:00:18"
-        );
+        let mut out = Vec::new();
+        write_timestamp_micros(&mut out, 1_582_934_400_123_456);
+        assert_eq!(out, b"2020-02-29 00:00:00.123456");
     }
 
     #[test]

@@ -84,6 +84,49 @@ async fn start_queries(
 /// well under a millisecond, where a read per message was 1 % of the engine at the drain.
 const CLOCK_READ_EVERY: u32 = 64;
 
+/// Message bytes, copied out of librdkafka's into shared buffers of about a micro-batch
+/// each: a message's are a split of one (no allocation per message); a buffer is freed
+/// when the last message in it is.
+struct MessageBytes {
+    buffer: BytesMut,
+    /// A new buffer's size: a micro-batch of typical messages (~400 bytes).
+    buffer_bytes: usize,
+    max_message_bytes: usize,
+}
+
+impl MessageBytes {
+    fn new(batch_rows: usize, max_message_bytes: usize) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            buffer_bytes: 512 * batch_rows.clamp(1, 8192),
+            max_message_bytes,
+        }
+    }
+
+    /// The message's key and payload, as shared bytes.
+    fn copy(&mut self, key: Option<&[u8]>, payload: &[u8]) -> (Option<Bytes>, Bytes) {
+        let size = payload.len() + key.map_or(0, <[u8]>::len);
+        if size > self.max_message_bytes {
+            // Refused by the decoder: copied on its own, so that no shared buffer grows to
+            // its size.
+            return (
+                key.map(Bytes::copy_from_slice),
+                Bytes::copy_from_slice(payload),
+            );
+        }
+        if self.buffer.capacity() < size {
+            // A new buffer (never the old one grown: its messages still hold it).
+            self.buffer = BytesMut::with_capacity(size.max(self.buffer_bytes));
+        }
+        let key = key.map(|key| {
+            self.buffer.extend_from_slice(key);
+            self.buffer.split().freeze()
+        });
+        self.buffer.extend_from_slice(payload);
+        (key, self.buffer.split().freeze())
+    }
+}
+
 /// When a micro-batch whose first message was polled at `polled` closes: `wait` after that
 /// message was produced (its Kafka timestamp), but never later than `wait` after it was
 /// polled, so a producer clock running behind cannot hold a batch open, and one running
@@ -372,10 +415,7 @@ pub fn run_stream(
     let mut last_busy = Instant::now();
     let mut last_lag_update = Instant::now();
     let mut buffer: Vec<Incoming> = Vec::with_capacity(config.batch_rows);
-    // Message bytes, copied out of librdkafka's into shared buffers of about a micro-batch
-    // each: a message's are a split of one (no allocation per message); a buffer is freed
-    // when the last message in it is.
-    let mut bytes = BytesMut::new();
+    let mut bytes = MessageBytes::new(config.batch_rows, config.max_message_bytes);
     // The clock for the arrival histogram: read again at each micro-batch's start, after
     // every poll that found nothing or failed, and every CLOCK_READ_EVERY messages.
     let mut clock_ms = now_ms();
@@ -442,31 +482,8 @@ pub fn run_stream(
                                 .arrival_latency
                                 .record(ms_between(produced, clock_ms), 1);
                         }
-                        let payload = message.payload().unwrap_or_default();
-                        let key = message.key();
-                        let size = payload.len() + key.map_or(0, <[u8]>::len);
-                        let (key, payload) = if size > config.max_message_bytes {
-                            // Refused by the decoder: copied on its own, so that no shared
-                            // buffer grows to its size.
-                            (
-                                key.map(Bytes::copy_from_slice),
-                                Bytes::copy_from_slice(payload),
-                            )
-                        } else {
-                            if bytes.capacity() < size {
-                                // A new buffer, for a micro-batch of typical messages
-                                // (~400 bytes); the last one is freed with its messages.
-                                bytes = BytesMut::with_capacity(
-                                    size.max(512 * config.batch_rows.clamp(1, 8192)),
-                                );
-                            }
-                            let key = key.map(|key| {
-                                bytes.extend_from_slice(key);
-                                bytes.split().freeze()
-                            });
-                            bytes.extend_from_slice(payload);
-                            (key, bytes.split().freeze())
-                        };
+                        let (key, payload) =
+                            bytes.copy(message.key(), message.payload().unwrap_or_default());
                         buffer.push(Incoming {
                             partition: message.partition(),
                             offset: message.offset(),
@@ -687,6 +704,31 @@ pub fn peak_rss_mib() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_bytes_share_a_buffer_and_large_ones_are_copied_alone() {
+        let mut bytes = MessageBytes::new(4, 100);
+        let (key, first) = bytes.copy(Some(b"card-1"), b"{\"amt\":1}");
+        let (none, second) = bytes.copy(None, b"{\"amt\":2}");
+        assert_eq!(key.as_deref(), Some(&b"card-1"[..]));
+        assert_eq!(
+            (&first[..], none, &second[..]),
+            (&b"{\"amt\":1}"[..], None, &b"{\"amt\":2}"[..])
+        );
+        // One buffer (2 KiB for 4 rows): the second message follows the first in it.
+        assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
+        // Over max_message_bytes: its own allocation, the shared buffer not grown.
+        let large = vec![b'x'; 101];
+        let (_, copied) = bytes.copy(None, &large);
+        assert_eq!(&copied[..], &large[..]);
+        let (_, after) = bytes.copy(None, b"{}");
+        assert_eq!(second.as_ptr().wrapping_add(second.len()), after.as_ptr());
+        // Full: a new buffer; what was handed out is unchanged.
+        for _ in 0..30 {
+            bytes.copy(None, &[b'y'; 90]);
+        }
+        assert_eq!(&first[..], b"{\"amt\":1}");
+    }
 
     #[test]
     fn batch_deadline_counts_from_produce_time_within_bounds() {

@@ -531,6 +531,14 @@ mod tests {
         assert_eq!(compute(Kind::Mean24h, &none, 0), vec![None]);
     }
 
+    /// Each kind of window, with the rows it keeps (`n`).
+    const EVERY_KIND: [(Kind, usize); 4] = [
+        (Kind::RollingSum24h, 0),
+        (Kind::Mean24h, 0),
+        (Kind::MeanOfPrevious, 30),
+        (Kind::SecsSincePrevious, 1),
+    ];
+
     /// Every row's result, from the public functions the batch paths use.
     fn compute(kind: Kind, rows: &[Entry], n: usize) -> Vec<Option<f64>> {
         let secs: Vec<i64> = rows.iter().map(|r| r.secs).collect();
@@ -560,12 +568,7 @@ mod tests {
             .collect::<Vec<_>>();
         let mut rows = rows;
         rows.sort_by_key(|r| r.secs);
-        for (kind, n) in [
-            (Kind::RollingSum24h, 0),
-            (Kind::Mean24h, 0),
-            (Kind::MeanOfPrevious, 30),
-            (Kind::SecsSincePrevious, 1),
-        ] {
+        for (kind, n) in EVERY_KIND {
             let whole = compute(kind, &rows, n);
             let mut all = Vec::new();
             compute_at(kind, &rows, 0..rows.len(), n, &mut all);
@@ -645,12 +648,7 @@ mod tests {
             })
             .collect();
         rows.sort_by_key(|r| r.secs);
-        for (kind, n) in [
-            (Kind::RollingSum24h, 0),
-            (Kind::Mean24h, 0),
-            (Kind::MeanOfPrevious, 30),
-            (Kind::SecsSincePrevious, 1),
-        ] {
+        for (kind, n) in EVERY_KIND {
             let whole = compute(kind, &rows, n);
             let mut kept: Vec<Entry> = Vec::new();
             let mut pieces = Vec::new();
