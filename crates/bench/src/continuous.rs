@@ -180,7 +180,7 @@ fn drain(
     }
     Ok(Drain {
         tx_per_sec: run.f("messages_per_sec"),
-        engine_us: run.f("cpu_secs") * 1e6 / messages,
+        engine_us: run.f("drain_cpu_secs") * 1e6 / messages,
         redis_us: (redis.cpu_secs()? - redis_before) * 1e6 / messages,
         late_rows: queries.iter().filter_map(|q| q["late_rows"].as_u64()).sum(),
         windows: queries

@@ -189,7 +189,7 @@ fn drain(args: &QueriesOptions, topic: &str, group: &str, heavy: usize) -> anyho
     let messages = run.f("messages").max(1.0);
     Ok(Drain {
         tx_per_sec: run.f("messages_per_sec"),
-        engine_cpu_us_per_tx: run.f("cpu_secs") * 1e6 / messages,
+        engine_cpu_us_per_tx: run.f("drain_cpu_secs") * 1e6 / messages,
         probe,
         cancelled: cancelled.load(Relaxed),
     })

@@ -223,7 +223,7 @@ fn drain(
     Ok(Drain {
         messages: rows,
         tx_per_sec: rows / elapsed.max(1e-9),
-        engine_us: per_tx(runs.iter().map(|r| r.f("cpu_secs")).sum()),
+        engine_us: per_tx(runs.iter().map(|r| r.f("drain_cpu_secs")).sum()),
         redis_us: per_tx(redis_cpu),
         broker_us: per_tx(broker_cpu),
         rewrites,

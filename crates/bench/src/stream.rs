@@ -274,7 +274,10 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
     let drained = finish_engine(engine)?;
     // Per transaction: what carries to other machines (totals on these cores do not).
     let per_tx = |cpu_secs: f64| cpu_secs * 1e6 / drained.f("messages").max(1.0);
-    let engine_us = per_tx(drained.f("cpu_secs"));
+    // The engine from its first message (start-up, which does not grow with the messages,
+    // left out), and its whole process beside it.
+    let engine_us = per_tx(drained.f("drain_cpu_secs"));
+    let engine_process_us = per_tx(drained.f("cpu_secs"));
     let redis_us = per_tx(redis.cpu_secs()? - redis_cpu);
     let broker_us = per_tx(broker_cpu_secs() - broker_cpu);
     let drain_rewrites = redis.rewrites()? - rewrites_before;
@@ -376,7 +379,7 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
         "| Redis AOF rewrites during the drain / the steady run (each forks Redis; the child takes a core for about a second) | {drain_rewrites} / {steady_rewrites} | |"
     );
     println!(
-        "| CPU per transaction in the drain: engine (whole process) / Redis / broker | {engine_us:.1} / {redis_us:.1} / {broker_us:.1} µs | |"
+        "| CPU per transaction in the drain: engine from its first message (whole process) / Redis / broker | {engine_us:.1} ({engine_process_us:.1}) / {redis_us:.1} / {broker_us:.1} µs | |"
     );
     println!(
         "| engine peak RSS (drain / steady) | {:.0} / {:.0} MiB | <= 300 MiB |",

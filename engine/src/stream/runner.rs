@@ -173,6 +173,11 @@ pub struct RunSummary {
     pub peak_rss_mib: f64,
     /// CPU time of this whole process (user + system) since it started, in seconds.
     pub cpu_secs: f64,
+    /// CPU time of this process from its first message to the end of the stream (the
+    /// final checkpoint and the idle wait before it included), in seconds: what the
+    /// messages cost, without start-up (loading and planning the models, joining the
+    /// group), which does not grow with them.
+    pub drain_cpu_secs: f64,
     /// The standing queries' totals.
     pub queries: Vec<risksense_continuous::metrics::QuerySummary>,
 }
@@ -409,6 +414,8 @@ pub fn run_stream(
     }
     let started = Instant::now();
     let mut first_message: Option<Instant> = None;
+    // The process's CPU time when the first message came (see RunSummary::drain_cpu_secs).
+    let mut cpu_at_first_message: Option<f64> = None;
     let mut last_message = Instant::now();
     // When the loop last finished a micro-batch: time blocked in a sink (retrying through
     // an outage) is not idle time, or the idle stop would end a stream with a backlog.
@@ -496,7 +503,10 @@ pub fn run_stream(
                         // is set when the gathering ends.
                         if batch_deadline.is_none() {
                             let now = Instant::now();
-                            first_message.get_or_insert(now);
+                            if first_message.is_none() {
+                                first_message = Some(now);
+                                cpu_at_first_message = Some(process_cpu_secs());
+                            }
                             batch_deadline =
                                 Some(self::batch_deadline(now, config.batch_wait(), timestamp_ms));
                         }
@@ -580,6 +590,7 @@ pub fn run_stream(
         &metrics,
         first_message.map_or(started.elapsed(), |f| last_message.max(f) - f),
         archive_files,
+        cpu_at_first_message,
     );
     if let Some(queries) = &options.queries {
         summary.queries = queries.summary();
@@ -636,8 +647,14 @@ fn update_lag(
     metrics.set_lag(lag);
 }
 
-fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> RunSummary {
+fn summarize(
+    metrics: &StreamMetrics,
+    busy: Duration,
+    archive_files: u64,
+    cpu_at_first_message: Option<f64>,
+) -> RunSummary {
     let get = StreamMetrics::get;
+    let cpu_secs = process_cpu_secs();
     let secs = |ns: &std::sync::atomic::AtomicU64| get(ns) as f64 / 1e9;
     let elapsed = busy.as_secs_f64().max(1e-9);
     RunSummary {
@@ -665,7 +682,8 @@ fn summarize(metrics: &StreamMetrics, busy: Duration, archive_files: u64) -> Run
         poll_secs: secs(&metrics.poll_ns),
         remote_sink_secs: secs(&metrics.remote_sink_ns),
         peak_rss_mib: peak_rss_mib(),
-        cpu_secs: process_cpu_secs(),
+        cpu_secs,
+        drain_cpu_secs: cpu_at_first_message.map_or(0.0, |first| cpu_secs - first),
         queries: Vec::new(),
     }
 }
