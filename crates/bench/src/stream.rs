@@ -278,6 +278,7 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
     // left out), and its whole process beside it.
     let engine_us = per_tx(drained.f("drain_cpu_secs"));
     let engine_process_us = per_tx(drained.f("cpu_secs"));
+    let engine_system_us = per_tx(drained.f("drain_system_cpu_secs"));
     let redis_us = per_tx(redis.cpu_secs()? - redis_cpu);
     let broker_us = per_tx(broker_cpu_secs() - broker_cpu);
     let drain_rewrites = redis.rewrites()? - rewrites_before;
@@ -379,7 +380,7 @@ pub fn stream(args: StreamOptions) -> anyhow::Result<()> {
         "| Redis AOF rewrites during the drain / the steady run (each forks Redis; the child takes a core for about a second) | {drain_rewrites} / {steady_rewrites} | |"
     );
     println!(
-        "| CPU per transaction in the drain: engine from its first message (whole process) / Redis / broker | {engine_us:.1} ({engine_process_us:.1}) / {redis_us:.1} / {broker_us:.1} µs | |"
+        "| CPU per transaction in the drain: engine from its first message (of which system; whole process) / Redis / broker | {engine_us:.1} ({engine_system_us:.1}; {engine_process_us:.1}) / {redis_us:.1} / {broker_us:.1} µs | |"
     );
     println!(
         "| engine peak RSS (drain / steady) | {:.0} / {:.0} MiB | <= 300 MiB |",

@@ -178,6 +178,9 @@ pub struct RunSummary {
     /// messages cost, without start-up (loading and planning the models, joining the
     /// group), which does not grow with them.
     pub drain_cpu_secs: f64,
+    /// Of `drain_cpu_secs`, the kernel's (system) time: writes to files and sockets, page
+    /// faults.
+    pub drain_system_cpu_secs: f64,
     /// The standing queries' totals.
     pub queries: Vec<risksense_continuous::metrics::QuerySummary>,
 }
@@ -415,7 +418,7 @@ pub fn run_stream(
     let started = Instant::now();
     let mut first_message: Option<Instant> = None;
     // The process's CPU time when the first message came (see RunSummary::drain_cpu_secs).
-    let mut cpu_at_first_message: Option<f64> = None;
+    let mut cpu_at_first_message: Option<CpuTimes> = None;
     let mut last_message = Instant::now();
     // When the loop last finished a micro-batch: time blocked in a sink (retrying through
     // an outage) is not idle time, or the idle stop would end a stream with a backlog.
@@ -505,7 +508,7 @@ pub fn run_stream(
                             let now = Instant::now();
                             if first_message.is_none() {
                                 first_message = Some(now);
-                                cpu_at_first_message = Some(process_cpu_secs());
+                                cpu_at_first_message = Some(process_cpu_times());
                             }
                             batch_deadline =
                                 Some(self::batch_deadline(now, config.batch_wait(), timestamp_ms));
@@ -651,10 +654,15 @@ fn summarize(
     metrics: &StreamMetrics,
     busy: Duration,
     archive_files: u64,
-    cpu_at_first_message: Option<f64>,
+    cpu_at_first_message: Option<CpuTimes>,
 ) -> RunSummary {
     let get = StreamMetrics::get;
-    let cpu_secs = process_cpu_secs();
+    let cpu = process_cpu_times();
+    let first = cpu_at_first_message.unwrap_or(cpu);
+    let drain = CpuTimes {
+        user: cpu.user - first.user,
+        system: cpu.system - first.system,
+    };
     let secs = |ns: &std::sync::atomic::AtomicU64| get(ns) as f64 / 1e9;
     let elapsed = busy.as_secs_f64().max(1e-9);
     RunSummary {
@@ -682,14 +690,16 @@ fn summarize(
         poll_secs: secs(&metrics.poll_ns),
         remote_sink_secs: secs(&metrics.remote_sink_ns),
         peak_rss_mib: peak_rss_mib(),
-        cpu_secs,
-        drain_cpu_secs: cpu_at_first_message.map_or(0.0, |first| cpu_secs - first),
+        cpu_secs: cpu.user + cpu.system,
+        drain_cpu_secs: drain.user + drain.system,
+        drain_system_cpu_secs: drain.system,
         queries: Vec::new(),
     }
 }
 
-/// User + system CPU time of this process so far, in seconds (0 where /proc is not there).
-pub fn process_cpu_secs() -> f64 {
+/// CPU time of this process so far, in seconds: (user, system); zero where /proc is not
+/// there.
+pub fn process_cpu_times() -> CpuTimes {
     // USER_HZ, the unit of /proc's times, is 100 on Linux.
     const TICKS_PER_SEC: f64 = 100.0;
     std::fs::read_to_string("/proc/self/stat")
@@ -700,9 +710,19 @@ pub fn process_cpu_secs() -> f64 {
             let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
             let user: f64 = fields.get(11)?.parse().ok()?;
             let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / TICKS_PER_SEC)
+            Some(CpuTimes {
+                user: user / TICKS_PER_SEC,
+                system: system / TICKS_PER_SEC,
+            })
         })
-        .unwrap_or(0.0)
+        .unwrap_or_default()
+}
+
+/// A process's CPU time, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
 }
 
 /// VmHWM of this process, in MiB (0 where /proc is not there).

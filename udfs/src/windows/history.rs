@@ -255,7 +255,7 @@ struct PartitionHistory {
 #[derive(Debug, Default)]
 pub struct CardHistory {
     sites: RwLock<Sites>,
-    partitions: RwLock<HashMap<i32, PartitionHistory>>,
+    partitions: RwLock<FastMap<i32, PartitionHistory>>,
     staged: Mutex<Vec<(i64, SiteId, Vec<Entry>)>>,
 }
 
@@ -614,7 +614,7 @@ impl CardHistory {
 
 /// The history as one window call reads it ([`CardHistory::reader`]).
 pub(super) struct HistoryReader<'a> {
-    partitions: RwLockReadGuard<'a, HashMap<i32, PartitionHistory>>,
+    partitions: RwLockReadGuard<'a, FastMap<i32, PartitionHistory>>,
 }
 
 impl HistoryReader<'_> {
