@@ -297,6 +297,15 @@ fn streams_100k_rows_into_redis_the_alerts_topic_and_the_archive_once_each() {
     assert_eq!(summary.messages, 100_000);
     assert_eq!(summary.rows_scored, 100_000);
     assert_eq!(summary.dead_letters, 0);
+    // CPU counted from the first message: some (100,000 rows take a good part of a
+    // second), and less than the whole process's (start-up is left out).
+    assert!(
+        summary.drain_cpu_secs > 0.0 && summary.drain_cpu_secs < summary.cpu_secs,
+        "drain {} s, whole process {} s",
+        summary.drain_cpu_secs,
+        summary.cpu_secs
+    );
+    assert!(summary.drain_system_cpu_secs <= summary.drain_cpu_secs);
     assert!(summary.anomalies > 100, "{} anomalies", summary.anomalies);
 
     // Redis: every transaction, each anomaly indexed and alerted once.
