@@ -559,21 +559,8 @@ impl Pipeline {
             self.commit_history(batch)?;
             StreamMetrics::add(&self.metrics.state_ns, started.elapsed().as_nanos() as u64);
         }
-        // Each partition's last offset, told once rather than three hash updates per
-        // message: a micro-batch holds a few partitions.
-        let mut last_offsets: Vec<(i32, i64)> = Vec::new();
-        for message in &messages {
-            match last_offsets
-                .iter_mut()
-                .find(|(p, _)| *p == message.partition)
-            {
-                Some((_, offset)) => *offset = (*offset).max(message.offset),
-                None => last_offsets.push((message.partition, message.offset)),
-            }
-        }
-        for (partition, offset) in last_offsets {
-            self.coordinator.processed(partition, offset);
-        }
+        self.coordinator
+            .processed_all(messages.iter().map(|m| (m.partition, m.offset)));
         StreamMetrics::add(&self.metrics.batches, 1);
         StreamMetrics::add(&self.metrics.dead_letters, dead);
         Ok(())
