@@ -15,9 +15,9 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 # The whole run takes about 10 GB of disk (the debug build 6.4 GB, the image, the services'
 # data); Redis stops accepting writes when its disk fills, and the tests then fail far from
 # the cause. Say so up front.
-free_gb="$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')"
+read -r free_gb mount < <(df -Pk . | awk 'NR == 2 { print int($4 / 1048576), $6 }')
 if [ "${free_gb:-0}" -lt 12 ]; then
-  echo "[test] WARNING: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 { print $6 }'); the test run needs about 10 GB" >&2
+  echo "[test] WARNING: only ${free_gb} GB free on ${mount}; the test run needs about 10 GB" >&2
 fi
 
 scripts/services.sh up
