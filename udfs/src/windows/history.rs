@@ -256,7 +256,18 @@ struct PartitionHistory {
 pub struct CardHistory {
     sites: RwLock<Sites>,
     partitions: RwLock<FastMap<i32, PartitionHistory>>,
-    staged: Mutex<Vec<(i64, SiteId, Vec<Entry>)>>,
+    staged: Mutex<Vec<StagedCall>>,
+}
+
+/// What one window call staged: the pairs each of its cards keeps, one after another in
+/// one buffer (a vector per card and site was a large part of the engine's allocations
+/// with many cards), and whose they are.
+#[derive(Debug, Default)]
+pub(super) struct StagedCall {
+    pub(super) entries: Vec<Entry>,
+    /// `(card, site, start, end)`: the card's pairs are `entries[start..end]`. Cards
+    /// ascend (a window call sees them in order).
+    pub(super) cards: Vec<(i64, SiteId, usize, usize)>,
 }
 
 impl CardHistory {
@@ -307,12 +318,16 @@ impl CardHistory {
 
     #[cfg(test)]
     pub(super) fn stage(&self, card: i64, site: SiteId, entries: Vec<Entry>) {
-        self.staged.lock().push((card, site, entries));
+        let end = entries.len();
+        self.staged.lock().push(StagedCall {
+            entries,
+            cards: vec![(card, site, 0, end)],
+        });
     }
 
-    /// Stages a window call's new pairs, `(card, site, entries)`, at once.
-    pub(super) fn stage_all(&self, entries: Vec<(i64, SiteId, Vec<Entry>)>) {
-        self.staged.lock().extend(entries);
+    /// Stages a window call's new pairs at once.
+    pub(super) fn stage_all(&self, call: StagedCall) {
+        self.staged.lock().push(call);
     }
 
     /// Forgets what scoring staged (the batch was not scored).
@@ -326,23 +341,50 @@ impl CardHistory {
         &self,
         partition_of: impl Fn(i64) -> Option<i32>,
     ) -> Result<(), HistoryError> {
-        let staged = std::mem::take(&mut *self.staged.lock());
+        let calls = std::mem::take(&mut *self.staged.lock());
+        // Each call staged its cards in ascending order: a stable sort merges those runs,
+        // so a card's sites are committed together and the card is looked up (and copied
+        // off a snapshot) once per micro-batch, not once per site.
+        let mut order: Vec<(i64, usize, usize)> = calls
+            .iter()
+            .enumerate()
+            .flat_map(|(c, call)| {
+                call.cards
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, (card, ..))| (*card, c, i))
+            })
+            .collect();
+        order.sort_by_key(|(card, _, _)| *card);
         let mut partitions = self.partitions.write();
-        for (card, site, entries) in staged {
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let card = group[0].0;
             let partition = partition_of(card).ok_or(HistoryError::NoPartition(card))?;
             let history = partitions.entry(partition).or_default();
             history.changed.insert(card);
             let rows = Arc::make_mut(history.cards.entry(card).or_default());
-            if let Some(last) = entries.last() {
-                rows.latest_secs = rows.latest_secs.max(last.secs);
-                history.latest_secs = history.latest_secs.max(last.secs);
+            for &(_, c, i) in group {
+                let (_, site, start, end) = calls[c].cards[i];
+                let entries = &calls[c].entries[start..end];
+                if let Some(last) = entries.last() {
+                    rows.latest_secs = rows.latest_secs.max(last.secs);
+                    history.latest_secs = history.latest_secs.max(last.secs);
+                }
+                let site = site as usize;
+                if rows.sites.len() <= site {
+                    rows.sites.resize_with(site + 1, Vec::new);
+                }
+                let kept = &mut rows.sites[site];
+                if kept.capacity() > 4 * entries.len().max(16) {
+                    // Shrunk after a burst, not held at its largest.
+                    *kept = entries.to_vec();
+                } else {
+                    // In the card's own buffer: no allocation per card and site.
+                    kept.clear();
+                    kept.extend_from_slice(entries);
+                }
             }
             rows.active_secs = history.latest_secs;
-            let site = site as usize;
-            if rows.sites.len() <= site {
-                rows.sites.resize_with(site + 1, Vec::new);
-            }
-            rows.sites[site] = entries;
         }
         Ok(())
     }
@@ -364,28 +406,30 @@ impl CardHistory {
     /// Remembers scored rows, `(partition, card, row)`, each card's in arrival order, and
     /// forgets what falls out of the horizon (see the module's doc).
     pub fn remember(&self, rows: impl IntoIterator<Item = (i32, i64, Seen)>) {
+        let mut rows: Vec<(i32, i64, Seen)> = rows.into_iter().collect();
+        // A card's rows together, in arrival order (the sort is stable): the card is looked
+        // up, and copied off a snapshot, once per micro-batch instead of once per row.
+        rows.sort_by_key(|(partition, card, _)| (*partition, *card));
         let mut partitions = self.partitions.write();
-        let mut touched: Vec<(i32, i64)> = Vec::new();
-        for (partition, card, seen) in rows {
-            let history = partitions.entry(partition).or_default();
-            history.changed.insert(card);
-            let card_rows = Arc::make_mut(history.cards.entry(card).or_default());
-            card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
-            history.latest_secs = history.latest_secs.max(seen.secs);
-            card_rows.active_secs = history.latest_secs;
-            card_rows.push_seen(seen);
-            if touched.last() != Some(&(partition, card)) {
-                touched.push((partition, card));
-            }
-        }
-        for (partition, card) in touched {
-            if let Some(rows) = partitions
-                .get_mut(&partition)
-                .and_then(|p| p.cards.get_mut(&card))
-            {
-                let cutoff = rows.latest_secs - WINDOW_SECS;
-                let keep_from = rows.seen.len().saturating_sub(SEEN_KEEP_ROWS);
-                Arc::make_mut(rows).forget(keep_from, cutoff);
+        for in_partition in rows.chunk_by(|a, b| a.0 == b.0) {
+            let history = partitions.entry(in_partition[0].0).or_default();
+            // The partition's clock after these rows: every card here was active then.
+            history.latest_secs = in_partition
+                .iter()
+                .map(|(_, _, seen)| seen.secs)
+                .fold(history.latest_secs, i64::max);
+            for group in in_partition.chunk_by(|a, b| a.1 == b.1) {
+                let card = group[0].1;
+                history.changed.insert(card);
+                let card_rows = Arc::make_mut(history.cards.entry(card).or_default());
+                for &(_, _, seen) in group {
+                    card_rows.latest_secs = card_rows.latest_secs.max(seen.secs);
+                    card_rows.push_seen(seen);
+                }
+                card_rows.active_secs = history.latest_secs;
+                let cutoff = card_rows.latest_secs - WINDOW_SECS;
+                let keep_from = card_rows.seen.len().saturating_sub(SEEN_KEEP_ROWS);
+                card_rows.forget(keep_from, cutoff);
             }
         }
     }
@@ -814,6 +858,57 @@ mod tests {
             .apply_delta(0, &empty.to_delta_ipc().expect("delta"))
             .expect("apply");
         assert_eq!(rows_of(&restored, 0), rows_of(&history, 0));
+    }
+
+    /// Calls staging different cards, each in one buffer, commit each card's pairs under its
+    /// site; a snapshot taken before keeps what it saw.
+    #[test]
+    fn calls_of_many_cards_commit_each_card_s_sites() {
+        let history = CardHistory::new();
+        let amt = site(&history, "amt");
+        let night = site(&history, "is_night");
+        history.stage(1, amt, vec![entry(1, Some(1.0))]);
+        history.commit_staged(|_| Some(0)).expect("commit");
+        let before = history.snapshot(0);
+
+        let call = |site, cards: &[(i64, &[i64])]| {
+            let mut staged = StagedCall::default();
+            // A card's part starts after a pair the window dropped (as `retain_from` does).
+            for (card, secs) in cards {
+                staged.entries.push(entry(-1, None));
+                let start = staged.entries.len();
+                staged
+                    .entries
+                    .extend(secs.iter().map(|&s| entry(s, Some(s as f64))));
+                staged
+                    .cards
+                    .push((*card, site, start, staged.entries.len()));
+            }
+            staged
+        };
+        history.stage_all(call(amt, &[(1, &[2, 3]), (3, &[7]), (5, &[])]));
+        history.stage_all(call(night, &[(2, &[4]), (3, &[8, 9])]));
+        history
+            .commit_staged(|card| Some(if card == 2 { 1 } else { 0 }))
+            .expect("commit");
+        let pairs = |secs: &[i64]| -> Vec<Entry> {
+            secs.iter().map(|&s| entry(s, Some(s as f64))).collect()
+        };
+        assert_eq!(history.entries(1, amt), pairs(&[2, 3]));
+        assert!(history.entries(1, night).is_empty());
+        assert_eq!(history.entries(3, amt), pairs(&[7]));
+        assert_eq!(history.entries(3, night), pairs(&[8, 9]));
+        assert_eq!(history.entries(2, night), pairs(&[4]));
+        assert!(history.entries(5, amt).is_empty());
+        assert_eq!(history.size(0), (3, 5));
+        assert_eq!(history.size(1), (1, 1));
+        // The snapshot before the commit still holds card 1's first pair only.
+        let restored = CardHistory::new();
+        site(&restored, "amt");
+        restored
+            .restore(0, &before.to_ipc().expect("ipc"))
+            .expect("restore");
+        assert_eq!(restored.entries(1, amt), vec![entry(1, Some(1.0))]);
     }
 
     #[test]

@@ -43,6 +43,7 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
 
+use history::StagedCall;
 pub use history::{
     CardHistory, HistoryError, HistorySnapshot, SEEN_KEEP_ROWS, Seen, SiteId, trans_num_hash,
 };
@@ -281,7 +282,9 @@ impl PartitionEvaluator for CardEvaluator {
             .site
             .as_ref()
             .map(|(history, site)| (history.reader(), *site));
-        let mut staged = Vec::new();
+        // Every card's merged pairs go into one buffer, and what each keeps is a range of
+        // it: no vector per card.
+        let mut staged = StagedCall::default();
         // Where a card's new rows went in its merge with history (one buffer for all cards).
         let mut positions = Vec::new();
         for run in cards.values().chunk_by(|a, b| a == b) {
@@ -301,15 +304,24 @@ impl PartitionEvaluator for CardEvaluator {
             match &reader {
                 None => compute_at(kind, rows, 0..rows.len(), keep_rows, &mut out),
                 Some((history, site)) => {
-                    let merged = merge(history.entries(card, *site), rows, &mut positions);
+                    let start = staged.entries.len();
+                    merge_into(
+                        history.entries(card, *site),
+                        rows,
+                        &mut positions,
+                        &mut staged.entries,
+                    );
                     compute_at(
                         kind,
-                        &merged,
+                        &staged.entries[start..],
                         positions.iter().copied(),
                         keep_rows,
                         &mut out,
                     );
-                    staged.push((card, *site, retain(kind, merged, keep_rows)));
+                    let kept_from = retain_from(kind, &mut staged.entries, start, keep_rows);
+                    staged
+                        .cards
+                        .push((card, *site, kept_from, staged.entries.len()));
                 }
             }
         }
@@ -378,32 +390,35 @@ fn compute_at(
 }
 
 /// `earlier` (a card's history, in order) and `rows` (its new rows, in order) in one
-/// order, and where each new row went. On equal seconds history goes first: it arrived
-/// earlier on the card's partition, and the window orders same-second rows by arrival.
-/// New rows normally all come after history; a late one goes by its event time.
-fn merge(earlier: &[Entry], rows: &[Entry], positions: &mut Vec<usize>) -> Vec<Entry> {
-    let mut merged = Vec::with_capacity(earlier.len() + rows.len());
+/// order, appended to `out`, and where each new row went (from the start of what was
+/// appended). On equal seconds history goes first: it arrived earlier on the card's
+/// partition, and the window orders same-second rows by arrival. New rows normally all
+/// come after history; a late one goes by its event time.
+fn merge_into(earlier: &[Entry], rows: &[Entry], positions: &mut Vec<usize>, out: &mut Vec<Entry>) {
+    let start = out.len();
+    out.reserve(earlier.len() + rows.len());
     positions.clear();
     let mut e = 0;
     for row in rows {
         while e < earlier.len() && earlier[e].secs <= row.secs {
-            merged.push(earlier[e]);
+            out.push(earlier[e]);
             e += 1;
         }
-        positions.push(merged.len());
-        merged.push(*row);
+        positions.push(out.len() - start);
+        out.push(*row);
     }
-    merged.extend_from_slice(&earlier[e..]);
-    merged
+    out.extend_from_slice(&earlier[e..]);
 }
 
-/// What a later row of the card can still need: the last `keep_rows` rows and every row
-/// of the 24 hours before the latest one (exact for rows that arrive in event-time order,
-/// which one Kafka key per card gives; a row later than that is placed by its event time
-/// among what is kept).
-fn retain(kind: Kind, mut rows: Vec<Entry>, keep_rows: usize) -> Vec<Entry> {
+/// What a later row of the card can still need, of the card's rows `entries[start..]`
+/// (in window order): the last `keep_rows` rows and every row of the 24 hours before the
+/// latest one (exact for rows that arrive in event-time order, which one Kafka key per
+/// card gives; a row later than that is placed by its event time among what is kept).
+/// Returns where the kept rows begin; `mean_24h`'s nulls are dropped from them.
+fn retain_from(kind: Kind, entries: &mut Vec<Entry>, start: usize, keep_rows: usize) -> usize {
+    let rows = &entries[start..];
     let Some(latest) = rows.last().map(|r| r.secs) else {
-        return rows;
+        return start;
     };
     let by_count = rows.len().saturating_sub(keep_rows);
     let by_time = match kind {
@@ -412,11 +427,34 @@ fn retain(kind: Kind, mut rows: Vec<Entry>, keep_rows: usize) -> Vec<Entry> {
         }
         Kind::MeanOfPrevious | Kind::SecsSincePrevious => by_count,
     };
-    rows.drain(..by_count.min(by_time));
+    let from = start + by_count.min(by_time);
     if kind == Kind::Mean24h {
         // Nulls count for nothing in the mean (a challenger's scores without one).
-        rows.retain(|r| r.value.is_some());
+        let mut kept = from;
+        for i in from..entries.len() {
+            if entries[i].value.is_some() {
+                entries[kept] = entries[i];
+                kept += 1;
+            }
+        }
+        entries.truncate(kept);
     }
+    from
+}
+
+/// [`merge_into`] a new vector.
+#[cfg(test)]
+fn merge(earlier: &[Entry], rows: &[Entry], positions: &mut Vec<usize>) -> Vec<Entry> {
+    let mut merged = Vec::new();
+    merge_into(earlier, rows, positions, &mut merged);
+    merged
+}
+
+/// [`retain_from`] on a card's rows alone.
+#[cfg(test)]
+fn retain(kind: Kind, mut rows: Vec<Entry>, keep_rows: usize) -> Vec<Entry> {
+    let from = retain_from(kind, &mut rows, 0, keep_rows);
+    rows.drain(..from);
     rows
 }
 
@@ -607,6 +645,49 @@ mod tests {
         let merged = merge(&earlier, &entries(&[15, 35]), &mut positions);
         assert_eq!(merged, entries(&[10, 15, 20, 30, 35]));
         assert_eq!(positions, vec![1, 4]);
+    }
+
+    /// A window call keeps every card's pairs in one buffer: a card's merge and trim touch
+    /// only its own part of it, after the cards before it.
+    #[test]
+    fn cards_share_one_buffer_without_touching_each_other() {
+        let day = WINDOW_SECS + 1;
+        let first = entries(&[5, 6]);
+        let mut buffer = Vec::new();
+        let mut positions = Vec::new();
+        merge_into(&[], &first, &mut positions, &mut buffer);
+        let first_from = retain_from(Kind::Mean24h, &mut buffer, 0, 0);
+        let first_end = buffer.len();
+        // The second card: history, a null score, a new row a day later.
+        let earlier = entries(&[10, 20]);
+        let new_rows = [
+            Entry {
+                secs: 30,
+                value: None,
+            },
+            Entry {
+                secs: day + 20,
+                value: Some(1.0),
+            },
+        ];
+        let start = buffer.len();
+        merge_into(&earlier, &new_rows, &mut positions, &mut buffer);
+        assert_eq!(positions, vec![2, 3], "from the card's own start");
+        assert_eq!(buffer[start..].len(), 4);
+        let from = retain_from(Kind::Mean24h, &mut buffer, start, 0);
+        // Its last day is [21, day + 20]: the null at 30 is dropped, the earlier card kept.
+        assert_eq!(
+            buffer[from..],
+            [Entry {
+                secs: day + 20,
+                value: Some(1.0)
+            }]
+        );
+        assert_eq!(buffer[first_from..first_end], first[..]);
+        // The same as trimming the card's rows alone.
+        let mut alone = positions.clone();
+        let merged = merge(&earlier, &new_rows, &mut alone);
+        assert_eq!(retain(Kind::Mean24h, merged, 0), buffer[from..].to_vec());
     }
 
     #[test]
