@@ -59,8 +59,13 @@ pub(super) fn parse(payload: &[u8]) -> Option<TransactionMessage<'_>> {
     (scan.pos == payload.len() && seen.iter().all(|s| *s)).then_some(message)
 }
 
-/// The place of the first `"`, `\` or control character in `bytes`: where a string
-/// without escapes ends, or where the quick reader gives up.
+/// A byte a plain string cannot hold: its closing `"`, or a `\` or control character,
+/// where the quick reader gives up.
+fn ends_plain(byte: u8) -> bool {
+    matches!(byte, b'"' | b'\\' | 0..=0x1f)
+}
+
+/// The place of the first byte in `bytes` that [`ends_plain`].
 ///
 /// Eight bytes a step (SWAR): strings are most of a message's bytes, and the byte loop
 /// before this tested each byte three ways; `memchr2`, measured in its place, cost as much
@@ -84,10 +89,8 @@ fn plain_end(bytes: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    let tail = bytes.get(at..)?;
-    let end = tail
-        .iter()
-        .position(|&b| matches!(b, b'"' | b'\\' | 0..=0x1f))?;
+    // Fewer than eight bytes left.
+    let end = bytes[at..].iter().position(|&b| ends_plain(b))?;
     Some(at + end)
 }
 
@@ -271,21 +274,16 @@ mod tests {
 
     #[test]
     fn a_plain_string_ends_where_a_byte_by_byte_scan_says() {
-        let naive = |bytes: &[u8]| {
-            bytes
-                .iter()
-                .position(|&b| matches!(b, b'"' | b'\\' | 0..=0x1f))
-        };
+        let naive = |bytes: &[u8]| bytes.iter().position(|&b| ends_plain(b));
         // Every byte value at every place of the first two words and the tail, amid
         // ordinary text, high bytes, and the bytes just past the ones looked for.
         for fill in [b'a', 0x80, 0xff, 0x21, 0x5d, 0x23] {
             for len in 0..20 {
-                for at in 0..=len {
+                assert_eq!(plain_end(&vec![fill; len]), None);
+                for at in 0..len {
                     for byte in 0..=255u8 {
                         let mut bytes = vec![fill; len];
-                        if at < len {
-                            bytes[at] = byte;
-                        }
+                        bytes[at] = byte;
                         assert_eq!(plain_end(&bytes), naive(&bytes), "{bytes:?}");
                     }
                 }
